@@ -1,0 +1,90 @@
+"""Pure: Retry-After parsing, backoff delays, and the adaptive request-rate limiter.
+
+Nothing here sleeps or reads a clock; callers pass ``now`` (monotonic seconds
+for the limiter, a UTC datetime for HTTP dates) and do the waiting.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date).
+
+    None when absent or unreadable; never negative.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return float(int(text))
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if seconds == seconds else None
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - now).total_seconds())
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
+    ceiling = min(cap, base * (2 ** min(attempt, 30)))
+    return rng.uniform(0, ceiling)
+
+
+@dataclass
+class RateLimiter:
+    """Spaces requests to at most ``rate`` per second, adapting to 429s (AIMD).
+
+    A 429 divides the rate by ``decrease``; each run of ``recover_after``
+    consecutive successes raises it by ``increase`` times, up to ``max_rate``.
+    """
+
+    max_rate: float
+    min_rate: float = 0.05
+    decrease: float = 2.0
+    increase: float = 1.25
+    recover_after: int = 20
+    rate: float = 0.0
+    _next_at: float = 0.0
+    _successes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0:
+            self.rate = self.max_rate
+        self.min_rate = min(self.min_rate, self.max_rate)
+
+    def wait_time(self, now: float) -> float:
+        """Seconds to wait before the next request may be sent."""
+        return max(0.0, self._next_at - now)
+
+    def sent(self, now: float) -> None:
+        """Record a request sent at ``now``; the next one is due 1/rate later."""
+        self._next_at = max(now, self._next_at) + 1.0 / self.rate
+
+    def not_before(self, moment: float) -> None:
+        """The server asked for quiet until ``moment``."""
+        self._next_at = max(self._next_at, moment)
+
+    def on_success(self) -> None:
+        self._successes += 1
+        if self._successes >= self.recover_after:
+            self._successes = 0
+            self.rate = min(self.max_rate, self.rate * self.increase)
+
+    def on_throttled(self) -> None:
+        self._successes = 0
+        self.rate = max(self.min_rate, self.rate / self.decrease)

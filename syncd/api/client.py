@@ -1,0 +1,285 @@
+"""The artworks API client: auth, timeouts, pacing, retries, status -> error.
+
+All HTTP I/O of syncd happens here. Status codes map to errors by what the
+caller does next (see syncd.errors):
+
+    200        parsed body (a JSON array for the list, an object for one artwork)
+    404        (one artwork) None; (the list) ApiError: the base URL is wrong
+    401, 403   AuthError at once: no retry
+    400, 4xx   BadRequestError at once, with the API's message
+    429        wait exactly Retry-After (or back off), slow the limiter, retry
+    5xx        back off with full jitter, retry
+    timeouts, resets, truncated/non-JSON/non-array bodies: back off, retry
+
+Retries stop at ``max_attempts`` or when the next wait would take the total
+past ``max_retry_wait``: RetriesExhaustedError. Messages carry the method,
+path and query, never a header, so they are safe to log.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from syncd import __version__
+from syncd.api.backoff import RateLimiter, backoff_delay, parse_retry_after
+from syncd.api.body import BrokenBody, parse_array
+from syncd.config import Secret
+from syncd.errors import (
+    ApiError,
+    AuthError,
+    BadRequestError,
+    RetriableApiError,
+    RetriesExhaustedError,
+)
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 60.0
+
+
+@dataclass
+class ClientOptions:
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    max_attempts: int = 8
+    max_retry_wait: float = 900.0
+    max_requests_per_second: float = 5.0
+
+
+@dataclass
+class RequestStats:
+    """Counters of what was sent (every attempt counts as a request)."""
+
+    requests: int = 0
+    list_requests: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    throttled: int = 0
+    retry_wait_seconds: float = 0.0
+
+
+class ApiClient:
+    """Synchronous client; thread-safe pacing so a prefetch thread may share it."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: Secret,
+        *,
+        key_source: str = "SYNCD_API_KEY",
+        options: ClientOptions | None = None,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_rate_limited: Callable[[datetime], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.options = options or ClientOptions()
+        self.key_source = key_source
+        self._clock, self._sleep, self._wall = clock, sleep, wall
+        self._on_rate_limited = on_rate_limited
+        self._rng = rng or random.Random()
+        self._pace_lock = threading.Lock()
+        self.limiter = RateLimiter(max_rate=self.options.max_requests_per_second)
+        self.stats = RequestStats()
+        self._http = httpx.Client(
+            base_url=base_url,
+            headers={
+                "Authorization": f"Bearer {api_key.reveal()}",
+                "Accept": "application/json",
+                "User-Agent": f"syncd/{__version__}",
+            },
+            timeout=httpx.Timeout(
+                self.options.read_timeout,
+                connect=self.options.connect_timeout,
+            ),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ endpoints
+
+    def list_page(self, skip: int, limit: int) -> list[Any]:
+        """One page of the list: every element as received (objects or not)."""
+        body = self._request("/v1/artworks", {"skip": skip, "limit": limit}, expect="array")
+        assert isinstance(body, list)
+        return body
+
+    def get_artwork(self, artwork_id: str) -> dict[str, Any] | None:
+        """One artwork, or None when the API says 404."""
+        body = self._request(f"/v1/artworks/{quote(artwork_id, safe='')}", None, expect="object")
+        assert body is None or isinstance(body, dict)
+        return body
+
+    def wait_until(self, moment: datetime) -> None:
+        """Honour a Retry-After deadline persisted by an earlier process."""
+        seconds = (moment - self._wall()).total_seconds()
+        if seconds > 0:
+            self.limiter.not_before(self._clock() + seconds)
+
+    # ------------------------------------------------------------ machinery
+
+    def _pace(self) -> None:
+        """Sleep until the limiter allows a request, then claim the slot."""
+        while True:
+            with self._pace_lock:
+                wait = self.limiter.wait_time(self._clock())
+                if wait <= 0:
+                    self.limiter.sent(self._clock())
+                    return
+            self._sleep(wait)
+
+    def _request(self, path: str, params: dict[str, int] | None, *, expect: str) -> Any:
+        what = f"GET {path}" + (f"?skip={params['skip']}&limit={params['limit']}" if params else "")
+        waited = 0.0
+        options = self.options
+        for attempt in range(options.max_attempts):
+            self._pace()
+            try:
+                return self._attempt(path, params, what, expect=expect)
+            except RetriableApiError as exc:
+                is_429 = exc.status_code == 429
+                delay = (
+                    exc.retry_after
+                    if exc.retry_after is not None
+                    else backoff_delay(attempt, base=BACKOFF_BASE, cap=BACKOFF_CAP, rng=self._rng)
+                )
+                if is_429:
+                    with self._pace_lock:
+                        self.stats.throttled += 1
+                        self.limiter.on_throttled()
+                        # Never send anything before the server's deadline.
+                        self.limiter.not_before(self._clock() + delay)
+                    if self._on_rate_limited is not None and exc.retry_after is not None:
+                        self._on_rate_limited(self._wall() + timedelta(seconds=delay))
+                last_try = attempt + 1 >= options.max_attempts
+                if last_try or waited + delay > options.max_retry_wait:
+                    why = (
+                        f"after {attempt + 1} attempts"
+                        if last_try
+                        else f"the next wait ({delay:.0f}s) would pass SYNCD_MAX_RETRY_WAIT "
+                        f"({options.max_retry_wait:g}s)"
+                    )
+                    raise RetriesExhaustedError(f"{what} kept failing; gave up {why}: {exc}") from None
+                log.warning(
+                    "%s: %s; retrying in %.1fs (attempt %d of %d)",
+                    what,
+                    exc,
+                    delay,
+                    attempt + 1,
+                    options.max_attempts,
+                )
+                waited += delay
+                with self._pace_lock:
+                    self.stats.retry_wait_seconds += delay
+                if not is_429:
+                    self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _attempt(self, path: str, params: dict[str, int] | None, what: str, *, expect: str) -> Any:
+        with self._pace_lock:
+            self.stats.requests += 1
+            if params is not None:
+                self.stats.list_requests += 1
+        try:
+            response = self._http.get(path, params=params)
+            content = response.content
+        except httpx.TimeoutException as exc:
+            self._count("timeout")
+            raise RetriableApiError(f"timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            self._count("network")
+            raise RetriableApiError(f"connection failed ({type(exc).__name__}: {_first_line(exc)})") from None
+        status = response.status_code
+        self._count(str(status))
+        if status == 200:
+            return self._parse(content, expect)
+        if status == 404 and expect == "object":
+            return None
+        message = _api_message(content)
+        if status in (401, 403):
+            raise AuthError(
+                f"the API rejected the key ({status} {_phrase(status)}) supplied by "
+                f"{self.key_source}; check or rotate it: {message}",
+                status_code=status,
+            )
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall())
+            raise RetriableApiError(
+                f"429 Too Many Requests: {message}", status_code=429, retry_after=retry_after
+            )
+        if status >= 500:
+            raise RetriableApiError(f"{status} {_phrase(status)}: {message}", status_code=status)
+        if status == 404:
+            raise ApiError(f"{what} answered 404 Not Found: is SYNCD_API_URL the API's base URL? {message}")
+        raise BadRequestError(
+            f"the API refused {what} with {status} {_phrase(status)}: {message}", status_code=status
+        )
+
+    def _parse(self, content: bytes, expect: str) -> Any:
+        if expect == "array":
+            try:
+                return parse_array(content)
+            except BrokenBody as exc:
+                raise RetriableApiError(f"200 with a broken body: {exc}") from None
+        try:
+            value = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            raise RetriableApiError("200 with a body that is not JSON") from None
+        if not isinstance(value, dict):
+            raise RetriableApiError(f"200 with a JSON {type(value).__name__}, not an object")
+        return value
+
+    def _count(self, key: str) -> None:
+        with self._pace_lock:
+            self.stats.by_status[key] += 1
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "no details"
+
+
+def _api_message(content: bytes) -> str:
+    """The error body's ``message`` (string or list), or a short note on the body."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return "(no JSON error body)" if content else "(empty body)"
+    message = body.get("message") if isinstance(body, dict) else None
+    if isinstance(message, list):
+        message = "; ".join(str(m) for m in message)
+    if not message:
+        return "(no message)"
+    text = str(message)
+    return text if len(text) <= 300 else text[:297] + "..."

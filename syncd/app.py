@@ -1,0 +1,101 @@
+"""Wiring: settings -> engine, lock, schema, client, syncer. Used by the CLI and the daemon."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from syncd import db, store
+from syncd.api.client import ApiClient, ClientOptions
+from syncd.config import Settings
+from syncd.errors import DatabaseError
+from syncd.sync.engine import STREAM, Progress, RunSummary, Syncer
+
+log = logging.getLogger("syncd")
+
+
+@contextmanager
+def open_engine(settings: Settings) -> Iterator[Engine]:
+    """An engine that has been connected once (one clear error when it cannot)."""
+    engine = db.create_db_engine(settings.database_url)
+    try:
+        db.check_connection(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def make_client(settings: Settings, engine: Engine) -> ApiClient:
+    url, key = settings.require_api()
+
+    def remember_rate_limit(until: datetime) -> None:
+        # Persisted so a restarted process still waits the window out.
+        try:
+            with db.writer(engine).begin() as conn:
+                store.save_rate_limit(conn, STREAM, until, datetime.now(UTC))
+        except SQLAlchemyError:
+            log.warning("could not record the rate-limit deadline in sync_state")
+        log.warning("rate limited by the API until %s", until.isoformat(timespec="seconds"))
+
+    return ApiClient(
+        url,
+        key,
+        key_source=settings.describe_key_source(),
+        options=ClientOptions(
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            max_attempts=settings.max_attempts,
+            max_retry_wait=settings.max_retry_wait,
+            max_requests_per_second=settings.max_requests_per_second,
+        ),
+        on_rate_limited=remember_rate_limit,
+    )
+
+
+def run_once(
+    settings: Settings,
+    *,
+    full: bool = False,
+    migrate: bool = True,
+    refresh: bool = True,
+    stop: threading.Event | None = None,
+    on_page: Callable[[Progress], None] | None = None,
+) -> list[RunSummary]:
+    """One sync (and refresh of unfinished artworks) under the one-syncer lock."""
+    settings.require_api()  # a config error before any connection or request
+    with open_engine(settings) as engine, db.sync_lock(engine):
+        db.ensure_schema(engine, migrate=migrate)
+        return sync_with(settings, engine, full=full, refresh=refresh, stop=stop, on_page=on_page)
+
+
+def sync_with(
+    settings: Settings,
+    engine: Engine,
+    *,
+    full: bool = False,
+    refresh: bool = True,
+    stop: threading.Event | None = None,
+    on_page: Callable[[Progress], None] | None = None,
+) -> list[RunSummary]:
+    """The sync itself, for a caller that already holds the lock."""
+    summaries: list[RunSummary] = []
+    with make_client(settings, engine) as client:
+        syncer = Syncer(engine, client, settings.page_size, stop=stop or threading.Event(), on_page=on_page)
+        try:
+            summaries.append(syncer.sync(full=full))
+            if refresh:
+                refreshed = syncer.refresh()
+                if refreshed is not None:
+                    summaries.append(refreshed)
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+            raise DatabaseError(f"database error during the sync: {reason}") from None
+    for summary in summaries:
+        log.info("%s", summary.line())
+    return summaries

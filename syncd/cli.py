@@ -1,0 +1,486 @@
+"""The ``syncd`` command line. Thin: parse, call, format, exit with a documented code.
+
+Exit codes (also in the README):
+  0 success - 1 internal error - 2 usage error - 3 configuration error -
+  4 the API rejected the key (401/403) - 5 the API failed (retries exhausted,
+  400, unusable answers) - 6 database error - 7 another syncd holds the lock -
+  8 status --max-age: the last success is too old - 130 interrupted
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from syncd import __version__
+from syncd.config import Settings, load_settings
+from syncd.errors import ExitCode, SyncdError
+
+F = TypeVar("F", bound=Callable[..., Any])
+STALE_EXIT = 8
+log = logging.getLogger("syncd")
+
+
+def settings_options(func: F) -> F:
+    """The flags every command that reads settings accepts (they override env and TOML)."""
+    options = [
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(path_type=Path),
+            help="TOML settings file (default: /etc/syncd/syncd.toml when it exists).",
+        ),
+        click.option(
+            "--database-url", help="SQLAlchemy URL [env SYNCD_DATABASE_URL; default sqlite:///syncd.db]."
+        ),
+        click.option("--api-url", help="API base URL, before /v1/artworks [env SYNCD_API_URL]."),
+        click.option("--api-key-file", help="File holding the API key [env SYNCD_API_KEY_FILE]."),
+        click.option(
+            "--page-size", help="Records per list request, 1..500 [env SYNCD_PAGE_SIZE; default 500]."
+        ),
+        click.option("--log-format", help="text or json [env SYNCD_LOG_FORMAT]."),
+        click.option("--log-level", help="debug, info, warning or error [env SYNCD_LOG_LEVEL]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _settings(kwargs: dict[str, Any]) -> Settings:
+    """Pop the settings flags from ``kwargs`` and load settings; configure logging."""
+    from syncd.log import setup_logging
+
+    config_path = kwargs.pop("config_path", None)
+    names = ("database_url", "api_url", "api_key_file", "page_size", "log_format", "log_level")
+    overrides = {name: kwargs.pop(name, None) for name in names}
+    settings = load_settings(config_path=config_path, overrides=overrides)
+    secrets = [settings.api_key.reveal()] if settings.api_key else []
+    setup_logging(settings.log_level, settings.log_format, secrets)
+    return settings
+
+
+def handle_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SyncdError as exc:
+            click.echo(f"syncd: error: {exc}", err=True)
+            sys.exit(int(exc.exit_code))
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="syncd")
+def cli() -> None:
+    """Keep a local SQL database in step with the Tengr.ai artworks API.
+
+    Settings come from SYNCD_* environment variables, then a TOML file
+    (--config, or /etc/syncd/syncd.toml), then flags. Start with `syncd demo`.
+    """
+
+
+# ---------------------------------------------------------------- run-once
+
+
+@cli.command("run-once")
+@settings_options
+@click.option(
+    "--full", is_flag=True, help="Read the whole list, refresh everything, mark artworks no longer listed."
+)
+@click.option("--no-migrate", is_flag=True, help="Fail instead of upgrading an older schema.")
+@click.option("--no-refresh", is_flag=True, help="Skip re-fetching artworks whose status is not terminal.")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal)."
+)
+@handle_errors
+def run_once_command(
+    full: bool, no_migrate: bool, no_refresh: bool, progress: bool | None, **kwargs: Any
+) -> None:
+    """Sync once and exit: a backfill the first time, incremental afterwards.
+
+    \b
+    Example:
+      SYNCD_API_URL=https://api.tengr.ai SYNCD_API_KEY_FILE=key.txt syncd run-once
+    """
+    from syncd.app import run_once
+
+    settings = _settings(kwargs)
+    settings.require_api()
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    reporter = ProgressReporter(sys.stderr.isatty() if progress is None else progress)
+    summaries = run_once(
+        settings, full=full, migrate=not no_migrate, refresh=not no_refresh, stop=stop, on_page=reporter
+    )
+    reporter.close()
+    for summary in summaries:
+        click.echo(_summary_screen(summary))
+
+
+def _summary_screen(summary: Any) -> str:
+    c = summary.counts
+    rows = [
+        ("pages", c.pages),
+        ("requests", c.requests),
+        ("inserted", c.inserted),
+        ("updated", c.updated),
+        ("unchanged", c.unchanged),
+        ("rejected", c.rejected),
+        ("unknown type", c.unknown_type),
+        ("marked deleted", c.marked_deleted),
+    ]
+    head = f"syncd {summary.mode} run {summary.run_id}: {summary.outcome} in {summary.seconds:.1f}s"
+    if summary.list_order:
+        head += f" (list order: {summary.list_order})"
+    return "\n".join([head] + [f"  {name:<15}{value:>10,}" for name, value in rows])
+
+
+class ProgressReporter:
+    """A one-line progress bar on a terminal; a log line every 10 s otherwise."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self._last_log = time.monotonic()
+        self._drawn = False
+
+    def __call__(self, progress: Any) -> None:
+        rate = progress.artworks / progress.seconds if progress.seconds > 0 else 0.0
+        text = f"{progress.mode}: {progress.pages} pages, {progress.artworks:,} artworks, {progress.requests} requests, {rate:,.0f}/s"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + text)
+            sys.stderr.flush()
+            self._drawn = True
+        elif time.monotonic() - self._last_log >= 10:
+            self._last_log = time.monotonic()
+            log.info("progress: %s", text)
+
+    def close(self) -> None:
+        if self._drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """First SIGINT/SIGTERM: finish or roll back the page in flight, then stop."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise SystemExit(int(ExitCode.INTERRUPTED))  # second signal: at once
+        stop.set()
+        log.warning("%s received: stopping after the page in flight", signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+# ---------------------------------------------------------------- db
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Schema migrations (Alembic)."""
+
+
+@db_group.command("upgrade")
+@settings_options
+@handle_errors
+def db_upgrade(**kwargs: Any) -> None:
+    """Bring the database schema to the latest revision.
+
+    \b
+    Example:
+      syncd db upgrade --database-url postgresql://syncd@db/syncd
+    """
+    from syncd import db
+    from syncd.app import open_engine
+
+    settings = _settings(kwargs)
+    with open_engine(settings) as engine, db.sync_lock(engine):
+        version = db.ensure_schema(engine, migrate=True)
+    click.echo(f"schema at revision {version.current} (latest)")
+
+
+@db_group.command("current")
+@settings_options
+@handle_errors
+def db_current(**kwargs: Any) -> None:
+    """Print the database's schema revision and whether it is the latest.
+
+    \b
+    Example:
+      syncd db current
+    """
+    from syncd import db
+    from syncd.app import open_engine
+
+    settings = _settings(kwargs)
+    with open_engine(settings) as engine:
+        version = db.schema_version(engine)
+    if version.current is None:
+        click.echo(f"empty (no schema; latest is {version.head}: run `syncd db upgrade`)")
+    elif not version.known:
+        click.echo(f"{version.current} (unknown to this syncd {__version__}: written by a newer syncd)")
+    elif version.up_to_date:
+        click.echo(f"{version.current} (latest)")
+    else:
+        click.echo(f"{version.current} (behind the latest {version.head}: run `syncd db upgrade`)")
+
+
+# ---------------------------------------------------------------- status
+
+
+@cli.command("status")
+@settings_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--max-age",
+    type=float,
+    help="Exit 8 when the last successful run finished longer ago than this many seconds.",
+)
+@handle_errors
+def status_command(as_json: bool, max_age: float | None, **kwargs: Any) -> None:
+    """Show the last runs, the sync state per stream and the row counts.
+
+    \b
+    Example (a monitoring check):
+      syncd status --max-age 900 || echo "syncd data is stale"
+    """
+    from syncd import status
+    from syncd.app import open_engine
+
+    settings = _settings(kwargs)
+    with open_engine(settings) as engine:
+        report = status.collect(engine)
+    stale = False
+    if max_age is not None:
+        success = report.get("last_success")
+        age = success["age_seconds"] if success else None
+        stale = age is None or age > max_age
+        report["stale"] = stale
+    click.echo(
+        orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if as_json else status.render(report)
+    )
+    if stale:
+        if not as_json:
+            click.echo(f"STALE: no successful run in the last {max_age:g} seconds", err=True)
+        sys.exit(STALE_EXIT)
+
+
+# ---------------------------------------------------------------- mock-api
+
+
+@cli.command("mock-api")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--count", default=1000, show_default=True, type=int, help="Artworks to start with.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same data.")
+@click.option("--api-key", default="demo-key", show_default=True, help="The Bearer key it accepts.")
+@click.option("--forbidden-key", multiple=True, help="A key answered with 403.")
+@click.option(
+    "--order",
+    type=click.Choice(["newest_first", "oldest_first", "random"]),
+    default="newest_first",
+    show_default=True,
+)
+@click.option(
+    "--unknown-fraction",
+    default=0.01,
+    show_default=True,
+    type=float,
+    help="Share of artworks of a type syncd does not know.",
+)
+@click.option(
+    "--malformed-fraction", default=0.005, show_default=True, type=float, help="Share of malformed records."
+)
+@click.option(
+    "--pending-fraction",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Share of artworks still processing.",
+)
+@click.option(
+    "--rate-limit",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Requests/s before 429 with Retry-After (0: none).",
+)
+@click.option(
+    "--error-rate", default=0.0, show_default=True, type=float, help="Share of 500/502/503/504 answers."
+)
+@click.option(
+    "--truncate-rate", default=0.0, show_default=True, type=float, help="Share of bodies cut short."
+)
+@click.option(
+    "--non-json-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Share of 200 answers with an HTML body.",
+)
+@click.option(
+    "--reset-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Share of connections closed without answer.",
+)
+@click.option(
+    "--slow-rate", default=0.0, show_default=True, type=float, help="Share of answers delayed by --delay."
+)
+@click.option(
+    "--delay", default=0.0, show_default=True, type=float, help="Seconds of delay for slow answers."
+)
+@click.option(
+    "--add-per-request",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Artworks created before each list request.",
+)
+@click.option(
+    "--delete-oldest-per-request",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Oldest artworks deleted before each list request.",
+)
+def mock_api_command(
+    host: str,
+    port: int,
+    count: int,
+    seed: int,
+    api_key: str,
+    forbidden_key: tuple[str, ...],
+    order: str,
+    unknown_fraction: float,
+    malformed_fraction: float,
+    pending_fraction: float,
+    **faults: Any,
+) -> None:
+    """Serve a fake Tengr.ai v1 API (with fault injection) until interrupted.
+
+    \b
+    Example:
+      syncd mock-api --port 8080 --count 5000 --rate-limit 20 --error-rate 0.1
+      SYNCD_API_URL=http://127.0.0.1:8080 SYNCD_API_KEY=demo-key syncd run-once
+    """
+    from syncd.fakeapi.data import Dataset
+    from syncd.fakeapi.server import FakeApi, FakeServer, Faults
+
+    dataset = Dataset(
+        count,
+        seed,
+        unknown_fraction=unknown_fraction,
+        malformed_fraction=malformed_fraction,
+        pending_fraction=pending_fraction,
+    )
+    fault_config = Faults(
+        rate_limit=faults["rate_limit"],
+        error_5xx=faults["error_rate"],
+        truncated=faults["truncate_rate"],
+        non_json=faults["non_json_rate"],
+        reset=faults["reset_rate"],
+        slow=faults["slow_rate"],
+        delay=faults["delay"],
+        add_per_request=faults["add_per_request"],
+        delete_oldest_per_request=faults["delete_oldest_per_request"],
+        order=order,
+    )
+    server = FakeServer(
+        FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_key, faults=fault_config, seed=seed),
+        host,
+        port,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    click.echo(
+        f"fake Tengr.ai API on {server.url} with {count} artworks ({order}); key {api_key!r}", err=True
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+# ---------------------------------------------------------------- demo
+
+
+DEMO_QUERY = """
+SELECT artwork_type, status, COUNT(*) AS artworks
+FROM artworks
+GROUP BY artwork_type, status
+ORDER BY artworks DESC
+LIMIT 8
+""".strip()
+
+
+@cli.command("demo")
+@click.option("--count", default=5000, show_default=True, type=int, help="Artworks in the fake API.")
+@click.option("--database-url", default="sqlite:///syncd-demo.db", show_default=True)
+@handle_errors
+def demo_command(count: int, database_url: str) -> None:
+    """Start the fake API in-process, sync it into SQLite, and query the result.
+
+    \b
+    Example:
+      syncd demo && sqlite3 syncd-demo.db 'SELECT COUNT(*) FROM artworks'
+    """
+    from sqlalchemy import text
+
+    from syncd.app import open_engine, run_once
+    from syncd.fakeapi.data import Dataset
+    from syncd.fakeapi.server import FakeApi, FakeServer
+
+    server = FakeServer(FakeApi(Dataset(count, seed=42))).start()
+    try:
+        env = {
+            "SYNCD_API_URL": server.url,
+            "SYNCD_API_KEY": "demo-key",
+            "SYNCD_DATABASE_URL": database_url,
+            "SYNCD_MAX_REQUESTS_PER_SECOND": "1000",
+        }
+        settings = load_settings(env=env, system_config_path=Path("/nonexistent"))
+        from syncd.log import setup_logging
+
+        setup_logging("warning", "text")
+        click.echo(f"fake API with {count} artworks on {server.url}; syncing into {database_url}")
+        for summary in run_once(settings):
+            click.echo(_summary_screen(summary))
+        with open_engine(settings) as engine, engine.connect() as conn:
+            rows = conn.execute(text(DEMO_QUERY)).all()
+    finally:
+        server.stop()
+    click.echo(
+        "\nAn analyst's query:\n\n" + "\n".join("    " + line for line in DEMO_QUERY.splitlines()) + "\n"
+    )
+    click.echo(f"    {'artwork_type':<20}{'status':<10}{'artworks':>9}")
+    for artwork_type, status, artworks in rows:
+        click.echo(f"    {artwork_type:<20}{status:<10}{artworks:>9}")
+    click.echo("\nRun it again: the second sync is incremental and costs one request.")
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="syncd")
+    except SyncdError as exc:  # raised outside a command (should not happen)
+        click.echo(f"syncd: error: {exc}", err=True)
+        sys.exit(int(exc.exit_code))
+
+
+if __name__ == "__main__":
+    main()

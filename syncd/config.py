@@ -1,0 +1,319 @@
+"""Settings: environment, then an optional TOML file, then CLI flags (last wins).
+
+Every setting is declared once in ``SPECS``; its environment variable is
+``SYNCD_<NAME>`` and its TOML key is ``<name>``. A bad value fails here, before
+any request, with one line naming the setting, where it came from and what is
+wrong. The API key is wrapped in ``Secret`` so it cannot leak through a repr.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from syncd.errors import ConfigError
+
+SYSTEM_CONFIG_PATH = Path("/etc/syncd/syncd.toml")
+DEFAULT_DATABASE_URL = "sqlite:///syncd.db"
+
+
+class Secret:
+    """A string that never shows itself in reprs, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _parse_int(low: int | None, high: int | None) -> Callable[[object], int]:
+    def parse(raw: object) -> int:
+        if isinstance(raw, bool):
+            raise ValueError("expected an integer")
+        try:
+            value = int(str(raw).strip()) if not isinstance(raw, int) else raw
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise ValueError(f"must be an integer {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def _parse_float(low: float, *, inclusive: bool) -> Callable[[object], float]:
+    def parse(raw: object) -> float:
+        if isinstance(raw, bool):
+            raise ValueError("expected a number")
+        try:
+            value = float(str(raw).strip()) if not isinstance(raw, int | float) else float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"expected a finite number, got {raw!r}")
+        if value < low or (not inclusive and value == low):
+            relation = ">=" if inclusive else ">"
+            raise ValueError(f"must be a number {relation} {low:g}, got {value:g}")
+        return value
+
+    return parse
+
+
+def _parse_str(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"expected a string, got {raw!r}")
+    return raw
+
+
+def _parse_api_url(raw: object) -> str:
+    text = _parse_str(raw).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s) URL such as https://api.tengr.ai, got {text!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("must not contain a query string or fragment")
+    try:
+        parts.port  # noqa: B018  (raises on a malformed port)
+    except ValueError:
+        raise ValueError(f"has an invalid port: {text!r}") from None
+    return text.rstrip("/")
+
+
+def _parse_database_url(raw: object) -> str:
+    # Imported here: SQLAlchemy is heavy and config must stay cheap to import.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    text = _parse_str(raw).strip()
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise ValueError(
+            "expected a SQLAlchemy URL such as sqlite:///syncd.db or postgresql+psycopg://user@host/db"
+        ) from None
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(f"only sqlite and postgresql are supported, got {url.get_backend_name()!r}")
+    return text
+
+
+def _parse_choice(*choices: str) -> Callable[[object], str]:
+    def parse(raw: object) -> str:
+        value = _parse_str(raw).strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _parse_optional_port(raw: object) -> int | None:
+    if raw in ("", None, 0, "0"):
+        return None
+    return _parse_int(1, 65535)(raw)
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    parse: Callable[[object], Any]
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        return f"SYNCD_{self.name.upper()}"
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("api_url", _parse_api_url, None, "API base URL, the part before /v1/artworks"),
+    Spec("api_key", lambda raw: Secret(_parse_str(raw).strip()), None, "API key (Bearer)"),
+    Spec("api_key_file", lambda raw: Path(_parse_str(raw)), None, "file holding the API key"),
+    Spec("database_url", _parse_database_url, DEFAULT_DATABASE_URL, "SQLAlchemy database URL"),
+    Spec("page_size", _parse_int(1, 500), 500, "records per list request (limit), 1..500"),
+    Spec(
+        "max_requests_per_second",
+        _parse_float(0, inclusive=False),
+        5.0,
+        "client-side request rate ceiling",
+    ),
+    Spec("connect_timeout", _parse_float(0, inclusive=False), 10.0, "seconds to connect"),
+    Spec("read_timeout", _parse_float(0, inclusive=False), 30.0, "seconds to wait for data"),
+    Spec("max_attempts", _parse_int(1, None), 8, "attempts per request before giving up"),
+    Spec(
+        "max_retry_wait",
+        _parse_float(0, inclusive=True),
+        900.0,
+        "total seconds one request may spend waiting between attempts",
+    ),
+    Spec("interval", _parse_float(0, inclusive=False), 300.0, "daemon: seconds between syncs"),
+    Spec(
+        "full_sync_interval",
+        _parse_float(0, inclusive=False),
+        86400.0,
+        "daemon: seconds between full reconciliations",
+    ),
+    Spec(
+        "fetch_concurrency",
+        _parse_int(1, 8),
+        1,
+        "backfill: list pages fetched ahead concurrently",
+    ),
+    Spec("log_format", _parse_choice("text", "json"), "text", "log format: text or json"),
+    Spec(
+        "log_level",
+        _parse_choice("debug", "info", "warning", "error"),
+        "info",
+        "log level",
+    ),
+    Spec("metrics_port", _parse_optional_port, None, "Prometheus metrics port (off when unset)"),
+)
+SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_url: str | None = None
+    api_key: Secret | None = None
+    api_key_file: Path | None = None
+    database_url: str = DEFAULT_DATABASE_URL
+    page_size: int = 500
+    max_requests_per_second: float = 5.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    max_attempts: int = 8
+    max_retry_wait: float = 900.0
+    interval: float = 300.0
+    full_sync_interval: float = 86400.0
+    fetch_concurrency: int = 1
+    log_format: str = "text"
+    log_level: str = "info"
+    metrics_port: int | None = None
+    # Where each setting came from, for messages ("SYNCD_API_KEY", "--page-size", ...).
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def source_of(self, name: str) -> str:
+        return self.sources.get(name, "default")
+
+    def require_api(self) -> tuple[str, Secret]:
+        """The URL and key needed to sync; a ConfigError naming what is missing."""
+        if self.api_url is None:
+            raise ConfigError(
+                "SYNCD_API_URL: not set; syncing needs the API base URL "
+                "(environment, api_url in the config file, or --api-url)"
+            )
+        if self.api_key is None or not self.api_key.reveal():
+            raise ConfigError(
+                "SYNCD_API_KEY: not set; syncing needs an API key (SYNCD_API_KEY, "
+                "SYNCD_API_KEY_FILE, or $CREDENTIALS_DIRECTORY/api_key)"
+            )
+        return self.api_url, self.api_key
+
+    def describe_key_source(self) -> str:
+        return self.source_of("api_key")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path}: permission denied") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read: {exc.strerror}") from None
+    return data
+
+
+def _read_key_file(path: Path, origin: str) -> Secret:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{origin}: key file {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"{origin}: key file {path} is not readable (permission denied)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{origin}: key file {path} cannot be read ({type(exc).__name__})") from None
+    if not text:
+        raise ConfigError(f"{origin}: key file {path} is empty")
+    return Secret(text)
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+    *,
+    system_config_path: Path = SYSTEM_CONFIG_PATH,
+) -> Settings:
+    """Merge defaults < environment < TOML file < CLI flags and validate everything.
+
+    ``config_path`` is an explicit ``--config``; without it the system file is
+    read when it exists. ``overrides`` maps setting names to flag values
+    (``None`` means "flag not given").
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, tuple[object, str]] = {}
+
+    for spec in SPECS:
+        if spec.env in env and env[spec.env] != "":
+            raw[spec.name] = (env[spec.env], spec.env)
+
+    path = config_path
+    if path is None and system_config_path.exists():
+        path = system_config_path
+    if path is not None:
+        data = read_toml(path)
+        for key, value in data.items():
+            if key not in SPECS_BY_NAME:
+                known = ", ".join(spec.name for spec in SPECS)
+                raise ConfigError(f"config file {path}: unknown key {key!r} (known keys: {known})")
+            raw[key] = (value, f"{key} in {path}")
+
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            raw[name] = (value, "--" + name.replace("_", "-"))
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, (value, origin) in raw.items():
+        try:
+            values[name] = SPECS_BY_NAME[name].parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: {exc}") from None
+        sources[name] = origin
+
+    if "api_key" not in values:
+        key_file: Path | None = values.get("api_key_file")
+        if key_file is not None:
+            values["api_key"] = _read_key_file(key_file, sources["api_key_file"])
+            sources["api_key"] = f"{sources['api_key_file']} ({key_file})"
+        elif env.get("CREDENTIALS_DIRECTORY"):
+            cred = Path(env["CREDENTIALS_DIRECTORY"]) / "api_key"
+            if cred.exists():
+                values["api_key"] = _read_key_file(cred, "$CREDENTIALS_DIRECTORY/api_key")
+                sources["api_key"] = "$CREDENTIALS_DIRECTORY/api_key"
+
+    return Settings(**values, sources=sources)

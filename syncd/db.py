@@ -1,0 +1,255 @@
+"""Engines, SQLite pragmas, schema migrations and the one-syncer lock.
+
+SQLite runs in WAL mode with a busy timeout, so analysts can read (even hold
+long read transactions) while syncd writes, and a briefly locked database is
+waited for rather than a crash. PostgreSQL needs nothing special.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError as SAInterfaceError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from syncd.errors import DatabaseError, DatabaseUnreachable, LockHeldError, SchemaError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def normalise_url(url: str) -> str:
+    """Default PostgreSQL URLs to the psycopg 3 driver (the ``postgres`` extra)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def create_db_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get WAL, a busy timeout and FK checks."""
+    url = normalise_url(url)
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+
+
+def writer(engine: Engine) -> Engine:
+    """The same engine, whose transactions take SQLite's write lock at BEGIN.
+
+    A deferred transaction that reads and then writes can fail at once with
+    SQLITE_BUSY when the lock upgrade races; BEGIN IMMEDIATE waits (busy
+    timeout) instead. Readers keep plain deferred BEGINs.
+    """
+    return engine.execution_options(syncd_write=True)
+
+
+def _sqlite_connect(dbapi_connection: Any, record: Any) -> None:
+    # Take transaction control away from pysqlite so BEGIN is ours (see writer()).
+    dbapi_connection.isolation_level = None
+    _sqlite_pragmas(dbapi_connection, record)
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get("syncd_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def check_connection(engine: Engine) -> None:
+    """Connect once; one clear DatabaseUnreachable when the database cannot be used."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except (OperationalError, SAInterfaceError) as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise DatabaseUnreachable(
+            f"cannot connect to the database {safe_url(str(engine.url))}: {reason}"
+        ) from None
+
+
+# ------------------------------------------------------------------ migrations
+
+
+def migrations_dir() -> Path:
+    """Installed wheels carry the migrations inside the package; checkouts beside it."""
+    installed = PACKAGE_DIR / "_migrations"
+    return installed if installed.is_dir() else PACKAGE_DIR.parent / "migrations"
+
+
+def alembic_config(connection: Connection | None = None) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    current: str | None
+    head: str
+    known: bool
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+
+def schema_version(engine: Engine) -> SchemaVersion:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    assert head is not None
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot read the schema version: {exc.__class__.__name__}") from None
+    known = current is None or _revision_known(script, current)
+    return SchemaVersion(current=current, head=head, known=known)
+
+
+def _revision_known(script: Any, revision: str) -> bool:
+    from alembic.util import CommandError
+
+    try:
+        return script.get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), revision)
+
+
+def ensure_schema(engine: Engine, *, migrate: bool) -> SchemaVersion:
+    """Bring the schema to head (or refuse clearly) before a sync touches it."""
+    version = schema_version(engine)
+    if not version.known:
+        raise SchemaError(
+            f"the database is at schema revision {version.current}, which this syncd "
+            f"does not know (a newer syncd wrote it); upgrade syncd"
+        )
+    if version.up_to_date:
+        return version
+    if not migrate:
+        where = version.current or "an empty database"
+        raise SchemaError(
+            f"the schema is not up to date ({where}, latest {version.head}); run `syncd db upgrade` first"
+        )
+    upgrade(engine)
+    return schema_version(engine)
+
+
+# ------------------------------------------------------------------ the lock
+
+
+@contextmanager
+def sync_lock(engine: Engine) -> Iterator[None]:
+    """Hold the one-syncer lock for this database, or raise LockHeldError at once.
+
+    PostgreSQL: a session-level advisory lock (two servers can share one
+    database as active/standby; the lock dies with its connection). SQLite: an
+    OS file lock on ``<database>.lock`` beside the file (released by the kernel
+    when the process dies, even by SIGKILL).
+    """
+    if engine.dialect.name == "postgresql":
+        with _advisory_lock(engine):
+            yield
+    else:
+        with _file_lock(engine):
+            yield
+
+
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"syncd:artworks").digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def _advisory_lock(engine: Engine) -> Iterator[None]:
+    conn = engine.connect()
+    try:
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar()
+        conn.commit()
+        if not got:
+            raise LockHeldError(
+                "another syncd process is syncing this database (PostgreSQL advisory lock held)"
+            )
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+                conn.commit()
+            except SQLAlchemyError:
+                pass  # the connection is gone, and the lock with it
+    finally:
+        conn.close()
+
+
+def sqlite_path(engine: Engine) -> Path | None:
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+@contextmanager
+def _file_lock(engine: Engine) -> Iterator[None]:
+    path = sqlite_path(engine)
+    if path is None:  # an in-memory database is private to this process
+        yield
+        return
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise DatabaseError(f"cannot create the lock file {lock_path}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeldError(
+                f"another syncd process is syncing {path} (lock file {lock_path} is held)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

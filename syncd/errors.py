@@ -1,0 +1,121 @@
+"""The one exception hierarchy of syncd, grouped by what the caller does next.
+
+    SyncdError                    base; every message is safe to log (no secrets)
+    ├── ConfigError               fix the configuration; nothing was contacted   -> exit 3
+    ├── ApiError                  the API could not be used
+    │   ├── AuthError             401/403: the key was rejected; do not retry    -> exit 4
+    │   ├── BadRequestError       400: syncd sent something wrong; do not retry  -> exit 5
+    │   ├── RetriableApiError     429/5xx/timeouts/broken bodies: retry later
+    │   └── RetriesExhaustedError a retriable fault outlasted the retry budget   -> exit 5
+    ├── DatabaseError             the database could not be used                 -> exit 6
+    │   ├── DatabaseUnreachable   cannot connect at all
+    │   └── SchemaError           schema missing, older or newer than this syncd
+    ├── LockHeldError             another syncd is syncing this database         -> exit 7
+    └── Interrupted               a signal asked the run to stop                 -> exit 130
+
+Third-party exceptions are converted at the boundary (``raise X(...) from exc``).
+Record-level validation failures are not exceptions here: a bad record is
+quarantined (see ``syncd.records``) and the run goes on.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of the ``syncd`` CLI (documented in the README)."""
+
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    CONFIG = 3
+    AUTH = 4
+    API = 5
+    DATABASE = 6
+    LOCKED = 7
+    INTERRUPTED = 130
+
+
+class SyncdError(Exception):
+    """Base class; ``exit_code`` tells the CLI how to end the process."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+
+class ConfigError(SyncdError):
+    """A setting is missing or invalid. The message names the setting and its source."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class ApiError(SyncdError):
+    """The artworks API could not be used."""
+
+    exit_code = ExitCode.API
+
+
+class AuthError(ApiError):
+    """401/403: the API key was rejected. Retrying cannot help."""
+
+    exit_code = ExitCode.AUTH
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class BadRequestError(ApiError):
+    """400 or another 4xx: the request itself is wrong. Retrying cannot help."""
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class RetriableApiError(ApiError):
+    """A transient fault: 429, 5xx, timeout, reset connection, broken body.
+
+    ``retry_after`` is the delay the server asked for (seconds), when it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class RetriesExhaustedError(ApiError):
+    """A transient fault persisted past the configured attempts or total wait."""
+
+
+class DatabaseError(SyncdError):
+    """The database could not be used."""
+
+    exit_code = ExitCode.DATABASE
+
+
+class DatabaseUnreachable(DatabaseError):
+    """Connecting to the database failed."""
+
+
+class SchemaError(DatabaseError):
+    """The schema is missing, behind (and migration was disabled), or ahead of syncd."""
+
+
+class LockHeldError(SyncdError):
+    """Another syncd process holds the sync lock for this database."""
+
+    exit_code = ExitCode.LOCKED
+
+
+class Interrupted(SyncdError):
+    """A signal asked the run to stop; committed pages stay."""
+
+    exit_code = ExitCode.INTERRUPTED

@@ -1,0 +1,239 @@
+"""Pure: the fake API's artworks, deterministic from a seed.
+
+Records are created in time order (``createdAt`` strictly increasing with the
+creation index); the served list shows them newest-first, oldest-first or
+shuffled. Tests use the same dataset object as ground truth.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+STYLES = (
+    "default", "portraiture", "landscape", "photographer", "analog", "car", "food",
+    "horror", "stained-glass", "impasto", "abstract-ink", "illustration", "aquarelle",
+    "water-cute", "sphericute", "fairytale", "machinart", "isometric", "logo",
+    "abstractpen", "lineart", "manga", "infiny-weave", "infiny-pattern", "infiny-flow",
+)  # fmt: skip
+MODELS = ("tengrai-20231128-m-d", "tengrai-20240423-m-f")
+ASPECT_RATIOS = ("1:1", "7:9", "2:3", "4:7", "9:16", "9:21", "9:7", "3:2", "7:4", "16:9", "21:9")
+UNKNOWN_TYPES = ("selena", "selena_variete", "face_refiner", "detailer_upscaler", "upscaling_v2")
+WORDS = (
+    "cat", "castle", "neon", "forest", "portrait", "rainy", "street", "dragon", "sunset",
+    "ocean", "robot", "garden", "mountain", "city", "vintage", "glass", "golden", "misty",
+)  # fmt: skip
+HOSTILE_PROMPTS = (
+    "Robert'); DROP TABLE artworks;--",
+    'a "quoted" prompt with \\ backslash',
+    "line one\nline two\ttabbed",
+    "ünïcödé 猫 🐈 ‮rtl",
+    "%s %d {0} ${x} $1",
+    "",
+)
+MALFORMED_KINDS = (
+    "missing_id", "bad_uuid", "bad_created_at", "parameters_not_object",
+    "creativity_out_of_range", "results_not_list", "scale_factor_out_of_range",
+    "width_too_small", "not_an_object", "wrong_type_nsfw",
+)  # fmt: skip
+EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass
+class FakeArtwork:
+    """One record of the fake: its JSON value and what tests need to know of it."""
+
+    index: int
+    value: Any  # usually a dict; a malformed record may be anything
+    malformed: str | None = None
+    pending: bool = False
+    _json: bytes | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str | None:
+        value = self.value
+        return value.get("id") if isinstance(value, dict) and isinstance(value.get("id"), str) else None
+
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = orjson.dumps(self.value)
+        return self._json
+
+    def finish(self, rng: random.Random) -> None:
+        """A pending artwork completes: terminal status and its results appear."""
+        if not self.pending or not isinstance(self.value, dict):
+            return
+        self.value = dict(self.value, status="done", results=_results(rng, self.value["id"]))
+        self.value["duration"] = round(rng.uniform(2, 40), 3)
+        self.pending = False
+        self._json = None
+
+
+def _results(rng: random.Random, artwork_id: str) -> list[str]:
+    return [f"https://cdn.tengr.ai/artworks/{artwork_id}/{n}.webp" for n in range(rng.choice((1, 1, 2, 4)))]
+
+
+def _prompt(rng: random.Random) -> str:
+    if rng.random() < 0.03:
+        return rng.choice(HOSTILE_PROMPTS)
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
+
+
+def _txt2img_parameters(rng: random.Random) -> dict[str, Any]:
+    params: dict[str, Any] = {"prompt": _prompt(rng)}
+    optional: dict[str, Any] = {
+        "model": rng.choice(MODELS),
+        "promptMode": rng.choice(("seer", "servitor")),
+        "negativePrompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 4))),
+        "style": rng.choice(STYLES),
+        "creativity": rng.randint(1, 5),
+        "details": rng.randint(1, 5),
+        "nsfw": rng.random() < 0.05,
+    }
+    for key, value in optional.items():
+        if rng.random() < 0.85:  # absent fields are part of the contract
+            params[key] = value
+    if rng.random() < 0.2:
+        params["width"], params["height"] = rng.choice(((512, 768), (1216, 1216), (832, 1216), (2048, 512)))
+    elif rng.random() < 0.9:
+        params["aspectRatio"] = rng.choice(ASPECT_RATIOS)
+    return params
+
+
+class Dataset:
+    """The fake account: artworks in creation order, plus how they are listed."""
+
+    def __init__(
+        self,
+        count: int,
+        seed: int = 0,
+        *,
+        unknown_fraction: float = 0.01,
+        malformed_fraction: float = 0.005,
+        pending_fraction: float = 0.0,
+        start: datetime = EPOCH,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.unknown_fraction = unknown_fraction
+        self.malformed_fraction = malformed_fraction
+        self.pending_fraction = pending_fraction
+        self.next_time = start
+        self.created = 0
+        self.items: list[FakeArtwork] = []  # live records, oldest first
+        self.ever: dict[str, FakeArtwork] = {}  # every identifiable record ever created
+        self.add(count)
+
+    # ------------------------------------------------------------ mutation
+
+    def add(self, count: int, *, pending: bool | None = None) -> list[FakeArtwork]:
+        added = [self._make(pending) for _ in range(count)]
+        self.items.extend(added)
+        for artwork in added:
+            if artwork.id is not None:
+                self.ever.setdefault(artwork.id, artwork)
+        return added
+
+    def delete_oldest(self, count: int) -> list[FakeArtwork]:
+        removed, self.items = self.items[:count], self.items[count:]
+        return removed
+
+    def delete_at(self, position: int) -> FakeArtwork:
+        return self.items.pop(position)
+
+    def finish_pending(self) -> int:
+        pending = [a for a in self.items if a.pending]
+        for artwork in pending:
+            artwork.finish(self.rng)
+        return len(pending)
+
+    def find(self, artwork_id: str) -> FakeArtwork | None:
+        return next((a for a in self.items if a.id == artwork_id), None)
+
+    # ------------------------------------------------------------ views
+
+    def valid(self) -> list[FakeArtwork]:
+        return [a for a in self.items if a.malformed is None]
+
+    def ordered(self, order: str, shuffle_seed: int = 0) -> list[FakeArtwork]:
+        if order == "oldest_first":
+            return list(self.items)
+        if order == "newest_first":
+            return self.items[::-1]
+        shuffled = list(self.items)
+        random.Random(shuffle_seed).shuffle(shuffled)
+        return shuffled
+
+    # ------------------------------------------------------------ records
+
+    def _make(self, pending: bool | None) -> FakeArtwork:
+        rng = self.rng
+        index = self.created
+        self.created += 1
+        self.next_time += timedelta(seconds=rng.randint(1, 600), milliseconds=rng.randint(0, 999))
+        artwork_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        roll = rng.random()
+        if roll < self.unknown_fraction:
+            kind = rng.choice(UNKNOWN_TYPES)
+            parameters: dict[str, Any] = {
+                "imageUrl": f"https://img.example/{index}.png",
+                "strength": rng.random(),
+            }
+        elif rng.random() < 0.7:
+            kind, parameters = "txt2img", _txt2img_parameters(rng)
+        else:
+            kind = "upscaling"
+            parameters = {"imageUrl": f"https://uploads.example/{index}.png"}
+            if rng.random() < 0.9:
+                parameters["scaleFactor"] = rng.randint(2, 8)
+        is_pending = (rng.random() < self.pending_fraction) if pending is None else pending
+        status = "processing" if is_pending else rng.choice(("done",) * 19 + ("failed",))
+        value: dict[str, Any] = {
+            "id": artwork_id,
+            "artworkType": kind,
+            "parameters": parameters,
+            "duration": None if is_pending else round(rng.uniform(1, 60), 3),
+            "results": [] if is_pending or status == "failed" else _results(rng, artwork_id),
+            "status": status,
+            "createdAt": iso(self.next_time),
+        }
+        artwork = FakeArtwork(index=index, value=value, pending=is_pending)
+        if rng.random() < self.malformed_fraction:
+            self._break(artwork, rng.choice(MALFORMED_KINDS))
+        return artwork
+
+    @staticmethod
+    def _break(artwork: FakeArtwork, kind: str) -> None:
+        value = dict(artwork.value)
+        if kind == "missing_id":
+            del value["id"]
+        elif kind == "bad_uuid":
+            value["id"] = "artwork-" + value["id"][:8]
+        elif kind == "bad_created_at":
+            value["createdAt"] = "last tuesday"
+        elif kind == "parameters_not_object":
+            value["parameters"] = "prompt=cat"
+        elif kind == "creativity_out_of_range":
+            value.update(artworkType="txt2img", parameters={"prompt": "x", "creativity": 9})
+        elif kind == "results_not_list":
+            value["results"] = "https://cdn.tengr.ai/one.webp"
+        elif kind == "scale_factor_out_of_range":
+            value.update(
+                artworkType="upscaling", parameters={"imageUrl": "https://u/x.png", "scaleFactor": 1}
+            )
+        elif kind == "width_too_small":
+            value.update(artworkType="txt2img", parameters={"width": 64, "height": 64})
+        elif kind == "wrong_type_nsfw":
+            value.update(artworkType="txt2img", parameters={"nsfw": "yes"})
+        elif kind == "not_an_object":
+            artwork.value, artwork.malformed = [value["id"], "not", "an", "object"], kind
+            return
+        artwork.value, artwork.malformed = value, kind

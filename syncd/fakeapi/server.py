@@ -1,0 +1,360 @@
+"""The fake Tengr.ai v1 API over a real socket, with fault injection.
+
+``syncd mock-api`` serves this; tests, the benchmark and the demo use it.
+v1 semantics: Bearer auth (401 without or with a wrong key, 403 for a
+forbidden key), ``skip``/``limit`` validation with 400, JSON error bodies,
+``GET /v1/artworks/{id}`` with 404. Faults (``Faults``) are drawn from a seeded
+random generator, so a run is repeatable. Control endpoints under ``/_fake/``
+(no auth) let tests change the data and read counters:
+
+    GET  /_fake/stats                  counters (requests, by status, early requests)
+    POST /_fake/add?count=N[&pending=1]  create N artworks now
+    POST /_fake/delete-oldest?count=N  delete the N oldest
+    POST /_fake/finish-pending         pending artworks become done
+    POST /_fake/faults                 JSON body: Faults fields to change
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from syncd.fakeapi.data import Dataset
+
+DEFAULT_KEY = "demo-key"
+
+
+@dataclass
+class Faults:
+    """What can go wrong, per list/get request. Probabilities are 0..1."""
+
+    rate_limit: float = 0.0  # requests per second allowed (token bucket); 0 = unlimited
+    retry_after_http_date: bool = False  # send Retry-After as an HTTP date
+    retry_after_missing: float = 0.0  # share of 429s sent without Retry-After
+    error_5xx: float = 0.0
+    truncated: float = 0.0  # body cut short, connection closed
+    non_json: float = 0.0  # 200 with an HTML page
+    not_a_list: float = 0.0  # 200 with a JSON object
+    reset: float = 0.0  # connection closed without an answer
+    slow: float = 0.0  # share of responses delayed by `delay`
+    delay: float = 0.0
+    add_per_request: int = 0  # new artworks created before each list request
+    delete_oldest_per_request: int = 0
+    auth_status: int = 0  # answer every API request with this status (401/403)
+    order: str = "newest_first"  # newest_first | oldest_first | random
+
+    def update(self, changes: dict[str, Any]) -> None:
+        names = {f.name for f in fields(self)}
+        for key, value in changes.items():
+            if key not in names:
+                raise ValueError(f"unknown fault {key!r}")
+            setattr(self, key, type(getattr(self, key))(value))
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    list_requests: int = 0
+    get_requests: int = 0
+    early_requests: int = 0  # arrived before a Retry-After deadline we gave
+    by_status: Counter[int] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["by_status"] = {str(k): v for k, v in (self.by_status or Counter()).items()}
+        return data
+
+
+class FakeApi:
+    """State shared by the handler threads; every mutation holds ``lock``."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        api_key: str = DEFAULT_KEY,
+        forbidden_keys: tuple[str, ...] = (),
+        faults: Faults | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.dataset = dataset
+        self.api_key = api_key
+        self.forbidden_keys = forbidden_keys
+        self.faults = faults or Faults()
+        self.rng = random.Random(seed ^ 0x5EED)
+        self.lock = threading.Lock()
+        self.stats = Stats(by_status=Counter())
+        self._tokens = 0.0
+        self._last_refill = time.monotonic()
+        self._retry_deadline = 0.0
+        self.list_log: list[tuple[int, int]] = []  # (skip, limit) of each list request
+
+    def reset_stats(self) -> None:
+        with self.lock:
+            self.stats = Stats(by_status=Counter())
+            self.list_log = []
+
+    def throttle(self) -> float | None:
+        """Seconds the client must wait, or None when the request may pass."""
+        rate = self.faults.rate_limit
+        now = time.monotonic()
+        if now < self._retry_deadline:
+            self.stats.early_requests += 1
+            return self._retry_deadline - now
+        if rate <= 0:
+            return None
+        burst = max(1.0, rate)
+        self._tokens = min(burst, self._tokens + (now - self._last_refill) * rate)
+        self._last_refill = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return None
+        return (1 - self._tokens) / rate
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: tests read counters instead
+
+    # ------------------------------------------------------------ plumbing
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        phrase = HTTPStatus(status).phrase
+        body = orjson.dumps({"message": message, "statusCode": status, "error": phrase})
+        self._send(status, body, headers=headers)
+
+    def _count(self, status: int) -> None:
+        assert self.server.api.stats.by_status is not None
+        self.server.api.stats.by_status[status] += 1
+
+    # ------------------------------------------------------------ routes
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path == "/_fake/stats":
+            with self.server.api.lock:
+                self._send(200, orjson.dumps(self.server.api.stats.as_dict()))
+            return
+        if parts.path == "/v1/artworks" or parts.path.startswith("/v1/artworks/"):
+            self._api(parts.path, parse_qs(parts.query, keep_blank_values=True))
+            return
+        self._error(404, f"Cannot GET {parts.path}")
+
+    def do_POST(self) -> None:
+        parts = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        api = self.server.api
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        with api.lock:
+            if parts.path == "/_fake/add":
+                pending = query.get("pending") == "1"
+                added = api.dataset.add(int(query.get("count", "1")), pending=pending or None)
+                self._send(200, orjson.dumps({"added": [a.id for a in added]}))
+            elif parts.path == "/_fake/delete-oldest":
+                removed = api.dataset.delete_oldest(int(query.get("count", "1")))
+                self._send(200, orjson.dumps({"deleted": [a.id for a in removed]}))
+            elif parts.path == "/_fake/finish-pending":
+                self._send(200, orjson.dumps({"finished": api.dataset.finish_pending()}))
+            elif parts.path == "/_fake/faults":
+                try:
+                    api.faults.update(orjson.loads(body or b"{}"))
+                except (ValueError, TypeError) as exc:
+                    self._error(400, str(exc))
+                    return
+                self._send(200, orjson.dumps(asdict(api.faults)))
+            elif parts.path == "/_fake/reset-stats":
+                api.stats = Stats(by_status=Counter())
+                self._send(200, b"{}")
+            else:
+                self._error(404, f"Cannot POST {parts.path}")
+
+    def _api(self, path: str, query: dict[str, list[str]]) -> None:
+        api = self.server.api
+        faults = api.faults
+        with api.lock:
+            api.stats.requests += 1
+            is_list = path == "/v1/artworks"
+            if is_list:
+                api.stats.list_requests += 1
+            else:
+                api.stats.get_requests += 1
+            status, body, headers, fault = self._decide(path, query, is_list)
+            self._count(status)
+        if fault == "slow" or (faults.slow and faults.delay and api.rng.random() < faults.slow):
+            time.sleep(faults.delay)
+        if fault == "reset":
+            self.close_connection = True
+            self.connection.close()
+            return
+        if fault == "truncated":
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: max(1, len(body) // 2)])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        content_type = "text/html" if fault in ("non_json", "html_5xx") else "application/json"
+        self._send(status, body, content_type, headers)
+
+    def _decide(
+        self, path: str, query: dict[str, list[str]], is_list: bool
+    ) -> tuple[int, bytes, dict[str, str], str | None]:
+        """Under the lock: the answer to one API request, faults included."""
+        api = self.server.api
+        faults = api.faults
+        rng = api.rng
+
+        def error(
+            status: int, message: str, headers: dict[str, str] | None = None
+        ) -> tuple[int, bytes, dict[str, str], str | None]:
+            body = orjson.dumps(
+                {"message": message, "statusCode": status, "error": HTTPStatus(status).phrase}
+            )
+            return status, body, headers or {}, None
+
+        auth = self.headers.get("Authorization", "")
+        key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
+        if faults.auth_status in (401, 403):
+            return error(faults.auth_status, "Invalid API key" if faults.auth_status == 401 else "Forbidden")
+        if key is None or (key != api.api_key and key not in api.forbidden_keys):
+            return error(401, "Unauthorized")
+        if key in api.forbidden_keys:
+            return error(403, "This API key is not allowed to list artworks")
+
+        wait = api.throttle()
+        if wait is not None:
+            seconds = max(1, math.ceil(wait))
+            api._retry_deadline = time.monotonic() + seconds
+            headers: dict[str, str] = {}
+            if rng.random() >= faults.retry_after_missing:
+                if faults.retry_after_http_date:
+                    # An HTTP date has whole seconds: round up so it never undershoots.
+                    headers["Retry-After"] = email.utils.formatdate(
+                        math.ceil(time.time()) + seconds + 1, usegmt=True
+                    )
+                    api._retry_deadline = time.monotonic() + seconds + 1
+                else:
+                    headers["Retry-After"] = str(seconds)
+            else:
+                api._retry_deadline = 0.0  # nothing was promised
+            return error(429, "ThrottlerException: Too Many Requests", headers)
+
+        if faults.error_5xx and rng.random() < faults.error_5xx:
+            status = rng.choice((500, 502, 503, 504))
+            if status == 500:
+                return error(500, "Internal server error")
+            return status, f"<html><body><h1>{status} Bad Gateway</h1></body></html>".encode(), {}, "html_5xx"
+        if faults.reset and rng.random() < faults.reset:
+            return 200, b"", {}, "reset"
+
+        if is_list:
+            status, body = self._list(query)
+        else:
+            status, body = self._get(path.removeprefix("/v1/artworks/"))
+        if status != 200:
+            return status, body, {}, None
+        if faults.non_json and rng.random() < faults.non_json:
+            return (
+                200,
+                b"<!DOCTYPE html><html><body>Service temporarily unavailable</body></html>",
+                {},
+                "non_json",
+            )
+        if is_list and faults.not_a_list and rng.random() < faults.not_a_list:
+            return 200, b'{"data": "maintenance"}', {}, None
+        if faults.truncated and rng.random() < faults.truncated:
+            return 200, body, {}, "truncated"
+        return 200, body, {}, None
+
+    def _list(self, query: dict[str, list[str]]) -> tuple[int, bytes]:
+        api = self.server.api
+        faults = api.faults
+
+        def bad(message: str) -> tuple[int, bytes]:
+            return 400, orjson.dumps({"message": [message], "statusCode": 400, "error": "Bad Request"})
+
+        try:
+            skip = int(query.get("skip", ["0"])[-1])
+            limit = int(query.get("limit", ["10"])[-1])
+        except ValueError:
+            return bad("skip and limit must be integers")
+        if skip < 0:
+            return bad("skip must not be less than 0")
+        if not 1 <= limit <= 500:
+            return bad(
+                "limit must not be greater than 500" if limit > 500 else "limit must not be less than 1"
+            )
+        if faults.add_per_request:
+            api.dataset.add(faults.add_per_request)
+        if faults.delete_oldest_per_request:
+            api.dataset.delete_oldest(faults.delete_oldest_per_request)
+        api.list_log.append((skip, limit))
+        listed = api.dataset.ordered(faults.order)[skip : skip + limit]
+        return 200, b"[" + b",".join(a.json() for a in listed) + b"]"
+
+    def _get(self, artwork_id: str) -> tuple[int, bytes]:
+        artwork = self.server.api.dataset.find(artwork_id)
+        if artwork is None:
+            return 404, orjson.dumps(
+                {"message": "Artwork not found", "statusCode": 404, "error": "Not Found"}
+            )
+        return 200, artwork.json()
+
+
+class FakeServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, api: FakeApi, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__((host, port), _Handler)
+        self.api = api
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> FakeServer:
+        """Serve in a background thread (for tests and the demo)."""
+        self._thread = threading.Thread(target=self.serve_forever, name="fake-api", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,175 @@
+"""``syncd status``: what the database says about the sync, as data and as text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from syncd import db, store
+from syncd.records import TERMINAL_STATUSES
+from syncd.sync.planner import ListOrder
+
+runs = store.runs_table
+artworks = store.artworks
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if moment else None
+
+
+def _run_dict(row: Any, now: datetime) -> dict[str, Any]:
+    finished = row.finished_at
+    return {
+        "id": row.id,
+        "mode": row.mode,
+        "outcome": row.outcome,
+        "started_at": _iso(row.started_at),
+        "finished_at": _iso(finished),
+        "age_seconds": round((now - finished).total_seconds(), 1) if finished else None,
+        "pages": row.pages,
+        "requests": row.requests,
+        "inserted": row.inserted,
+        "updated": row.updated,
+        "unchanged": row.unchanged,
+        "rejected": row.rejected,
+        "marked_deleted": row.marked_deleted,
+        "error": row.error,
+    }
+
+
+def collect(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
+    """Everything `syncd status` shows, as JSON-ready data."""
+    now = now or datetime.now(UTC)
+    version = db.schema_version(engine)
+    report: dict[str, Any] = {
+        "database": db.safe_url(str(engine.url)),
+        "schema": {"current": version.current, "latest": version.head, "up_to_date": version.up_to_date},
+        "now": _iso(now),
+    }
+    if version.current is None:
+        report.update(last_success=None, last_failure=None, last_runs=[], streams=[], tables={})
+        return report
+    with engine.connect() as conn:
+
+        def last(*where: Any) -> dict[str, Any] | None:
+            row = conn.execute(select(runs).where(*where).order_by(runs.c.id.desc()).limit(1)).first()
+            return _run_dict(row, now) if row else None
+
+        report["last_success"] = last(runs.c.outcome == "success")
+        report["last_failure"] = last(runs.c.outcome.not_in(["success", "running"]))
+        recent = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(5)).all()
+        report["last_runs"] = [_run_dict(row, now) for row in recent]
+        streams = []
+        for row in conn.execute(select(store.state_table)).mappings():
+            stream = row["stream"]
+            last_incremental = last(
+                runs.c.stream == stream, runs.c.mode == "incremental", runs.c.outcome == "success"
+            )
+            order = ListOrder(row["list_order"])
+            rate_until = row["rate_limited_until"]
+            streams.append(
+                {
+                    "stream": stream,
+                    "list_order": str(order),
+                    "strategy": "incremental"
+                    if order.is_sorted
+                    else "full scan every run (order unknown or unordered)",
+                    "phase": row["phase"],
+                    "cursor": {"skip": row["cursor_skip"], "id": row["cursor_id"]},
+                    "head": {"id": row["head_id"], "created_at": _iso(row["head_created_at"])},
+                    "tail": {"id": row["tail_id"], "created_at": _iso(row["tail_created_at"])},
+                    "listed_total": row["listed_total"],
+                    "backfill_completed_at": _iso(row["backfill_completed_at"]),
+                    "last_full_sync_at": _iso(row["last_full_sync_at"]),
+                    "last_incremental": last_incremental,
+                    "rate_limited_until": _iso(rate_until) if rate_until and rate_until > now else None,
+                }
+            )
+        report["streams"] = streams
+        report["awaiting_refresh"] = conn.execute(
+            select(func.count())
+            .select_from(artworks)
+            .where(
+                artworks.c.status.not_in(sorted(TERMINAL_STATUSES)), artworks.c.remote_deleted_at.is_(None)
+            )
+        ).scalar_one()
+        report["marked_deleted"] = conn.execute(
+            select(func.count()).select_from(artworks).where(artworks.c.remote_deleted_at.is_not(None))
+        ).scalar_one()
+        report["tables"] = store.table_counts(conn)
+    return report
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"database      {report['database']}"]
+    schema = report["schema"]
+    lines.append(
+        f"schema        {schema['current'] or 'empty'}"
+        + ("" if schema["up_to_date"] else f" (latest {schema['latest']}: run `syncd db upgrade`)")
+    )
+    ok = report.get("last_success")
+    lines.append(
+        f"last success  {ok['finished_at']} ({_age(ok['age_seconds'])} ago), run {ok['id']} {ok['mode']}"
+        if ok
+        else "last success  never"
+    )
+    bad = report.get("last_failure")
+    if bad:
+        lines.append(
+            f"last failure  {bad['finished_at']} run {bad['id']} {bad['mode']} {bad['outcome']}: {bad['error']}"
+        )
+    for stream in report.get("streams", []):
+        lines.append("")
+        lines.append(f"stream {stream['stream']}")
+        lines.append(f"  list order        {stream['list_order']} -> {stream['strategy']}")
+        lines.append(
+            f"  phase             {stream['phase']}"
+            + (f" (cursor at skip {stream['cursor']['skip']})" if stream["phase"] != "idle" else "")
+        )
+        lines.append(f"  head / tail       {stream['head']['id'] or '-'} / {stream['tail']['id'] or '-'}")
+        lines.append(
+            f"  listed total      {stream['listed_total'] if stream['listed_total'] is not None else '-'}"
+        )
+        lines.append(f"  backfill done     {stream['backfill_completed_at'] or 'not yet'}")
+        lines.append(f"  last full sync    {stream['last_full_sync_at'] or 'never'}")
+        inc = stream["last_incremental"]
+        lines.append(
+            f"  last incremental  {inc['finished_at']}: {inc['requests']} requests, {inc['inserted']} new, {inc['updated']} updated"
+            if inc
+            else "  last incremental  none yet"
+        )
+        if stream["rate_limited_until"]:
+            lines.append(f"  rate limited until {stream['rate_limited_until']}")
+    if "awaiting_refresh" in report:
+        lines.append("")
+        lines.append(f"awaiting refresh  {report['awaiting_refresh']} artworks (status not terminal)")
+        lines.append(f"marked deleted    {report['marked_deleted']} artworks (no longer listed by the API)")
+    if report.get("tables"):
+        lines.append("")
+        lines.append("rows per table")
+        for name, count in report["tables"].items():
+            lines.append(f"  {name:<22}{count:>10,}")
+    if report.get("last_runs"):
+        lines.append("")
+        lines.append("recent runs")
+        for run in report["last_runs"]:
+            lines.append(
+                f"  #{run['id']:<5} {run['mode']:<11} {run['outcome']:<12} {run['started_at']}  "
+                f"{run['requests']} req, +{run['inserted']} ~{run['updated']} ={run['unchanged']} !{run['rejected']}"
+            )
+    return "\n".join(lines)

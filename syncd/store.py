@@ -1,0 +1,351 @@
+"""Writes: artworks upserted per page, quarantine, sync state and run records.
+
+Every function takes a Connection inside the caller's transaction, so a page's
+rows, its rejected records and the sync state commit together or not at all.
+Statements are bulk (one executemany per table per page); an artwork whose
+content hash is unchanged only has ``last_seen_at`` moved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from syncd import __version__
+from syncd.models import (
+    Artwork,
+    ArtworkResult,
+    RejectedRecord,
+    SyncRun,
+    SyncState,
+    Txt2ImgParameters,
+    UpscalingParameters,
+)
+from syncd.records import TERMINAL_STATUSES, ArtworkRows, Rejection
+from syncd.sync.planner import ListOrder, Phase, StreamState
+
+artworks: Table = Artwork.__table__  # type: ignore[assignment]
+results_table: Table = ArtworkResult.__table__  # type: ignore[assignment]
+rejected_table: Table = RejectedRecord.__table__  # type: ignore[assignment]
+runs_table: Table = SyncRun.__table__  # type: ignore[assignment]
+state_table: Table = SyncState.__table__  # type: ignore[assignment]
+PARAMETER_TABLES: dict[str, Table] = {
+    "txt2img_parameters": Txt2ImgParameters.__table__,  # type: ignore[dict-item]
+    "upscaling_parameters": UpscalingParameters.__table__,  # type: ignore[dict-item]
+}
+DATA_TABLES = (
+    "artworks",
+    "txt2img_parameters",
+    "upscaling_parameters",
+    "artwork_results",
+    "rejected_records",
+    "sync_runs",
+    "sync_state",
+)
+
+
+@dataclass
+class Counts:
+    """What a run did; the columns of ``sync_runs`` with the same names."""
+
+    pages: int = 0
+    requests: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    unknown_type: int = 0
+    marked_deleted: int = 0
+
+    def add(self, other: Counts) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+# ------------------------------------------------------------------ artworks
+
+
+def _insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(table), list(rows))
+
+
+def write_artworks(conn: Connection, batch: Sequence[ArtworkRows], now: datetime) -> Counts:
+    """Insert new artworks, rewrite changed ones, touch unchanged ones."""
+    counts = Counts()
+    if not batch:
+        return counts
+    ids = [rows.id for rows in batch]
+    query = select(artworks.c.id, artworks.c.content_hash).where(artworks.c.id.in_(ids))
+    stored: dict[str, str] = {row.id: row.content_hash for row in conn.execute(query)}
+    new = [rows for rows in batch if rows.id not in stored]
+    changed = [rows for rows in batch if rows.id in stored and stored[rows.id] != rows.content_hash]
+    same = [rows.id for rows in batch if stored.get(rows.id) == rows.content_hash]
+
+    if new:
+        _insert_many(
+            conn,
+            artworks,
+            [
+                {
+                    **rows.artwork,
+                    "content_hash": rows.content_hash,
+                    "first_seen_at": now,
+                    "last_seen_at": now,
+                    "updated_at": now,
+                    "remote_deleted_at": None,
+                }
+                for rows in new
+            ],
+        )
+    if changed:
+        conn.execute(
+            update(artworks)
+            .where(artworks.c.id == bindparam("b_id"))
+            .values(
+                artwork_type=bindparam("artwork_type"),
+                status=bindparam("status"),
+                duration=bindparam("duration"),
+                created_at=bindparam("created_at"),
+                raw=bindparam("raw"),
+                content_hash=bindparam("content_hash"),
+                last_seen_at=now,
+                updated_at=now,
+                remote_deleted_at=None,
+            ),
+            [
+                {
+                    **{k: v for k, v in rows.artwork.items() if k != "id"},
+                    "b_id": rows.id,
+                    "content_hash": rows.content_hash,
+                }
+                for rows in changed
+            ],
+        )
+        changed_ids = [rows.id for rows in changed]
+        for table in (*PARAMETER_TABLES.values(), results_table):
+            conn.execute(delete(table).where(table.c.artwork_id.in_(changed_ids)))
+    if same:
+        conn.execute(
+            update(artworks).where(artworks.c.id.in_(same)).values(last_seen_at=now, remote_deleted_at=None)
+        )
+
+    written = new + changed
+    for name, table in PARAMETER_TABLES.items():
+        _insert_many(
+            conn, table, [r.parameters for r in written if r.parameters_table == name and r.parameters]
+        )
+    _insert_many(conn, results_table, [row for rows in written for row in rows.results])
+
+    counts.inserted, counts.updated, counts.unchanged = len(new), len(changed), len(same)
+    return counts
+
+
+def touch_seen(conn: Connection, artwork_id: str, now: datetime) -> None:
+    conn.execute(
+        update(artworks).where(artworks.c.id == artwork_id).values(last_seen_at=now, remote_deleted_at=None)
+    )
+
+
+def mark_remote_deleted(conn: Connection, ids: Iterable[str], now: datetime) -> int:
+    ids = list(ids)
+    if not ids:
+        return 0
+    result = conn.execute(
+        update(artworks)
+        .where(artworks.c.id.in_(ids), artworks.c.remote_deleted_at.is_(None))
+        .values(remote_deleted_at=now)
+    )
+    return result.rowcount
+
+
+def mark_unlisted(conn: Connection, scan_started_at: datetime, now: datetime) -> int:
+    """After a complete scan: artworks not seen since it began are no longer listed."""
+    result = conn.execute(
+        update(artworks)
+        .where(artworks.c.last_seen_at < scan_started_at, artworks.c.remote_deleted_at.is_(None))
+        .values(remote_deleted_at=now)
+    )
+    return result.rowcount
+
+
+def pending_refresh(conn: Connection, limit: int | None = None) -> list[str]:
+    """Ids of stored artworks whose status is not terminal, oldest first."""
+    query = (
+        select(artworks.c.id)
+        .where(artworks.c.status.not_in(sorted(TERMINAL_STATUSES)), artworks.c.remote_deleted_at.is_(None))
+        .order_by(artworks.c.created_at, artworks.c.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return list(conn.execute(query).scalars())
+
+
+# ------------------------------------------------------------------ quarantine
+
+
+def _upsert(
+    conn: Connection, table: Table, rows: Sequence[dict[str, Any]], key: str, update_set: dict[str, Any]
+) -> None:
+    """INSERT ... ON CONFLICT (key) DO UPDATE, on SQLite and PostgreSQL alike."""
+    if not rows:
+        return
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = dialect_insert(table)
+    values = {
+        name: (value(stmt.excluded) if callable(value) else value) for name, value in update_set.items()
+    }
+    conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=values), list(rows))
+
+
+def quarantine(
+    conn: Connection, rejections: Sequence[Rejection], *, stream: str, run_id: int, now: datetime
+) -> None:
+    """One row per distinct bad payload; seeing it again bumps its counters."""
+    by_hash: dict[str, tuple[Rejection, int]] = {}
+    for rejection in rejections:
+        seen = by_hash.get(rejection.payload_hash)
+        by_hash[rejection.payload_hash] = (rejection, (seen[1] if seen else 0) + 1)
+    rows = [
+        {
+            "payload_hash": r.payload_hash,
+            "artwork_id": r.artwork_id,
+            "stream": stream,
+            "reason": r.reason,
+            "raw": r.payload,
+            "first_seen_at": now,
+            "last_seen_at": now,
+            "first_run_id": run_id,
+            "last_run_id": run_id,
+            "times_seen": times,
+        }
+        for r, times in by_hash.values()
+    ]
+    _upsert(
+        conn,
+        rejected_table,
+        rows,
+        "payload_hash",
+        {
+            "last_seen_at": lambda ex: ex.last_seen_at,
+            "last_run_id": lambda ex: ex.last_run_id,
+            "reason": lambda ex: ex.reason,
+            "times_seen": lambda ex: rejected_table.c.times_seen + ex.times_seen,
+        },
+    )
+
+
+# ------------------------------------------------------------------ state
+
+
+_STATE_COLUMNS = [f.name for f in fields(StreamState)]
+
+
+def load_state(conn: Connection, stream: str) -> StreamState:
+    row = conn.execute(select(state_table).where(state_table.c.stream == stream)).mappings().first()
+    if row is None:
+        return StreamState(stream=stream)
+    values = {name: row[name] for name in _STATE_COLUMNS}
+    values["list_order"] = ListOrder(values["list_order"])
+    values["scan_order"] = ListOrder(values["scan_order"])
+    values["phase"] = Phase(values["phase"])
+    return StreamState(**values)
+
+
+def save_state(conn: Connection, state: StreamState, now: datetime) -> None:
+    row = {**asdict(state), "updated_at": now}
+    row["list_order"] = str(state.list_order)
+    row["scan_order"] = str(state.scan_order)
+    row["phase"] = str(state.phase)
+    _upsert(
+        conn,
+        state_table,
+        [row],
+        "stream",
+        # rate_limited_until is owned by save_rate_limit: a page commit must not
+        # overwrite a deadline that the fetch thread recorded meanwhile.
+        {
+            name: (lambda ex, name=name: getattr(ex, name))
+            for name in row
+            if name not in ("stream", "rate_limited_until")
+        },
+    )
+
+
+def save_rate_limit(conn: Connection, stream: str, until: datetime | None, now: datetime) -> None:
+    """Persist a Retry-After deadline alone, without disturbing the cursor."""
+    state = load_state(conn, stream)
+    state.rate_limited_until = until
+    row = {**asdict(state), "updated_at": now}
+    row.update(list_order=str(state.list_order), scan_order=str(state.scan_order), phase=str(state.phase))
+    _upsert(conn, state_table, [row], "stream", {"rate_limited_until": lambda ex: ex.rate_limited_until})
+
+
+# ------------------------------------------------------------------ runs
+
+
+def start_run(conn: Connection, *, stream: str, mode: str, now: datetime) -> int:
+    result = conn.execute(
+        insert(runs_table).values(
+            stream=stream,
+            mode=mode,
+            outcome="running",
+            started_at=now,
+            pages=0,
+            requests=0,
+            inserted=0,
+            updated=0,
+            unchanged=0,
+            rejected=0,
+            unknown_type=0,
+            marked_deleted=0,
+            syncd_version=__version__,
+        )
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def update_run(
+    conn: Connection,
+    run_id: int,
+    counts: Counts,
+    *,
+    mode: str | None = None,
+    outcome: str | None = None,
+    error: str | None = None,
+    finished_at: datetime | None = None,
+) -> None:
+    values: dict[str, Any] = asdict(counts)
+    if mode is not None:
+        values["mode"] = mode
+    if outcome is not None:
+        values["outcome"] = outcome
+        values["finished_at"] = finished_at
+        values["error"] = error
+    conn.execute(update(runs_table).where(runs_table.c.id == run_id).values(**values))
+
+
+def close_abandoned_runs(conn: Connection, now: datetime) -> int:
+    """Runs left 'running' by a process that died (the caller holds the lock)."""
+    result = conn.execute(
+        update(runs_table)
+        .where(runs_table.c.outcome == "running")
+        .values(outcome="crashed", finished_at=now, error="the process ended without recording an outcome")
+    )
+    return result.rowcount
+
+
+def table_counts(conn: Connection) -> dict[str, int]:
+    from sqlalchemy import table as table_ref
+
+    return {
+        name: int(conn.execute(select(func.count()).select_from(table_ref(name))).scalar_one())
+        for name in DATA_TABLES
+    }

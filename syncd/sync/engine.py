@@ -1,0 +1,266 @@
+"""The sync loop: the one place where client, planner and store meet.
+
+For each page: fetch (the next page is already being fetched while this one is
+validated and written), let the planner judge it, then write its rows, its
+rejected records, the planner's new state and the run's counters in ONE
+transaction. A crash between pages loses nothing: the cursor never runs ahead
+of the rows it covers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from syncd import store
+from syncd.api.client import ApiClient
+from syncd.db import writer
+from syncd.errors import ApiError, AuthError, Interrupted, SyncdError
+from syncd.records import ArtworkRows, Rejection, classify, classify_page, list_key
+from syncd.store import Counts
+from syncd.sync.planner import Item, Mode, Planner, Request, StreamState
+
+log = logging.getLogger(__name__)
+
+STREAM = "artworks"
+REFRESH_BATCH = 50
+
+
+@dataclass
+class RunSummary:
+    run_id: int
+    mode: str
+    outcome: str
+    counts: Counts
+    seconds: float
+    list_order: str
+    error: str | None = None
+    stream: str = STREAM
+
+    def line(self) -> str:
+        c = self.counts
+        text = (
+            f"run {self.run_id} {self.mode} {self.outcome}: {c.pages} pages, {c.requests} requests, "
+            f"{c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
+            f"{c.rejected} rejected, {c.unknown_type} unknown type, "
+            f"{c.marked_deleted} marked deleted, {self.seconds:.1f}s"
+        )
+        return text + (f" ({self.error})" if self.error else "")
+
+
+@dataclass
+class Progress:
+    """Handed to the progress callback after each committed page."""
+
+    mode: str
+    pages: int
+    artworks: int
+    requests: int
+    seconds: float
+
+
+@dataclass
+class Syncer:
+    """Runs syncs of the artworks stream against one database with one client."""
+
+    engine: Engine
+    client: ApiClient
+    page_size: int
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    stop: threading.Event = field(default_factory=threading.Event)
+    on_page: Callable[[Progress], None] | None = None
+    refresh_limit: int = 1000
+
+    def __post_init__(self) -> None:
+        self._writer = writer(self.engine)
+
+    # ------------------------------------------------------------ public
+
+    def sync(self, *, full: bool = False) -> RunSummary:
+        """One list run: backfill, incremental or full, as the state calls for."""
+        started = time.monotonic()
+        with self._writer.begin() as conn:
+            store.close_abandoned_runs(conn, self.now())
+            state = store.load_state(conn, STREAM)
+            planner = Planner(state, self.page_size, full=full, now=self.now())
+            run_id = store.start_run(conn, stream=STREAM, mode=str(planner.mode), now=self.now())
+        if state.rate_limited_until is not None:
+            self.client.wait_until(state.rate_limited_until)
+        counts = Counts()
+        requests_before = self.client.stats.requests
+        try:
+            self._list_loop(planner, run_id, counts, started, requests_before)
+        except BaseException as exc:
+            counts.requests = self.client.stats.requests - requests_before
+            self._record_failure(run_id, counts, planner.mode, exc)
+            raise
+        counts.requests = self.client.stats.requests - requests_before
+        with self._writer.begin() as conn:
+            store.update_run(
+                conn, run_id, counts, mode=str(planner.mode), outcome="success", finished_at=self.now()
+            )
+        if counts.rejected:
+            log.warning(
+                "run %d: %d records failed validation and are in rejected_records", run_id, counts.rejected
+            )
+        if not planner.state.list_order.is_sorted and planner.scan_complete:
+            log.warning("the list is %s: every run reads it in full", planner.state.list_order)
+        return RunSummary(
+            run_id,
+            str(planner.mode),
+            "success",
+            counts,
+            time.monotonic() - started,
+            str(planner.state.list_order),
+        )
+
+    def refresh(self) -> RunSummary | None:
+        """Re-fetch stored artworks whose status is not terminal; None when there are none."""
+        with self.engine.connect() as conn:
+            pending = store.pending_refresh(conn, self.refresh_limit)
+        if not pending:
+            return None
+        started = time.monotonic()
+        with self._writer.begin() as conn:
+            run_id = store.start_run(conn, stream=STREAM, mode=str(Mode.REFRESH), now=self.now())
+        counts = Counts()
+        requests_before = self.client.stats.requests
+        try:
+            for offset in range(0, len(pending), REFRESH_BATCH):
+                self._check_stop()
+                self._refresh_batch(pending[offset : offset + REFRESH_BATCH], run_id, counts)
+        except BaseException as exc:
+            counts.requests = self.client.stats.requests - requests_before
+            self._record_failure(run_id, counts, Mode.REFRESH, exc)
+            raise
+        counts.requests = self.client.stats.requests - requests_before
+        with self._writer.begin() as conn:
+            store.update_run(conn, run_id, counts, outcome="success", finished_at=self.now())
+        return RunSummary(run_id, str(Mode.REFRESH), "success", counts, time.monotonic() - started, "")
+
+    # ------------------------------------------------------------ list
+
+    def _fetch(self, request: Request) -> list[Any]:
+        return self.client.list_page(request.skip, request.limit)
+
+    def _list_loop(
+        self, planner: Planner, run_id: int, counts: Counts, started: float, requests_before: int
+    ) -> None:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-fetch") as pool:
+            request = planner.next_request()
+            pending: Future[list[Any]] | None = pool.submit(self._fetch, request) if request else None
+            try:
+                while pending is not None and request is not None:
+                    items = pending.result()
+                    self._check_stop()
+                    now = self.now()
+                    planner.observe(request, [Item(*list_key(value, now)) for value in items])
+                    state = replace(planner.state)
+                    mode = planner.mode
+                    request = planner.next_request()
+                    # Fetch the next page while this one is validated and written.
+                    pending = pool.submit(self._fetch, request) if request else None
+                    self._write_page(
+                        items, state, planner.scan_complete and request is None, run_id, counts, mode, now
+                    )
+                    counts.requests = self.client.stats.requests - requests_before
+                    if self.on_page is not None:
+                        self.on_page(
+                            Progress(
+                                str(mode),
+                                counts.pages,
+                                counts.inserted + counts.updated + counts.unchanged,
+                                counts.requests,
+                                time.monotonic() - started,
+                            )
+                        )
+            finally:
+                if pending is not None:
+                    pending.cancel()
+
+    def _write_page(
+        self,
+        items: list[Any],
+        state: StreamState,
+        scan_complete: bool,
+        run_id: int,
+        counts: Counts,
+        mode: Mode,
+        now: datetime,
+    ) -> None:
+        page = classify_page(items, now)
+        with self._writer.begin() as conn:
+            written = store.write_artworks(conn, page.rows, now)
+            store.quarantine(conn, page.rejected, stream=STREAM, run_id=run_id, now=now)
+            written.pages = 1
+            written.rejected = len(page.rejected)
+            written.unknown_type = page.unknown_types
+            if scan_complete and state.scan_started_at is not None:
+                written.marked_deleted = store.mark_unlisted(conn, state.scan_started_at, now)
+            counts.add(written)
+            store.save_state(conn, state, now)
+            store.update_run(conn, run_id, counts, mode=str(mode))
+        for rejection in page.rejected:
+            log.debug("rejected record %s: %s", rejection.artwork_id or "(no id)", rejection.reason)
+
+    # ------------------------------------------------------------ refresh
+
+    def _refresh_batch(self, ids: list[str], run_id: int, counts: Counts) -> None:
+        fetched: list[tuple[str, Any]] = []
+        for artwork_id in ids:
+            self._check_stop()
+            fetched.append((artwork_id, self.client.get_artwork(artwork_id)))
+        now = self.now()
+        with self._writer.begin() as conn:
+            gone = [artwork_id for artwork_id, value in fetched if value is None]
+            counts.marked_deleted += store.mark_remote_deleted(conn, gone, now)
+            rows: list[ArtworkRows] = []
+            rejected: list[Rejection] = []
+            for _, value in fetched:
+                if value is not None:
+                    outcome = classify(value, now)
+                    if isinstance(outcome, Rejection):
+                        rejected.append(outcome)
+                    else:
+                        rows.append(outcome)
+            written = store.write_artworks(conn, rows, now)
+            store.quarantine(conn, rejected, stream=STREAM, run_id=run_id, now=now)
+            written.rejected = len(rejected)
+            counts.add(written)
+            store.update_run(conn, run_id, counts)
+
+    # ------------------------------------------------------------ failure
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted("stopped by a signal; committed pages are kept")
+
+    def _record_failure(self, run_id: int, counts: Counts, mode: Mode, exc: BaseException) -> None:
+        if isinstance(exc, Interrupted):
+            outcome = "interrupted"
+        elif isinstance(exc, AuthError):
+            outcome = "auth_failed"
+        else:
+            outcome = "failed"
+        message = str(exc) if isinstance(exc, SyncdError | ApiError) else f"{type(exc).__name__}: {exc}"
+        try:
+            with self._writer.begin() as conn:
+                store.update_run(
+                    conn,
+                    run_id,
+                    counts,
+                    mode=str(mode),
+                    outcome=outcome,
+                    error=message[:2000],
+                    finished_at=self.now(),
+                )
+        except Exception:  # the database itself may be what failed
+            log.exception("could not record the outcome of run %d", run_id)

@@ -1,0 +1,372 @@
+"""Pure: which page to read next, and what a page proves about the list.
+
+The API offers only ``skip``/``limit`` over a list whose order is not
+documented and which shifts while we read it. The planner turns that into a
+scan that cannot miss a record (docs/sync-algorithm.md explains it with a
+diagram). Its rules:
+
+* **Overlap and connect.** After a page, the last identified item is the
+  *anchor*; the next request starts *at* the anchor (one item of overlap). The
+  page connects when it contains the anchor, starts at offset 0, or - in a list
+  of known order - starts with an item that sorts strictly before the anchor.
+  Only a connected page moves the cursor. A page that does not connect means
+  the list shifted up (deletions before the anchor): the planner searches back
+  (bisection when the order is known, doubling steps otherwise) until a page
+  connects. Every page read is stored; re-reads are absorbed by the upsert.
+* **Order.** Consecutive ``createdAt`` values along a scan tell the order:
+  ``newest_first``, ``oldest_first``, ``unordered`` (both seen) or ``unknown``
+  (no evidence). A complete scan establishes it for later runs.
+* **Incremental runs.** newest-first: read from offset 0 until the page
+  holds the previous head (or an item strictly older than it).
+  oldest-first: start at the previous tail and read to the end; when the tail
+  is not where it was (the oldest were deleted), bisect on ``skip`` for it.
+  Unknown or unordered: a full scan every run.
+* **The cursor moves with the rows.** ``state`` after each ``observe`` is what
+  the engine commits in the same transaction as that page's rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+
+
+class ListOrder(StrEnum):
+    UNKNOWN = "unknown"
+    NEWEST_FIRST = "newest_first"
+    OLDEST_FIRST = "oldest_first"
+    UNORDERED = "unordered"
+
+    @property
+    def is_sorted(self) -> bool:
+        return self in (ListOrder.NEWEST_FIRST, ListOrder.OLDEST_FIRST)
+
+    def merge(self, other: ListOrder) -> ListOrder:
+        if self == other or other == ListOrder.UNKNOWN:
+            return self
+        if self == ListOrder.UNKNOWN:
+            return other
+        return ListOrder.UNORDERED
+
+
+class Phase(StrEnum):
+    BACKFILL = "backfill"  # the first complete scan has not finished
+    FULL = "full"  # a reconciliation scan is in progress
+    IDLE = "idle"  # the last scan completed; runs are incremental
+
+
+class Mode(StrEnum):
+    BACKFILL = "backfill"
+    INCREMENTAL = "incremental"
+    FULL = "full"
+    REFRESH = "refresh"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """What the planner needs of one list position: its id and createdAt, if readable."""
+
+    id: str | None
+    created_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    skip: int
+    limit: int
+
+
+@dataclass
+class StreamState:
+    """Mirror of one ``sync_state`` row (see docs/schema.md)."""
+
+    stream: str
+    list_order: ListOrder = ListOrder.UNKNOWN
+    scan_order: ListOrder = ListOrder.UNKNOWN
+    phase: Phase = Phase.BACKFILL
+    cursor_skip: int = 0
+    cursor_id: str | None = None
+    cursor_created_at: datetime | None = None
+    head_id: str | None = None
+    head_created_at: datetime | None = None
+    tail_id: str | None = None
+    tail_created_at: datetime | None = None
+    listed_total: int | None = None
+    scan_started_at: datetime | None = None
+    backfill_completed_at: datetime | None = None
+    last_full_sync_at: datetime | None = None
+    rate_limited_until: datetime | None = None
+
+
+def observed_order(items: Sequence[Item]) -> ListOrder:
+    """The order that consecutive createdAt values along ``items`` show."""
+    order = ListOrder.UNKNOWN
+    previous: datetime | None = None
+    for item in items:
+        if item.created_at is None:
+            continue
+        if previous is not None and item.created_at != previous:
+            step = ListOrder.NEWEST_FIRST if item.created_at < previous else ListOrder.OLDEST_FIRST
+            order = order.merge(step)
+            if order == ListOrder.UNORDERED:
+                return order
+        previous = item.created_at
+    return order
+
+
+def _first_dated(items: Sequence[Item]) -> datetime | None:
+    return next((i.created_at for i in items if i.created_at is not None), None)
+
+
+def _last_dated(items: Sequence[Item]) -> datetime | None:
+    return next((i.created_at for i in reversed(items) if i.created_at is not None), None)
+
+
+def _sorts_before(order: ListOrder, a: datetime, b: datetime) -> bool:
+    """True when ``a`` stands strictly before ``b`` in a list of this order."""
+    return a > b if order == ListOrder.NEWEST_FIRST else a < b
+
+
+@dataclass(frozen=True, slots=True)
+class _Anchor:
+    position: int
+    id: str
+    created_at: datetime | None
+
+
+class Planner:
+    """Decides requests for one run of one stream; ``state`` is what to commit.
+
+    Use: ``while (req := p.next_request()) is not None: p.observe(req, items)``.
+    """
+
+    def __init__(self, state: StreamState, page_size: int, *, full: bool, now: datetime) -> None:
+        self.state = replace(state)
+        self.page_size = page_size
+        self.now = now
+        self.scan_complete = False  # a scan covering the whole list finished
+        self.done = False
+        self._anchor: _Anchor | None = None
+        self._next_skip = 0
+        self._search: tuple[int, int] | None = None  # (lo, hi) while bisecting
+        self._step = max(page_size - 1, 1)  # contiguous step-back when order is unknown
+        self._head_scan = False
+        self._first_page = True
+
+        st = self.state
+        if st.phase == Phase.IDLE and (full or not st.list_order.is_sorted):
+            self._start_scan(Phase.FULL)
+        elif st.phase in (Phase.BACKFILL, Phase.FULL):
+            if st.scan_started_at is None:
+                self._start_scan(st.phase)
+            else:  # resume a scan interrupted by a crash or a failure
+                self._resume_cursor()
+        elif st.list_order == ListOrder.NEWEST_FIRST:
+            self._head_scan = True
+        else:  # oldest-first: continue after the tail
+            total = st.listed_total or 0
+            if st.tail_id is None or total == 0:
+                self._start_scan(Phase.FULL)
+            else:
+                self._anchor = _Anchor(total - 1, st.tail_id, st.tail_created_at)
+                self._next_skip = total - 1
+        self.mode = {
+            Phase.BACKFILL: Mode.BACKFILL,
+            Phase.FULL: Mode.FULL,
+            Phase.IDLE: Mode.INCREMENTAL,
+        }[self.state.phase]
+
+    # ------------------------------------------------------------ public
+
+    def next_request(self) -> Request | None:
+        if self.done:
+            return None
+        if self._search is not None:
+            lo, hi = self._search
+            skip = lo if hi - lo <= self.page_size - 1 else (lo + hi) // 2
+            return Request(skip, self.page_size)
+        return Request(self._next_skip, self.page_size)
+
+    def observe(self, request: Request, items: Sequence[Item]) -> None:
+        """Take in one page (every element, in list order) and plan the next."""
+        if not self._connects(request, items):
+            self._search_back(request, items)
+            return
+        self._search = None
+        start = self._anchor_index(items)
+        along = [Item(self._anchor.id, self._anchor.created_at)] if self._anchor and start > 0 else []
+        if self._check_order(along + list(items[start:])):
+            return  # the run was turned into a full scan
+        if self._first_page and request.skip == 0:
+            self._record_head(items)
+        self._first_page = False
+
+        if self._head_scan and self._reached_head(items):
+            self._finish_head_scan()
+            return
+        self._advance(request, items)
+        if len(items) < request.limit:
+            if self._head_scan:  # read the whole list without meeting the old head
+                self._finish_head_scan()
+            else:
+                self._finish_scan(request.skip + len(items))
+
+    # ------------------------------------------------------------ scans
+
+    def _start_scan(self, phase: Phase) -> None:
+        st = self.state
+        st.phase = phase
+        st.scan_started_at = self.now
+        st.scan_order = ListOrder.UNKNOWN
+        st.cursor_skip, st.cursor_id, st.cursor_created_at = 0, None, None
+        self._anchor = None
+        self._next_skip = 0
+        self._head_scan = False
+
+    def _resume_cursor(self) -> None:
+        st = self.state
+        if st.cursor_id is None or st.cursor_skip == 0:
+            self._anchor, self._next_skip = None, st.cursor_skip
+        else:
+            position = st.cursor_skip - 1
+            self._anchor = _Anchor(position, st.cursor_id, st.cursor_created_at)
+            self._next_skip = position
+
+    def _advance(self, request: Request, items: Sequence[Item]) -> None:
+        last = next(
+            ((offset, item) for offset, item in reversed(list(enumerate(items))) if item.id is not None),
+            None,
+        )
+        if last is None:
+            # Nothing identifiable to overlap on (a page of junk): trust offsets.
+            self._anchor = None
+            self._next_skip = request.skip + len(items)
+        else:
+            offset, item = last
+            assert item.id is not None
+            self._anchor = _Anchor(request.skip + offset, item.id, item.created_at)
+            self._next_skip = request.skip + offset
+        st = self.state
+        if st.phase != Phase.IDLE:
+            st.cursor_skip = self._next_skip + (1 if self._anchor else 0)
+            st.cursor_id = self._anchor.id if self._anchor else None
+            st.cursor_created_at = self._anchor.created_at if self._anchor else None
+        elif not self._head_scan and self._anchor is not None:
+            # oldest-first incremental: everything up to the anchor is stored
+            st.tail_id, st.tail_created_at = self._anchor.id, self._anchor.created_at
+            st.listed_total = self._anchor.position + 1
+
+    def _finish_scan(self, total: int) -> None:
+        st = self.state
+        self.done = True
+        if st.phase == Phase.IDLE:  # oldest-first incremental reached the end
+            st.listed_total = total if self._anchor is None else self._anchor.position + 1
+            return
+        self.scan_complete = True
+        if st.scan_order != ListOrder.UNKNOWN or st.list_order == ListOrder.UNKNOWN:
+            st.list_order = st.scan_order
+        if self._anchor is not None:
+            st.tail_id, st.tail_created_at = self._anchor.id, self._anchor.created_at
+        st.listed_total = total
+        if st.phase == Phase.BACKFILL:
+            st.backfill_completed_at = self.now
+        st.last_full_sync_at = self.now
+        st.phase = Phase.IDLE
+        st.cursor_skip, st.cursor_id, st.cursor_created_at = 0, None, None
+
+    def _record_head(self, items: Sequence[Item]) -> None:
+        first = next((i for i in items if i.id is not None and i.created_at is not None), None)
+        if first is not None:
+            self._new_head = first
+            if self.state.phase != Phase.IDLE:
+                self.state.head_id, self.state.head_created_at = first.id, first.created_at
+
+    def _reached_head(self, items: Sequence[Item]) -> bool:
+        st = self.state
+        if st.head_id is None:
+            return False
+        if any(item.id == st.head_id for item in items):
+            return True
+        head_at = st.head_created_at
+        return head_at is not None and any(i.created_at is not None and i.created_at < head_at for i in items)
+
+    def _finish_head_scan(self) -> None:
+        head = getattr(self, "_new_head", None)
+        if head is not None:
+            self.state.head_id, self.state.head_created_at = head.id, head.created_at
+        self.done = True
+
+    # ------------------------------------------------------------ continuity
+
+    def _order(self) -> ListOrder:
+        st = self.state
+        return st.list_order if st.list_order.is_sorted else ListOrder.UNKNOWN
+
+    def _anchor_index(self, items: Sequence[Item]) -> int:
+        if self._anchor is None:
+            return 0
+        for index, item in enumerate(items):
+            if item.id == self._anchor.id:
+                return index
+        return 0
+
+    def _connects(self, request: Request, items: Sequence[Item]) -> bool:
+        anchor = self._anchor
+        if anchor is None or request.skip == 0:
+            return True
+        if any(item.id == anchor.id for item in items):
+            return True
+        if self._search is not None:
+            lo, hi = self._search
+            if hi - lo <= self.page_size - 1 and request.skip == lo:
+                return True  # the page at lo spans the whole remaining interval
+        order = self._order()
+        first = _first_dated(items)
+        if not (order.is_sorted and first is not None and anchor.created_at is not None):
+            return False
+        if not _sorts_before(order, first, anchor.created_at):
+            return False
+        if self._search is None:
+            return True  # no gap: the page starts before the anchor's place
+        # While bisecting, a full page wholly before the anchor narrows the
+        # search instead of being read forward from (that would cost linear time).
+        last = _last_dated(items)
+        whole_page_before = (
+            len(items) == request.limit and last is not None and _sorts_before(order, last, anchor.created_at)
+        )
+        return not whole_page_before
+
+    def _search_back(self, request: Request, items: Sequence[Item]) -> None:
+        """The page did not connect: the anchor moved up. Find it again."""
+        anchor = self._anchor
+        assert anchor is not None
+        order = self._order()
+        if not order.is_sorted or anchor.created_at is None:
+            self._search = None
+            # No order to reason with: walk back page by page (each page
+            # overlapping the previous one) until the anchor or offset 0.
+            self._next_skip = max(0, request.skip - self._step)
+            return
+        lo, hi = self._search if self._search is not None else (0, request.skip)
+        last = _last_dated(items)
+        if items and last is not None and _sorts_before(order, last, anchor.created_at):
+            lo = max(lo, request.skip + len(items) - 1)  # a full page, wholly before
+        else:
+            hi = min(hi, request.skip)  # empty, or starts at/after the anchor's place
+        self._search = (lo, max(lo, hi))
+
+    def _check_order(self, items: Sequence[Item]) -> bool:
+        """Fold the page into the order seen; True when the run became a full scan."""
+        seen = observed_order(items)
+        st = self.state
+        st.scan_order = st.scan_order.merge(seen)
+        if st.phase == Phase.IDLE and st.list_order.is_sorted and st.list_order.merge(seen) != st.list_order:
+            # The list no longer keeps the order we relied on: read it all.
+            st.list_order = ListOrder.UNORDERED
+            self._start_scan(Phase.FULL)
+            self.mode = Mode.FULL
+            self._first_page = True
+            return True
+        return False
