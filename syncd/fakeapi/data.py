@@ -168,9 +168,9 @@ class Dataset:
             return list(self.items)
         if order == "newest_first":
             return self.items[::-1]
-        shuffled = list(self.items)
-        random.Random(shuffle_seed).shuffle(shuffled)
-        return shuffled
+        # Unordered but stable, like a hash-partitioned store: a new artwork
+        # lands anywhere, and the others keep their relative order.
+        return sorted(self.items, key=lambda a: hash((shuffle_seed, a.index)))
 
     # ------------------------------------------------------------ records
 

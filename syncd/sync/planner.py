@@ -144,16 +144,33 @@ class Planner:
 
     def __init__(self, state: StreamState, page_size: int, *, full: bool, now: datetime) -> None:
         self.state = replace(state)
-        self.page_size = page_size
+        # One item of each page overlaps the previous one, so a page must hold
+        # at least two for the scan to move (a page size of 1 reads 2).
+        self.page_size = max(2, page_size)
         self.now = now
         self.scan_complete = False  # a scan covering the whole list finished
+        self.provably_complete = True  # False once the list shifted past what we can prove
         self.done = False
         self._anchor: _Anchor | None = None
         self._next_skip = 0
-        self._search: tuple[int, int] | None = None  # (lo, hi) while bisecting
+        # While searching for the anchor's place: lo is a position known to stand
+        # before it, hi one known to stand at or after it (None: not found yet).
+        self._search: tuple[int, int | None] | None = None
+        self._forward_step = max(page_size - 1, 1)
+        self._probe: int | None = None  # an explicit next probe, ahead of bisection
+        # Extra items of overlap before the anchor: widened when the list is seen
+        # shifting (so steady small shifts connect without extra requests), and
+        # narrowed again after clean pages.
+        self._margin = 0
+        self._clean_pages = 0
         self._step = max(page_size - 1, 1)  # contiguous step-back when order is unknown
         self._head_scan = False
         self._first_page = True
+        self._order_guided = False  # a decision relied on the list's order
+        # A list that reshuffles under us cannot be proven complete; after this
+        # many pages that fail to connect, read on by plain offsets instead.
+        known = max(state.listed_total or 0, state.cursor_skip)
+        self._search_budget = 32 + 2 * (known // max(page_size, 1))
 
         st = self.state
         if st.phase == Phase.IDLE and (full or not st.list_order.is_sorted):
@@ -183,8 +200,12 @@ class Planner:
     def next_request(self) -> Request | None:
         if self.done:
             return None
+        if self._probe is not None:
+            return Request(self._probe, self.page_size)
         if self._search is not None:
             lo, hi = self._search
+            if hi is None:  # galloping forward: the anchor was pushed down
+                return Request(lo + self._forward_step, self.page_size)
             skip = lo if hi - lo <= self.page_size - 1 else (lo + hi) // 2
             return Request(skip, self.page_size)
         return Request(self._next_skip, self.page_size)
@@ -192,10 +213,21 @@ class Planner:
     def observe(self, request: Request, items: Sequence[Item]) -> None:
         """Take in one page (every element, in list order) and plan the next."""
         if not self._connects(request, items):
-            self._search_back(request, items)
+            if self._search_budget > 0:
+                self._search_budget -= 1
+                self._search_back(request, items)
+                return
+            # The list moves faster than we can find our place in it: end this
+            # run without moving the cursor (the page read is still stored);
+            # the next run resumes from the last proven place.
+            self.provably_complete = False
+            self.done = True
             return
         self._search = None
+        self._probe = None
+        self._forward_step = max(self.page_size - 1, 1)
         start = self._anchor_index(items)
+        self._adapt_margin(request, items)
         along = [Item(self._anchor.id, self._anchor.created_at)] if self._anchor and start > 0 else []
         if self._check_order(along + list(items[start:])):
             return  # the run was turned into a full scan
@@ -247,10 +279,10 @@ class Planner:
             offset, item = last
             assert item.id is not None
             self._anchor = _Anchor(request.skip + offset, item.id, item.created_at)
-            self._next_skip = request.skip + offset
+            self._next_skip = max(0, request.skip + offset - self._margin)
         st = self.state
         if st.phase != Phase.IDLE:
-            st.cursor_skip = self._next_skip + (1 if self._anchor else 0)
+            st.cursor_skip = self._anchor.position + 1 if self._anchor else self._next_skip
             st.cursor_id = self._anchor.id if self._anchor else None
             st.cursor_created_at = self._anchor.created_at if self._anchor else None
         elif not self._head_scan and self._anchor is not None:
@@ -265,6 +297,9 @@ class Planner:
             st.listed_total = total if self._anchor is None else self._anchor.position + 1
             return
         self.scan_complete = True
+        if self._order_guided and not st.scan_order.is_sorted:
+            # We steered by an order the list turned out not to keep.
+            self.provably_complete = False
         if st.scan_order != ListOrder.UNKNOWN or st.list_order == ListOrder.UNKNOWN:
             st.list_order = st.scan_order
         if self._anchor is not None:
@@ -301,8 +336,28 @@ class Planner:
     # ------------------------------------------------------------ continuity
 
     def _order(self) -> ListOrder:
+        """The order to reason with: established by a complete scan, or seen so far by this one."""
         st = self.state
-        return st.list_order if st.list_order.is_sorted else ListOrder.UNKNOWN
+        if st.list_order.is_sorted and st.scan_order in (st.list_order, ListOrder.UNKNOWN):
+            return st.list_order
+        if st.phase != Phase.IDLE and st.scan_order.is_sorted:
+            return st.scan_order
+        return ListOrder.UNKNOWN
+
+    def _adapt_margin(self, request: Request, items: Sequence[Item]) -> None:
+        anchor = self._anchor
+        if anchor is None or not any(item.id == anchor.id for item in items):
+            return
+        found_at = request.skip + self._anchor_index(items)
+        shift = anchor.position - found_at  # > 0: deletions before it moved it up
+        if shift > 0:
+            self._margin = min(max(1, self.page_size // 4), max(self._margin, 2 * shift))
+            self._clean_pages = 0
+        elif self._margin:
+            self._clean_pages += 1
+            if self._clean_pages >= 4:
+                self._margin //= 2
+                self._clean_pages = 0
 
     def _anchor_index(self, items: Sequence[Item]) -> int:
         if self._anchor is None:
@@ -313,49 +368,64 @@ class Planner:
         return 0
 
     def _connects(self, request: Request, items: Sequence[Item]) -> bool:
+        """Does this page leave no gap after the anchor?"""
         anchor = self._anchor
         if anchor is None or request.skip == 0:
             return True
         if any(item.id == anchor.id for item in items):
             return True
-        if self._search is not None:
-            lo, hi = self._search
-            if hi - lo <= self.page_size - 1 and request.skip == lo:
-                return True  # the page at lo spans the whole remaining interval
+        return self._place(request, items) == "straddles"
+
+    def _place(self, request: Request, items: Sequence[Item]) -> str:
+        """Where the page stands against the anchor's place in a sorted list.
+
+        "before": a full page wholly before it; "straddles": starts before it and
+        reaches it (or the end of the list); "after": empty, or starts at/after it,
+        or nothing to compare with (which reads more, never less).
+        """
+        anchor = self._anchor
         order = self._order()
         first = _first_dated(items)
-        if not (order.is_sorted and first is not None and anchor.created_at is not None):
-            return False
+        if anchor is None or anchor.created_at is None or not order.is_sorted or first is None:
+            return "after"
         if not _sorts_before(order, first, anchor.created_at):
-            return False
-        if self._search is None:
-            return True  # no gap: the page starts before the anchor's place
-        # While bisecting, a full page wholly before the anchor narrows the
-        # search instead of being read forward from (that would cost linear time).
+            return "after"
         last = _last_dated(items)
-        whole_page_before = (
-            len(items) == request.limit and last is not None and _sorts_before(order, last, anchor.created_at)
-        )
-        return not whole_page_before
+        assert last is not None
+        self._order_guided = True
+        if len(items) == request.limit and _sorts_before(order, last, anchor.created_at):
+            return "before"
+        return "straddles"
 
     def _search_back(self, request: Request, items: Sequence[Item]) -> None:
-        """The page did not connect: the anchor moved up. Find it again."""
+        """The page did not connect: find the anchor's place again."""
         anchor = self._anchor
         assert anchor is not None
-        order = self._order()
-        if not order.is_sorted or anchor.created_at is None:
+        if not self._order().is_sorted or anchor.created_at is None:
             self._search = None
             # No order to reason with: walk back page by page (each page
             # overlapping the previous one) until the anchor or offset 0.
             self._next_skip = max(0, request.skip - self._step)
             return
-        lo, hi = self._search if self._search is not None else (0, request.skip)
-        last = _last_dated(items)
-        if items and last is not None and _sorts_before(order, last, anchor.created_at):
-            lo = max(lo, request.skip + len(items) - 1)  # a full page, wholly before
+        first_miss = self._search is None
+        self._probe = None
+        lo, hi = self._search if self._search is not None else (0, None)
+        if hi is not None and hi - lo <= self.page_size - 1 and request.skip == lo:
+            # The page at lo should have spanned the anchor's place, and did not:
+            # the list moved under the search. Start again from what this page says.
+            lo, hi = 0, None
+        if self._place(request, items) == "before":
+            # Pushed down (artworks inserted before it): gallop forward, then bisect.
+            if hi is None and self._search is not None:
+                self._forward_step *= 2
+            lo = max(lo, request.skip + len(items) - 1)
         else:
-            hi = min(hi, request.skip)  # empty, or starts at/after the anchor's place
-        self._search = (lo, max(lo, hi))
+            hi = request.skip if hi is None else min(hi, request.skip)
+            if first_miss and request.skip > 0:
+                # Usually a few deletions moved it up a little: look one page
+                # back first; bisection from offset 0 is for larger shifts.
+                self._probe = max(0, request.skip - (self.page_size - 1))
+        self._search = (lo, None if hi is None else max(lo, hi))
 
     def _check_order(self, items: Sequence[Item]) -> bool:
         """Fold the page into the order seen; True when the run became a full scan."""

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: venv, install, lint, types, tests.
+# PostgreSQL cases run when SYNCD_TEST_POSTGRES_URL is set (.ci/run sets it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+echo "== ruff"
+.venv/bin/ruff check syncd tests bench migrations
+.venv/bin/ruff format --check syncd tests bench migrations
+echo "== mypy --strict"
+.venv/bin/mypy
+if command -v systemd-analyze >/dev/null 2>&1 && [ -f deploy/verify-unit.sh ]; then
+  echo "== systemd-analyze verify"
+  bash deploy/verify-unit.sh
+fi
+echo "== pytest"
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,145 @@
+"""Shared fixtures: databases on both dialects, the fake API, settings, the CLI.
+
+PostgreSQL cases use the server named by SYNCD_TEST_POSTGRES_URL (for example
+postgresql://postgres@127.0.0.1:5432/test); each test gets a database of its
+own, created fresh and dropped afterwards. Without the variable they skip;
+.ci/run sets it and fails when any of them skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from syncd import db
+from syncd.config import Settings, load_settings
+from syncd.fakeapi.data import Dataset
+from syncd.fakeapi.server import FakeApi, FakeServer, Faults
+
+PG_ENV = "SYNCD_TEST_POSTGRES_URL"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _pg_admin_url() -> str | None:
+    url = os.environ.get(PG_ENV)
+    if not url:
+        return None
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test."""
+    admin_url = _pg_admin_url()
+    if admin_url is None:
+        if os.environ.get("SYNCD_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{PG_ENV} is not set but SYNCD_REQUIRE_POSTGRES=1")
+        pytest.skip(f"{PG_ENV} is not set")
+    name = f"syncd_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'syncd.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """An engine on a migrated, empty database (both dialects)."""
+    eng = db.create_db_engine(db_url)
+    db.upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def fake_api() -> Iterator[Callable[..., FakeServer]]:
+    """Factory: fake_api(count, seed=..., faults=Faults(...), **dataset_options)."""
+    servers: list[FakeServer] = []
+
+    def start(
+        count: int = 100,
+        *,
+        seed: int = 1,
+        faults: Faults | None = None,
+        api_key: str = "test-key",
+        forbidden_keys: tuple[str, ...] = (),
+        **dataset_options: Any,
+    ) -> FakeServer:
+        dataset = Dataset(count, seed, **dataset_options)
+        server = FakeServer(
+            FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_keys, faults=faults, seed=seed)
+        ).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def make_settings(api_url: str, database_url: str, **extra: str) -> Settings:
+    env = {
+        "SYNCD_API_URL": api_url,
+        "SYNCD_API_KEY": "test-key",
+        "SYNCD_DATABASE_URL": database_url,
+        "SYNCD_MAX_REQUESTS_PER_SECOND": "1000",
+        **{f"SYNCD_{k.upper()}": v for k, v in extra.items()},
+    }
+    return load_settings(env=env, system_config_path=Path("/nonexistent/syncd.toml"))
+
+
+def syncd_env(api_url: str, database_url: str, **extra: str) -> dict[str, str]:
+    """Environment for a real `syncd` process (no SYNCD_* leaks in from the caller)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    env.update(
+        SYNCD_API_URL=api_url,
+        SYNCD_API_KEY="test-key",
+        SYNCD_DATABASE_URL=database_url,
+        SYNCD_MAX_REQUESTS_PER_SECOND="1000",
+    )
+    env.update({f"SYNCD_{k.upper()}": v for k, v in extra.items()})
+    return env
+
+
+def run_syncd(
+    args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

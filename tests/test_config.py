@@ -1,0 +1,123 @@
+"""Settings: sources and precedence, and one clear line for every bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from syncd.config import DEFAULT_DATABASE_URL, Secret, load_settings
+from syncd.errors import ConfigError
+
+NO_SYSTEM_FILE = Path("/nonexistent/syncd.toml")
+
+
+def load(env: dict[str, str] | None = None, config: Path | None = None, **overrides: object):  # type: ignore[no-untyped-def]
+    return load_settings(
+        env=env or {}, config_path=config, overrides=overrides, system_config_path=NO_SYSTEM_FILE
+    )
+
+
+def test_defaults() -> None:
+    settings = load()
+    assert settings.database_url == DEFAULT_DATABASE_URL and settings.page_size == 500
+    assert settings.api_url is None and settings.api_key is None
+
+
+def test_env_then_toml_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "syncd.toml"
+    config.write_text('page_size = 200\napi_url = "https://toml.example"\n')
+    env = {"SYNCD_PAGE_SIZE": "100", "SYNCD_API_URL": "https://env.example", "SYNCD_INTERVAL": "60"}
+    settings = load(env, config, page_size="50")
+    assert settings.page_size == 50 and settings.source_of("page_size") == "--page-size"
+    assert settings.api_url == "https://toml.example" and settings.source_of("api_url").startswith(
+        "api_url in "
+    )
+    assert settings.interval == 60 and settings.source_of("interval") == "SYNCD_INTERVAL"
+
+
+def test_system_file_is_read_when_present_and_no_config_given(tmp_path: Path) -> None:
+    system = tmp_path / "system.toml"
+    system.write_text("page_size = 7\n")
+    assert load_settings(env={}, system_config_path=system).page_size == 7
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SYNCD_PAGE_SIZE": "0"}, "SYNCD_PAGE_SIZE: must be an integer from 1 to 500, got 0"),
+        ({"SYNCD_PAGE_SIZE": "501"}, "SYNCD_PAGE_SIZE: must be an integer from 1 to 500, got 501"),
+        ({"SYNCD_PAGE_SIZE": "ten"}, "SYNCD_PAGE_SIZE: expected an integer, got 'ten'"),
+        ({"SYNCD_API_URL": "api.tengr.ai"}, "SYNCD_API_URL: expected an http(s) URL"),
+        ({"SYNCD_API_URL": "ftp://x"}, "SYNCD_API_URL: expected an http(s) URL"),
+        ({"SYNCD_API_URL": "http://h:99999"}, "SYNCD_API_URL: has an invalid port"),
+        ({"SYNCD_DATABASE_URL": "nonsense"}, "SYNCD_DATABASE_URL: expected a SQLAlchemy URL"),
+        ({"SYNCD_DATABASE_URL": "mysql://x/y"}, "SYNCD_DATABASE_URL: only sqlite and postgresql"),
+        ({"SYNCD_MAX_REQUESTS_PER_SECOND": "0"}, "SYNCD_MAX_REQUESTS_PER_SECOND: must be a number > 0"),
+        ({"SYNCD_LOG_FORMAT": "xml"}, "SYNCD_LOG_FORMAT: must be one of text, json"),
+        (
+            {"SYNCD_API_KEY_FILE": "/nonexistent/key"},
+            "SYNCD_API_KEY_FILE: key file /nonexistent/key does not exist",
+        ),
+    ],
+)
+def test_bad_values_name_the_setting_in_one_line(env: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(env)
+    message = str(info.value)
+    assert message.startswith(expected) and "\n" not in message
+
+
+def test_toml_errors_name_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("pagesize = 3\n")
+    with pytest.raises(ConfigError, match=r"c.toml: unknown key 'pagesize'"):
+        load(config=config)
+    config.write_text("page_size = [\n")
+    with pytest.raises(ConfigError, match=r"c.toml: invalid TOML"):
+        load(config=config)
+    config.write_text("page_size = 0\n")
+    with pytest.raises(ConfigError, match=r"page_size in .*c.toml: must be an integer from 1 to 500"):
+        load(config=config)
+    with pytest.raises(ConfigError, match="not found"):
+        load(config=tmp_path / "missing.toml")
+
+
+def test_unreadable_and_empty_key_files(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load({"SYNCD_API_KEY_FILE": str(empty)})
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load({"SYNCD_API_KEY_FILE": str(directory)})
+
+
+def test_key_sources_in_order(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "api_key").write_text("from-credentials")
+    settings = load({"CREDENTIALS_DIRECTORY": str(creds)})
+    assert (
+        settings.api_key == Secret("from-credentials")
+        and settings.describe_key_source() == "$CREDENTIALS_DIRECTORY/api_key"
+    )
+    settings = load({"CREDENTIALS_DIRECTORY": str(creds), "SYNCD_API_KEY_FILE": str(key_file)})
+    assert settings.api_key == Secret("from-file")
+    settings = load({"SYNCD_API_KEY_FILE": str(key_file), "SYNCD_API_KEY": "from-env"})
+    assert settings.api_key == Secret("from-env") and settings.describe_key_source() == "SYNCD_API_KEY"
+
+
+def test_secret_never_shows_itself() -> None:
+    settings = load({"SYNCD_API_KEY": "sk-live-123"})
+    assert "sk-live-123" not in repr(settings) and "sk-live-123" not in str(settings.api_key)
+
+
+def test_require_api_names_what_is_missing() -> None:
+    with pytest.raises(ConfigError, match="SYNCD_API_URL: not set"):
+        load().require_api()
+    with pytest.raises(ConfigError, match="SYNCD_API_KEY: not set"):
+        load({"SYNCD_API_URL": "https://x"}).require_api()

@@ -1,0 +1,283 @@
+"""The planner against a simulated list: budgets, shifting lists, crash resume."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from syncd.sync.planner import Item, ListOrder, Mode, Phase, Planner, Request, StreamState, observed_order
+
+NOW = datetime(2026, 11, 30, tzinfo=UTC)
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class SimList:
+    """A list of artworks shown in an order, which can change between requests."""
+
+    order: str
+    items: list[Item] = field(default_factory=list)  # oldest first
+    created: int = 0
+    requests: list[Request] = field(default_factory=list)
+    before_request: Callable[[SimList], None] | None = None
+
+    def add(self, count: int) -> list[Item]:
+        new = []
+        for _ in range(count):
+            self.created += 1
+            new.append(Item(f"a{self.created:06d}", T0 + timedelta(seconds=self.created)))
+        self.items.extend(new)
+        return new
+
+    def delete_oldest(self, count: int) -> None:
+        del self.items[:count]
+
+    def view(self) -> list[Item]:
+        if self.order == "oldest_first":
+            return list(self.items)
+        if self.order == "newest_first":
+            return self.items[::-1]
+        if self.order == "random":  # unordered but stable: new items land anywhere
+            return sorted(self.items, key=lambda i: hash((7, i.id)))
+        shuffled = list(self.items)  # "chaos": a new permutation on every request
+        random.Random(len(self.requests)).shuffle(shuffled)
+        return shuffled
+
+    def page(self, request: Request) -> list[Item]:
+        if self.before_request is not None:
+            self.before_request(self)
+        self.requests.append(request)
+        return self.view()[request.skip : request.skip + request.limit]
+
+
+def run(
+    sim: SimList, state: StreamState, page_size: int, *, full: bool = False, stop_after: int | None = None
+) -> tuple[StreamState, set[str], Planner]:
+    """Drive one run; returns the committed state and the ids stored."""
+    planner = Planner(state, page_size, full=full, now=NOW)
+    stored: set[str] = set()
+    committed = replace(state)
+    pages = 0
+    while (request := planner.next_request()) is not None:
+        if stop_after is not None and pages >= stop_after:
+            break  # a crash: nothing after the last commit survives
+        items = sim.page(request)
+        planner.observe(request, items)
+        stored.update(i.id for i in items if i.id)
+        committed = replace(planner.state)
+        pages += 1
+    assert pages < 10_000, "runaway planner"
+    return committed, stored, planner
+
+
+def backfilled(order: str, total: int, page_size: int) -> tuple[SimList, StreamState, set[str]]:
+    sim = SimList(order)
+    sim.add(total)
+    state, stored, planner = run(sim, StreamState("artworks"), page_size)
+    assert planner.mode == Mode.BACKFILL and planner.scan_complete
+    assert stored == {i.id for i in sim.items}
+    sim.requests.clear()
+    return sim, state, stored
+
+
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first"])
+def test_backfill_detects_the_order_and_reads_everything(order: str) -> None:
+    _sim, state, _ = backfilled(order, 1234, 100)
+    assert state.list_order == ListOrder(order) and state.phase == Phase.IDLE
+    assert state.listed_total == 1234 and state.backfill_completed_at == NOW
+
+
+def test_unordered_list_falls_back_to_full_scans() -> None:
+    sim, state, _ = backfilled("random", 500, 50)
+    assert state.list_order == ListOrder.UNORDERED
+    _, _, planner = run(sim, state, 50)
+    assert planner.mode == Mode.FULL and planner.scan_complete
+
+
+def test_newest_first_nothing_new_costs_one_request() -> None:
+    sim, state, _ = backfilled("newest_first", 2000, 100)
+    _, _, planner = run(sim, state, 100)
+    assert planner.mode == Mode.INCREMENTAL and len(sim.requests) == 1
+
+
+@pytest.mark.parametrize("new", [1, 99, 100, 101, 250, 1000])
+def test_newest_first_n_new_within_budget(new: int) -> None:
+    page_size = 100
+    sim, state, stored = backfilled("newest_first", 2000, page_size)
+    added = sim.add(new)
+    state, got, _ = run(sim, state, page_size)
+    assert {i.id for i in added} <= got
+    assert len(sim.requests) <= math.ceil(new / page_size) + 1
+    sim.requests.clear()
+    run(sim, state, page_size)
+    assert len(sim.requests) == 1  # the head moved with the run
+
+
+@pytest.mark.parametrize("new", [0, 1, 99, 100, 101, 450])
+def test_oldest_first_n_new_within_budget(new: int) -> None:
+    page_size = 100
+    sim, state, _ = backfilled("oldest_first", 2000, page_size)
+    added = sim.add(new)
+    state, got, _ = run(sim, state, page_size)
+    assert {i.id for i in added} <= got
+    assert len(sim.requests) <= math.ceil(new / page_size) + 2
+    assert state.listed_total == 2000 + new
+
+
+@pytest.mark.parametrize(("deleted", "new"), [(1, 0), (10, 5), (700, 50), (1999, 0), (1500, 300), (2000, 10)])
+def test_oldest_first_oldest_deleted_bisects_within_budget(deleted: int, new: int) -> None:
+    page_size, total = 100, 2000
+    sim, state, _ = backfilled("oldest_first", total, page_size)
+    sim.delete_oldest(deleted)
+    added = sim.add(new)
+    state, got, _ = run(sim, state, page_size)
+    assert {i.id for i in added} <= got
+    budget = math.ceil(new / page_size) + math.ceil(math.log2(total / page_size)) + 3
+    assert len(sim.requests) <= budget, sim.requests
+    assert state.listed_total == total - deleted + new
+
+
+@pytest.mark.parametrize(
+    ("order", "added_per_request"),
+    [
+        ("newest_first", 1),
+        ("newest_first", 3),
+        ("newest_first", 60),
+        ("oldest_first", 1),
+        ("oldest_first", 40),
+        ("random", 1),
+        ("random", 3),
+        ("random", 40),
+    ],
+)
+def test_artworks_created_while_paging_are_stored_by_this_run_or_the_next(
+    order: str, added_per_request: int
+) -> None:
+    sim = SimList(order)
+    sim.add(1000)
+    state = StreamState("artworks")
+    sim.before_request = lambda s: s.add(added_per_request) and None
+    state, stored, _ = run(sim, state, 100)
+    sim.before_request = None
+    state, more, _ = run(sim, state, 100)
+    assert {i.id for i in sim.items} <= stored | more
+
+
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first", "random"])
+@pytest.mark.parametrize("deleted_per_request", [1, 7, 120])
+def test_deletions_while_paging_never_skip_a_surviving_artwork(order: str, deleted_per_request: int) -> None:
+    sim = SimList(order)
+    sim.add(1500)
+    original = {i.id for i in sim.items}
+
+    def delete(s: SimList) -> None:
+        if len(s.requests) % 2 == 1:  # every other request, delete from the oldest end
+            s.delete_oldest(deleted_per_request)
+
+    sim.before_request = delete
+    _, stored, planner = run(sim, StreamState("artworks"), 100)
+    survivors = {i.id for i in sim.items} & original
+    assert survivors <= stored
+    assert planner.scan_complete
+
+
+def test_deletions_in_the_middle_while_paging_newest_first() -> None:
+    sim = SimList("newest_first")
+    sim.add(1000)
+
+    def delete_near_cursor(s: SimList) -> None:
+        if s.requests and len(s.items) > 300:
+            del s.items[len(s.items) - s.requests[-1].skip - 5]  # just behind the cursor
+
+    sim.before_request = delete_near_cursor
+    _, stored, _ = run(sim, StreamState("artworks"), 50)
+    assert {i.id for i in sim.items} <= stored
+
+
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first", "random"])
+@pytest.mark.parametrize("crash_after", [1, 5, 11])
+def test_crash_resume_costs_at_most_remaining_pages_plus_two(order: str, crash_after: int) -> None:
+    page_size = 100
+    sim = SimList(order)
+    sim.add(1234)
+    state, stored, _ = run(sim, StreamState("artworks"), page_size, stop_after=crash_after)
+    committed_pages = crash_after
+    total_pages = math.ceil(1234 / page_size)
+    sim.requests.clear()
+    state, more, planner = run(sim, state, page_size)
+    assert planner.mode == Mode.BACKFILL and planner.scan_complete
+    assert len(sim.requests) <= (total_pages - committed_pages) + 2
+    assert {i.id for i in sim.items} <= stored | more
+
+
+def test_a_list_that_reshuffles_on_every_request_still_terminates() -> None:
+    sim = SimList("chaos")
+    sim.add(800)
+    _, _, planner = run(sim, StreamState("artworks"), 50)
+    assert planner.done and not planner.provably_complete
+
+
+def test_a_list_growing_faster_than_it_can_be_read_ends_the_run_unproven() -> None:
+    sim = SimList("newest_first")
+    sim.add(1000)
+    sim.before_request = lambda s: s.add(150) and None  # 1.5 pages per request
+    state, _, planner = run(sim, StreamState("artworks"), 100)
+    assert planner.done and not planner.provably_complete
+    assert state.phase == Phase.BACKFILL  # the cursor waits at the last proven place
+    sim.before_request = None
+    state, _, planner = run(sim, state, 100)
+    assert planner.scan_complete and state.phase == Phase.IDLE
+
+
+def test_full_flag_rescans_and_marks_completion() -> None:
+    sim, state, _ = backfilled("newest_first", 300, 100)
+    state, stored, planner = run(sim, state, 100, full=True)
+    assert planner.mode == Mode.FULL and planner.scan_complete and stored == {i.id for i in sim.items}
+    assert state.last_full_sync_at == NOW and state.phase == Phase.IDLE
+
+
+def test_order_violation_during_incremental_turns_into_full_scan() -> None:
+    sim, state, _ = backfilled("newest_first", 500, 100)
+    sim.order = "oldest_first"  # the service changed its mind
+    state, stored, planner = run(sim, state, 100)
+    assert planner.mode == Mode.FULL and stored == {i.id for i in sim.items}
+    assert state.list_order == ListOrder.OLDEST_FIRST
+
+
+def test_observed_order() -> None:
+    a, b, c = (Item(str(n), T0 + timedelta(seconds=n)) for n in range(3))
+    assert observed_order([a, b, c]) == ListOrder.OLDEST_FIRST
+    assert observed_order([c, b, a]) == ListOrder.NEWEST_FIRST
+    assert observed_order([a, c, b]) == ListOrder.UNORDERED
+    assert observed_order([a, Item("x", None), a]) == ListOrder.UNKNOWN
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    order=st.sampled_from(["newest_first", "oldest_first"]),
+    total=st.integers(0, 600),
+    page_size=st.integers(1, 60),
+    events=st.lists(st.tuples(st.sampled_from(["add", "delete"]), st.integers(0, 40)), max_size=6),
+)
+def test_property_every_surviving_artwork_is_stored(
+    order: str, total: int, page_size: int, events: list[tuple[str, int]]
+) -> None:
+    """Whatever happens between runs, artworks listed at a run's start and end are stored."""
+    sim = SimList(order)
+    sim.add(total)
+    state, stored, _ = run(sim, StreamState("artworks"), page_size)
+    for kind, count in events:
+        if kind == "add":
+            sim.add(count)
+        else:
+            sim.delete_oldest(count)
+        state, more, _ = run(sim, state, page_size)
+        stored |= more
+        assert {i.id for i in sim.items} <= stored
