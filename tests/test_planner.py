@@ -110,7 +110,7 @@ def test_newest_first_nothing_new_costs_one_request() -> None:
 @pytest.mark.parametrize("new", [1, 99, 100, 101, 250, 1000])
 def test_newest_first_n_new_within_budget(new: int) -> None:
     page_size = 100
-    sim, state, stored = backfilled("newest_first", 2000, page_size)
+    sim, state, _ = backfilled("newest_first", 2000, page_size)
     added = sim.add(new)
     state, got, _ = run(sim, state, page_size)
     assert {i.id for i in added} <= got
