@@ -1,0 +1,173 @@
+"""The CLI as a user meets it: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from syncd import db
+from syncd.fakeapi.server import FakeServer, Faults
+from tests.conftest import run_syncd, syncd_env
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("syncd: error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"page_size": "0"}, "SYNCD_PAGE_SIZE: must be an integer from 1 to 500, got 0"),
+        ({"api_url": "not a url"}, "SYNCD_API_URL: expected an http(s) URL"),
+        ({"api_key_file": "/nonexistent/key"}, "does not exist"),
+        ({"database_url": "oracle://x"}, "SYNCD_DATABASE_URL"),
+    ],
+)
+def test_bad_config_exits_3_with_one_line_and_sends_nothing(
+    extra: dict[str, str], needle: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(10)
+    env = syncd_env(server.url, f"sqlite:///{tmp_path / 'x.db'}")
+    env.update({f"SYNCD_{name.upper()}": value for name, value in extra.items()})
+    if "api_key_file" in extra:
+        del env["SYNCD_API_KEY"]
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 3
+    assert needle in error_line(result.stderr)
+    assert server.api.stats.requests == 0
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_unknown_toml_key_names_file_and_key(tmp_path: Path, fake_api: Callable[..., FakeServer]) -> None:
+    config = tmp_path / "syncd.toml"
+    config.write_text("page_sise = 10\n")
+    result = run_syncd(
+        ["run-once", "--config", str(config)], syncd_env(fake_api(1).url, "sqlite:///x.db"), cwd=tmp_path
+    )
+    assert result.returncode == 3
+    assert f"config file {config}: unknown key 'page_sise'" in error_line(result.stderr)
+
+
+def test_missing_api_url_exits_3(tmp_path: Path) -> None:
+    env = syncd_env("http://127.0.0.1:9", "sqlite:///x.db")
+    del env["SYNCD_API_URL"]
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 3
+    assert "SYNCD_API_URL: not set" in error_line(result.stderr)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_rejected_key_exits_4_within_a_few_requests_without_showing_it(
+    status: int, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(50, faults=Faults(auth_status=status))
+    env = syncd_env(server.url, f"sqlite:///{tmp_path / 's.db'}")
+    env["SYNCD_API_KEY"] = "sk-live-SECRET-0123456789"
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 4
+    line = error_line(result.stderr)
+    assert f"the API rejected the key ({status}" in line and "SYNCD_API_KEY" in line
+    assert "sk-live-SECRET" not in result.stderr + result.stdout
+    assert server.api.stats.requests <= 2
+
+
+def test_wrong_key_for_a_real_server_is_401(fake_api: Callable[..., FakeServer], tmp_path: Path) -> None:
+    server = fake_api(5)
+    env = syncd_env(server.url, f"sqlite:///{tmp_path / 's.db'}")
+    env["SYNCD_API_KEY"] = "wrong"
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 4
+    assert server.api.stats.by_status == {401: 1}
+
+
+def test_unreachable_database_exits_6_with_one_line(
+    fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    env = syncd_env(fake_api(5).url, "postgresql://nobody@127.0.0.1:1/nothing")
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 6
+    assert "cannot connect to the database postgresql+psycopg://nobody@127.0.0.1:1/nothing" in error_line(
+        result.stderr
+    )
+
+
+def test_no_migrate_on_an_empty_database_names_the_fix(
+    fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    env = syncd_env(fake_api(5).url, f"sqlite:///{tmp_path / 'e.db'}")
+    result = run_syncd(["run-once", "--no-migrate"], env, cwd=tmp_path)
+    assert result.returncode == 6
+    assert "syncd db upgrade" in error_line(result.stderr)
+
+
+def test_db_upgrade_and_current(db_url: str, tmp_path: Path) -> None:
+    env = syncd_env("http://127.0.0.1:9", db_url)
+    before = run_syncd(["db", "current"], env, cwd=tmp_path)
+    assert before.returncode == 0 and before.stdout.startswith("empty")
+    upgraded = run_syncd(["db", "upgrade"], env, cwd=tmp_path)
+    assert upgraded.returncode == 0, upgraded.stderr
+    after = run_syncd(["db", "current"], env, cwd=tmp_path)
+    assert after.stdout.strip().endswith("(latest)")
+
+
+def test_lock_held_exits_7(db_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path) -> None:
+    engine = db.create_db_engine(db_url)
+    try:
+        db.upgrade(engine)
+        with db.sync_lock(engine):
+            result = run_syncd(["run-once"], syncd_env(fake_api(5).url, db_url), cwd=tmp_path)
+        assert result.returncode == 7
+        assert "another syncd process is syncing" in error_line(result.stderr)
+    finally:
+        engine.dispose()
+
+
+def test_status_json_and_max_age(db_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path) -> None:
+    env = syncd_env(fake_api(120).url, db_url, page_size="50")
+    never = run_syncd(["status", "--max-age", "60"], env, cwd=tmp_path)
+    assert never.returncode == 8, never.stdout + never.stderr
+    assert run_syncd(["run-once"], env, cwd=tmp_path).returncode == 0
+    result = run_syncd(["status", "--json", "--max-age", "3600"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["stale"] is False
+    assert report["last_success"]["mode"] == "backfill"
+    assert report["tables"]["artworks"] > 0
+    stream = report["streams"][0]
+    assert stream["list_order"] == "newest_first" and stream["phase"] == "idle"
+    assert set(stream) >= {"cursor", "head", "tail", "listed_total", "last_incremental", "rate_limited_until"}
+    text = run_syncd(["status"], env, cwd=tmp_path)
+    assert text.returncode == 0 and "list order        newest_first" in text.stdout
+    stale = run_syncd(["status", "--max-age", "0"], env, cwd=tmp_path)
+    assert stale.returncode == 8 and "STALE" in stale.stderr
+
+
+def test_usage_error_exits_2(tmp_path: Path) -> None:
+    assert (
+        run_syncd(
+            ["run-once", "--no-such-flag"], syncd_env("http://x", "sqlite:///x.db"), cwd=tmp_path
+        ).returncode
+        == 2
+    )
+
+
+def test_version() -> None:
+    from syncd import __version__
+
+    result = run_syncd(["--version"], syncd_env("http://x", "sqlite:///x.db"))
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_demo_runs_from_an_empty_directory(tmp_path: Path) -> None:
+    result = run_syncd(["demo", "--count", "600"], syncd_env("http://x", "sqlite:///x.db"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "backfill" in result.stdout and "artwork_type" in result.stdout
+    assert (tmp_path / "syncd-demo.db").exists()
+    again = run_syncd(["demo", "--count", "600"], syncd_env("http://x", "sqlite:///x.db"), cwd=tmp_path)
+    assert again.returncode == 0 and "incremental" in again.stdout
+    assert "requests                1" in again.stdout

@@ -1,0 +1,248 @@
+"""Incremental sync against the fake API over a socket: budgets, shifts, refresh, reconciliation, crash."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+
+from syncd import db, store
+from syncd.app import run_once
+from syncd.fakeapi.server import FakeServer, Faults
+from syncd.sync.engine import RunSummary
+from tests.conftest import make_settings, syncd_env
+
+L = 100
+
+
+def sync(
+    server: FakeServer, db_url: str, *, full: bool = False, page_size: int = L
+) -> tuple[RunSummary, int]:
+    """One in-process run; returns its list-run summary and the list requests it made."""
+    server.api.reset_stats()
+    summaries = run_once(make_settings(server.url, db_url, page_size=str(page_size)), full=full)
+    return summaries[0], server.api.stats.list_requests
+
+
+def stored_ids(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(select(store.artworks.c.id)).scalars())
+
+
+def valid_ids(server: FakeServer) -> set[str]:
+    return {a.id for a in server.api.dataset.valid() if a.id}
+
+
+@pytest.fixture
+def clean(fake_api: Callable[..., FakeServer]) -> Callable[..., FakeServer]:
+    """A fake with only well-formed records, so set comparisons are exact."""
+
+    def start(count: int, order: str = "newest_first", **faults: object) -> FakeServer:
+        return fake_api(
+            count, faults=Faults(order=order, **faults), malformed_fraction=0, unknown_fraction=0.02
+        )  # type: ignore[arg-type]
+
+    return start
+
+
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first"])
+def test_budget_table(order: str, db_url: str, engine: Engine, clean: Callable[..., FakeServer]) -> None:
+    server = clean(1500, order)
+    summary, _ = sync(server, db_url)
+    assert summary.mode == "backfill" and summary.list_order == order
+    total = 1500
+
+    # nothing new
+    summary, requests = sync(server, db_url)
+    assert summary.mode == "incremental"
+    assert requests <= (1 if order == "newest_first" else 2)
+
+    # N new
+    new = 250
+    added = server.api.dataset.add(new)
+    total += new
+    _, requests = sync(server, db_url)
+    budget = math.ceil(new / L) + (1 if order == "newest_first" else 2)
+    assert requests <= budget
+    assert {a.id for a in added} <= stored_ids(engine)
+
+    if order == "oldest_first":
+        # the oldest deleted since the last run, and N new
+        server.api.dataset.delete_oldest(900)
+        total -= 900
+        added = server.api.dataset.add(130)
+        total += 130
+        _, requests = sync(server, db_url)
+        budget = math.ceil(130 / L) + math.ceil(math.log2(total / L)) + 3
+        assert requests <= budget, server.api.list_log
+        assert {a.id for a in added} <= stored_ids(engine)
+    assert valid_ids(server) <= stored_ids(engine)
+
+
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first", "random"])
+def test_artworks_created_and_deleted_while_paging(
+    order: str, db_url: str, engine: Engine, clean: Callable[..., FakeServer]
+) -> None:
+    server = clean(1200, order, add_per_request=3, delete_oldest_per_request=1)
+    ever_listed: set[str] = set()
+    start_ids = valid_ids(server)
+    sync(server, db_url)
+    server.api.faults.add_per_request = 0
+    server.api.faults.delete_oldest_per_request = 0
+    sync(server, db_url)
+    # Everything that was there when the first run started and is still there,
+    # and everything created during it, is stored.
+    ever_listed = valid_ids(server) | (start_ids & valid_ids(server))
+    assert ever_listed <= stored_ids(engine)
+    with engine.connect() as conn:
+        count = conn.execute(select(store.artworks.c.id)).all()
+    assert len(count) == len(stored_ids(engine))  # no duplicates (primary key, but say it)
+
+
+def test_pending_artworks_are_refreshed_until_terminal(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer]
+) -> None:
+    server = fake_api(300, pending_fraction=0.2, malformed_fraction=0, unknown_fraction=0)
+    sync(server, db_url)
+    pending = [a for a in server.api.dataset.items if a.pending]
+    assert pending
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(select(store.artworks.c.id, store.artworks.c.status)).all())
+    assert {statuses[a.id] for a in pending} == {"processing"}
+
+    gone = pending[0]
+    server.api.dataset.items.remove(gone)  # deleted before it finished
+    server.api.dataset.finish_pending()
+    summaries = run_once(make_settings(server.url, db_url, page_size=str(L)))
+    listed, refresh = summaries
+    # Pending artworks on the first list page are updated by the list read,
+    # the rest by the refresh that follows it.
+    assert refresh.mode == "refresh"
+    assert listed.counts.updated + refresh.counts.updated == len(pending) - 1
+    assert refresh.counts.marked_deleted == 1
+    with engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(store.artworks))}
+        results = conn.execute(select(store.results_table.c.artwork_id)).scalars().all()
+    for artwork in pending[1:]:
+        assert rows[artwork.id].status == "done"
+        assert artwork.value["results"] == [] or artwork.id in results
+    assert rows[gone.id].remote_deleted_at is not None
+    # Nothing left to refresh: the next run makes no single-artwork request.
+    server.api.reset_stats()
+    run_once(make_settings(server.url, db_url, page_size=str(L)))
+    assert server.api.stats.get_requests == 0
+
+
+def test_full_reconciliation_marks_and_unmarks_deleted(
+    db_url: str, engine: Engine, clean: Callable[..., FakeServer]
+) -> None:
+    server = clean(400)
+    sync(server, db_url)
+    removed = server.api.dataset.delete_oldest(25)
+    summary, requests = sync(server, db_url, full=True)
+    assert summary.mode == "full" and summary.counts.marked_deleted == 25
+    assert requests >= math.ceil(375 / L)
+    with engine.connect() as conn:
+        deleted = set(
+            conn.execute(
+                select(store.artworks.c.id).where(store.artworks.c.remote_deleted_at.is_not(None))
+            ).scalars()
+        )
+    assert deleted == {a.id for a in removed}
+    assert len(stored_ids(engine)) == 400  # local rows are never deleted
+    # One comes back: its mark is cleared by the next full sync.
+    server.api.dataset.items.insert(0, removed[0])
+    summary, _ = sync(server, db_url, full=True)
+    with engine.connect() as conn:
+        row = conn.execute(select(store.artworks).where(store.artworks.c.id == removed[0].id)).one()
+    assert row.remote_deleted_at is None
+
+
+def test_unordered_list_is_read_in_full_every_run(
+    db_url: str, engine: Engine, clean: Callable[..., FakeServer]
+) -> None:
+    server = clean(350, "random")
+    summary, _ = sync(server, db_url)
+    assert summary.list_order == "unordered"
+    summary, requests = sync(server, db_url)
+    assert summary.mode == "full" and requests >= math.ceil(350 / L)
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting")
+
+
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first"])
+def test_sigkill_mid_backfill_then_resume(
+    order: str, db_url: str, engine: Engine, clean: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    total = 3000
+    server = clean(total, order, slow=1.0, delay=0.05)
+    env = syncd_env(server.url, db_url, page_size=str(L))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "run-once"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def cursor() -> int:
+        with engine.connect() as conn:
+            value = conn.execute(select(store.state_table.c.cursor_skip)).scalar()
+        return int(value or 0)
+
+    try:
+        _wait_for(lambda: cursor() >= 8 * L, timeout=60)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    committed_at = cursor()
+    assert 0 < committed_at < total
+    uncommitted_pages = math.ceil((total - committed_at) / L)
+
+    server.api.faults.slow = 0
+    server.api.reset_stats()
+    result = subprocess.run(
+        [sys.executable, "-m", "syncd", "run-once"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert server.api.stats.list_requests <= uncommitted_pages + 2, server.api.list_log
+    assert stored_ids(engine) == valid_ids(server)
+    with engine.connect() as conn:
+        outcomes = conn.execute(
+            select(store.runs_table.c.mode, store.runs_table.c.outcome).order_by(store.runs_table.c.id)
+        ).all()
+    assert [tuple(o) for o in outcomes] == [("backfill", "crashed"), ("backfill", "success")]
+
+
+def test_kill_during_a_page_write_leaves_no_half_page(
+    db_url: str, engine: Engine, clean: Callable[..., FakeServer]
+) -> None:
+    """The cursor and the rows move together: every committed cursor covers stored rows."""
+    server = clean(900)
+    sync(server, db_url)
+    with engine.connect() as conn:
+        state = conn.execute(select(store.state_table)).one()
+        count = len(conn.execute(select(store.artworks.c.id)).all())
+    assert state.phase == "idle" and state.listed_total == 900 and count == len(valid_ids(server))
+    assert db.schema_version(engine).up_to_date
