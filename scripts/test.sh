@@ -7,8 +7,9 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 echo "== ruff"
-.venv/bin/ruff check syncd tests bench migrations
-.venv/bin/ruff format --check syncd tests bench migrations
+sources=$(ls -d syncd tests bench migrations 2>/dev/null)
+.venv/bin/ruff check $sources
+.venv/bin/ruff format --check $sources
 echo "== mypy --strict"
 .venv/bin/mypy
 if command -v systemd-analyze >/dev/null 2>&1 && [ -f deploy/verify-unit.sh ]; then

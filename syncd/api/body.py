@@ -25,7 +25,7 @@ def parse_array(content: bytes) -> list[Any]:
     try:
         value = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
-        if "recursion" not in str(exc).lower():
+        if not any(word in str(exc).lower() for word in ("recursion", "depth")):
             raise BrokenBody("not valid JSON (cut short, or not JSON at all)") from None
         return [_parse_element(raw) for raw in split_top_level_array(content)]
     if not isinstance(value, list):

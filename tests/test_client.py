@@ -1,0 +1,255 @@
+"""The API client with a mock transport and a fake clock: status table, retries, pacing."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+import pytest
+
+from syncd.api.backoff import RateLimiter, backoff_delay, parse_retry_after
+from syncd.api.body import BrokenBody, parse_array, split_top_level_array
+from syncd.api.client import ApiClient, ClientOptions
+from syncd.config import Secret
+from syncd.errors import ApiError, AuthError, BadRequestError, RetriesExhaustedError
+from syncd.records import Unparseable
+
+KEY = "sk-test-DO-NOT-LEAK-42"
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    """Monotonic and wall clocks that move only when syncd sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> datetime:
+        return T0 + timedelta(seconds=self.now - 1000.0)
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def client_for(handler: Handler, clock: FakeClock | None = None, **options: float) -> tuple[ApiClient, FakeClock, list[httpx.Request]]:
+    clock = clock or FakeClock()
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)
+
+    limits = {"max_requests_per_second": 1000.0, "max_attempts": 5, "max_retry_wait": 300.0, **options}
+    client = ApiClient(
+        "https://api.example",
+        Secret(KEY),
+        options=ClientOptions(**limits),  # type: ignore[arg-type]
+        transport=httpx.MockTransport(record),
+        clock=clock.monotonic,
+        sleep=clock.sleep,
+        wall=clock.wall,
+        rng=random.Random(1),
+    )
+    return client, clock, seen
+
+
+def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, content=orjson.dumps(body), headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def sequence(*responses: httpx.Response) -> Handler:
+    queue = list(responses)
+    return lambda request: queue.pop(0) if len(queue) > 1 else queue[0]
+
+
+def test_list_page_sends_bearer_key_and_paging() -> None:
+    client, _, seen = client_for(lambda r: json_response(200, [{"id": "x"}]))
+    assert client.list_page(40, 20) == [{"id": "x"}]
+    assert seen[0].url.params["skip"] == "40" and seen[0].url.params["limit"] == "20"
+    assert seen[0].headers["Authorization"] == f"Bearer {KEY}"
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "fragment"),
+    [
+        (401, AuthError, "the API rejected the key (401 Unauthorized) supplied by SYNCD_API_KEY"),
+        (403, AuthError, "the API rejected the key (403 Forbidden)"),
+        (400, BadRequestError, "refused GET /v1/artworks?skip=0&limit=10 with 400 Bad Request: limit must not be greater than 500"),
+        (404, ApiError, "is SYNCD_API_URL the API's base URL?"),
+        (422, BadRequestError, "422"),
+    ],
+)
+def test_fatal_statuses_fail_at_once(status: int, error: type[Exception], fragment: str) -> None:
+    client, clock, seen = client_for(lambda r: json_response(status, {"message": ["limit must not be greater than 500"], "statusCode": status}))
+    with pytest.raises(error) as info:
+        client.list_page(0, 10)
+    assert fragment in str(info.value)
+    assert KEY not in str(info.value)
+    assert len(seen) == 1 and clock.slept == []
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_5xx_is_retried_with_backoff(status: int) -> None:
+    client, clock, seen = client_for(sequence(httpx.Response(status, text="<html>bad gateway</html>"), json_response(200, [])))
+    assert client.list_page(0, 10) == []
+    assert len(seen) == 2 and len(clock.slept) == 1 and 0 <= clock.slept[0] <= 0.5
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        httpx.Response(200, text="<!DOCTYPE html><html>maintenance</html>"),
+        httpx.Response(200, content=b'[{"id": "a"}, {"id": '),
+        json_response(200, {"data": []}),
+        httpx.Response(200, content=b""),
+    ],
+)
+def test_broken_200_bodies_are_retried(broken: httpx.Response) -> None:
+    client, _, seen = client_for(sequence(broken, json_response(200, [1])))
+    assert client.list_page(0, 10) == [1]
+    assert len(seen) == 2
+
+
+def test_network_errors_and_timeouts_are_retried() -> None:
+    failures: list[Exception] = [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("cut")]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if failures:
+            raise failures.pop(0)
+        return json_response(200, [])
+
+    client, _, seen = client_for(handler)
+    assert client.list_page(0, 10) == []
+    assert len(seen) == 4
+    assert client.stats.by_status["network"] == 2 and client.stats.by_status["timeout"] == 1
+
+
+def test_retry_after_seconds_is_waited_exactly_and_reported() -> None:
+    deadlines: list[datetime] = []
+    client, clock, seen = client_for(sequence(json_response(429, {"message": "slow down"}, {"Retry-After": "7"}), json_response(200, [])))
+    client._on_rate_limited = deadlines.append
+    sent_at: list[float] = []
+    original = client._http.get
+
+    def timed_get(*args: object, **kwargs: object) -> httpx.Response:
+        sent_at.append(clock.now)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    client._http.get = timed_get  # type: ignore[method-assign]
+    client.list_page(0, 10)
+    assert sent_at[1] - sent_at[0] >= 7.0
+    assert deadlines == [T0 + timedelta(seconds=7)]
+    assert client.limiter.rate < 1000.0  # slowed down after the 429
+
+
+def test_retry_after_http_date() -> None:
+    when = email.utils.format_datetime(T0 + timedelta(seconds=30), usegmt=True)
+    client, clock, _ = client_for(sequence(json_response(429, {}, {"Retry-After": when}), json_response(200, [])))
+    client.list_page(0, 10)
+    assert sum(clock.slept) >= 30.0
+
+
+def test_429_without_retry_after_backs_off() -> None:
+    client, clock, seen = client_for(sequence(json_response(429, {}), json_response(429, {}), json_response(200, [])))
+    client.list_page(0, 10)
+    assert len(seen) == 3 and 0 < sum(clock.slept) <= 0.5 + 1.0 + 0.01
+
+
+def test_attempts_exhausted() -> None:
+    client, _, seen = client_for(lambda r: httpx.Response(503), max_attempts=3)
+    with pytest.raises(RetriesExhaustedError, match="after 3 attempts: 503"):
+        client.list_page(0, 10)
+    assert len(seen) == 3
+
+
+def test_total_wait_bound_gives_up_before_a_long_retry_after() -> None:
+    client, clock, seen = client_for(lambda r: json_response(429, {}, {"Retry-After": "3600"}), max_retry_wait=60)
+    with pytest.raises(RetriesExhaustedError, match="SYNCD_MAX_RETRY_WAIT"):
+        client.list_page(0, 10)
+    assert len(seen) == 1 and clock.slept == []
+
+
+def test_get_artwork_404_is_none() -> None:
+    client, _, seen = client_for(lambda r: json_response(404, {"message": "Artwork not found"}))
+    assert client.get_artwork("abc/../x") is None
+    assert seen[0].url.raw_path == b"/v1/artworks/abc%2F..%2Fx"
+
+
+def test_persisted_deadline_is_honoured_before_the_first_request() -> None:
+    client, clock, _ = client_for(lambda r: json_response(200, []))
+    client.wait_until(T0 + timedelta(seconds=42))
+    client.list_page(0, 10)
+    assert sum(clock.slept) >= 42.0
+
+
+def test_pacing_keeps_under_the_configured_rate() -> None:
+    client, clock, seen = client_for(lambda r: json_response(200, []), max_requests_per_second=4.0)
+    for _ in range(9):
+        client.list_page(0, 10)
+    assert clock.now - 1000.0 >= 2.0 - 1e-9  # 9 requests at 4/s span at least 2 s
+
+
+# ------------------------------------------------------------------ pure helpers
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("120", 120.0),
+        ("0", 0.0),
+        ("1.5", 1.5),
+        ("-3", 0.0),
+        (email.utils.format_datetime(T0 + timedelta(seconds=90), usegmt=True), 90.0),
+        (email.utils.format_datetime(T0 - timedelta(seconds=90), usegmt=True), 0.0),
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_retry_after(header: str | None, expected: float | None) -> None:
+    assert parse_retry_after(header, T0) == expected
+
+
+def test_backoff_delay_is_full_jitter_and_capped() -> None:
+    rng = random.Random(3)
+    delays = [backoff_delay(attempt, base=0.5, cap=10, rng=rng) for attempt in range(12) for _ in range(50)]
+    assert all(0 <= d <= 10 for d in delays)
+    assert max(delays) > 8 and min(delays) < 0.5
+
+
+def test_rate_limiter_halves_on_429_and_recovers_gradually() -> None:
+    limiter = RateLimiter(max_rate=8.0, recover_after=5)
+    limiter.on_throttled()
+    limiter.on_throttled()
+    assert limiter.rate == 2.0
+    for _ in range(5):
+        limiter.on_success()
+    assert limiter.rate == 2.5
+    for _ in range(500):
+        limiter.on_success()
+    assert limiter.rate == 8.0
+
+
+def test_split_and_parse_hostile_bodies() -> None:
+    assert split_top_level_array(b'[{"a": "x,]"}, [1, [2]], "s\\"q"]') == [b'{"a": "x,]"}', b"[1, [2]]", b'"s\\"q"']
+    deep = b"[" + b'{"id": "ok"}, ' + b'{"p": ' + b"[" * 5000 + b"]" * 5000 + b"}]"
+    elements = parse_array(deep)
+    assert elements[0] == {"id": "ok"} and isinstance(elements[1], Unparseable)
+    with pytest.raises(BrokenBody):
+        parse_array(b'[{"id": "a"}, {"id": ')
+    with pytest.raises(BrokenBody):
+        parse_array(b"[" + b"[" * 5000)
+    with pytest.raises(BrokenBody, match="not an array"):
+        parse_array(b'{"a": 1}')
