@@ -7,7 +7,8 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 echo "== ruff"
-sources=$(ls -d syncd tests bench migrations 2>/dev/null)
+sources=""
+for dir in syncd tests bench migrations; do [ -d "$dir" ] && sources="$sources $dir"; done
 .venv/bin/ruff check $sources
 .venv/bin/ruff format --check $sources
 echo "== mypy --strict"

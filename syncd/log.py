@@ -73,4 +73,5 @@ def setup_logging(level: str = "info", fmt: str = "text", secrets: list[str] | N
     # httpx logs every request at INFO; keep it for debug level only.
     logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING if level != "debug" else logging.DEBUG)

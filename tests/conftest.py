@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from syncd import db
 from syncd.config import Settings, load_settings
@@ -48,7 +49,8 @@ def postgres_url() -> Iterator[str]:
             pytest.fail(f"{PG_ENV} is not set but SYNCD_REQUIRE_POSTGRES=1")
         pytest.skip(f"{PG_ENV} is not set")
     name = f"syncd_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    # No pool: a test may restart the server, and teardown must still connect.
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))

@@ -43,7 +43,9 @@ class FakeClock:
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def client_for(handler: Handler, clock: FakeClock | None = None, **options: float) -> tuple[ApiClient, FakeClock, list[httpx.Request]]:
+def client_for(
+    handler: Handler, clock: FakeClock | None = None, **options: float
+) -> tuple[ApiClient, FakeClock, list[httpx.Request]]:
     clock = clock or FakeClock()
     seen: list[httpx.Request] = []
 
@@ -66,7 +68,9 @@ def client_for(handler: Handler, clock: FakeClock | None = None, **options: floa
 
 
 def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.Response(status, content=orjson.dumps(body), headers={"Content-Type": "application/json", **(headers or {})})
+    return httpx.Response(
+        status, content=orjson.dumps(body), headers={"Content-Type": "application/json", **(headers or {})}
+    )
 
 
 def sequence(*responses: httpx.Response) -> Handler:
@@ -86,13 +90,21 @@ def test_list_page_sends_bearer_key_and_paging() -> None:
     [
         (401, AuthError, "the API rejected the key (401 Unauthorized) supplied by SYNCD_API_KEY"),
         (403, AuthError, "the API rejected the key (403 Forbidden)"),
-        (400, BadRequestError, "refused GET /v1/artworks?skip=0&limit=10 with 400 Bad Request: limit must not be greater than 500"),
+        (
+            400,
+            BadRequestError,
+            "refused GET /v1/artworks?skip=0&limit=10 with 400 Bad Request: limit must not be greater than 500",
+        ),
         (404, ApiError, "is SYNCD_API_URL the API's base URL?"),
         (422, BadRequestError, "422"),
     ],
 )
 def test_fatal_statuses_fail_at_once(status: int, error: type[Exception], fragment: str) -> None:
-    client, clock, seen = client_for(lambda r: json_response(status, {"message": ["limit must not be greater than 500"], "statusCode": status}))
+    client, clock, seen = client_for(
+        lambda r: json_response(
+            status, {"message": ["limit must not be greater than 500"], "statusCode": status}
+        )
+    )
     with pytest.raises(error) as info:
         client.list_page(0, 10)
     assert fragment in str(info.value)
@@ -102,7 +114,9 @@ def test_fatal_statuses_fail_at_once(status: int, error: type[Exception], fragme
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 def test_5xx_is_retried_with_backoff(status: int) -> None:
-    client, clock, seen = client_for(sequence(httpx.Response(status, text="<html>bad gateway</html>"), json_response(200, [])))
+    client, clock, seen = client_for(
+        sequence(httpx.Response(status, text="<html>bad gateway</html>"), json_response(200, []))
+    )
     assert client.list_page(0, 10) == []
     assert len(seen) == 2 and len(clock.slept) == 1 and 0 <= clock.slept[0] <= 0.5
 
@@ -123,7 +137,11 @@ def test_broken_200_bodies_are_retried(broken: httpx.Response) -> None:
 
 
 def test_network_errors_and_timeouts_are_retried() -> None:
-    failures: list[Exception] = [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("cut")]
+    failures: list[Exception] = [
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout("slow"),
+        httpx.RemoteProtocolError("cut"),
+    ]
 
     def handler(request: httpx.Request) -> httpx.Response:
         if failures:
@@ -138,7 +156,9 @@ def test_network_errors_and_timeouts_are_retried() -> None:
 
 def test_retry_after_seconds_is_waited_exactly_and_reported() -> None:
     deadlines: list[datetime] = []
-    client, clock, seen = client_for(sequence(json_response(429, {"message": "slow down"}, {"Retry-After": "7"}), json_response(200, [])))
+    client, clock, _seen = client_for(
+        sequence(json_response(429, {"message": "slow down"}, {"Retry-After": "7"}), json_response(200, []))
+    )
     client._on_rate_limited = deadlines.append
     sent_at: list[float] = []
     original = client._http.get
@@ -156,13 +176,17 @@ def test_retry_after_seconds_is_waited_exactly_and_reported() -> None:
 
 def test_retry_after_http_date() -> None:
     when = email.utils.format_datetime(T0 + timedelta(seconds=30), usegmt=True)
-    client, clock, _ = client_for(sequence(json_response(429, {}, {"Retry-After": when}), json_response(200, [])))
+    client, clock, _ = client_for(
+        sequence(json_response(429, {}, {"Retry-After": when}), json_response(200, []))
+    )
     client.list_page(0, 10)
     assert sum(clock.slept) >= 30.0
 
 
 def test_429_without_retry_after_backs_off() -> None:
-    client, clock, seen = client_for(sequence(json_response(429, {}), json_response(429, {}), json_response(200, [])))
+    client, clock, seen = client_for(
+        sequence(json_response(429, {}), json_response(429, {}), json_response(200, []))
+    )
     client.list_page(0, 10)
     assert len(seen) == 3 and 0 < sum(clock.slept) <= 0.5 + 1.0 + 0.01
 
@@ -175,7 +199,9 @@ def test_attempts_exhausted() -> None:
 
 
 def test_total_wait_bound_gives_up_before_a_long_retry_after() -> None:
-    client, clock, seen = client_for(lambda r: json_response(429, {}, {"Retry-After": "3600"}), max_retry_wait=60)
+    client, clock, seen = client_for(
+        lambda r: json_response(429, {}, {"Retry-After": "3600"}), max_retry_wait=60
+    )
     with pytest.raises(RetriesExhaustedError, match="SYNCD_MAX_RETRY_WAIT"):
         client.list_page(0, 10)
     assert len(seen) == 1 and clock.slept == []
@@ -195,7 +221,7 @@ def test_persisted_deadline_is_honoured_before_the_first_request() -> None:
 
 
 def test_pacing_keeps_under_the_configured_rate() -> None:
-    client, clock, seen = client_for(lambda r: json_response(200, []), max_requests_per_second=4.0)
+    client, clock, _seen = client_for(lambda r: json_response(200, []), max_requests_per_second=4.0)
     for _ in range(9):
         client.list_page(0, 10)
     assert clock.now - 1000.0 >= 2.0 - 1e-9  # 9 requests at 4/s span at least 2 s
@@ -243,7 +269,11 @@ def test_rate_limiter_halves_on_429_and_recovers_gradually() -> None:
 
 
 def test_split_and_parse_hostile_bodies() -> None:
-    assert split_top_level_array(b'[{"a": "x,]"}, [1, [2]], "s\\"q"]') == [b'{"a": "x,]"}', b"[1, [2]]", b'"s\\"q"']
+    assert split_top_level_array(b'[{"a": "x,]"}, [1, [2]], "s\\"q"]') == [
+        b'{"a": "x,]"}',
+        b"[1, [2]]",
+        b'"s\\"q"',
+    ]
     deep = b"[" + b'{"id": "ok"}, ' + b'{"p": ' + b"[" * 5000 + b"]" * 5000 + b"}]"
     elements = parse_array(deep)
     assert elements[0] == {"id": "ok"} and isinstance(elements[1], Unparseable)

@@ -54,6 +54,7 @@ class Faults:
     add_per_request: int = 0  # new artworks created before each list request
     delete_oldest_per_request: int = 0
     auth_status: int = 0  # answer every API request with this status (401/403)
+    fail_from_request: int = 0  # list requests from this number on answer 503 (0: off)
     order: str = "newest_first"  # newest_first | oldest_first | random
 
     def update(self, changes: dict[str, Any]) -> None:
@@ -279,6 +280,8 @@ class _Handler(BaseHTTPRequestHandler):
                 api._retry_deadline = 0.0  # nothing was promised
             return error(429, "ThrottlerException: Too Many Requests", headers)
 
+        if is_list and faults.fail_from_request and api.stats.list_requests >= faults.fail_from_request:
+            return error(503, "Service Unavailable")
         if faults.error_5xx and rng.random() < faults.error_5xx:
             status = rng.choice((500, 502, 503, 504))
             if status == 500:

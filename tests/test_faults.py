@@ -1,0 +1,316 @@
+"""Resilience: rate limits, faults, hostile data, database trouble, and secrets."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, select, text
+
+from syncd import db, store
+from syncd.fakeapi.server import FakeServer, Faults
+from syncd.records import classify_page
+from tests.conftest import run_syncd, syncd_env
+from tests.test_records import NOW, txt2img, upscaling
+
+
+def ids_in(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(store.artworks.c.id)).scalars())
+
+
+def test_backfill_through_a_storm_of_faults(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    faults = Faults(rate_limit=15, error_5xx=0.10, truncated=0.02, non_json=0.02, reset=0.01, not_a_list=0.01)
+    server = fake_api(3000, faults=faults, malformed_fraction=0.005)
+    env = syncd_env(server.url, db_url, page_size="100", max_attempts="20")
+    result = run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = server.api.stats
+    assert stats.by_status and stats.by_status.get(429, 0) > 0, (
+        "the storm had no 429s; the test proves nothing"
+    )
+    assert (
+        stats.by_status.get(500, 0)
+        + stats.by_status.get(502, 0)
+        + stats.by_status.get(503, 0)
+        + stats.by_status.get(504, 0)
+        > 0
+    )
+    assert stats.early_requests == 0, "a request arrived before the Retry-After deadline"
+    stored = ids_in(engine)
+    assert len(stored) == len(set(stored))
+    assert set(stored) == {a.id for a in server.api.dataset.valid()}
+
+
+def test_retry_after_as_http_date_is_honoured(
+    sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(600, faults=Faults(rate_limit=4, retry_after_http_date=True))
+    result = run_syncd(
+        ["run-once"], syncd_env(server.url, sqlite_url, page_size="50"), cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert server.api.stats.by_status and server.api.stats.by_status[429] > 0
+    assert server.api.stats.early_requests == 0
+
+
+def test_retries_exhausted_fail_cleanly_then_the_next_run_completes(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(1000, faults=Faults(fail_from_request=4), malformed_fraction=0)
+    env = syncd_env(server.url, db_url, page_size="100", max_attempts="3")
+    first = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert first.returncode == 5, first.stderr
+    assert "kept failing; gave up after 3 attempts: 503" in first.stderr
+    committed = len(ids_in(engine))
+    assert 0 < committed < 1000
+    with engine.connect() as conn:
+        run = conn.execute(select(store.runs_table)).one()
+    assert run.outcome == "failed" and "503" in run.error
+
+    server.api.faults.fail_from_request = 0
+    server.api.reset_stats()
+    second = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert server.api.stats.list_requests <= -(-(1000 - committed) // 100) + 2
+    assert set(ids_in(engine)) == {a.id for a in server.api.dataset.valid()}
+
+
+def test_sqlite_reader_holding_a_transaction_does_not_block_the_sync(
+    sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(2000)
+    env = syncd_env(server.url, sqlite_url, page_size="100")
+    assert run_syncd(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
+    path = sqlite_url.removeprefix("sqlite:///")
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        before = reader.execute("SELECT COUNT(*) FROM artworks").fetchone()[0]
+        result = run_syncd(["run-once"], env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        # The analyst's snapshot is stable while the transaction lasts...
+        assert reader.execute("SELECT COUNT(*) FROM artworks").fetchone()[0] == before == 0
+        reader.execute("COMMIT")
+        # ...and sees everything afterwards.
+        assert reader.execute("SELECT COUNT(*) FROM artworks").fetchone()[0] == len(
+            server.api.dataset.valid()
+        )
+    finally:
+        reader.close()
+
+
+def test_sqlite_writer_lock_held_by_someone_else_is_waited_for(
+    sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(300)
+    env = syncd_env(server.url, sqlite_url, page_size="100")
+    assert run_syncd(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
+    blocker = sqlite3.connect(
+        sqlite_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+    )
+    blocker.execute("BEGIN IMMEDIATE")  # another writer (a maintenance job, say)
+    release = threading.Timer(1.5, lambda: blocker.execute("COMMIT"))
+    release.start()
+    try:
+        result = run_syncd(["run-once"], env, cwd=tmp_path)
+    finally:
+        release.join()
+        blocker.close()
+    assert result.returncode == 0, result.stderr
+
+
+def _restart_postgres() -> None:
+    version = next(Path("/etc/postgresql").iterdir()).name
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.mark.postgres
+def test_postgres_restart_mid_run_fails_cleanly_and_the_next_run_completes(
+    postgres_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
+        pytest.skip("needs a local PostgreSQL cluster managed by pg_ctlcluster")
+    server = fake_api(4000, faults=Faults(slow=1.0, delay=0.05), malformed_fraction=0)
+    env = syncd_env(server.url, postgres_url, page_size="100")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "run-once"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    _restart_postgres()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 6, stderr
+    assert "database error during the sync" in stderr
+    engine = db.create_db_engine(postgres_url)
+    try:
+        for _ in range(50):  # the server accepts connections again shortly
+            try:
+                db.check_connection(engine)
+                break
+            except Exception:
+                time.sleep(0.2)
+        with engine.connect() as conn:
+            state = conn.execute(select(store.state_table)).one()
+            count = conn.execute(text("SELECT COUNT(*) FROM artworks")).scalar_one()
+        # No half-written page: every committed cursor position is covered by rows.
+        assert count >= state.cursor_skip - 1
+        server.api.faults.slow = 0
+        result = run_syncd(["run-once"], env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert set(ids_in(engine)) == {a.id for a in server.api.dataset.valid()}
+    finally:
+        engine.dispose()
+
+
+def test_the_api_key_never_leaves_syncd(
+    sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    key = f"sk-live-{uuid.uuid4().hex}"
+    faults = Faults(rate_limit=20, error_5xx=0.15, truncated=0.05, non_json=0.05)
+    server = fake_api(800, faults=faults, api_key=key, malformed_fraction=0.02, pending_fraction=0.05)
+    outputs: list[str] = []
+    for log_format in ("text", "json"):
+        env = syncd_env(server.url, sqlite_url, page_size="50", log_level="debug", log_format=log_format)
+        env["SYNCD_API_KEY"] = key
+        for args in (["run-once"], ["run-once", "--full"], ["status"], ["status", "--json"]):
+            result = run_syncd(args, env, cwd=tmp_path, timeout=120)
+            outputs += [result.stdout, result.stderr]
+    # A run whose key is rejected, and one that runs out of retries.
+    server.api.faults.auth_status = 401
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 4
+    outputs += [result.stdout, result.stderr]
+    server.api.faults.auth_status = 0
+    server.api.faults.error_5xx = 1.0
+    result = run_syncd(["run-once", "--full"], {**env, "SYNCD_MAX_ATTEMPTS": "2"}, cwd=tmp_path)
+    assert result.returncode == 5
+    outputs += [result.stdout, result.stderr]
+
+    assert any("DEBUG" in out or '"level": "debug"' in out or '"level":"debug"' in out for out in outputs)
+    for out in outputs:
+        assert key not in out
+    database = Path(sqlite_url.removeprefix("sqlite:///"))
+    for path in database.parent.glob(database.name + "*"):
+        assert key.encode() not in path.read_bytes(), path
+    engine = db.create_db_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            for table in store.DATA_TABLES:
+                for row in conn.execute(text(f"SELECT * FROM {table}")):
+                    assert key not in str(tuple(row)), table
+    finally:
+        engine.dispose()
+
+
+# ------------------------------------------------------------------ property
+
+
+# What a JSON parser can hand us: no NaN, no lone surrogates.
+json_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    json_text,
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(json_text, inner, max_size=4)),
+    max_leaves=12,
+)
+FIELDS = ("id", "artworkType", "parameters", "duration", "results", "status", "createdAt")
+PARAMS = (
+    "model",
+    "promptMode",
+    "prompt",
+    "negativePrompt",
+    "style",
+    "creativity",
+    "details",
+    "aspectRatio",
+    "width",
+    "height",
+    "nsfw",
+    "imageUrl",
+    "scaleFactor",
+)
+
+
+@st.composite
+def mutated_record(draw: st.DrawFn) -> Any:
+    base = draw(st.sampled_from([txt2img, upscaling]))(
+        id=str(uuid.UUID(int=draw(st.integers(0, 2**128 - 1))))
+    )
+    for _ in range(draw(st.integers(0, 3))):
+        action = draw(st.sampled_from(["drop", "replace", "param", "whole"]))
+        if action == "drop":
+            base.pop(draw(st.sampled_from(FIELDS)), None)
+        elif action == "replace":
+            base[draw(st.sampled_from(FIELDS))] = draw(json_value)
+        elif action == "param" and isinstance(base.get("parameters"), dict):
+            base["parameters"][draw(st.sampled_from(PARAMS))] = draw(json_value)
+        elif action == "whole":
+            return draw(json_value)
+    return base
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(page=st.lists(mutated_record(), max_size=12))
+def test_property_every_record_is_stored_or_rejected_never_both(
+    page: list[Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    engine = db.create_db_engine(f"sqlite:///{tmp_path_factory.mktemp('prop') / 'p.db'}")
+    try:
+        db.upgrade(engine)
+        result = classify_page(page, NOW)
+        with db.writer(engine).begin() as conn:
+            store.write_artworks(conn, result.rows, NOW)
+            store.quarantine(conn, result.rejected, stream="artworks", run_id=1, now=NOW)
+        with engine.connect() as conn:
+            raws = {r.id: r.raw for r in conn.execute(select(store.artworks.c.id, store.artworks.c.raw))}
+            quarantined = [r.raw for r in conn.execute(select(store.rejected_table.c.raw))]
+        last_by_id = {rows.id: rows for rows in result.rows}
+        rejected_payloads = {orjson.dumps(orjson.loads(raw)) for raw in quarantined}
+        for value in page:
+            outcome = classify_page([value], NOW)
+            is_rejected = bool(outcome.rejected)
+            payload = orjson.dumps(value)
+            if is_rejected:
+                assert payload in rejected_payloads  # quarantined ...
+                assert not any(raw == value for raw in raws.values())  # ... and not stored
+            else:
+                rows = outcome.rows[0]
+                assert rows.id in raws  # stored (the page's last version of that id)
+                assert raws[rows.id] == last_by_id[rows.id].artwork["raw"]
+                assert payload not in rejected_payloads  # ... and not quarantined
+        assert len(raws) == len(last_by_id)
+    finally:
+        engine.dispose()
