@@ -6,15 +6,16 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import db, store
-from syncd.api.client import ApiClient, ClientOptions
+from syncd.api.client import ApiClient, ClientOptions, RequestStats
 from syncd.config import Settings
-from syncd.errors import DatabaseError
+from syncd.errors import DatabaseError, Interrupted
 from syncd.sync.engine import STREAM, Progress, RunSummary, Syncer
 
 log = logging.getLogger("syncd")
@@ -31,7 +32,25 @@ def open_engine(settings: Settings) -> Iterator[Engine]:
         engine.dispose()
 
 
-def make_client(settings: Settings, engine: Engine) -> ApiClient:
+@dataclass
+class SyncOutcome:
+    """What one sync did: its runs (list run, then refresh) and its HTTP traffic."""
+
+    summaries: list[RunSummary] = field(default_factory=list)
+    http: RequestStats = field(default_factory=RequestStats)
+
+
+def interruptible_sleep(stop: threading.Event) -> Callable[[float], None]:
+    """A sleep that ends early, raising Interrupted, when ``stop`` is set."""
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise Interrupted("stopped by a signal while waiting to retry; committed pages are kept")
+
+    return sleep
+
+
+def make_client(settings: Settings, engine: Engine, stop: threading.Event | None = None) -> ApiClient:
     url, key = settings.require_api()
 
     def remember_rate_limit(until: datetime) -> None:
@@ -55,6 +74,7 @@ def make_client(settings: Settings, engine: Engine) -> ApiClient:
             max_requests_per_second=settings.max_requests_per_second,
         ),
         on_rate_limited=remember_rate_limit,
+        sleep=interruptible_sleep(stop or threading.Event()),
     )
 
 
@@ -66,7 +86,7 @@ def run_once(
     refresh: bool = True,
     stop: threading.Event | None = None,
     on_page: Callable[[Progress], None] | None = None,
-) -> list[RunSummary]:
+) -> SyncOutcome:
     """One sync (and refresh of unfinished artworks) under the one-syncer lock."""
     settings.require_api()  # a config error before any connection or request
     with open_engine(settings) as engine, db.sync_lock(engine):
@@ -79,16 +99,25 @@ def sync_with(
     engine: Engine,
     *,
     full: bool = False,
+    list_run: bool = True,
     refresh: bool = True,
     stop: threading.Event | None = None,
     on_page: Callable[[Progress], None] | None = None,
-) -> list[RunSummary]:
-    """The sync itself, for a caller that already holds the lock."""
-    summaries: list[RunSummary] = []
-    with make_client(settings, engine) as client:
-        syncer = Syncer(engine, client, settings.page_size, stop=stop or threading.Event(), on_page=on_page)
+) -> SyncOutcome:
+    """The sync itself, for a caller that already holds the lock.
+
+    ``list_run`` reads the list (backfill, incremental or full); ``refresh``
+    then re-fetches stored artworks whose status is not terminal.
+    """
+    outcome = SyncOutcome()
+    summaries = outcome.summaries
+    stop = stop or threading.Event()
+    with make_client(settings, engine, stop) as client:
+        outcome.http = client.stats
+        syncer = Syncer(engine, client, settings.page_size, stop=stop, on_page=on_page)
         try:
-            summaries.append(syncer.sync(full=full))
+            if list_run:
+                summaries.append(syncer.sync(full=full))
             if refresh:
                 refreshed = syncer.refresh()
                 if refreshed is not None:
@@ -98,4 +127,4 @@ def sync_with(
             raise DatabaseError(f"database error during the sync: {reason}") from None
     for summary in summaries:
         log.info("%s", summary.line())
-    return summaries
+    return outcome

@@ -58,11 +58,11 @@ def settings_options(func: F) -> F:
 
 def _settings(kwargs: dict[str, Any]) -> Settings:
     """Pop the settings flags from ``kwargs`` and load settings; configure logging."""
+    from syncd.config import SPECS_BY_NAME
     from syncd.log import setup_logging
 
     config_path = kwargs.pop("config_path", None)
-    names = ("database_url", "api_url", "api_key_file", "page_size", "log_format", "log_level")
-    overrides = {name: kwargs.pop(name, None) for name in names}
+    overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in SPECS_BY_NAME}
     settings = load_settings(config_path=config_path, overrides=overrides)
     secrets = [settings.api_key.reveal()] if settings.api_key else []
     setup_logging(settings.log_level, settings.log_format, secrets)
@@ -121,11 +121,11 @@ def run_once_command(
     stop = threading.Event()
     _stop_on_signals(stop)
     reporter = ProgressReporter(sys.stderr.isatty() if progress is None else progress)
-    summaries = run_once(
+    outcome = run_once(
         settings, full=full, migrate=not no_migrate, refresh=not no_refresh, stop=stop, on_page=reporter
     )
     reporter.close()
-    for summary in summaries:
+    for summary in outcome.summaries:
         click.echo(_summary_screen(summary))
 
 
@@ -183,6 +183,35 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+# ---------------------------------------------------------------- daemon
+
+
+@cli.command("daemon")
+@settings_options
+@click.option("--interval", help="Seconds between incremental syncs [env SYNCD_INTERVAL; default 300].")
+@click.option(
+    "--full-sync-interval",
+    help="Seconds between full reconciliations [env SYNCD_FULL_SYNC_INTERVAL; default 86400].",
+)
+@handle_errors
+def daemon_command(**kwargs: Any) -> None:
+    """Run the sync service in the foreground (for systemd, see docs/deploy.md).
+
+    Syncs at once, then every interval; refreshes unfinished artworks; runs a
+    full reconciliation on its slower schedule. SIGTERM stops it gracefully.
+
+    \b
+    Example:
+      SYNCD_API_URL=https://api.tengr.ai SYNCD_API_KEY_FILE=key syncd daemon --interval 300
+    """
+    from syncd.scheduler import Daemon, install_signal_handlers
+
+    settings = _settings(kwargs)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    sys.exit(Daemon(settings, stop).run())
 
 
 # ---------------------------------------------------------------- db
@@ -459,7 +488,7 @@ def demo_command(count: int, database_url: str) -> None:
 
         setup_logging("warning", "text")
         click.echo(f"fake API with {count} artworks on {server.url}; syncing into {database_url}")
-        for summary in run_once(settings):
+        for summary in run_once(settings).summaries:
             click.echo(_summary_screen(summary))
         with open_engine(settings) as engine, engine.connect() as conn:
             rows = conn.execute(text(DEMO_QUERY)).all()

@@ -28,7 +28,7 @@ def sync(
 ) -> tuple[RunSummary, int]:
     """One in-process run; returns its list-run summary and the list requests it made."""
     server.api.reset_stats()
-    summaries = run_once(make_settings(server.url, db_url, page_size=str(page_size)), full=full)
+    summaries = run_once(make_settings(server.url, db_url, page_size=str(page_size)), full=full).summaries
     return summaries[0], server.api.stats.list_requests
 
 
@@ -121,7 +121,7 @@ def test_pending_artworks_are_refreshed_until_terminal(
     gone = pending[0]
     server.api.dataset.items.remove(gone)  # deleted before it finished
     server.api.dataset.finish_pending()
-    summaries = run_once(make_settings(server.url, db_url, page_size=str(L)))
+    summaries = run_once(make_settings(server.url, db_url, page_size=str(L))).summaries
     listed, refresh = summaries
     # Pending artworks on the first list page are updated by the list read,
     # the rest by the refresh that follows it.

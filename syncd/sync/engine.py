@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -154,37 +155,40 @@ class Syncer:
     def _list_loop(
         self, planner: Planner, run_id: int, counts: Counts, started: float, requests_before: int
     ) -> None:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-fetch") as pool:
-            request = planner.next_request()
-            pending: Future[list[Any]] | None = pool.submit(self._fetch, request) if request else None
-            try:
-                while pending is not None and request is not None:
-                    items = pending.result()
-                    self._check_stop()
-                    now = self.now()
-                    planner.observe(request, [Item(*list_key(value, now)) for value in items])
-                    state = replace(planner.state)
-                    mode = planner.mode
-                    request = planner.next_request()
-                    # Fetch the next page while this one is validated and written.
-                    pending = pool.submit(self._fetch, request) if request else None
-                    self._write_page(
-                        items, state, planner.scan_complete and request is None, run_id, counts, mode, now
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-fetch")
+        request = planner.next_request()
+        pending: Future[list[Any]] | None = pool.submit(self._fetch, request) if request else None
+        try:
+            while pending is not None and request is not None:
+                items = self._await(pending)
+                now = self.now()
+                planner.observe(request, [Item(*list_key(value, now)) for value in items])
+                state = replace(planner.state)
+                mode = planner.mode
+                request = planner.next_request()
+                # Fetch the next page while this one is validated and written.
+                pending = pool.submit(self._fetch, request) if request else None
+                # Deletions are marked only after a scan proven to have missed nothing.
+                proven_scan = planner.scan_complete and planner.provably_complete and request is None
+                self._write_page(items, state, proven_scan, run_id, counts, mode, now)
+                counts.requests = self.client.stats.requests - requests_before
+                if self.on_page is not None:
+                    done = counts.inserted + counts.updated + counts.unchanged
+                    self.on_page(
+                        Progress(str(mode), counts.pages, done, counts.requests, time.monotonic() - started)
                     )
-                    counts.requests = self.client.stats.requests - requests_before
-                    if self.on_page is not None:
-                        self.on_page(
-                            Progress(
-                                str(mode),
-                                counts.pages,
-                                counts.inserted + counts.updated + counts.unchanged,
-                                counts.requests,
-                                time.monotonic() - started,
-                            )
-                        )
-            finally:
-                if pending is not None:
-                    pending.cancel()
+        finally:
+            # Never wait here for a request in flight: a stop must not hang on it.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _await(self, pending: Future[list[Any]]) -> list[Any]:
+        """The fetched page; checks for a stop request while waiting."""
+        while True:
+            self._check_stop()
+            try:
+                return pending.result(timeout=0.2)
+            except FutureTimeout:
+                continue
 
     def _write_page(
         self,

@@ -1,0 +1,210 @@
+"""``syncd daemon``: APScheduler jobs, the one-syncer lock per tick, signals, sd_notify.
+
+Jobs (one worker thread, so they never overlap; each coalesced, one instance):
+
+    sync     every SYNCD_INTERVAL (+ up to 10% jitter, at most 30 s), first at once
+    refresh  every SYNCD_INTERVAL: re-fetch artworks whose status is not terminal
+    full     every SYNCD_FULL_SYNC_INTERVAL, counted from the last complete scan
+
+Every tick takes the one-syncer lock or skips (another process is syncing:
+two daemons on one PostgreSQL form an active/standby pair, and the standby
+takes over within one interval when the active one dies). A failed run is
+logged with its reason and the scheduler goes on; a rejected key is tried
+again only at the next tick, never in a loop.
+
+Stopping: the first SIGTERM/SIGINT stops scheduling and asks the run in
+flight to stop after its current page (recorded as ``interrupted``); the
+process exits 0 within about SYNCD_READ_TIMEOUT + a few seconds. A second
+signal exits at once; the database rolls back any transaction left open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
+
+from syncd import app, db, store
+from syncd.config import Settings
+from syncd.errors import ExitCode, Interrupted, LockHeldError, SchemaError, SyncdError
+from syncd.metrics import Metrics
+from syncd.notify import notify, watchdog_interval
+from syncd.sync.engine import STREAM
+
+log = logging.getLogger("syncd.daemon")
+
+
+def jitter_for(interval: float) -> float:
+    return min(30.0, interval * 0.1)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.metrics = Metrics() if settings.metrics_port else None
+        self.last_status = "starting"
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        settings = self.settings
+        settings.require_api()
+        engine = db.create_db_engine(settings.database_url)
+        try:
+            db.check_connection(engine)
+            self._prepare_schema(engine)
+            if self.metrics is not None and settings.metrics_port:
+                self.metrics.serve(settings.metrics_port)
+                log.info("metrics on :%d/metrics", settings.metrics_port)
+            scheduler = self._scheduler(engine)
+            scheduler.start()
+            log.info(
+                "syncd daemon started: sync every %gs, full reconciliation every %gs, database %s",
+                settings.interval,
+                settings.full_sync_interval,
+                db.safe_url(settings.database_url),
+            )
+            notify("READY=1\nSTATUS=started")
+            self._supervise()
+            notify("STOPPING=1\nSTATUS=stopping")
+            log.info("stopping: waiting for the run in flight to finish its page")
+            scheduler.shutdown(wait=True)
+            log.info("stopped")
+            return int(ExitCode.OK)
+        finally:
+            engine.dispose()
+
+    def _prepare_schema(self, engine: Engine) -> None:
+        try:
+            with db.sync_lock(engine):
+                db.ensure_schema(engine, migrate=True)
+        except LockHeldError:
+            # Another syncd is active and keeps the schema; we must merely understand it.
+            version = db.schema_version(engine)
+            if not version.known:
+                raise SchemaError(f"schema revision {version.current} is newer than this syncd") from None
+
+    def _supervise(self) -> None:
+        """The main thread: watchdog pings until a stop is requested."""
+        ping = watchdog_interval()
+        while not self.stop.wait(ping or 1.0):
+            if ping:
+                notify(f"WATCHDOG=1\nSTATUS={self.last_status}")
+
+    def _scheduler(self, engine: Engine) -> BackgroundScheduler:
+        settings = self.settings
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+        now = datetime.now(UTC)
+        scheduler.add_job(
+            self._tick,
+            IntervalTrigger(seconds=settings.interval, jitter=jitter_for(settings.interval), timezone=UTC),
+            id="sync",
+            name="incremental sync",
+            next_run_time=now,
+            args=[engine, "sync"],
+        )
+        scheduler.add_job(
+            self._tick,
+            IntervalTrigger(seconds=settings.interval, jitter=jitter_for(settings.interval), timezone=UTC),
+            id="refresh",
+            name="refresh unfinished artworks",
+            next_run_time=now + timedelta(seconds=1),
+            args=[engine, "refresh"],
+        )
+        scheduler.add_job(
+            self._tick,
+            IntervalTrigger(
+                seconds=settings.full_sync_interval,
+                jitter=jitter_for(settings.full_sync_interval),
+                timezone=UTC,
+            ),
+            id="full",
+            name="full reconciliation",
+            next_run_time=self._first_full_sync(engine, now),
+            args=[engine, "full"],
+        )
+        return scheduler
+
+    def _first_full_sync(self, engine: Engine, now: datetime) -> datetime:
+        """A full sync is due one interval after the last complete scan (a backfill counts)."""
+        with engine.connect() as conn:
+            last = store.load_state(conn, STREAM).last_full_sync_at
+        if last is None:
+            return now + timedelta(seconds=self.settings.full_sync_interval)
+        return max(now + timedelta(seconds=2), last + timedelta(seconds=self.settings.full_sync_interval))
+
+    # ------------------------------------------------------------ one tick
+
+    def _tick(self, engine: Engine, kind: str) -> None:
+        if self.stop.is_set():
+            return
+        started = time.time()
+        try:
+            with db.sync_lock(engine):
+                outcome = app.sync_with(
+                    self.settings,
+                    engine,
+                    full=kind == "full",
+                    list_run=kind != "refresh",
+                    refresh=kind == "refresh",
+                    stop=self.stop,
+                )
+        except LockHeldError as exc:
+            log.info("%s tick skipped: %s", kind, exc)
+            return
+        except Interrupted:
+            log.info("%s run interrupted by the stop request", kind)
+            self._count_failure(kind, "interrupted")
+            return
+        except SyncdError as exc:
+            # Includes a rejected key: logged each tick, retried only at the next one.
+            log.error("%s run failed (%s): %s", kind, type(exc).__name__, exc)
+            self.last_status = f"last {kind} failed at {_clock()}: {exc}"[:200]
+            self._count_failure(kind, "failed")
+            return
+        except Exception:
+            log.exception("%s run crashed; the scheduler goes on", kind)
+            self._count_failure(kind, "crashed")
+            return
+        self.last_status = f"last {kind} ok at {_clock()}"
+        notify(f"STATUS={self.last_status}")
+        if self.metrics is not None:
+            for summary in outcome.summaries:
+                self.metrics.record_run(summary, started + summary.seconds)
+            self.metrics.record_http(outcome.http)
+
+    def _count_failure(self, kind: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.record_failure("full" if kind == "full" else kind, outcome)
+
+
+def _clock() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """First SIGTERM/SIGINT: graceful stop. Second: exit at once."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            log.warning("%s again: exiting now", signal.Signals(signum).name)
+            os._exit(int(ExitCode.INTERRUPTED))
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,219 @@
+"""The daemon as a real process: ticks, graceful stop, sd_notify, metrics, one active syncer."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from sqlalchemy import Engine, select
+
+from syncd import db, store
+from syncd.fakeapi.server import FakeServer, Faults
+from tests.conftest import run_syncd, syncd_env
+
+RUN_LINE = re.compile(r"syncd: run (\d+) (\w+) (\w+):")
+
+
+@contextmanager
+def daemon(env: dict[str, str], cwd: Path, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "daemon", *args],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return len(conn.execute(select(store.artworks.c.id)).all())
+
+
+def runs(engine: Engine) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                select(store.runs_table.c.mode, store.runs_table.c.outcome).order_by(store.runs_table.c.id)
+            )
+        ]  # type: ignore[misc]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_daemon_picks_up_new_artworks_each_tick_and_stops_cleanly(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(500, malformed_fraction=0)
+    env = syncd_env(server.url, db_url, page_size="100", interval="1")
+    with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
+        wait_for(lambda: count(engine) == len(server.api.dataset.valid()), 30, "the backfill")
+        added = server.api.dataset.add(37)
+        wait_for(lambda: count(engine) == len(server.api.dataset.valid()), 30, "the new artworks")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    log = (tmp_path / "daemon.log").read_text()
+    assert "syncd daemon started" in log and "stopped" in log
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(store.artworks.c.id)).scalars())
+    assert {a.id for a in added} <= stored
+    modes = [mode for mode, _ in runs(engine)]
+    assert modes[0] == "backfill" and "incremental" in modes
+
+
+def test_sigterm_during_backfill_exits_0_records_interrupted_and_resumes(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    total = 4000
+    server = fake_api(total, faults=Faults(slow=1.0, delay=0.05), malformed_fraction=0)
+    env = syncd_env(server.url, db_url, page_size="100", interval="60")
+    with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
+        wait_for(lambda: count(engine) >= 600, 60, "some committed pages")
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - sent < 10
+    assert runs(engine)[0] == ("backfill", "interrupted")
+    committed = count(engine)
+    assert committed < total
+    server.api.faults.slow = 0
+    server.api.reset_stats()
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert server.api.stats.list_requests <= -(-(total - committed) // 100) + 2
+    assert count(engine) == total
+
+
+def test_sd_notify_ready_and_watchdog(
+    sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(50)
+    sock_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.settimeout(20)
+    env = {
+        **syncd_env(server.url, sqlite_url, interval="60"),
+        "NOTIFY_SOCKET": str(sock_path),
+        "WATCHDOG_USEC": "1000000",
+    }
+    messages: list[str] = []
+    try:
+        with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
+            while not (any("READY=1" in m for m in messages) and any("WATCHDOG=1" in m for m in messages)):
+                messages.append(listener.recv(4096).decode())
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+            while not any("STOPPING=1" in m for m in messages):
+                messages.append(listener.recv(4096).decode())
+    finally:
+        listener.close()
+    ready = next(i for i, m in enumerate(messages) if "READY=1" in m)
+    assert all("WATCHDOG=1" not in m for m in messages[:ready]), "watchdog pings before READY"
+
+
+def test_metrics_endpoint_serves_the_documented_names(
+    sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(300, faults=Faults(rate_limit=8))
+    port = free_port()
+    env = syncd_env(server.url, sqlite_url, page_size="50", interval="60", metrics_port=str(port))
+    with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
+        engine = db.create_db_engine(sqlite_url)
+        try:
+            wait_for(
+                lambda: (tmp_path / "daemon.log").read_text().count("success") >= 1, 60, "a successful run"
+            )
+        finally:
+            engine.dispose()
+        body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+    for name in (
+        'syncd_runs_total{mode="backfill",outcome="success"} 1.0',
+        'syncd_artworks_synced_total{result="inserted"}',
+        'syncd_api_requests_total{code="200"}',
+        "syncd_rate_limited_total",
+        "syncd_retry_wait_seconds_total",
+        "syncd_last_success_timestamp_seconds",
+        'syncd_run_duration_seconds_bucket{le="0.1",mode="backfill"}',
+    ):
+        assert name in body, name
+
+
+def test_run_once_while_a_daemon_syncs_exits_7(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(3000, faults=Faults(slow=1.0, delay=0.05))
+    env = syncd_env(server.url, db_url, page_size="100", interval="60")
+    with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
+        wait_for(lambda: count(engine) > 0, 30, "the daemon to start syncing")
+        result = run_syncd(["run-once"], env, cwd=tmp_path)
+        assert result.returncode == 7
+        assert "another syncd process is syncing" in result.stderr
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+
+
+def test_two_daemons_one_syncs_at_a_time_and_the_standby_takes_over(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(800, faults=Faults(slow=1.0, delay=0.02))
+    env = syncd_env(server.url, db_url, page_size="100", interval="1")
+    with (
+        daemon(env, tmp_path, tmp_path / "a.log") as first,
+        daemon(env, tmp_path, tmp_path / "b.log") as second,
+    ):
+        wait_for(lambda: count(engine) == len(server.api.dataset.valid()), 60, "the backfill")
+        time.sleep(3)  # a few more ticks on both
+        logs = {"a": (tmp_path / "a.log").read_text(), "b": (tmp_path / "b.log").read_text()}
+        assert "tick skipped: another syncd process is syncing" in logs["a"] + logs["b"]
+        # Kill whichever is syncing right now: the other one carries on.
+        runs_before = len(runs(engine))
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        server.api.dataset.add(25)
+        wait_for(lambda: count(engine) == len(server.api.dataset.valid()), 30, "the standby to take over")
+        assert len(runs(engine)) > runs_before
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=20) == 0
+    with engine.connect() as conn:
+        spans = conn.execute(
+            select(
+                store.runs_table.c.started_at, store.runs_table.c.finished_at, store.runs_table.c.outcome
+            ).order_by(store.runs_table.c.started_at)
+        ).all()
+    finished = [(start, end) for start, end, outcome in spans if end is not None and outcome != "crashed"]
+    for (_, end), (next_start, _) in itertools.pairwise(finished):
+        assert end <= next_start, "two runs overlapped: two syncers at once"
