@@ -45,6 +45,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = NORMAL")
+    # Checkpoint (the only fsync in WAL mode with synchronous=NORMAL) every
+    # ~16 MB of WAL instead of ~4 MB: a backfill spends far less time in fsync.
+    cursor.execute("PRAGMA wal_autocheckpoint = 4000")
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
 
@@ -124,20 +127,34 @@ class SchemaVersion:
         return self.current == self.head
 
 
+# The newest migration's revision. A test checks it against Alembic's head, so
+# the common case (schema up to date) needs one query and no Alembic import.
+HEAD_REVISION = "0001"
+
+
 def schema_version(engine: Engine) -> SchemaVersion:
-    from alembic.runtime.migration import MigrationContext
+    try:
+        with engine.connect() as conn:
+            current = _current_revision(conn)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot read the schema version: {exc.__class__.__name__}") from None
+    if current == HEAD_REVISION:
+        return SchemaVersion(current=current, head=HEAD_REVISION, known=True)
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(alembic_config())
     head = script.get_current_head()
     assert head is not None
-    try:
-        with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
-    except SQLAlchemyError as exc:
-        raise DatabaseError(f"cannot read the schema version: {exc.__class__.__name__}") from None
     known = current is None or _revision_known(script, current)
     return SchemaVersion(current=current, head=head, known=known)
+
+
+def _current_revision(conn: Connection) -> str | None:
+    from sqlalchemy import inspect
+
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _revision_known(script: Any, revision: str) -> bool:

@@ -168,10 +168,11 @@ class ArtworkRows:
     status: str
     created_at: datetime
     content_hash: str
+    raw_json: str  # the record as received, serialised once
     artwork: dict[str, Any]
     parameters_table: str | None
     parameters: dict[str, Any] | None
-    results: list[dict[str, Any]]
+    results: list[tuple[str, int, str]]  # (artwork_id, position, url)
 
     @property
     def is_terminal(self) -> bool:
@@ -204,37 +205,16 @@ class PageResult:
     unknown_types: int = 0
 
 
-_TXT2IMG_COLUMNS = {
-    "model": "model",
-    "prompt_mode": "prompt_mode",
-    "prompt": "prompt",
-    "negative_prompt": "negative_prompt",
-    "style": "style",
-    "creativity": "creativity",
-    "details": "details",
-    "aspect_ratio": "aspect_ratio",
-    "width": "width",
-    "height": "height",
-    "nsfw": "nsfw",
-}
+PARAMETER_TABLE_OF = {"txt2img": "txt2img_parameters", "upscaling": "upscaling_parameters"}
 
 
 def _parameters_row(
     artwork: Txt2ImgArtwork | UpscalingArtwork | OtherArtwork,
 ) -> tuple[str | None, dict[str, Any] | None]:
-    if isinstance(artwork, Txt2ImgArtwork):
-        params = artwork.parameters
-        row = {column: getattr(params, attr) for attr, column in _TXT2IMG_COLUMNS.items()}
-        row["artwork_id"] = artwork.id
-        return "txt2img_parameters", row
-    if isinstance(artwork, UpscalingArtwork):
-        up = artwork.parameters
-        return "upscaling_parameters", {
-            "artwork_id": artwork.id,
-            "image_url": up.image_url,
-            "scale_factor": up.scale_factor,
-        }
-    return None, None
+    if isinstance(artwork, OtherArtwork):
+        return None, None
+    # The parameter models' field names are the columns' names.
+    return PARAMETER_TABLE_OF[artwork.artwork_type], {**artwork.parameters.__dict__, "artwork_id": artwork.id}
 
 
 def content_hash(record: dict[str, Any]) -> str:
@@ -243,7 +223,11 @@ def content_hash(record: dict[str, Any]) -> str:
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
-def to_rows(record: dict[str, Any], artwork: Txt2ImgArtwork | UpscalingArtwork | OtherArtwork) -> ArtworkRows:
+def to_rows(
+    record: dict[str, Any],
+    artwork: Txt2ImgArtwork | UpscalingArtwork | OtherArtwork,
+    raw_json: str | None = None,
+) -> ArtworkRows:
     table, params = _parameters_row(artwork)
     results = artwork.results or []
     return ArtworkRows(
@@ -252,6 +236,7 @@ def to_rows(record: dict[str, Any], artwork: Txt2ImgArtwork | UpscalingArtwork |
         status=artwork.status,
         created_at=artwork.created_at,
         content_hash=content_hash(record),
+        raw_json=raw_json if raw_json is not None else orjson.dumps(record).decode(),
         artwork={
             "id": artwork.id,
             "artwork_type": artwork.artwork_type,
@@ -262,10 +247,7 @@ def to_rows(record: dict[str, Any], artwork: Txt2ImgArtwork | UpscalingArtwork |
         },
         parameters_table=table,
         parameters=params,
-        results=[
-            {"artwork_id": artwork.id, "position": position, "url": url}
-            for position, url in enumerate(results)
-        ],
+        results=[(artwork.id, position, url) for position, url in enumerate(results)],
     )
 
 
@@ -318,9 +300,10 @@ def classify(value: object, now: datetime) -> ArtworkRows | Rejection:
     if not isinstance(value, dict):
         return reject(value, f"record: expected a JSON object, got {type(value).__name__}")
     try:
-        size = len(orjson.dumps(value))
+        dumped = orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):
         return reject(value, "record: cannot be serialised (nested too deeply)")
+    size = len(dumped)
     if size > MAX_RECORD_BYTES:
         return reject(value, f"record: {size:,} bytes, over the {MAX_RECORD_BYTES:,}-byte limit")
     try:
@@ -329,7 +312,7 @@ def classify(value: object, now: datetime) -> ArtworkRows | Rejection:
         return reject(value, describe_errors(exc))
     except RecursionError:
         return reject(value, "record: nested too deeply")
-    return to_rows(value, artwork)
+    return to_rows(value, artwork, dumped.decode())
 
 
 def list_key(value: object, now: datetime) -> tuple[str | None, datetime | None]:

@@ -76,6 +76,12 @@ def test_ensure_schema_refuses_a_revision_from_a_newer_syncd(sqlite_url: str) ->
         engine.dispose()
 
 
+def test_head_revision_constant_matches_the_migrations() -> None:
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory.from_config(db.alembic_config()).get_current_head() == db.HEAD_REVISION
+
+
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url: str) -> None:
     engine = db.create_db_engine(sqlite_url)
     try:

@@ -101,10 +101,7 @@ def test_txt2img_maps_every_field() -> None:
         "created_at": datetime(2024, 7, 29, 15, 51, 28, 71000, tzinfo=UTC),
         "raw": txt2img(),
     }
-    assert rows.results == [
-        {"artwork_id": ID, "position": 0, "url": "https://cdn/a.webp"},
-        {"artwork_id": ID, "position": 1, "url": "https://cdn/b.webp"},
-    ]
+    assert rows.results == [(ID, 0, "https://cdn/a.webp"), (ID, 1, "https://cdn/b.webp")]
     assert rows.is_terminal
 
 

@@ -9,6 +9,7 @@ of the rows it covers.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -19,13 +20,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, RootTransaction
 
 from syncd import store
 from syncd.api.client import ApiClient
 from syncd.db import writer
 from syncd.errors import ApiError, AuthError, Interrupted, SyncdError
-from syncd.records import ArtworkRows, Rejection, classify, classify_page, list_key
+from syncd.records import ArtworkRows, PageResult, Rejection, classify, classify_page, list_key
 from syncd.store import Counts
 from syncd.sync.planner import Item, Mode, Planner, Request, StreamState
 
@@ -79,6 +80,7 @@ class Syncer:
     stop: threading.Event = field(default_factory=threading.Event)
     on_page: Callable[[Progress], None] | None = None
     refresh_limit: int = 1000
+    commit_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         self._writer = writer(self.engine)
@@ -95,6 +97,9 @@ class Syncer:
             run_id = store.start_run(conn, stream=STREAM, mode=str(planner.mode), now=self.now())
         if state.rate_limited_until is not None:
             self.client.wait_until(state.rate_limited_until)
+        # Long-lived objects (libraries, schema, models) need no more cycle
+        # scans; pages come and go, and full scans of everything cost ~10%.
+        gc.freeze()
         counts = Counts()
         requests_before = self.client.stats.requests
         try:
@@ -149,39 +154,76 @@ class Syncer:
 
     # ------------------------------------------------------------ list
 
-    def _fetch(self, request: Request) -> list[Any]:
-        return self.client.list_page(request.skip, request.limit)
+    def _fetch(self, request: Request) -> tuple[list[Any], PageResult, datetime]:
+        """Runs in the fetch thread: the page, already validated (overlaps the writes)."""
+        items = self.client.list_page(request.skip, request.limit)
+        now = self.now()
+        return items, classify_page(items, now), now
 
     def _list_loop(
         self, planner: Planner, run_id: int, counts: Counts, started: float, requests_before: int
     ) -> None:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-fetch")
         request = planner.next_request()
-        pending: Future[list[Any]] | None = pool.submit(self._fetch, request) if request else None
+        pending: Future[tuple[list[Any], PageResult, datetime]] | None = (
+            pool.submit(self._fetch, request) if request else None
+        )
+        conn = self._writer.connect()
+        transaction: RootTransaction | None = None  # begun only to write: SQLite's BEGIN IMMEDIATE locks
+        last_commit = time.monotonic()
+
+        def commit() -> None:
+            nonlocal transaction, last_commit
+            if transaction is not None:
+                store.update_run(conn, run_id, counts, mode=str(planner.mode))
+                transaction.commit()
+                transaction = None
+            last_commit = time.monotonic()
+
         try:
             while pending is not None and request is not None:
-                items = self._await(pending)
-                now = self.now()
+                if not pending.done():
+                    # Never hold the write lock while waiting on the network: the
+                    # fetch thread may need it (to record a Retry-After deadline).
+                    commit()
+                items, page, now = self._await(pending)
                 planner.observe(request, [Item(*list_key(value, now)) for value in items])
                 state = replace(planner.state)
                 mode = planner.mode
                 request = planner.next_request()
-                # Fetch the next page while this one is validated and written.
+                # Fetch (and validate) the next page while this one is written.
                 pending = pool.submit(self._fetch, request) if request else None
                 # Deletions are marked only after a scan proven to have missed nothing.
                 proven_scan = planner.scan_complete and planner.provably_complete and request is None
-                self._write_page(items, state, proven_scan, run_id, counts, mode, now)
+                if transaction is None:
+                    transaction = conn.begin()
+                self._write_page(conn, page, state, proven_scan, run_id, counts, mode, now)
                 counts.requests = self.client.stats.requests - requests_before
+                # Whole pages commit with their cursor; a second's worth of pages
+                # per commit keeps SQLite's commits off the hot path.
+                if request is None or time.monotonic() - last_commit >= self.commit_seconds:
+                    commit()
                 if self.on_page is not None:
                     done = counts.inserted + counts.updated + counts.unchanged
                     self.on_page(
                         Progress(str(mode), counts.pages, done, counts.requests, time.monotonic() - started)
                     )
+            commit()
+        except Interrupted:
+            commit()  # only whole pages are in it: keep them
+            raise
+        except BaseException:
+            if transaction is not None:
+                transaction.rollback()
+            raise
         finally:
+            conn.close()
             # Never wait here for a request in flight: a stop must not hang on it.
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _await(self, pending: Future[list[Any]]) -> list[Any]:
+    def _await(
+        self, pending: Future[tuple[list[Any], PageResult, datetime]]
+    ) -> tuple[list[Any], PageResult, datetime]:
         """The fetched page; checks for a stop request while waiting."""
         while True:
             self._check_stop()
@@ -192,7 +234,8 @@ class Syncer:
 
     def _write_page(
         self,
-        items: list[Any],
+        conn: Connection,
+        page: PageResult,
         state: StreamState,
         scan_complete: bool,
         run_id: int,
@@ -200,18 +243,15 @@ class Syncer:
         mode: Mode,
         now: datetime,
     ) -> None:
-        page = classify_page(items, now)
-        with self._writer.begin() as conn:
-            written = store.write_artworks(conn, page.rows, now)
-            store.quarantine(conn, page.rejected, stream=STREAM, run_id=run_id, now=now)
-            written.pages = 1
-            written.rejected = len(page.rejected)
-            written.unknown_type = page.unknown_types
-            if scan_complete and state.scan_started_at is not None:
-                written.marked_deleted = store.mark_unlisted(conn, state.scan_started_at, now)
-            counts.add(written)
-            store.save_state(conn, state, now)
-            store.update_run(conn, run_id, counts, mode=str(mode))
+        written = store.write_artworks(conn, page.rows, now)
+        store.quarantine(conn, page.rejected, stream=STREAM, run_id=run_id, now=now)
+        written.pages = 1
+        written.rejected = len(page.rejected)
+        written.unknown_type = page.unknown_types
+        if scan_complete and state.scan_started_at is not None:
+            written.marked_deleted = store.mark_unlisted(conn, state.scan_started_at, now)
+        counts.add(written)
+        store.save_state(conn, state, now)
         for rejection in page.rejected:
             log.debug("rejected record %s: %s", rejection.artwork_id or "(no id)", rejection.reason)
 

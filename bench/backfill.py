@@ -1,0 +1,356 @@
+#!/usr/bin/env python3
+"""Benchmark a syncd backfill against baselines measured in the same run.
+
+    python bench/backfill.py --count 100000 --repeat 3 [--postgres-url URL] [--json]
+
+On the same data, from one fake API process (`syncd mock-api`):
+  download   the pages fetched and JSON-parsed with one keep-alive httpx client
+  insert     the same rows written with the driver's own executemany into the
+             same (migrated) tables in one transaction, no validation (the floor)
+  syncd      `syncd run-once` as a real process into a fresh database
+  RSS        peak resident memory of that process, at N and at N/10
+  no-op      an incremental run right after the backfill, next to `syncd --version`
+Medians of --repeat runs; ratios are what matter (machines are noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+HERE = Path(__file__).resolve().parent
+KEY = "bench-key"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def fake_api(count: int, seed: int = 1) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "mock-api", "--port", str(port), "--count", str(count), "--seed", str(seed),
+         "--api-key", KEY, "--malformed-fraction", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(url + "/_fake/stats", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def stats(url: str) -> dict[str, Any]:
+    return dict(httpx.get(url + "/_fake/stats").json())
+
+
+def reset_stats(url: str) -> None:
+    httpx.post(url + "/_fake/reset-stats")
+
+
+def download(url: str, page_size: int) -> list[list[dict[str, Any]]]:
+    pages = []
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        skip = 0
+        while True:
+            page = orjson.loads(client.get("/v1/artworks", params={"skip": skip, "limit": page_size}).content)
+            pages.append(page)
+            if len(page) < page_size:
+                return pages
+            skip += page_size
+
+
+TXT2IMG = (
+    "model",
+    "promptMode",
+    "prompt",
+    "negativePrompt",
+    "style",
+    "creativity",
+    "details",
+    "aspectRatio",
+    "width",
+    "height",
+    "nsfw",
+)
+
+
+def rows_of(
+    page: list[dict[str, Any]],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Naive mapping, no validation: what a hand-written loader would do."""
+    now = "2026-01-01T00:00:00.000000Z"
+    artworks, txt, ups, results = [], [], [], []
+    for r in page:
+        artworks.append(
+            (
+                r["id"],
+                r["artworkType"],
+                r["status"],
+                r.get("duration"),
+                r["createdAt"],
+                now,
+                now,
+                now,
+                None,
+                "",
+                orjson.dumps(r).decode(),
+            )
+        )
+        p = r["parameters"]
+        if r["artworkType"] == "txt2img":
+            txt.append((r["id"], *(p.get(k) for k in TXT2IMG)))
+        elif r["artworkType"] == "upscaling":
+            ups.append((r["id"], p.get("imageUrl"), p.get("scaleFactor")))
+        results.extend((r["id"], i, u) for i, u in enumerate(r.get("results") or []))
+    return artworks, txt, ups, results
+
+
+INSERTS = (
+    "INSERT INTO artworks (id, artwork_type, status, duration, created_at, first_seen_at, last_seen_at, updated_at, remote_deleted_at, content_hash, raw) VALUES ({})",
+    "INSERT INTO txt2img_parameters (artwork_id, model, prompt_mode, prompt, negative_prompt, style, creativity, details, aspect_ratio, width, height, nsfw) VALUES ({})",
+    "INSERT INTO upscaling_parameters (artwork_id, image_url, scale_factor) VALUES ({})",
+    "INSERT INTO artwork_results (artwork_id, position, url) VALUES ({})",
+)
+COLUMNS = (11, 12, 3, 3)
+
+
+def migrate(database_url: str) -> None:
+    env = {**os.environ, "SYNCD_DATABASE_URL": database_url}
+    subprocess.run([sys.executable, "-m", "syncd", "db", "upgrade"], env=env, check=True, capture_output=True)
+
+
+def insert_sqlite(path: Path, prepared: list[Any]) -> float:
+    migrate(f"sqlite:///{path}")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    started = time.perf_counter()
+    conn.execute("BEGIN")  # one transaction: the floor, stricter than syncd's per-second commits
+    for tables in prepared:
+        for sql, width, rows in zip(INSERTS, COLUMNS, tables, strict=True):
+            if rows:
+                conn.executemany(sql.format(", ".join("?" * width)), rows)
+    conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed
+
+
+def insert_postgres(url: str, prepared: list[Any]) -> float:
+    import psycopg
+
+    migrate(url)
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        started = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur:
+            for tables in prepared:
+                for sql, width, rows in zip(INSERTS, COLUMNS, tables, strict=True):
+                    if rows:
+                        cur.executemany(sql.format(", ".join(["%s"] * width)), rows)
+        return time.perf_counter() - started
+
+
+# A small launcher measures syncd: forked from this (large) process, syncd's
+# peak RSS would include pages shared with it before exec.
+LAUNCHER = """
+import resource, subprocess, sys, time
+started = time.perf_counter()
+code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)
+elapsed = time.perf_counter() - started
+print(elapsed, code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def run_syncd(args: list[str], env: dict[str, str]) -> tuple[float, int, int]:
+    """Wall seconds, exit code and peak RSS (KiB) of one syncd process."""
+    out = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, sys.executable, "-m", "syncd", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed, code, rss = out.stdout.split()
+    if int(code) != 0:
+        raise SystemExit(f"syncd {' '.join(args)} failed ({code}): {out.stderr[-2000:]}")
+    return float(elapsed), int(code), int(rss)
+
+
+def syncd_env(url: str, database_url: str, page_size: int, concurrency: int = 1) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    env.update(
+        SYNCD_API_URL=url,
+        SYNCD_API_KEY=KEY,
+        SYNCD_DATABASE_URL=database_url,
+        SYNCD_PAGE_SIZE=str(page_size),
+        SYNCD_MAX_REQUESTS_PER_SECOND="10000",
+        SYNCD_FETCH_CONCURRENCY=str(concurrency),
+        SYNCD_LOG_LEVEL="warning",
+    )
+    return env
+
+
+def fresh_postgres(admin_url: str) -> tuple[str, Callable[[], None]]:
+    import psycopg
+
+    name = f"syncd_bench_{uuid.uuid4().hex[:10]}"
+    plain = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = plain.rpartition("/")
+    url = f"{base}/{name}"
+
+    def drop() -> None:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return url, drop
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--page-size", type=int, default=500)
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("SYNCD_BENCH_POSTGRES_URL") or os.environ.get("SYNCD_TEST_POSTGRES_URL"),
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    args = parser.parse_args()
+    n, size = args.count, args.page_size
+    results: dict[str, Any] = {
+        "count": n,
+        "page_size": size,
+        "repeat": args.repeat,
+        "machine": f"{os.cpu_count()} cores, {sys.platform}, Python {sys.version.split()[0]}",
+    }
+    timings: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        timings.setdefault(name, []).append(value)
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        fake_api(n) as url,
+        fake_api(max(1, n // 10), seed=2) as small_url,
+    ):
+        pages = download(url, size)  # warm the fake's caches
+        prepared = [rows_of(page) for page in pages]
+        results["pages"] = len(pages)
+        for rep in range(args.repeat):
+            started = time.perf_counter()
+            download(url, size)
+            add("download", time.perf_counter() - started)
+            add("insert_sqlite", insert_sqlite(Path(tmp) / f"baseline{rep}.db", prepared))
+            reset_stats(url)
+            seconds, _, rss = run_syncd(["run-once"], syncd_env(url, f"sqlite:///{tmp}/syncd{rep}.db", size))
+            add("syncd_sqlite", seconds)
+            add("rss_n_kib", rss)
+            add("backfill_requests", stats(url)["list_requests"])
+            reset_stats(url)
+            seconds, _, _ = run_syncd(["run-once"], syncd_env(url, f"sqlite:///{tmp}/syncd{rep}.db", size))
+            add("noop_seconds", seconds)
+            add("noop_requests", stats(url)["list_requests"])
+            seconds, _, _ = run_syncd(["--version"], syncd_env(url, "sqlite:///x.db", size))
+            add("version_seconds", seconds)
+            _, _, rss_small = run_syncd(
+                ["run-once"], syncd_env(small_url, f"sqlite:///{tmp}/small{rep}.db", size)
+            )
+            add("rss_small_kib", rss_small)
+            if args.postgres_url:
+                pg_url, drop = fresh_postgres(args.postgres_url)
+                try:
+                    add("insert_postgres", insert_postgres(pg_url, prepared))
+                finally:
+                    drop()
+                pg_url, drop = fresh_postgres(args.postgres_url)
+                try:
+                    seconds, _, _ = run_syncd(["run-once"], syncd_env(url, pg_url, size))
+                    add("syncd_postgres", seconds)
+                finally:
+                    drop()
+            print(f"repetition {rep + 1}/{args.repeat} done", file=sys.stderr)
+
+    med = {name: median(values) for name, values in timings.items()}
+    results["median"] = med
+    ratios = {
+        "syncd / (download + insert)": med["syncd_sqlite"] / (med["download"] + med["insert_sqlite"]),
+        "syncd / max(download, insert)": med["syncd_sqlite"] / max(med["download"], med["insert_sqlite"]),
+        "RSS(N) / RSS(N/10)": med["rss_n_kib"] / med["rss_small_kib"],
+        "no-op run / syncd --version": med["noop_seconds"] / med["version_seconds"],
+    }
+    if "syncd_postgres" in med:
+        ratios["postgres: syncd / (download + insert)"] = med["syncd_postgres"] / (
+            med["download"] + med["insert_postgres"]
+        )
+    results["ratios"] = ratios
+
+    print(
+        f"\nsyncd backfill benchmark: {n:,} artworks, {results['pages']} pages of {size}, median of {args.repeat}; {results['machine']}\n"
+    )
+    print(f"| {'phase':<34} | {'seconds':>8} | {'artworks/s':>11} |")
+    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 13}|")
+    for label, key in (
+        ("download baseline (httpx + orjson)", "download"),
+        ("insert baseline, SQLite executemany", "insert_sqlite"),
+        ("syncd run-once, SQLite", "syncd_sqlite"),
+        ("insert baseline, PostgreSQL", "insert_postgres"),
+        ("syncd run-once, PostgreSQL", "syncd_postgres"),
+        ("no-op incremental run", "noop_seconds"),
+        ("syncd --version", "version_seconds"),
+    ):
+        if key in med:
+            rate = f"{n / med[key]:,.0f}" if key not in ("noop_seconds", "version_seconds") else ""
+            print(f"| {label:<34} | {med[key]:>8.2f} | {rate:>11} |")
+    print(
+        f"\npeak RSS of syncd: {med['rss_n_kib'] / 1024:.1f} MiB at {n:,}, {med['rss_small_kib'] / 1024:.1f} MiB at {max(1, n // 10):,}"
+    )
+    print(
+        f"no-op incremental run: {med['noop_requests']:.0f} list request(s); backfill: {med['backfill_requests']:.0f} list requests\n"
+    )
+    print(f"| {'ratio':<40} | {'median':>7} |")
+    print(f"|{'-' * 42}|{'-' * 9}|")
+    for label, value in ratios.items():
+        print(f"| {label:<40} | {value:>7.2f} |")
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
