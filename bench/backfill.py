@@ -205,7 +205,7 @@ def run_syncd(args: list[str], env: dict[str, str]) -> tuple[float, int, int]:
     return float(elapsed), int(code), int(rss)
 
 
-def syncd_env(url: str, database_url: str, page_size: int, concurrency: int = 1) -> dict[str, str]:
+def syncd_env(url: str, database_url: str, page_size: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
     env.update(
         SYNCD_API_URL=url,
@@ -213,7 +213,6 @@ def syncd_env(url: str, database_url: str, page_size: int, concurrency: int = 1)
         SYNCD_DATABASE_URL=database_url,
         SYNCD_PAGE_SIZE=str(page_size),
         SYNCD_MAX_REQUESTS_PER_SECOND="10000",
-        SYNCD_FETCH_CONCURRENCY=str(concurrency),
         SYNCD_LOG_LEVEL="warning",
     )
     return env

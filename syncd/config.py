@@ -172,12 +172,6 @@ SPECS: tuple[Spec, ...] = (
         86400.0,
         "daemon: seconds between full reconciliations",
     ),
-    Spec(
-        "fetch_concurrency",
-        _parse_int(1, 8),
-        1,
-        "backfill: list pages fetched ahead concurrently",
-    ),
     Spec("log_format", _parse_choice("text", "json"), "text", "log format: text or json"),
     Spec(
         "log_level",
@@ -204,7 +198,6 @@ class Settings:
     max_retry_wait: float = 900.0
     interval: float = 300.0
     full_sync_interval: float = 86400.0
-    fetch_concurrency: int = 1
     log_format: str = "text"
     log_level: str = "info"
     metrics_port: int | None = None

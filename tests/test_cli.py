@@ -171,3 +171,10 @@ def test_demo_runs_from_an_empty_directory(tmp_path: Path) -> None:
     again = run_syncd(["demo", "--count", "600"], syncd_env("http://x", "sqlite:///x.db"), cwd=tmp_path)
     assert again.returncode == 0 and "incremental" in again.stdout
     assert "requests                1" in again.stdout
+
+
+def test_progress_lines_on_request(fake_api: Callable[..., FakeServer], tmp_path: Path) -> None:
+    env = syncd_env(fake_api(900).url, f"sqlite:///{tmp_path / 'p.db'}", page_size="100")
+    result = run_syncd(["run-once", "--progress"], env, cwd=tmp_path)
+    assert result.returncode == 0
+    assert "backfill: 9 pages, " in result.stderr and "artworks/s" not in result.stdout

@@ -314,3 +314,27 @@ def test_property_every_record_is_stored_or_rejected_never_both(
         assert len(raws) == len(last_by_id)
     finally:
         engine.dispose()
+
+
+def test_a_persisted_retry_after_deadline_is_waited_out_by_the_next_process(
+    sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    server = fake_api(50)
+    env = syncd_env(server.url, sqlite_url)
+    assert run_syncd(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
+    engine = db.create_db_engine(sqlite_url)
+    try:
+        until = datetime.now(UTC) + timedelta(seconds=3)
+        with db.writer(engine).begin() as conn:
+            store.save_rate_limit(conn, "artworks", until, datetime.now(UTC))
+    finally:
+        engine.dispose()
+    status = run_syncd(["status"], env, cwd=tmp_path)
+    assert "rate limited until" in status.stdout
+    started = time.monotonic()
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started >= 2.5  # no request before the deadline
+    assert server.api.stats.requests > 0
