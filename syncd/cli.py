@@ -341,6 +341,13 @@ def status_command(as_json: bool, max_age: float | None, **kwargs: Any) -> None:
     help="Share of artworks still processing.",
 )
 @click.option(
+    "--hostile-fraction",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Share of hostile records (huge, deeply nested, odd dates, reused ids).",
+)
+@click.option(
     "--rate-limit",
     default=0.0,
     show_default=True,
@@ -398,6 +405,7 @@ def mock_api_command(
     unknown_fraction: float,
     malformed_fraction: float,
     pending_fraction: float,
+    hostile_fraction: float,
     **faults: Any,
 ) -> None:
     """Serve a fake Tengr.ai v1 API (with fault injection) until interrupted.
@@ -416,6 +424,7 @@ def mock_api_command(
         unknown_fraction=unknown_fraction,
         malformed_fraction=malformed_fraction,
         pending_fraction=pending_fraction,
+        hostile_fraction=hostile_fraction,
     )
     fault_config = Faults(
         rate_limit=faults["rate_limit"],

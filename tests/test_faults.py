@@ -338,3 +338,25 @@ def test_a_persisted_retry_after_deadline_is_waited_out_by_the_next_process(
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started >= 2.5  # no request before the deadline
     assert server.api.stats.requests > 0
+
+
+def test_hostile_records_are_handled_by_their_documented_rules(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(1500, hostile_fraction=0.03, malformed_fraction=0.005)
+    dataset = server.api.dataset
+    kinds = {a.malformed for a in dataset.items if a.malformed}
+    assert {"huge_prompt", "deep_nesting", "future_date", "ancient_date"} <= kinds
+    result = run_syncd(["run-once"], syncd_env(server.url, db_url, page_size="100"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with engine.connect() as conn:
+        stored = list(conn.execute(select(store.artworks.c.id)).scalars())
+        rejected = conn.execute(select(store.rejected_table.c.reason, store.rejected_table.c.raw)).all()
+    valid = {a.id for a in dataset.valid()}  # reused ids collapse into one row each
+    assert sorted(stored) == sorted(valid)
+    assert len(rejected) == sum(1 for a in dataset.items if a.malformed)
+    reasons = " | ".join(r.reason for r in rejected)
+    assert "over the 1,000,000-byte limit" in reasons
+    assert "not parseable JSON" in reasons
+    assert "more than a day in the future" in reasons and "before 2020-01-01" in reasons
+    assert max(len(r.raw) for r in rejected) < 70_000  # absurd payloads are cut, not stored whole

@@ -36,6 +36,14 @@ HOSTILE_PROMPTS = (
     "%s %d {0} ${x} $1",
     "",
 )
+HOSTILE_KINDS = (
+    "huge_prompt",
+    "deep_nesting",
+    "future_date",
+    "ancient_date",
+    "duplicate_id",
+    "junk_parameters",
+)
 MALFORMED_KINDS = (
     "missing_id", "bad_uuid", "bad_created_at", "parameters_not_object",
     "creativity_out_of_range", "results_not_list", "scale_factor_out_of_range",
@@ -120,12 +128,14 @@ class Dataset:
         unknown_fraction: float = 0.01,
         malformed_fraction: float = 0.005,
         pending_fraction: float = 0.0,
+        hostile_fraction: float = 0.0,
         start: datetime = EPOCH,
     ) -> None:
         self.rng = random.Random(seed)
         self.unknown_fraction = unknown_fraction
         self.malformed_fraction = malformed_fraction
         self.pending_fraction = pending_fraction
+        self.hostile_fraction = hostile_fraction
         self.next_time = start
         self.created = 0
         self.items: list[FakeArtwork] = []  # live records, oldest first
@@ -208,7 +218,32 @@ class Dataset:
         artwork = FakeArtwork(index=index, value=value, pending=is_pending)
         if rng.random() < self.malformed_fraction:
             self._break(artwork, rng.choice(MALFORMED_KINDS))
+        elif self.hostile_fraction and rng.random() < self.hostile_fraction:
+            self._hostile(artwork, rng.choice(HOSTILE_KINDS))
         return artwork
+
+    def _hostile(self, artwork: FakeArtwork, kind: str) -> None:
+        """Input a real service might send on a bad day; syncd documents a rule for each."""
+        value = dict(artwork.value)
+        artwork.value = value
+        if kind == "huge_prompt":  # quarantined: over the record size limit
+            value.update(artworkType="txt2img", parameters={"prompt": "cat " * 600_000})
+            artwork.malformed = kind
+        elif kind == "deep_nesting":  # quarantined: too deep to parse on its own
+            depth = 3000
+            head = orjson.dumps({k: v for k, v in value.items() if k != "parameters"})[:-1]
+            artwork._json = head + b',"parameters":{"junk":' + b"[" * depth + b"]" * depth + b"}}"
+            artwork.malformed = kind
+        elif kind == "future_date":  # quarantined
+            value["createdAt"] = "2999-01-01T00:00:00.000Z"
+            artwork.malformed = kind
+        elif kind == "ancient_date":  # quarantined
+            value["createdAt"] = "1999-12-31T23:59:59.000Z"
+            artwork.malformed = kind
+        elif kind == "duplicate_id" and self.items:  # accepted: one row per id
+            value["id"] = self.rng.choice(self.items).id or value["id"]
+        elif kind == "junk_parameters":  # accepted: unknown keys stay in raw only
+            value["parameters"] = {**value["parameters"], "x" * 40: {"a": [[[["deep"]]]]}, "ключ": "значение"}
 
     @staticmethod
     def _break(artwork: FakeArtwork, kind: str) -> None:

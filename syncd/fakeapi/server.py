@@ -102,6 +102,7 @@ class FakeApi:
         self._last_refill = time.monotonic()
         self._retry_deadline = 0.0
         self.list_log: list[tuple[int, int]] = []  # (skip, limit) of each list request
+        self.served: set[str] = set()  # every id any list answer carried: "ever listed"
 
     def reset_stats(self) -> None:
         with self.lock:
@@ -333,6 +334,7 @@ class _Handler(BaseHTTPRequestHandler):
             api.dataset.delete_oldest(faults.delete_oldest_per_request)
         api.list_log.append((skip, limit))
         listed = api.dataset.ordered(faults.order)[skip : skip + limit]
+        api.served.update(a.id for a in listed if a.id is not None)
         return 200, b"[" + b",".join(a.json() for a in listed) + b"]"
 
     def _get(self, artwork_id: str) -> tuple[int, bytes]:
