@@ -182,6 +182,18 @@ class Dataset:
         # lands anywhere, and the others keep their relative order.
         return sorted(self.items, key=lambda a: hash((shuffle_seed, a.index)))
 
+    def page(self, order: str, skip: int, limit: int) -> list[FakeArtwork]:
+        """ordered(order)[skip:skip + limit], without copying a large list per request."""
+        if order == "oldest_first":
+            return self.items[skip : skip + limit]
+        if order == "newest_first":
+            end = len(self.items) - skip
+            return self.items[max(0, end - limit) : max(0, end)][::-1]
+        key = (len(self.items), self.created, self.items[0].index if self.items else -1)
+        if getattr(self, "_shuffled_key", None) != key:
+            self._shuffled, self._shuffled_key = self.ordered(order), key
+        return self._shuffled[skip : skip + limit]
+
     # ------------------------------------------------------------ records
 
     def _make(self, pending: bool | None) -> FakeArtwork:

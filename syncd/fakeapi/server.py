@@ -333,7 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
         if faults.delete_oldest_per_request:
             api.dataset.delete_oldest(faults.delete_oldest_per_request)
         api.list_log.append((skip, limit))
-        listed = api.dataset.ordered(faults.order)[skip : skip + limit]
+        listed = api.dataset.page(faults.order, skip, limit)
         api.served.update(a.id for a in listed if a.id is not None)
         return 200, b"[" + b",".join(a.json() for a in listed) + b"]"
 
