@@ -8,6 +8,7 @@ wrong. The API key is wrapped in ``Secret`` so it cannot leak through a repr.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -113,6 +114,11 @@ def _parse_database_url(raw: object) -> str:
         ) from None
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ValueError(f"only sqlite and postgresql are supported, got {url.get_backend_name()!r}")
+    if url.get_backend_name() == "postgresql":
+        if url.drivername not in ("postgresql", "postgres", "postgresql+psycopg"):
+            raise ValueError(f"syncd uses psycopg 3: write postgresql://..., not {url.drivername}://...")
+        if importlib.util.find_spec("psycopg") is None:
+            raise ValueError("PostgreSQL needs the postgres extra: pip install 'syncd[postgres]'")
     return text
 
 

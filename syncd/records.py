@@ -64,7 +64,8 @@ def _check_uuid(value: str) -> str:
     return value
 
 
-def _parse_created_at(value: object, info: ValidationInfo) -> datetime:
+def parse_created_at(value: object, now: datetime) -> datetime:
+    """The createdAt rule: an ISO-8601 string, in UTC, from 2020 to a day ahead of ``now``."""
     if not isinstance(value, str):
         raise ValueError("expected an ISO-8601 date-time string")
     try:
@@ -72,12 +73,15 @@ def _parse_created_at(value: object, info: ValidationInfo) -> datetime:
     except ValueError:
         raise ValueError("not an ISO-8601 date-time") from None
     parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    now: datetime = (info.context or {}).get("now") or datetime.now(UTC)
     if parsed < EARLIEST_CREATED_AT:
         raise ValueError("before 2020-01-01, which the API cannot have produced")
     if parsed > now + FUTURE_TOLERANCE:
         raise ValueError("more than a day in the future")
     return parsed
+
+
+def _parse_created_at(value: object, info: ValidationInfo) -> datetime:
+    return parse_created_at(value, (info.context or {}).get("now") or datetime.now(UTC))
 
 
 ArtworkId = Annotated[str, AfterValidator(_check_uuid)]
@@ -324,17 +328,10 @@ def list_key(value: object, now: datetime) -> tuple[str | None, datetime | None]
     if not isinstance(value, dict):
         return None, None
     artwork_id = value.get("id")
-    raw_created = value.get("createdAt")
-    created_at: datetime | None = None
-    if isinstance(raw_created, str):
-        try:
-            parsed = datetime.fromisoformat(raw_created)
-        except ValueError:
-            parsed = None
-        if parsed is not None:
-            parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-            if EARLIEST_CREATED_AT <= parsed <= now + FUTURE_TOLERANCE:
-                created_at = parsed
+    try:
+        created_at: datetime | None = parse_created_at(value.get("createdAt"), now)
+    except ValueError:
+        created_at = None
     return (artwork_id if isinstance(artwork_id, str) else None), created_at
 
 

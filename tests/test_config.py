@@ -121,3 +121,16 @@ def test_require_api_names_what_is_missing() -> None:
         load().require_api()
     with pytest.raises(ConfigError, match="SYNCD_API_KEY: not set"):
         load({"SYNCD_API_URL": "https://x"}).require_api()
+
+
+def test_postgres_urls_need_psycopg_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="syncd uses psycopg 3: write postgresql://"):
+        load({"SYNCD_DATABASE_URL": "postgresql+psycopg2://u@h/db"})
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"pip install 'syncd\[postgres\]'"):
+        load({"SYNCD_DATABASE_URL": "postgresql://u@h/db"})

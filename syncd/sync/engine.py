@@ -13,9 +13,10 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -101,31 +102,17 @@ class Syncer:
         # scans; pages come and go, and full scans of everything cost ~10%.
         gc.freeze()
         counts = Counts()
-        requests_before = self.client.stats.requests
-        try:
-            self._list_loop(planner, run_id, counts, started, requests_before)
-        except BaseException as exc:
-            counts.requests = self.client.stats.requests - requests_before
-            self._record_failure(run_id, counts, planner.mode, exc)
-            raise
-        counts.requests = self.client.stats.requests - requests_before
-        with self._writer.begin() as conn:
-            store.update_run(
-                conn, run_id, counts, mode=str(planner.mode), outcome="success", finished_at=self.now()
-            )
+        with self._recorded(run_id, counts, lambda: planner.mode):
+            self._list_loop(planner, run_id, counts, started)
         if counts.rejected:
             log.warning(
                 "run %d: %d records failed validation and are in rejected_records", run_id, counts.rejected
             )
         if not planner.state.list_order.is_sorted and planner.scan_complete:
             log.warning("the list is %s: every run reads it in full", planner.state.list_order)
+        seconds = time.monotonic() - started
         return RunSummary(
-            run_id,
-            str(planner.mode),
-            "success",
-            counts,
-            time.monotonic() - started,
-            str(planner.state.list_order),
+            run_id, str(planner.mode), "success", counts, seconds, str(planner.state.list_order)
         )
 
     def refresh(self) -> RunSummary | None:
@@ -138,19 +125,27 @@ class Syncer:
         with self._writer.begin() as conn:
             run_id = store.start_run(conn, stream=STREAM, mode=str(Mode.REFRESH), now=self.now())
         counts = Counts()
-        requests_before = self.client.stats.requests
-        try:
+        with self._recorded(run_id, counts, lambda: Mode.REFRESH):
             for offset in range(0, len(pending), REFRESH_BATCH):
                 self._check_stop()
                 self._refresh_batch(pending[offset : offset + REFRESH_BATCH], run_id, counts)
+        return RunSummary(run_id, str(Mode.REFRESH), "success", counts, time.monotonic() - started, "")
+
+    @contextmanager
+    def _recorded(self, run_id: int, counts: Counts, mode: Callable[[], Mode]) -> Iterator[None]:
+        """Record the run's outcome in sync_runs, success or why not, with its counters."""
+        requests_before = self.client.stats.requests
+        try:
+            yield
         except BaseException as exc:
             counts.requests = self.client.stats.requests - requests_before
-            self._record_failure(run_id, counts, Mode.REFRESH, exc)
+            self._record_failure(run_id, counts, mode(), exc)
             raise
         counts.requests = self.client.stats.requests - requests_before
         with self._writer.begin() as conn:
-            store.update_run(conn, run_id, counts, outcome="success", finished_at=self.now())
-        return RunSummary(run_id, str(Mode.REFRESH), "success", counts, time.monotonic() - started, "")
+            store.update_run(
+                conn, run_id, counts, mode=str(mode()), outcome="success", finished_at=self.now()
+            )
 
     # ------------------------------------------------------------ list
 
@@ -160,9 +155,8 @@ class Syncer:
         now = self.now()
         return items, classify_page(items, now), now
 
-    def _list_loop(
-        self, planner: Planner, run_id: int, counts: Counts, started: float, requests_before: int
-    ) -> None:
+    def _list_loop(self, planner: Planner, run_id: int, counts: Counts, started: float) -> None:
+        requests_before = self.client.stats.requests
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-fetch")
         request = planner.next_request()
         pending: Future[tuple[list[Any], PageResult, datetime]] | None = (

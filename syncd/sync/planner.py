@@ -166,6 +166,7 @@ class Planner:
         self._step = max(page_size - 1, 1)  # contiguous step-back when order is unknown
         self._head_scan = False
         self._first_page = True
+        self._new_head: Item | None = None  # first item of this run's offset-0 page
         self._order_guided = False  # a decision relied on the list's order
         # A list that reshuffles under us cannot be proven complete; after this
         # many pages that fail to connect, read on by plain offsets instead.
@@ -328,7 +329,7 @@ class Planner:
         return head_at is not None and any(i.created_at is not None and i.created_at < head_at for i in items)
 
     def _finish_head_scan(self) -> None:
-        head = getattr(self, "_new_head", None)
+        head = self._new_head
         if head is not None:
             self.state.head_id, self.state.head_created_at = head.id, head.created_at
         self.done = True
