@@ -217,3 +217,22 @@ def test_two_daemons_one_syncs_at_a_time_and_the_standby_takes_over(
     finished = [(start, end) for start, end, outcome in spans if end is not None and outcome != "crashed"]
     for (_, end), (next_start, _) in itertools.pairwise(finished):
         assert end <= next_start, "two runs overlapped: two syncers at once"
+
+
+def test_a_rejected_key_is_logged_each_tick_without_a_retry_storm(
+    sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(100, faults=Faults(auth_status=401))
+    env = syncd_env(server.url, sqlite_url, interval="1")
+    with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
+        wait_for(
+            lambda: (tmp_path / "daemon.log").read_text().count("the API rejected the key") >= 3,
+            30,
+            "three ticks",
+        )
+        assert process.poll() is None  # still running
+        ticks = (tmp_path / "daemon.log").read_text().count("the API rejected the key")
+        assert server.api.stats.requests <= ticks + 1  # one request per tick, no retries
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    assert "AuthError" in (tmp_path / "daemon.log").read_text()

@@ -168,6 +168,7 @@ class Planner:
         self._first_page = True
         self._new_head: Item | None = None  # first item of this run's offset-0 page
         self._order_guided = False  # a decision relied on the list's order
+        self._plain_offsets = False  # gave up proving continuity for this scan
         # A list that reshuffles under us cannot be proven complete; after this
         # many pages that fail to connect, read on by plain offsets instead.
         known = max(state.listed_total or 0, state.cursor_skip)
@@ -213,17 +214,24 @@ class Planner:
 
     def observe(self, request: Request, items: Sequence[Item]) -> None:
         """Take in one page (every element, in list order) and plan the next."""
-        if not self._connects(request, items):
+        if not self._plain_offsets and not self._connects(request, items):
             if self._search_budget > 0:
                 self._search_budget -= 1
                 self._search_back(request, items)
                 return
-            # The list moves faster than we can find our place in it: end this
-            # run without moving the cursor (the page read is still stored);
-            # the next run resumes from the last proven place.
             self.provably_complete = False
-            self.done = True
-            return
+            if self._order().is_sorted:
+                # A sorted list that moves faster than we can find our place in
+                # it: end this run without moving the cursor (the page read is
+                # still stored); the next run resumes from the last proven place.
+                self.done = True
+                return
+            # No order to steer by and the anchor keeps moving (a list that
+            # reshuffles): read on by plain offsets rather than stall. What is
+            # seen is stored; nothing is marked deleted; later scans fill gaps.
+            self._plain_offsets = True
+            self._search = None
+            self._anchor = None
         self._search = None
         self._probe = None
         self._forward_step = max(self.page_size - 1, 1)
