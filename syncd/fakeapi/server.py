@@ -103,6 +103,7 @@ class FakeApi:
         self._retry_deadline = 0.0
         self.list_log: list[tuple[int, int]] = []  # (skip, limit) of each list request
         self.served: set[str] = set()  # every id any list answer carried: "ever listed"
+        self.first_request_at: float | None = None  # wall clock (time.time()) of the first API request
 
     def reset_stats(self) -> None:
         with self.lock:
@@ -212,6 +213,8 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         faults = api.faults
         with api.lock:
+            if api.first_request_at is None:
+                api.first_request_at = time.time()
             api.stats.requests += 1
             is_list = path == "/v1/artworks"
             if is_list:
