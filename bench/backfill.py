@@ -10,6 +10,7 @@ On the same data, from one fake API process (`syncd mock-api`):
   syncd      `syncd run-once` as a real process into a fresh database
   RSS        peak resident memory of that process, at N and at N/10
   no-op      an incremental run right after the backfill, next to `syncd --version`
+  full       `syncd run-once --full` over the same, unchanged data
 Medians of --repeat runs; ratios are what matter (machines are noisy).
 """
 
@@ -286,6 +287,10 @@ def main() -> None:
             seconds, _, _ = run_syncd(["run-once"], syncd_env(url, f"sqlite:///{tmp}/syncd{rep}.db", size))
             add("noop_seconds", seconds)
             add("noop_requests", stats(url)["list_requests"])
+            seconds, _, _ = run_syncd(
+                ["run-once", "--full"], syncd_env(url, f"sqlite:///{tmp}/syncd{rep}.db", size)
+            )
+            add("full_unchanged_sqlite", seconds)
             seconds, _, _ = run_syncd(["--version"], syncd_env(url, "sqlite:///x.db", size))
             add("version_seconds", seconds)
             _, _, rss_small = run_syncd(
@@ -329,6 +334,7 @@ def main() -> None:
         ("download baseline (httpx + orjson)", "download"),
         ("insert baseline, SQLite executemany", "insert_sqlite"),
         ("syncd run-once, SQLite", "syncd_sqlite"),
+        ("syncd --full, unchanged data, SQLite", "full_unchanged_sqlite"),
         ("insert baseline, PostgreSQL", "insert_postgres"),
         ("syncd run-once, PostgreSQL", "syncd_postgres"),
         ("no-op incremental run", "noop_seconds"),
