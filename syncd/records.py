@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -205,6 +205,7 @@ class Rejection:
 class PageResult:
     rows: list[ArtworkRows] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    unchanged_ids: list[str] = field(default_factory=list)  # stored with this very content
     duplicates: int = 0
     unknown_types: int = 0
 
@@ -335,12 +336,45 @@ def list_key(value: object, now: datetime) -> tuple[str | None, datetime | None]
     return (artwork_id if isinstance(artwork_id, str) else None), created_at
 
 
-def classify_page(items: Sequence[object], now: datetime | None = None) -> PageResult:
-    """Classify every element of one page; later duplicates of an id win."""
+_UNCHANGED = object()
+
+
+def _stored_unchanged(value: object, stored_hashes: Mapping[str, str]) -> str | None:
+    """The id of a record stored earlier with exactly this content, else None."""
+    if not isinstance(value, dict):
+        return None
+    artwork_id = value.get("id")
+    if not isinstance(artwork_id, str) or artwork_id not in stored_hashes:
+        return None
+    try:
+        digest = content_hash(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    return artwork_id if stored_hashes[artwork_id] == digest else None
+
+
+def classify_page(
+    items: Sequence[object], now: datetime | None = None, stored_hashes: Mapping[str, str] | None = None
+) -> PageResult:
+    """Classify every element of one page; later duplicates of an id win.
+
+    A record whose id and content hash are in ``stored_hashes`` was valid when
+    it was stored and has not changed: it is not validated again, only listed
+    in ``unchanged_ids`` (a full reconciliation then costs little more than
+    the download).
+    """
     now = now or datetime.now(UTC)
     result = PageResult()
-    by_id: dict[str, ArtworkRows] = {}
+    by_id: dict[str, ArtworkRows | object] = {}
     for value in items:
+        unchanged = _stored_unchanged(value, stored_hashes) if stored_hashes else None
+        if unchanged is not None:
+            if unchanged in by_id:
+                result.duplicates += 1
+            by_id[unchanged] = _UNCHANGED
+            if isinstance(value, dict) and value.get("artworkType") not in KNOWN_TYPES:
+                result.unknown_types += 1
+            continue
         outcome = classify(value, now)
         if isinstance(outcome, Rejection):
             result.rejected.append(outcome)
@@ -348,6 +382,7 @@ def classify_page(items: Sequence[object], now: datetime | None = None) -> PageR
         if outcome.id in by_id:
             result.duplicates += 1
         by_id[outcome.id] = outcome
-    result.rows = list(by_id.values())
-    result.unknown_types = sum(1 for rows in result.rows if rows.parameters_table is None)
+    result.rows = [rows for rows in by_id.values() if isinstance(rows, ArtworkRows)]
+    result.unchanged_ids = [key for key, rows in by_id.items() if rows is _UNCHANGED]
+    result.unknown_types += sum(1 for rows in result.rows if rows.parameters_table is None)
     return result

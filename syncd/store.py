@@ -121,8 +121,7 @@ def write_artworks(conn: Connection, batch: Sequence[ArtworkRows], now: datetime
     if not batch:
         return counts
     ids = [rows.id for rows in batch]
-    query = select(artworks.c.id, artworks.c.content_hash).where(artworks.c.id.in_(ids))
-    stored: dict[str, str] = {row.id: row.content_hash for row in conn.execute(query)}
+    stored = stored_hashes(conn, ids)
     new = [rows for rows in batch if rows.id not in stored]
     changed = [rows for rows in batch if rows.id in stored and stored[rows.id] != rows.content_hash]
     same = [rows.id for rows in batch if stored.get(rows.id) == rows.content_hash]
@@ -178,10 +177,7 @@ def write_artworks(conn: Connection, batch: Sequence[ArtworkRows], now: datetime
         changed_ids = [rows.id for rows in changed]
         for table in (*PARAMETER_TABLES.values(), results_table):
             conn.execute(delete(table).where(table.c.artwork_id.in_(changed_ids)))
-    if same:
-        conn.execute(
-            update(artworks).where(artworks.c.id.in_(same)).values(last_seen_at=now, remote_deleted_at=None)
-        )
+    touch_seen(conn, same, now)
 
     written = new + changed
     for name, table in PARAMETER_TABLES.items():
@@ -195,10 +191,22 @@ def write_artworks(conn: Connection, batch: Sequence[ArtworkRows], now: datetime
     return counts
 
 
-def touch_seen(conn: Connection, artwork_id: str, now: datetime) -> None:
+def stored_hashes(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+    """Content hashes of the artworks among ``ids`` that are already stored."""
+    if not ids:
+        return {}
+    query = select(artworks.c.id, artworks.c.content_hash).where(artworks.c.id.in_(list(ids)))
+    return {row.id: row.content_hash for row in conn.execute(query)}
+
+
+def touch_seen(conn: Connection, ids: Sequence[str], now: datetime) -> int:
+    """Artworks seen again unchanged: only last_seen_at moves (one statement)."""
+    if not ids:
+        return 0
     conn.execute(
-        update(artworks).where(artworks.c.id == artwork_id).values(last_seen_at=now, remote_deleted_at=None)
+        update(artworks).where(artworks.c.id.in_(list(ids))).values(last_seen_at=now, remote_deleted_at=None)
     )
+    return len(ids)
 
 
 def mark_remote_deleted(conn: Connection, ids: Iterable[str], now: datetime) -> int:

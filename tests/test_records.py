@@ -272,3 +272,19 @@ def test_list_key_reads_id_and_date_cheaply_with_the_same_date_rules() -> None:
     assert list_key(txt2img(createdAt="2019-01-01T00:00:00Z"), NOW) == (ID, None)
     assert list_key(txt2img(id=5, createdAt="bad"), NOW) == (None, None)
     assert list_key("junk", NOW) == (None, None)
+
+
+def test_records_stored_with_the_same_content_are_not_validated_again() -> None:
+    stored = {ID: content_hash(txt2img()), upscaling()["id"]: "an older hash"}
+    other = txt2img(id="9b2e1a44-0000-4000-8000-000000000001", artworkType="selena", parameters={})
+    stored[other["id"]] = content_hash(other)
+    page = classify_page([txt2img(), upscaling(), other, txt2img(status="failed")], NOW, stored)
+    # the last occurrence of ID changed content: it wins and is validated
+    assert [rows.id for rows in page.rows] == [ID, upscaling()["id"]]
+    assert page.rows[0].status == "failed"
+    assert page.unchanged_ids == [other["id"]] and page.duplicates == 1
+    assert page.unknown_types == 1  # counted even though it was not validated again
+    unchanged_only = classify_page([txt2img()], NOW, {ID: content_hash(txt2img())})
+    assert unchanged_only.rows == [] and unchanged_only.unchanged_ids == [ID]
+    # an invalid record never matches a stored hash (only valid records are stored)
+    assert classify_page([txt2img(id="nope")], NOW, stored).rejected

@@ -153,7 +153,10 @@ class Syncer:
         """Runs in the fetch thread: the page, already validated (overlaps the writes)."""
         items = self.client.list_page(request.skip, request.limit)
         now = self.now()
-        return items, classify_page(items, now), now
+        ids = [v["id"] for v in items if isinstance(v, dict) and isinstance(v.get("id"), str)]
+        with self.engine.connect() as conn:  # a reader: never waits for the writer (WAL)
+            known = store.stored_hashes(conn, ids)
+        return items, classify_page(items, now, known), now
 
     def _list_loop(self, planner: Planner, run_id: int, counts: Counts, started: float) -> None:
         requests_before = self.client.stats.requests
@@ -238,6 +241,7 @@ class Syncer:
         now: datetime,
     ) -> None:
         written = store.write_artworks(conn, page.rows, now)
+        written.unchanged += store.touch_seen(conn, page.unchanged_ids, now)
         store.quarantine(conn, page.rejected, stream=STREAM, run_id=run_id, now=now)
         written.pages = 1
         written.rejected = len(page.rejected)
