@@ -19,7 +19,7 @@ from sqlalchemy import Engine, select
 
 from syncd import db, store
 from syncd.fakeapi.server import FakeServer, Faults
-from tests.conftest import run_syncd, syncd_env
+from tests.conftest import run_syncd, syncd_env, wait_for
 
 RUN_LINE = re.compile(r"syncd: run (\d+) (\w+) (\w+):")
 
@@ -40,15 +40,6 @@ def daemon(env: dict[str, str], cwd: Path, log: Path, *args: str) -> Iterator[su
             if process.poll() is None:
                 process.kill()
                 process.wait()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def count(engine: Engine) -> int:

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text
 
 from syncd import db, store
+from syncd.errors import DatabaseError
 from syncd.fakeapi.server import FakeServer, Faults
 from syncd.records import classify_page
-from tests.conftest import run_syncd, syncd_env
+from tests.conftest import run_syncd, syncd_env, wait_for
 from tests.test_records import NOW, txt2img, upscaling
 
 
@@ -166,12 +167,15 @@ def test_postgres_restart_mid_run_fails_cleanly_and_the_next_run_completes(
     assert "database error during the sync" in stderr
     engine = db.create_db_engine(postgres_url)
     try:
-        for _ in range(50):  # the server accepts connections again shortly
+
+        def reachable() -> bool:
             try:
                 db.check_connection(engine)
-                break
-            except Exception:
-                time.sleep(0.2)
+            except DatabaseError:
+                return False
+            return True
+
+        wait_for(reachable, 30, "PostgreSQL to accept connections again")
         with engine.connect() as conn:
             state = conn.execute(select(store.state_table)).one()
             count = conn.execute(text("SELECT COUNT(*) FROM artworks")).scalar_one()

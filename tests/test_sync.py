@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from syncd import db, store
 from syncd.app import run_once
 from syncd.fakeapi.server import FakeServer, Faults
 from syncd.sync.engine import RunSummary
-from tests.conftest import make_settings, syncd_env
+from tests.conftest import make_settings, syncd_env, wait_for
 
 L = 100
 
@@ -179,15 +178,6 @@ def test_unordered_list_is_read_in_full_every_run(
     assert summary.mode == "full" and requests >= math.ceil(350 / L)
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting")
-
-
 @pytest.mark.parametrize("order", ["newest_first", "oldest_first"])
 def test_sigkill_mid_backfill_then_resume(
     order: str, db_url: str, engine: Engine, clean: Callable[..., FakeServer], tmp_path: Path
@@ -209,7 +199,7 @@ def test_sigkill_mid_backfill_then_resume(
         return int(value or 0)
 
     try:
-        _wait_for(lambda: cursor() >= 8 * L, timeout=60)
+        wait_for(lambda: cursor() >= 8 * L, 60, "eight committed pages")
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
