@@ -156,9 +156,6 @@ class Dataset:
         removed, self.items = self.items[:count], self.items[count:]
         return removed
 
-    def delete_at(self, position: int) -> FakeArtwork:
-        return self.items.pop(position)
-
     def finish_pending(self) -> int:
         pending = [a for a in self.items if a.pending]
         for artwork in pending:

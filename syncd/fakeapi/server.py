@@ -8,6 +8,7 @@ random generator, so a run is repeatable. Control endpoints under ``/_fake/``
 (no auth) let tests change the data and read counters:
 
     GET  /_fake/stats                  counters (requests, by status, early requests)
+    POST /_fake/reset-stats            counters and request logs start again
     POST /_fake/add?count=N[&pending=1]  create N artworks now
     POST /_fake/delete-oldest?count=N  delete the N oldest
     POST /_fake/finish-pending         pending artworks become done
@@ -107,8 +108,13 @@ class FakeApi:
 
     def reset_stats(self) -> None:
         with self.lock:
-            self.stats = Stats(by_status=Counter())
-            self.list_log = []
+            self._reset_stats_locked()
+
+    def _reset_stats_locked(self) -> None:
+        """Counters and request logs start again (the data and faults stay)."""
+        self.stats = Stats(by_status=Counter())
+        self.list_log = []
+        self.first_request_at = None
 
     def throttle(self) -> float | None:
         """Seconds the client must wait, or None when the request may pass."""
@@ -204,7 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 self._send(200, orjson.dumps(asdict(api.faults)))
             elif parts.path == "/_fake/reset-stats":
-                api.stats = Stats(by_status=Counter())
+                api._reset_stats_locked()
                 self._send(200, b"{}")
             else:
                 self._error(404, f"Cannot POST {parts.path}")
