@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from syncd.errors import DatabaseError, DatabaseUnreachable, LockHeldError, SchemaError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_CACHE_KIB = 16_384
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -48,6 +49,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Checkpoint (the only fsync in WAL mode with synchronous=NORMAL) every
     # ~16 MB of WAL instead of ~4 MB: a backfill spends far less time in fsync.
     cursor.execute("PRAGMA wal_autocheckpoint = 4000")
+    # Random-key (UUID) index inserts miss a 2 MiB page cache once the file
+    # outgrows it: each miss is a read, and dirty pages spill to the WAL
+    # mid-transaction. 16 MiB halves a backfill's system time; it is a bound,
+    # and a small database never fills it.
+    cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
 

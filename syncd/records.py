@@ -26,11 +26,12 @@ Rules (documented in docs/schema.md, "What syncd accepts"):
 from __future__ import annotations
 
 import hashlib
+import marshal
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
 from pydantic import (
@@ -163,24 +164,46 @@ _ARTWORK = TypeAdapter[Txt2ImgArtwork | UpscalingArtwork | OtherArtwork](Artwork
 # --------------------------------------------------------------------------- rows
 
 
-@dataclass(frozen=True, slots=True)
-class ArtworkRows:
-    """Everything one valid record writes, keyed by table."""
+PARAMETER_TABLE_OF = {"txt2img": "txt2img_parameters", "upscaling": "upscaling_parameters"}
+# Columns of the parameter tables, in the order of ArtworkRows.parameters: the
+# models' field names are the columns' names (a test holds them to the schema).
+PARAMETER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "txt2img_parameters": ("artwork_id", *Txt2ImgParameters.model_fields),
+    "upscaling_parameters": ("artwork_id", *UpscalingParameters.model_fields),
+}
+
+
+class ArtworkRows(NamedTuple):
+    """Everything one valid record writes, as plain values.
+
+    Plain strings, numbers and tuples: the rows go to the driver as they are,
+    and a page of them crosses to or from a helper process cheaply.
+    """
 
     id: str
     artwork_type: str
     status: str
-    created_at: datetime
+    duration: float | None
+    created_at: str  # UTC, in the stored text form: 2024-07-29T15:51:28.071000Z
     content_hash: str
     raw_json: str  # the record as received, serialised once
-    artwork: dict[str, Any]
     parameters_table: str | None
-    parameters: dict[str, Any] | None
-    results: list[tuple[str, int, str]]  # (artwork_id, position, url)
+    parameters: tuple[Any, ...] | None  # in PARAMETER_COLUMNS[parameters_table] order
+    results: tuple[tuple[str, int, str], ...]  # (artwork_id, position, url)
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    def parameters_by_column(self) -> dict[str, Any] | None:
+        if self.parameters_table is None or self.parameters is None:
+            return None
+        return dict(zip(PARAMETER_COLUMNS[self.parameters_table], self.parameters, strict=True))
+
+
+def utc_text(moment: datetime) -> str:
+    """A UTC time in the stored text form (what models.UTCDateTime writes on SQLite)."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:26] + "Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,17 +232,29 @@ class PageResult:
     duplicates: int = 0
     unknown_types: int = 0
 
+    def to_wire(self) -> bytes:
+        """The page as bytes for another process: marshal of plain tuples (several
+        times cheaper to load than pickled objects)."""
+        return marshal.dumps(
+            (
+                [tuple(rows) for rows in self.rows],
+                [(r.reason, r.payload, r.payload_hash, r.artwork_id) for r in self.rejected],
+                self.unchanged_ids,
+                self.duplicates,
+                self.unknown_types,
+            )
+        )
 
-PARAMETER_TABLE_OF = {"txt2img": "txt2img_parameters", "upscaling": "upscaling_parameters"}
-
-
-def _parameters_row(
-    artwork: Txt2ImgArtwork | UpscalingArtwork | OtherArtwork,
-) -> tuple[str | None, dict[str, Any] | None]:
-    if isinstance(artwork, OtherArtwork):
-        return None, None
-    # The parameter models' field names are the columns' names.
-    return PARAMETER_TABLE_OF[artwork.artwork_type], {**artwork.parameters.__dict__, "artwork_id": artwork.id}
+    @classmethod
+    def from_wire(cls, data: bytes) -> PageResult:
+        rows, rejected, unchanged_ids, duplicates, unknown_types = marshal.loads(data)  # noqa: S302
+        return cls(
+            [ArtworkRows._make(values) for values in rows],
+            [Rejection(*values) for values in rejected],
+            unchanged_ids,
+            duplicates,
+            unknown_types,
+        )
 
 
 def content_hash(record: dict[str, Any]) -> str:
@@ -233,26 +268,23 @@ def to_rows(
     artwork: Txt2ImgArtwork | UpscalingArtwork | OtherArtwork,
     raw_json: str | None = None,
 ) -> ArtworkRows:
-    table, params = _parameters_row(artwork)
-    results = artwork.results or []
+    table: str | None = None
+    parameters: tuple[Any, ...] | None = None
+    if not isinstance(artwork, OtherArtwork):
+        table = PARAMETER_TABLE_OF[artwork.artwork_type]
+        parameters = (artwork.id, *artwork.parameters.__dict__.values())
+    artwork_id = artwork.id
     return ArtworkRows(
-        id=artwork.id,
-        artwork_type=artwork.artwork_type,
-        status=artwork.status,
-        created_at=artwork.created_at,
-        content_hash=content_hash(record),
-        raw_json=raw_json if raw_json is not None else orjson.dumps(record).decode(),
-        artwork={
-            "id": artwork.id,
-            "artwork_type": artwork.artwork_type,
-            "status": artwork.status,
-            "duration": artwork.duration,
-            "created_at": artwork.created_at,
-            "raw": record,
-        },
-        parameters_table=table,
-        parameters=params,
-        results=[(artwork.id, position, url) for position, url in enumerate(results)],
+        artwork_id,
+        artwork.artwork_type,
+        artwork.status,
+        artwork.duration,
+        utc_text(artwork.created_at),
+        content_hash(record),
+        raw_json if raw_json is not None else orjson.dumps(record).decode(),
+        table,
+        parameters,
+        tuple((artwork_id, position, url) for position, url in enumerate(artwork.results or ())),
     )
 
 

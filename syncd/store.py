@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from syncd import __version__
@@ -26,7 +26,7 @@ from syncd.models import (
     Txt2ImgParameters,
     UpscalingParameters,
 )
-from syncd.records import TERMINAL_STATUSES, ArtworkRows, Rejection
+from syncd.records import PARAMETER_COLUMNS, TERMINAL_STATUSES, ArtworkRows, Rejection, utc_text
 from syncd.sync.planner import ListOrder, Phase, StreamState
 
 artworks: Table = Artwork.__table__  # type: ignore[assignment]
@@ -84,15 +84,17 @@ ARTWORK_COLUMNS = (
     "raw",
 )
 RESULT_COLUMNS = ("artwork_id", "position", "url")
-PARAMETER_COLUMNS = {name: tuple(c.name for c in table.columns) for name, table in PARAMETER_TABLES.items()}
 
 
 def _timestamp_converter(conn: Connection) -> Callable[[datetime], Any]:
     """What the driver takes for a UTC timestamp (the format of models.UTCDateTime)."""
     if conn.dialect.name == "sqlite":
-        # isoformat of an aware UTC time is 'YYYY-MM-DDTHH:MM:SS.ffffff+00:00'
-        return lambda moment: moment.astimezone(UTC).isoformat(timespec="microseconds")[:26] + "Z"
+        return utc_text
     return lambda moment: moment
+
+
+def _placeholders(conn: Connection, count: int) -> str:
+    return ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * count)
 
 
 def _driver_insert(
@@ -100,19 +102,22 @@ def _driver_insert(
 ) -> None:
     """One executemany through the driver: the hot path of a backfill.
 
-    The caller converts values (timestamps, JSON text), so SQLAlchemy's
+    Rows arrive as the driver takes them (ArtworkRows are plain values; times
+    are UTC text, which PostgreSQL reads into timestamptz), so SQLAlchemy's
     per-value bind processing, which cost more than the inserts, is skipped.
     """
     if not rows:
         return
     quote = conn.dialect.identifier_preparer.quote
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     # Identifiers come from our own table metadata, quoted; values are bound.
     sql = (
         f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "  # noqa: S608
-        f"VALUES ({', '.join([mark] * len(columns))})"
+        f"VALUES ({_placeholders(conn, len(columns))})"
     )
     conn.exec_driver_sql(sql, rows)
+
+
+_REWRITE_COLUMNS = ("artwork_type", "status", "duration", "created_at", "content_hash", "raw")
 
 
 def write_artworks(conn: Connection, batch: Sequence[ArtworkRows], now: datetime) -> Counts:
@@ -120,60 +125,32 @@ def write_artworks(conn: Connection, batch: Sequence[ArtworkRows], now: datetime
     counts = Counts()
     if not batch:
         return counts
-    ids = [rows.id for rows in batch]
-    stored = stored_hashes(conn, ids)
+    stored = stored_hashes(conn, [rows.id for rows in batch])
     new = [rows for rows in batch if rows.id not in stored]
     changed = [rows for rows in batch if rows.id in stored and stored[rows.id] != rows.content_hash]
     same = [rows.id for rows in batch if stored.get(rows.id) == rows.content_hash]
 
-    stamp = _timestamp_converter(conn)
-    seen = stamp(now)
-    if new:
-        _driver_insert(
-            conn,
-            artworks,
-            ARTWORK_COLUMNS,
-            [
-                (
-                    rows.id,
-                    rows.artwork_type,
-                    rows.status,
-                    rows.artwork["duration"],
-                    stamp(rows.created_at),
-                    seen,
-                    seen,
-                    seen,
-                    None,
-                    rows.content_hash,
-                    rows.raw_json,
-                )
-                for rows in new
-            ],
-        )
+    seen = _timestamp_converter(conn)(now)
+    _driver_insert(
+        conn,
+        artworks,
+        ARTWORK_COLUMNS,
+        [
+            (r.id, r.artwork_type, r.status, r.duration, r.created_at, seen, seen, seen, None, r.content_hash, r.raw_json)
+            for r in new
+        ],
+    )  # fmt: skip
     if changed:
-        conn.execute(
-            update(artworks)
-            .where(artworks.c.id == bindparam("b_id"))
-            .values(
-                artwork_type=bindparam("artwork_type"),
-                status=bindparam("status"),
-                duration=bindparam("duration"),
-                created_at=bindparam("created_at"),
-                raw=bindparam("raw"),
-                content_hash=bindparam("content_hash"),
-                last_seen_at=now,
-                updated_at=now,
-                remote_deleted_at=None,
-            ),
+        quote = conn.dialect.identifier_preparer.quote
+        assignments = ", ".join(f"{quote(c)} = {_placeholders(conn, 1)}" for c in _REWRITE_COLUMNS)
+        conn.exec_driver_sql(
+            f"UPDATE artworks SET {assignments}, last_seen_at = {_placeholders(conn, 1)}, "  # noqa: S608
+            f"updated_at = {_placeholders(conn, 1)}, remote_deleted_at = NULL WHERE id = {_placeholders(conn, 1)}",
             [
-                {
-                    **{k: v for k, v in rows.artwork.items() if k != "id"},
-                    "b_id": rows.id,
-                    "content_hash": rows.content_hash,
-                }
-                for rows in changed
+                (r.artwork_type, r.status, r.duration, r.created_at, r.content_hash, r.raw_json, seen, seen, r.id)
+                for r in changed
             ],
-        )
+        )  # fmt: skip
         changed_ids = [rows.id for rows in changed]
         for table in (*PARAMETER_TABLES.values(), results_table):
             conn.execute(delete(table).where(table.c.artwork_id.in_(changed_ids)))
@@ -181,11 +158,9 @@ def write_artworks(conn: Connection, batch: Sequence[ArtworkRows], now: datetime
 
     written = new + changed
     for name, table in PARAMETER_TABLES.items():
-        columns = PARAMETER_COLUMNS[name]
-        params = [r.parameters for r in written if r.parameters_table == name and r.parameters]
-        _driver_insert(conn, table, columns, [tuple(p[c] for c in columns) for p in params])
-    results = [row for rows in written for row in rows.results]
-    _driver_insert(conn, results_table, RESULT_COLUMNS, results)
+        params = [r.parameters for r in written if r.parameters_table == name and r.parameters is not None]
+        _driver_insert(conn, table, PARAMETER_COLUMNS[name], params)
+    _driver_insert(conn, results_table, RESULT_COLUMNS, [row for rows in written for row in rows.results])
 
     counts.inserted, counts.updated, counts.unchanged = len(new), len(changed), len(same)
     return counts

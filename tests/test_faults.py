@@ -313,7 +313,7 @@ def test_property_every_record_is_stored_or_rejected_never_both(
             else:
                 rows = outcome.rows[0]
                 assert rows.id in raws  # stored (the page's last version of that id)
-                assert raws[rows.id] == last_by_id[rows.id].artwork["raw"]
+                assert raws[rows.id] == orjson.loads(last_by_id[rows.id].raw_json)
                 assert payload not in rejected_payloads  # ... and not quarantined
         assert len(raws) == len(last_by_id)
     finally:

@@ -11,7 +11,9 @@ import pytest
 
 from syncd.records import (
     MAX_QUARANTINE_PAYLOAD,
+    PARAMETER_COLUMNS,
     ArtworkRows,
+    PageResult,
     Rejection,
     Unparseable,
     classify,
@@ -79,7 +81,7 @@ def refuse(value: Any) -> Rejection:
 def test_txt2img_maps_every_field() -> None:
     rows = accept(txt2img())
     assert rows.parameters_table == "txt2img_parameters"
-    assert rows.parameters == {
+    assert rows.parameters_by_column() == {
         "artwork_id": ID,
         "model": "tengrai-20231128-m-d",
         "prompt_mode": "seer",
@@ -93,34 +95,30 @@ def test_txt2img_maps_every_field() -> None:
         "height": 1216,
         "nsfw": False,
     }
-    assert rows.artwork == {
-        "id": ID,
-        "artwork_type": "txt2img",
-        "status": "done",
-        "duration": 12.5,
-        "created_at": datetime(2024, 7, 29, 15, 51, 28, 71000, tzinfo=UTC),
-        "raw": txt2img(),
-    }
-    assert rows.results == [(ID, 0, "https://cdn/a.webp"), (ID, 1, "https://cdn/b.webp")]
+    assert (rows.id, rows.artwork_type, rows.status, rows.duration) == (ID, "txt2img", "done", 12.5)
+    assert rows.created_at == "2024-07-29T15:51:28.071000Z"
+    assert orjson.loads(rows.raw_json) == txt2img()
+    assert rows.results == ((ID, 0, "https://cdn/a.webp"), (ID, 1, "https://cdn/b.webp"))
     assert rows.is_terminal
 
 
 def test_upscaling_maps_every_field_and_converts_offsets_to_utc() -> None:
     rows = accept(upscaling())
     assert rows.parameters_table == "upscaling_parameters"
-    assert rows.parameters == {
+    assert rows.parameters_by_column() == {
         "artwork_id": upscaling()["id"],
         "image_url": "https://uploads/x.png",
         "scale_factor": 4,
     }
-    assert rows.created_at == datetime(2025, 1, 2, 1, 4, 5, tzinfo=UTC)
-    assert rows.artwork["duration"] == 3.0
+    assert rows.created_at == "2025-01-02T01:04:05.000000Z"
+    assert rows.duration == 3.0
 
 
 def test_absent_optionals_are_null_not_defaults() -> None:
     rows = accept(txt2img(parameters={}, duration=None, results=None))
-    assert rows.parameters is not None
-    assert {k: v for k, v in rows.parameters.items() if k != "artwork_id"} == dict.fromkeys(
+    parameters = rows.parameters_by_column()
+    assert parameters is not None
+    assert {k: v for k, v in parameters.items() if k != "artwork_id"} == dict.fromkeys(
         (
             "model",
             "prompt_mode",
@@ -135,11 +133,15 @@ def test_absent_optionals_are_null_not_defaults() -> None:
             "nsfw",
         )
     )
-    assert rows.artwork["duration"] is None and rows.results == []
+    assert rows.duration is None and rows.results == ()
     record = upscaling(parameters={})
     del record["duration"], record["results"]
     rows = accept(record)
-    assert rows.parameters == {"artwork_id": record["id"], "image_url": None, "scale_factor": None}
+    assert rows.parameters_by_column() == {
+        "artwork_id": record["id"],
+        "image_url": None,
+        "scale_factor": None,
+    }
 
 
 @pytest.mark.parametrize(
@@ -202,7 +204,7 @@ def test_unknown_type_is_kept_without_parameter_row() -> None:
     record = txt2img(artworkType="selena", parameters={"whatever": [1, {"deep": True}]}, status="processing")
     rows = accept(record)
     assert rows.artwork_type == "selena" and rows.parameters_table is None and rows.parameters is None
-    assert rows.artwork["raw"] == record and not rows.is_terminal
+    assert orjson.loads(rows.raw_json) == record and not rows.is_terminal
 
 
 def test_unknown_type_still_needs_the_common_fields() -> None:
@@ -222,13 +224,15 @@ def test_unknown_type_still_needs_the_common_fields() -> None:
 )
 def test_strings_are_kept_exactly(text: str) -> None:
     rows = accept(txt2img(parameters={"prompt": text, "negativePrompt": text, "style": text}))
-    assert rows.parameters is not None
-    assert rows.parameters["prompt"] == text and rows.parameters["negative_prompt"] == text
+    parameters = rows.parameters_by_column()
+    assert parameters is not None
+    assert parameters["prompt"] == text and parameters["negative_prompt"] == text
 
 
 def test_new_enumerated_values_are_accepted() -> None:
     rows = accept(txt2img(parameters={"model": "tengrai-2026", "style": "new-style", "aspectRatio": "5:4"}))
-    assert rows.parameters is not None and rows.parameters["style"] == "new-style"
+    parameters = rows.parameters_by_column()
+    assert parameters is not None and parameters["style"] == "new-style"
 
 
 @pytest.mark.parametrize("value", [None, 5, "text", ["a", "list"], True])
@@ -288,3 +292,24 @@ def test_records_stored_with_the_same_content_are_not_validated_again() -> None:
     assert unchanged_only.rows == [] and unchanged_only.unchanged_ids == [ID]
     # an invalid record never matches a stored hash (only valid records are stored)
     assert classify_page([txt2img(id="nope")], NOW, stored).rejected
+
+
+def test_parameter_rows_follow_the_tables_column_order() -> None:
+    from syncd import models
+
+    for table in (models.Txt2ImgParameters.__table__, models.UpscalingParameters.__table__):
+        assert PARAMETER_COLUMNS[table.name] == tuple(column.name for column in table.columns)
+
+
+def test_a_page_crosses_between_processes_unchanged() -> None:
+    bad = txt2img(id="not-a-uuid")
+    page = classify_page(
+        [txt2img(), upscaling(), txt2img(artworkType="selena"), bad, "junk"],
+        NOW,
+        {upscaling()["id"]: content_hash(upscaling())},
+    )
+    assert page.rows and page.rejected and page.unchanged_ids
+    again = PageResult.from_wire(page.to_wire())
+    assert again == page
+    assert all(type(rows) is ArtworkRows for rows in again.rows)
+    assert all(type(rejection) is Rejection for rejection in again.rejected)
