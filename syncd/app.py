@@ -114,7 +114,14 @@ def sync_with(
     stop = stop or threading.Event()
     with make_client(settings, engine, stop) as client:
         outcome.http = client.stats
-        syncer = Syncer(engine, client, settings.page_size, stop=stop, on_page=on_page)
+        syncer = Syncer(
+            engine,
+            client,
+            settings.page_size,
+            stop=stop,
+            on_page=on_page,
+            validation=settings.validation_process,
+        )
         try:
             if list_run:
                 summaries.append(syncer.sync(full=full))

@@ -186,6 +186,12 @@ SPECS: tuple[Spec, ...] = (
         "log level",
     ),
     Spec("metrics_port", _parse_optional_port, None, "Prometheus metrics port (off when unset)"),
+    Spec(
+        "validation_process",
+        _parse_choice("auto", "on", "off"),
+        "auto",
+        "validate long runs in a helper process: auto (when 2+ CPUs), on, off",
+    ),
 )
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
 
@@ -207,6 +213,7 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     metrics_port: int | None = None
+    validation_process: str = "auto"
     # Where each setting came from, for messages ("SYNCD_API_KEY", "--page-size", ...).
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 

@@ -30,7 +30,7 @@ import marshal
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
@@ -48,10 +48,14 @@ from pydantic import (
     model_validator,
 )
 
-TERMINAL_STATUSES = frozenset({"done", "failed", "succeeded", "canceled"})
-KNOWN_TYPES = ("txt2img", "upscaling")
-EARLIEST_CREATED_AT = datetime(2020, 1, 1, tzinfo=UTC)
-FUTURE_TOLERANCE = timedelta(days=1)
+from syncd.recordkeys import (
+    KNOWN_TYPES,
+    TERMINAL_STATUSES,
+    content_hash,
+    parse_created_at,
+    utc_text,
+)
+
 MAX_PIXELS = 1_478_656
 MAX_RECORD_BYTES = 1_000_000
 MAX_QUARANTINE_PAYLOAD = 65_536
@@ -63,22 +67,6 @@ def _check_uuid(value: str) -> str:
     if not _UUID_RE.match(value):
         raise ValueError("not a UUID (expected 8-4-4-4-12 hexadecimal digits)")
     return value
-
-
-def parse_created_at(value: object, now: datetime) -> datetime:
-    """The createdAt rule: an ISO-8601 string, in UTC, from 2020 to a day ahead of ``now``."""
-    if not isinstance(value, str):
-        raise ValueError("expected an ISO-8601 date-time string")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError("not an ISO-8601 date-time") from None
-    parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    if parsed < EARLIEST_CREATED_AT:
-        raise ValueError("before 2020-01-01, which the API cannot have produced")
-    if parsed > now + FUTURE_TOLERANCE:
-        raise ValueError("more than a day in the future")
-    return parsed
 
 
 def _parse_created_at(value: object, info: ValidationInfo) -> datetime:
@@ -201,11 +189,6 @@ class ArtworkRows(NamedTuple):
         return dict(zip(PARAMETER_COLUMNS[self.parameters_table], self.parameters, strict=True))
 
 
-def utc_text(moment: datetime) -> str:
-    """A UTC time in the stored text form (what models.UTCDateTime writes on SQLite)."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:26] + "Z"
-
-
 @dataclass(frozen=True, slots=True)
 class Unparseable:
     """A list element the JSON parser refused on its own (kept as text)."""
@@ -255,12 +238,6 @@ class PageResult:
             duplicates,
             unknown_types,
         )
-
-
-def content_hash(record: dict[str, Any]) -> str:
-    """A digest of the record's content, independent of key order."""
-    canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
 def to_rows(
@@ -350,22 +327,6 @@ def classify(value: object, now: datetime) -> ArtworkRows | Rejection:
     except RecursionError:
         return reject(value, "record: nested too deeply")
     return to_rows(value, artwork, dumped.decode())
-
-
-def list_key(value: object, now: datetime) -> tuple[str | None, datetime | None]:
-    """Cheap (id, createdAt) of a list element, for paging decisions.
-
-    Same rules as validation for the date (None when unreadable or out of range),
-    so the planner can decide the next request before the page is validated.
-    """
-    if not isinstance(value, dict):
-        return None, None
-    artwork_id = value.get("id")
-    try:
-        created_at: datetime | None = parse_created_at(value.get("createdAt"), now)
-    except ValueError:
-        created_at = None
-    return (artwork_id if isinstance(artwork_id, str) else None), created_at
 
 
 _UNCHANGED = object()

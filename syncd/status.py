@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from syncd import db, store
-from syncd.records import TERMINAL_STATUSES
+from syncd.recordkeys import TERMINAL_STATUSES
 from syncd.sync.planner import ListOrder
 
 runs = store.runs_table

@@ -26,7 +26,8 @@ from syncd.models import (
     Txt2ImgParameters,
     UpscalingParameters,
 )
-from syncd.records import PARAMETER_COLUMNS, TERMINAL_STATUSES, ArtworkRows, Rejection, utc_text
+from syncd.recordkeys import TERMINAL_STATUSES, utc_text
+from syncd.records import PARAMETER_COLUMNS, ArtworkRows, Rejection
 from syncd.sync.planner import ListOrder, Phase, StreamState
 
 artworks: Table = Artwork.__table__  # type: ignore[assignment]
@@ -84,6 +85,7 @@ ARTWORK_COLUMNS = (
     "raw",
 )
 RESULT_COLUMNS = ("artwork_id", "position", "url")
+LOOKUP_CHUNK = 500  # far below SQLite's limit on bound variables
 
 
 def _timestamp_converter(conn: Connection) -> Callable[[datetime], Any]:
@@ -167,20 +169,36 @@ def write_artworks(conn: Connection, batch: Sequence[ArtworkRows], now: datetime
 
 
 def stored_hashes(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
-    """Content hashes of the artworks among ``ids`` that are already stored."""
-    if not ids:
-        return {}
-    query = select(artworks.c.id, artworks.c.content_hash).where(artworks.c.id.in_(list(ids)))
-    return {row.id: row.content_hash for row in conn.execute(query)}
+    """Content hashes of the artworks among ``ids`` that are already stored.
+
+    Twice per page in a backfill, so through the driver: compiling an
+    expanding IN of 500 values cost more than the lookup itself.
+    """
+    found: dict[str, str] = {}
+    if conn.dialect.name == "postgresql":
+        rows = conn.exec_driver_sql("SELECT id, content_hash FROM artworks WHERE id = ANY(%s)", (list(ids),))
+        found.update(rows.fetchall())
+        return found
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        chunk = tuple(ids[start : start + LOOKUP_CHUNK])
+        query = f"SELECT id, content_hash FROM artworks WHERE id IN ({', '.join('?' * len(chunk))})"  # noqa: S608
+        found.update(conn.exec_driver_sql(query, chunk).fetchall())
+    return found
 
 
 def touch_seen(conn: Connection, ids: Sequence[str], now: datetime) -> int:
-    """Artworks seen again unchanged: only last_seen_at moves (one statement)."""
-    if not ids:
-        return 0
-    conn.execute(
-        update(artworks).where(artworks.c.id.in_(list(ids))).values(last_seen_at=now, remote_deleted_at=None)
-    )
+    """Artworks seen again unchanged: only last_seen_at moves (one statement per 500)."""
+    seen = _timestamp_converter(conn)(now)
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        chunk = list(ids[start : start + LOOKUP_CHUNK])
+        if conn.dialect.name == "postgresql":
+            where, params = "id = ANY(%s)", [seen, chunk]
+        else:
+            where, params = f"id IN ({', '.join('?' * len(chunk))})", [seen, *chunk]
+        conn.exec_driver_sql(
+            f"UPDATE artworks SET last_seen_at = {_placeholders(conn, 1)}, remote_deleted_at = NULL WHERE {where}",  # noqa: S608
+            tuple(params),
+        )
     return len(ids)
 
 

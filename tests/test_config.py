@@ -56,6 +56,10 @@ def test_system_file_is_read_when_present_and_no_config_given(tmp_path: Path) ->
         ({"SYNCD_MAX_REQUESTS_PER_SECOND": "0"}, "SYNCD_MAX_REQUESTS_PER_SECOND: must be a number > 0"),
         ({"SYNCD_LOG_FORMAT": "xml"}, "SYNCD_LOG_FORMAT: must be one of text, json"),
         (
+            {"SYNCD_VALIDATION_PROCESS": "yes"},
+            "SYNCD_VALIDATION_PROCESS: must be one of auto, on, off, got 'yes'",
+        ),
+        (
             {"SYNCD_API_KEY_FILE": "/nonexistent/key"},
             "SYNCD_API_KEY_FILE: key file /nonexistent/key does not exist",
         ),

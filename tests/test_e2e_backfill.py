@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import Engine, select
 
 from syncd import db, store
@@ -88,15 +89,17 @@ def assert_matches_dataset(engine: Engine, dataset: Dataset) -> None:
     assert all(row["reason"] for row in data["rejected_records"])
 
 
+@pytest.mark.parametrize("validation", ["on", "off"])
 def test_run_once_backfills_every_record_then_changes_nothing(
-    db_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+    db_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path, validation: str
 ) -> None:
+    """Validated in the helper process (on) or in syncd itself (off): the same tables."""
     server = fake_api(3000, seed=7, unknown_fraction=0.01, malformed_fraction=0.005)
     dataset = server.api.dataset
     assert any(a.malformed for a in dataset.items) and any(
         a.value.get("artworkType") not in ("txt2img", "upscaling") for a in dataset.valid()
     )
-    env = syncd_env(server.url, db_url, page_size="200")
+    env = syncd_env(server.url, db_url, page_size="200", validation_process=validation)
 
     first = run_syncd(["run-once"], env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from syncd.recordkeys import content_hash, list_key
 from syncd.records import (
     MAX_QUARANTINE_PAYLOAD,
     PARAMETER_COLUMNS,
@@ -18,8 +19,6 @@ from syncd.records import (
     Unparseable,
     classify,
     classify_page,
-    content_hash,
-    list_key,
 )
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

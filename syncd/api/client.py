@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import httpx
@@ -58,6 +58,11 @@ class ClientOptions:
     max_attempts: int = 8
     max_retry_wait: float = 900.0
     max_requests_per_second: float = 5.0
+
+
+class ListPage(NamedTuple):
+    items: list[Any]  # every element as received (objects or not)
+    body: bytes  # what they were parsed from (syncd.api.body.parse_array)
 
 
 @dataclass
@@ -124,9 +129,13 @@ class ApiClient:
 
     def list_page(self, skip: int, limit: int) -> list[Any]:
         """One page of the list: every element as received (objects or not)."""
-        body = self._request("/v1/artworks", {"skip": skip, "limit": limit}, expect="array")
-        assert isinstance(body, list)
-        return body
+        return self.fetch_list_page(skip, limit).items
+
+    def fetch_list_page(self, skip: int, limit: int) -> ListPage:
+        """One page of the list, with the body it was parsed from."""
+        page = self._request("/v1/artworks", {"skip": skip, "limit": limit}, expect="array")
+        assert isinstance(page, ListPage)
+        return page
 
     def get_artwork(self, artwork_id: str) -> dict[str, Any] | None:
         """One artwork, or None when the API says 404."""
@@ -242,7 +251,7 @@ class ApiClient:
     def _parse(self, content: bytes, expect: str) -> Any:
         if expect == "array":
             try:
-                return parse_array(content)
+                return ListPage(parse_array(content), content)
             except BrokenBody as exc:
                 raise RetriableApiError(f"200 with a broken body: {exc}") from None
         try:

@@ -27,14 +27,19 @@ from syncd import store
 from syncd.api.client import ApiClient
 from syncd.db import writer
 from syncd.errors import ApiError, AuthError, Interrupted, SyncdError
-from syncd.records import ArtworkRows, PageResult, Rejection, classify, classify_page, list_key
+from syncd.recordkeys import list_key
+from syncd.records import ArtworkRows, PageResult, Rejection, classify
 from syncd.store import Counts
 from syncd.sync.planner import Item, Mode, Planner, Request, StreamState
+from syncd.sync.validation import HelperMode, PageValidator
 
 log = logging.getLogger(__name__)
 
 STREAM = "artworks"
 REFRESH_BATCH = 50
+# A run that has written this many pages and wants more is a long one: worth
+# starting a validation helper process (about 0.2 s of the other core).
+LONG_RUN_PAGES = 2
 
 
 @dataclass
@@ -82,6 +87,7 @@ class Syncer:
     on_page: Callable[[Progress], None] | None = None
     refresh_limit: int = 1000
     commit_seconds: float = 1.0
+    validation: HelperMode | str = HelperMode.AUTO
 
     def __post_init__(self) -> None:
         self._writer = writer(self.engine)
@@ -149,29 +155,35 @@ class Syncer:
 
     # ------------------------------------------------------------ list
 
-    def _fetch(self, request: Request) -> tuple[list[Any], PageResult, datetime]:
+    def _fetch(self, request: Request, validator: PageValidator) -> tuple[list[Any], PageResult, datetime]:
         """Runs in the fetch thread: the page, already validated (overlaps the writes)."""
-        items = self.client.list_page(request.skip, request.limit)
+        page = self.client.fetch_list_page(request.skip, request.limit)
         now = self.now()
-        ids = [v["id"] for v in items if isinstance(v, dict) and isinstance(v.get("id"), str)]
+        ids = [v["id"] for v in page.items if isinstance(v, dict) and isinstance(v.get("id"), str)]
         with self.engine.connect() as conn:  # a reader: never waits for the writer (WAL)
             known = store.stored_hashes(conn, ids)
-        return items, classify_page(items, now, known), now
+        return page.items, validator.validate(page.body, page.items, now, known), now
 
     def _list_loop(self, planner: Planner, run_id: int, counts: Counts, started: float) -> None:
         requests_before = self.client.stats.requests
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-fetch")
+        validator = PageValidator(self.validation)
         request = planner.next_request()
         pending: Future[tuple[list[Any], PageResult, datetime]] | None = (
-            pool.submit(self._fetch, request) if request else None
+            pool.submit(self._fetch, request, validator) if request else None
         )
         conn = self._writer.connect()
         transaction: RootTransaction | None = None  # begun only to write: SQLite's BEGIN IMMEDIATE locks
+        # The planner's state after the last page written: saved once, with
+        # the commit that makes those pages durable.
+        written_state: tuple[StreamState, datetime] | None = None
         last_commit = time.monotonic()
 
         def commit() -> None:
             nonlocal transaction, last_commit
             if transaction is not None:
+                assert written_state is not None
+                store.save_state(conn, *written_state)
                 store.update_run(conn, run_id, counts, mode=str(planner.mode))
                 transaction.commit()
                 transaction = None
@@ -189,12 +201,15 @@ class Syncer:
                 mode = planner.mode
                 request = planner.next_request()
                 # Fetch (and validate) the next page while this one is written.
-                pending = pool.submit(self._fetch, request) if request else None
+                pending = pool.submit(self._fetch, request, validator) if request else None
+                if request is not None and counts.pages >= LONG_RUN_PAGES:
+                    validator.expect_long_run()
                 # Deletions are marked only after a scan proven to have missed nothing.
                 proven_scan = planner.scan_complete and planner.provably_complete and request is None
                 if transaction is None:
                     transaction = conn.begin()
-                self._write_page(conn, page, state, proven_scan, run_id, counts, mode, now)
+                self._write_page(conn, page, state, proven_scan, run_id, counts, now)
+                written_state = (state, now)
                 counts.requests = self.client.stats.requests - requests_before
                 # Whole pages commit with their cursor; a second's worth of pages
                 # per commit keeps SQLite's commits off the hot path.
@@ -217,6 +232,11 @@ class Syncer:
             conn.close()
             # Never wait here for a request in flight: a stop must not hang on it.
             pool.shutdown(wait=False, cancel_futures=True)
+            validator.close()
+            if validator.pages_in_helper:
+                log.debug(
+                    "run %d: %d pages validated in the helper process", run_id, validator.pages_in_helper
+                )
 
     def _await(
         self, pending: Future[tuple[list[Any], PageResult, datetime]]
@@ -237,7 +257,6 @@ class Syncer:
         scan_complete: bool,
         run_id: int,
         counts: Counts,
-        mode: Mode,
         now: datetime,
     ) -> None:
         written = store.write_artworks(conn, page.rows, now)
@@ -249,7 +268,6 @@ class Syncer:
         if scan_complete and state.scan_started_at is not None:
             written.marked_deleted = store.mark_unlisted(conn, state.scan_started_at, now)
         counts.add(written)
-        store.save_state(conn, state, now)
         for rejection in page.rejected:
             log.debug("rejected record %s: %s", rejection.artwork_id or "(no id)", rejection.reason)
 
