@@ -16,7 +16,8 @@ from syncd import db, store
 from syncd.api.client import ApiClient, ClientOptions, RequestStats
 from syncd.config import Settings
 from syncd.errors import DatabaseError, Interrupted
-from syncd.sync.engine import STREAM, Progress, RunSummary, Syncer
+from syncd.summary import STREAM, RunSummary
+from syncd.sync.engine import Progress, Syncer
 
 log = logging.getLogger("syncd")
 
@@ -82,6 +83,7 @@ def run_once(
     settings: Settings,
     *,
     full: bool = False,
+    list_run: bool = True,
     migrate: bool = True,
     refresh: bool = True,
     stop: threading.Event | None = None,
@@ -91,7 +93,9 @@ def run_once(
     settings.require_api()  # a config error before any connection or request
     with open_engine(settings) as engine, db.sync_lock(engine):
         db.ensure_schema(engine, migrate=migrate)
-        return sync_with(settings, engine, full=full, refresh=refresh, stop=stop, on_page=on_page)
+        return sync_with(
+            settings, engine, full=full, list_run=list_run, refresh=refresh, stop=stop, on_page=on_page
+        )
 
 
 def sync_with(

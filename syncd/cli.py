@@ -114,18 +114,37 @@ def run_once_command(
     Example:
       SYNCD_API_URL=https://api.tengr.ai SYNCD_API_KEY_FILE=key.txt syncd run-once
     """
-    from syncd.app import run_once
-
     settings = _settings(kwargs)
     settings.require_api()
-    stop = threading.Event()
-    _stop_on_signals(stop)
-    reporter = ProgressReporter(sys.stderr.isatty() if progress is None else progress)
-    outcome = run_once(
-        settings, full=full, migrate=not no_migrate, refresh=not no_refresh, stop=stop, on_page=reporter
-    )
-    reporter.close()
-    for summary in outcome.summaries:
+    summaries = []
+    quick = None
+    if not full:
+        from syncd.quick import try_quick_run
+
+        # A no-op run needs no engine (see syncd.quick). It holds nothing worth
+        # an orderly stop: a signal ends it at once (its one write is atomic).
+        _exit_on_signals()
+        quick = try_quick_run(settings)
+    if quick is None or (quick.refresh_pending and not no_refresh):
+        from syncd.app import run_once
+
+        stop = threading.Event()
+        _stop_on_signals(stop)
+        reporter = ProgressReporter(sys.stderr.isatty() if progress is None else progress)
+        outcome = run_once(
+            settings,
+            full=full,
+            list_run=quick is None,
+            migrate=not no_migrate,
+            refresh=not no_refresh,
+            stop=stop,
+            on_page=reporter,
+        )
+        reporter.close()
+        summaries = outcome.summaries
+    if quick is not None:
+        summaries.insert(0, quick.summary)
+    for summary in summaries:
         click.echo(_summary_screen(summary))
 
 
@@ -170,6 +189,14 @@ class ProgressReporter:
         if self._drawn:
             sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+def _exit_on_signals() -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        raise SystemExit(int(ExitCode.INTERRUPTED))
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 from syncd.errors import ConfigError
 
 SYSTEM_CONFIG_PATH = Path("/etc/syncd/syncd.toml")
+_SQLITE_URL = re.compile(r"^sqlite(\+pysqlite)?://")
 DEFAULT_DATABASE_URL = "sqlite:///syncd.db"
 
 
@@ -101,11 +103,15 @@ def _parse_api_url(raw: object) -> str:
 
 
 def _parse_database_url(raw: object) -> str:
+    text = _parse_str(raw).strip()
+    if _SQLITE_URL.match(text):
+        # SQLite URLs need no driver check; loading SQLAlchemy here (~0.1 s)
+        # would cost a no-op run (syncd.quick) most of its time.
+        return text
     # Imported here: SQLAlchemy is heavy and config must stay cheap to import.
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    text = _parse_str(raw).strip()
     try:
         url = make_url(text)
     except ArgumentError:

@@ -7,9 +7,7 @@ waited for rather than a crash. PostgreSQL needs nothing special.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +19,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from syncd import SCHEMA_REVISION
 from syncd.errors import DatabaseError, DatabaseUnreachable, LockHeldError, SchemaError
+from syncd.lockfile import hold_file_lock
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 16_384
@@ -138,9 +138,8 @@ class SchemaVersion:
         return self.current == self.head
 
 
-# The newest migration's revision. A test checks it against Alembic's head, so
-# the common case (schema up to date) needs one query and no Alembic import.
-HEAD_REVISION = "0001"
+# The newest migration's revision (see syncd/__init__.py).
+HEAD_REVISION = SCHEMA_REVISION
 
 
 def schema_version(engine: Engine) -> SchemaVersion:
@@ -261,23 +260,5 @@ def _file_lock(engine: Engine) -> Iterator[None]:
     if path is None:  # an in-memory database is private to this process
         yield
         return
-    lock_path = path.with_name(path.name + ".lock")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise DatabaseError(f"cannot create the lock file {lock_path}: {exc.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockHeldError(
-                f"another syncd process is syncing {path} (lock file {lock_path} is held)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with hold_file_lock(path):
+        yield

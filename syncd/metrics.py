@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from syncd.api.client import RequestStats
-from syncd.sync.engine import RunSummary
+from syncd.summary import RunSummary
 
 
 class Metrics:

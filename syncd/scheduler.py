@@ -38,7 +38,7 @@ from syncd.config import Settings
 from syncd.errors import ExitCode, Interrupted, LockHeldError, SchemaError, SyncdError
 from syncd.metrics import Metrics
 from syncd.notify import notify, watchdog_interval
-from syncd.sync.engine import STREAM
+from syncd.summary import STREAM
 
 log = logging.getLogger("syncd.daemon")
 

@@ -9,7 +9,7 @@ content hash is unchanged only has ``last_seen_at`` moved.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -28,7 +28,8 @@ from syncd.models import (
 )
 from syncd.recordkeys import TERMINAL_STATUSES, utc_text
 from syncd.records import PARAMETER_COLUMNS, ArtworkRows, Rejection
-from syncd.sync.planner import ListOrder, Phase, StreamState
+from syncd.summary import Counts
+from syncd.sync.planner import StreamState
 
 artworks: Table = Artwork.__table__  # type: ignore[assignment]
 results_table: Table = ArtworkResult.__table__  # type: ignore[assignment]
@@ -48,24 +49,6 @@ DATA_TABLES = (
     "sync_runs",
     "sync_state",
 )
-
-
-@dataclass
-class Counts:
-    """What a run did; the columns of ``sync_runs`` with the same names."""
-
-    pages: int = 0
-    requests: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    rejected: int = 0
-    unknown_type: int = 0
-    marked_deleted: int = 0
-
-    def add(self, other: Counts) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 # ------------------------------------------------------------------ artworks
@@ -293,25 +276,13 @@ def quarantine(
 # ------------------------------------------------------------------ state
 
 
-_STATE_COLUMNS = [f.name for f in fields(StreamState)]
-
-
 def load_state(conn: Connection, stream: str) -> StreamState:
     row = conn.execute(select(state_table).where(state_table.c.stream == stream)).mappings().first()
-    if row is None:
-        return StreamState(stream=stream)
-    values = {name: row[name] for name in _STATE_COLUMNS}
-    values["list_order"] = ListOrder(values["list_order"])
-    values["scan_order"] = ListOrder(values["scan_order"])
-    values["phase"] = Phase(values["phase"])
-    return StreamState(**values)
+    return StreamState(stream=stream) if row is None else StreamState.from_row(row)
 
 
 def save_state(conn: Connection, state: StreamState, now: datetime) -> None:
-    row = {**asdict(state), "updated_at": now}
-    row["list_order"] = str(state.list_order)
-    row["scan_order"] = str(state.scan_order)
-    row["phase"] = str(state.phase)
+    row = {**state.to_row(), "updated_at": now}
     _upsert(
         conn,
         state_table,
@@ -331,8 +302,7 @@ def save_rate_limit(conn: Connection, stream: str, until: datetime | None, now: 
     """Persist a Retry-After deadline alone, without disturbing the cursor."""
     state = load_state(conn, stream)
     state.rate_limited_until = until
-    row = {**asdict(state), "updated_at": now}
-    row.update(list_order=str(state.list_order), scan_order=str(state.scan_order), phase=str(state.phase))
+    row = {**state.to_row(), "updated_at": now}
     _upsert(conn, state_table, [row], "stream", {"rate_limited_until": lambda ex: ex.rate_limited_until})
 
 

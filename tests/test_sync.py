@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 from syncd import db, store
 from syncd.app import run_once
 from syncd.fakeapi.server import FakeServer, Faults
-from syncd.sync.engine import RunSummary
+from syncd.summary import RunSummary
 from tests.conftest import make_settings, syncd_env, wait_for
 
 L = 100

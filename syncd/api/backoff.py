@@ -6,10 +6,12 @@ for the limiter, a UTC datetime for HTTP dates) and do the waiting.
 
 from __future__ import annotations
 
-import email.utils
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import random
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -30,6 +32,8 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         pass
     else:
         return max(0.0, seconds) if seconds == seconds else None
+    import email.utils  # here: a no-op run (syncd.quick) must not pay for the email package
+
     try:
         moment = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):

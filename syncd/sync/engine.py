@@ -29,39 +29,16 @@ from syncd.db import writer
 from syncd.errors import ApiError, AuthError, Interrupted, SyncdError
 from syncd.recordkeys import list_key
 from syncd.records import ArtworkRows, PageResult, Rejection, classify
-from syncd.store import Counts
+from syncd.summary import STREAM, Counts, RunSummary
 from syncd.sync.planner import Item, Mode, Planner, Request, StreamState
 from syncd.sync.validation import HelperMode, PageValidator
 
 log = logging.getLogger(__name__)
 
-STREAM = "artworks"
 REFRESH_BATCH = 50
 # A run that has written this many pages and wants more is a long one: worth
 # starting a validation helper process (about 0.2 s of the other core).
 LONG_RUN_PAGES = 2
-
-
-@dataclass
-class RunSummary:
-    run_id: int
-    mode: str
-    outcome: str
-    counts: Counts
-    seconds: float
-    list_order: str
-    error: str | None = None
-    stream: str = STREAM
-
-    def line(self) -> str:
-        c = self.counts
-        text = (
-            f"run {self.run_id} {self.mode} {self.outcome}: {c.pages} pages, {c.requests} requests, "
-            f"{c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
-            f"{c.rejected} rejected, {c.unknown_type} unknown type, "
-            f"{c.marked_deleted} marked deleted, {self.seconds:.1f}s"
-        )
-        return text + (f" ({self.error})" if self.error else "")
 
 
 @dataclass

@@ -27,10 +27,11 @@ diagram). Its rules:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 
 class ListOrder(StrEnum):
@@ -98,6 +99,24 @@ class StreamState:
     backfill_completed_at: datetime | None = None
     last_full_sync_at: datetime | None = None
     rate_limited_until: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> StreamState:
+        """From a ``sync_state`` row; times as datetimes or as stored UTC text."""
+        values = {f.name: row[f.name] for f in fields(cls)}
+        values["list_order"] = ListOrder(values["list_order"])
+        values["scan_order"] = ListOrder(values["scan_order"])
+        values["phase"] = Phase(values["phase"])
+        for name, value in values.items():
+            if name.endswith(("_at", "_until")) and isinstance(value, str):
+                values[name] = datetime.fromisoformat(value).astimezone(UTC)
+        return cls(**values)
+
+    def to_row(self) -> dict[str, Any]:
+        """The ``sync_state`` columns (times left as datetimes)."""
+        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        row.update(list_order=str(self.list_order), scan_order=str(self.scan_order), phase=str(self.phase))
+        return row
 
 
 def observed_order(items: Sequence[Item]) -> ListOrder:
