@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -64,6 +64,7 @@ class Syncer:
     on_page: Callable[[Progress], None] | None = None
     refresh_limit: int = 1000
     commit_seconds: float = 1.0
+    lock_wait_seconds: float = 0.2  # wait this long for a page before committing
     validation: HelperMode | str = HelperMode.AUTO
 
     def __post_init__(self) -> None:
@@ -168,9 +169,11 @@ class Syncer:
 
         try:
             while pending is not None and request is not None:
-                if not pending.done():
+                if not pending.done() and not wait([pending], timeout=self.lock_wait_seconds).done:
                     # Never hold the write lock while waiting on the network: the
                     # fetch thread may need it (to record a Retry-After deadline).
+                    # A page due within moments is waited for first: each commit
+                    # rewrites the index pages a page of UUIDs touched.
                     commit()
                 items, page, now = self._await(pending)
                 planner.observe(request, [Item(*list_key(value, now)) for value in items])
