@@ -92,6 +92,18 @@ def test_retries_exhausted_fail_cleanly_then_the_next_run_completes(
     assert set(ids_in(engine)) == {a.id for a in server.api.dataset.valid()}
 
 
+def test_a_page_that_fails_at_once_keeps_the_pages_written_before_it(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    """No retry, no wait: the failure reaches the loop before its next commit."""
+    server = fake_api(1000, faults=Faults(fail_from_request=4), malformed_fraction=0)
+    env = syncd_env(server.url, db_url, page_size="100", max_attempts="1")
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 5, result.stderr
+    # Pages 1 and 2 were written whole (page 3 is the last fetched); they stay.
+    assert len(ids_in(engine)) >= 199
+
+
 def test_sqlite_reader_holding_a_transaction_does_not_block_the_sync(
     sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:

@@ -19,7 +19,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Connection, Engine, RootTransaction
 
@@ -39,6 +39,15 @@ REFRESH_BATCH = 50
 # A run that has written this many pages and wants more is a long one: worth
 # starting a validation helper process (about 0.2 s of the other core).
 LONG_RUN_PAGES = 2
+
+
+T = TypeVar("T")
+
+
+class Fetched(NamedTuple):
+    items: list[Any]  # the page's elements as received, for the planner
+    now: datetime  # when the page was read
+    validated: Future[PageResult]  # its validation, under way
 
 
 @dataclass
@@ -133,22 +142,29 @@ class Syncer:
 
     # ------------------------------------------------------------ list
 
-    def _fetch(self, request: Request, validator: PageValidator) -> tuple[list[Any], PageResult, datetime]:
-        """Runs in the fetch thread: the page, already validated (overlaps the writes)."""
+    def _fetch(self, request: Request, validator: PageValidator, validation: ThreadPoolExecutor) -> Fetched:
+        """Runs in the fetch thread: the page, and its validation under way.
+
+        Three stages overlap: this thread fetches page k+2 while page k+1 is
+        validated (in the validation thread, or the helper process behind it)
+        and page k is written.
+        """
         page = self.client.fetch_list_page(request.skip, request.limit)
         now = self.now()
         ids = [v["id"] for v in page.items if isinstance(v, dict) and isinstance(v.get("id"), str)]
         with self.engine.connect() as conn:  # a reader: never waits for the writer (WAL)
             known = store.stored_hashes(conn, ids)
-        return page.items, validator.validate(page.body, page.items, now, known), now
+        validated = validation.submit(validator.validate, page.body, page.items, now, known)
+        return Fetched(page.items, now, validated)
 
     def _list_loop(self, planner: Planner, run_id: int, counts: Counts, started: float) -> None:
         requests_before = self.client.stats.requests
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-fetch")
+        validation = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-validate")
         validator = PageValidator(self.validation)
         request = planner.next_request()
-        pending: Future[tuple[list[Any], PageResult, datetime]] | None = (
-            pool.submit(self._fetch, request, validator) if request else None
+        pending: Future[Fetched] | None = (
+            pool.submit(self._fetch, request, validator, validation) if request else None
         )
         conn = self._writer.connect()
         transaction: RootTransaction | None = None  # begun only to write: SQLite's BEGIN IMMEDIATE locks
@@ -175,15 +191,16 @@ class Syncer:
                     # A page due within moments is waited for first: each commit
                     # rewrites the index pages a page of UUIDs touched.
                     commit()
-                items, page, now = self._await(pending)
+                items, now, validated = self._await(pending)
                 planner.observe(request, [Item(*list_key(value, now)) for value in items])
                 state = replace(planner.state)
                 mode = planner.mode
                 request = planner.next_request()
-                # Fetch (and validate) the next page while this one is written.
-                pending = pool.submit(self._fetch, request, validator) if request else None
+                # Fetch the next page while this one is validated and written.
+                pending = pool.submit(self._fetch, request, validator, validation) if request else None
                 if request is not None and counts.pages >= LONG_RUN_PAGES:
                     validator.expect_long_run()
+                page = self._await(validated)
                 # Deletions are marked only after a scan proven to have missed nothing.
                 proven_scan = planner.scan_complete and planner.provably_complete and request is None
                 if transaction is None:
@@ -201,8 +218,10 @@ class Syncer:
                         Progress(str(mode), counts.pages, done, counts.requests, time.monotonic() - started)
                     )
             commit()
-        except Interrupted:
-            commit()  # only whole pages are in it: keep them
+        except (Interrupted, ApiError):
+            # A stop, or a page that could not be fetched: the pages written so
+            # far are whole, with their cursor. Keep them.
+            commit()
             raise
         except BaseException:
             if transaction is not None:
@@ -212,16 +231,15 @@ class Syncer:
             conn.close()
             # Never wait here for a request in flight: a stop must not hang on it.
             pool.shutdown(wait=False, cancel_futures=True)
+            validation.shutdown(wait=False, cancel_futures=True)
             validator.close()
             if validator.pages_in_helper:
                 log.debug(
                     "run %d: %d pages validated in the helper process", run_id, validator.pages_in_helper
                 )
 
-    def _await(
-        self, pending: Future[tuple[list[Any], PageResult, datetime]]
-    ) -> tuple[list[Any], PageResult, datetime]:
-        """The fetched page; checks for a stop request while waiting."""
+    def _await(self, pending: Future[T]) -> T:
+        """The future's result; checks for a stop request while waiting."""
         while True:
             self._check_stop()
             try:
