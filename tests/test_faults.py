@@ -7,7 +7,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import ProgrammingError
 
 from syncd import db, store
 from syncd.errors import DatabaseError
@@ -173,7 +173,20 @@ def test_postgres_restart_mid_run_fails_cleanly_and_the_next_run_completes(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
+    watcher = db.create_db_engine(postgres_url)
+    try:
+
+        def committed_a_page() -> bool:
+            with watcher.connect() as conn:
+                query = "SELECT to_regclass('artworks') IS NOT NULL AND EXISTS (SELECT FROM sync_state)"
+                try:
+                    return bool(conn.execute(text(query)).scalar_one())
+                except ProgrammingError:  # the schema is being created
+                    return False
+
+        wait_for(committed_a_page, 60, "the first commit")  # then restart mid-run
+    finally:
+        watcher.dispose()
     _restart_postgres()
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 6, stderr
