@@ -39,7 +39,6 @@ from urllib.parse import SplitResult, quote, urlencode, urlsplit
 import orjson
 
 from syncd import SCHEMA_REVISION, __version__
-from syncd.api.backoff import parse_retry_after
 from syncd.config import Settings
 from syncd.errors import DatabaseError
 from syncd.lockfile import hold_file_lock
@@ -289,6 +288,8 @@ def _first_page(
         return None  # the engine retries, with backoff
     status, headers, body = answer
     if status == 429:
+        from syncd.api.backoff import parse_retry_after  # rare: not worth loading up front
+
         delay = parse_retry_after(headers.get("retry-after"), now)
         if delay:
             _save_rate_limit(conn, now + timedelta(seconds=delay), now)

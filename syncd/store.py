@@ -8,7 +8,7 @@ content hash is unchanged only has ``last_seen_at`` moved.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -71,13 +71,6 @@ RESULT_COLUMNS = ("artwork_id", "position", "url")
 LOOKUP_CHUNK = 500  # far below SQLite's limit on bound variables
 
 
-def _timestamp_converter(conn: Connection) -> Callable[[datetime], Any]:
-    """What the driver takes for a UTC timestamp (the format of models.UTCDateTime)."""
-    if conn.dialect.name == "sqlite":
-        return utc_text
-    return lambda moment: moment
-
-
 def _placeholders(conn: Connection, count: int) -> str:
     return ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * count)
 
@@ -115,7 +108,9 @@ def write_artworks(conn: Connection, batch: Sequence[ArtworkRows], now: datetime
     changed = [rows for rows in batch if rows.id in stored and stored[rows.id] != rows.content_hash]
     same = [rows.id for rows in batch if stored.get(rows.id) == rows.content_hash]
 
-    seen = _timestamp_converter(conn)(now)
+    # UTC text on both dialects: SQLite stores it as is (models.UTCDateTime),
+    # PostgreSQL reads it into timestamptz; psycopg adapts text faster than datetimes.
+    seen = utc_text(now)
     _driver_insert(
         conn,
         artworks,
@@ -171,7 +166,7 @@ def stored_hashes(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
 
 def touch_seen(conn: Connection, ids: Sequence[str], now: datetime) -> int:
     """Artworks seen again unchanged: only last_seen_at moves (one statement per 500)."""
-    seen = _timestamp_converter(conn)(now)
+    seen = utc_text(now)
     for start in range(0, len(ids), LOOKUP_CHUNK):
         chunk = list(ids[start : start + LOOKUP_CHUNK])
         if conn.dialect.name == "postgresql":
