@@ -196,7 +196,7 @@ SPECS: tuple[Spec, ...] = (
         "validation_process",
         _parse_choice("auto", "on", "off"),
         "auto",
-        "validate long runs in a helper process: auto (when 2+ CPUs), on, off",
+        "validate long runs in a helper process: auto (SQLite, 2+ CPUs), on, off",
     ),
 )
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}

@@ -62,7 +62,9 @@ def test_the_helper_gives_exactly_the_in_process_answer() -> None:
         validator.close()
 
 
-def test_off_never_starts_a_helper_and_auto_needs_a_second_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_off_never_starts_a_helper_and_auto_needs_a_second_cpu_and_sqlite(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     body = hostile_body()
     off = PageValidator(HelperMode.OFF)
     off.expect_long_run()
@@ -75,6 +77,10 @@ def test_off_never_starts_a_helper_and_auto_needs_a_second_cpu(monkeypatch: pyte
     assert not auto.helper_running
 
     monkeypatch.setattr(validation, "available_cpus", lambda: 2)
+    beside_a_server = PageValidator(HelperMode.AUTO, database_in_process=False)
+    beside_a_server.expect_long_run()
+    assert not beside_a_server.helper_running  # PostgreSQL needs the second CPU
+
     auto = PageValidator(HelperMode.AUTO)
     assert not auto.helper_running  # short runs never pay for one
     auto.expect_long_run()

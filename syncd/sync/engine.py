@@ -161,7 +161,7 @@ class Syncer:
         requests_before = self.client.stats.requests
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-fetch")
         validation = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-validate")
-        validator = PageValidator(self.validation)
+        validator = PageValidator(self.validation, database_in_process=self.engine.dialect.name == "sqlite")
         request = planner.next_request()
         pending: Future[Fetched] | None = (
             pool.submit(self._fetch, request, validator, validation) if request else None
