@@ -28,8 +28,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,7 +62,8 @@ def sqlite_file(url: str) -> Path | None:
     for prefix in SQLITE_URL_PREFIXES:
         if url.startswith(prefix):
             rest = url[len(prefix) :]
-            if not rest or "?" in rest or rest == ":memory:" or rest.startswith("file:"):
+            # Query strings, URIs and %-escapes: SQLAlchemy's reading of them rules.
+            if not rest or "?" in rest or "%" in rest or rest == ":memory:" or rest.startswith("file:"):
                 return None
             return Path(rest)
     return None
@@ -75,7 +75,11 @@ def try_quick_run(settings: Settings, now: datetime | None = None) -> QuickRun |
     if path is None or not path.is_file() or _behind_a_proxy():
         return None
     started = time.monotonic()
-    with hold_file_lock(path), _connect(path) as conn:
+    try:
+        connection = _connect(path)
+    except sqlite3.Error:
+        return None  # the engine says what is wrong with the file
+    with hold_file_lock(path), connection as conn:
         now = now or datetime.now(UTC)
         state = _ready_state(conn, now)
         if state is None:
@@ -123,14 +127,17 @@ def try_quick_run(settings: Settings, now: datetime | None = None) -> QuickRun |
 # ------------------------------------------------------------ database
 
 
-@contextmanager
-def _connect(path: Path) -> Iterator[sqlite3.Connection]:
+def _connect(path: Path) -> closing[sqlite3.Connection]:
     # The same settings as syncd.db's engine (WAL is a property of the file).
-    with closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as conn:
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
-        yield conn
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return closing(conn)
 
 
 def _ready_state(conn: sqlite3.Connection, now: datetime) -> StreamState | None:

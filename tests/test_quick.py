@@ -150,7 +150,14 @@ def test_unfinished_artworks_are_refreshed_by_the_engine_after_a_quick_list_run(
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite://", "sqlite:///:memory:", "sqlite:///x.db?mode=ro", "postgresql://u@h/db", "sqlite:///file:x"],
+    [
+        "sqlite://",
+        "sqlite:///:memory:",
+        "sqlite:///x.db?mode=ro",
+        "postgresql://u@h/db",
+        "sqlite:///file:x",
+        "sqlite:///my%20file.db",
+    ],
 )
 def test_only_plain_sqlite_files_take_the_quick_path(url: str) -> None:
     assert sqlite_file(url) is None
@@ -164,6 +171,19 @@ def test_proxies_and_missing_files_are_left_to_the_engine(
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     server.api.reset_stats()
     assert quick(server, path) is None
+    assert server.api.stats.requests == 0
+
+
+def test_a_file_that_is_not_a_database_is_left_to_the_engine_to_report(
+    fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(10)
+    path = tmp_path / "notes.db"
+    path.write_text("not a database\n" * 100)
+    assert try_quick_run(make_settings(server.url, f"sqlite:///{path}")) is None
+    result = run_syncd(["run-once"], syncd_env(server.url, f"sqlite:///{path}"), cwd=tmp_path)
+    assert result.returncode == 6, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert server.api.stats.requests == 0
 
 
