@@ -8,19 +8,23 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
+from sqlalchemy import func, select
 
+from syncd import db, store
 from syncd.api.body import parse_array
 from syncd.fakeapi.data import Dataset
+from syncd.fakeapi.server import FakeServer, Faults
 from syncd.recordkeys import content_hash
 from syncd.records import PageResult, classify_page
 from syncd.sync import validation
 from syncd.sync.validation import HelperMode, PageValidator
-from tests.conftest import wait_for
+from tests.conftest import syncd_env, wait_for
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -151,3 +155,41 @@ def test_the_helper_ends_when_syncd_is_killed(tmp_path: Path) -> None:
     assert parent.returncode == -signal.SIGKILL, parent.stderr
     helper_pid = int(parent.stdout.split()[0])
     wait_for(lambda: not alive(helper_pid), 10, "the orphaned helper to exit")
+
+
+def test_sigterm_to_the_whole_group_stops_syncd_and_its_helper_cleanly(
+    fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    """As systemd stops a service: SIGTERM to every process of the group at once."""
+    server = fake_api(3000, faults=Faults(slow=1.0, delay=0.03), malformed_fraction=0)
+    database = tmp_path / "syncd.db"
+    env = syncd_env(server.url, f"sqlite:///{database}", page_size="100", validation_process="on")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "run-once"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a service's cgroup
+    )
+
+    def helper_pids() -> list[int]:
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+    wait_for(lambda: server.api.stats.list_requests >= 5 and bool(helper_pids()), 60, "a helper at work")
+    helpers = helper_pids()
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    wait_for(lambda: not any(alive(pid) for pid in helpers), 10, "the helper to exit")
+    engine = db.create_db_engine(f"sqlite:///{database}")
+    try:
+        with engine.connect() as conn:
+            run = conn.execute(select(store.runs_table)).one()
+            stored = conn.execute(select(func.count()).select_from(store.artworks)).scalar_one()
+    finally:
+        engine.dispose()
+    assert run.outcome == "interrupted" and run.inserted == stored > 0
