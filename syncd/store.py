@@ -164,6 +164,10 @@ def stored_hashes(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
     return found
 
 
+def has_artworks(conn: Connection) -> bool:
+    return conn.execute(select(artworks.c.id).limit(1)).first() is not None
+
+
 def touch_seen(conn: Connection, ids: Sequence[str], now: datetime) -> int:
     """Artworks seen again unchanged: only last_seen_at moves (one statement per 500)."""
     seen = utc_text(now)

@@ -142,7 +142,9 @@ class Syncer:
 
     # ------------------------------------------------------------ list
 
-    def _fetch(self, request: Request, validator: PageValidator, validation: ThreadPoolExecutor) -> Fetched:
+    def _fetch(
+        self, request: Request, validator: PageValidator, validation: ThreadPoolExecutor, look_up: bool
+    ) -> Fetched:
         """Runs in the fetch thread: the page, and its validation under way.
 
         Three stages overlap: this thread fetches page k+2 while page k+1 is
@@ -151,9 +153,11 @@ class Syncer:
         """
         page = self.client.fetch_list_page(request.skip, request.limit)
         now = self.now()
-        ids = [v["id"] for v in page.items if isinstance(v, dict) and isinstance(v.get("id"), str)]
-        with self.engine.connect() as conn:  # a reader: never waits for the writer (WAL)
-            known = store.stored_hashes(conn, ids)
+        known: dict[str, str] = {}
+        if look_up:  # only to skip validating what is stored unchanged; the writer decides
+            ids = [v["id"] for v in page.items if isinstance(v, dict) and isinstance(v.get("id"), str)]
+            with self.engine.connect() as conn:  # a reader: never waits for the writer (WAL)
+                known = store.stored_hashes(conn, ids)
         validated = validation.submit(validator.validate, page.body, page.items, now, known)
         return Fetched(page.items, now, validated)
 
@@ -162,9 +166,13 @@ class Syncer:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-fetch")
         validation = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-validate")
         validator = PageValidator(self.validation, database_in_process=self.engine.dialect.name == "sqlite")
+        # A run into an empty table (a first backfill) has nothing stored to
+        # skip validating: no lookup per page before validation.
+        with self.engine.connect() as reader:
+            look_up = store.has_artworks(reader)
         request = planner.next_request()
         pending: Future[Fetched] | None = (
-            pool.submit(self._fetch, request, validator, validation) if request else None
+            pool.submit(self._fetch, request, validator, validation, look_up) if request else None
         )
         conn = self._writer.connect()
         transaction: RootTransaction | None = None  # begun only to write: SQLite's BEGIN IMMEDIATE locks
@@ -197,7 +205,9 @@ class Syncer:
                 mode = planner.mode
                 request = planner.next_request()
                 # Fetch the next page while this one is validated and written.
-                pending = pool.submit(self._fetch, request, validator, validation) if request else None
+                pending = (
+                    pool.submit(self._fetch, request, validator, validation, look_up) if request else None
+                )
                 if request is not None and counts.pages >= LONG_RUN_PAGES:
                     validator.expect_long_run()
                 page = self._await(validated)
