@@ -50,6 +50,11 @@ MALFORMED_KINDS = (
     "width_too_small", "not_an_object", "wrong_type_nsfw",
 )  # fmt: skip
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+# Valid createdAt values of a large account must still end in the past (syncd
+# rejects dates more than a day ahead): gaps shrink so that N records fit
+# between EPOCH and HORIZON. Up to ~220,000 records the gaps are 1-600 s.
+HORIZON = datetime(2026, 6, 1, tzinfo=UTC)
+MAX_GAP_SECONDS = 600
 
 
 def iso(moment: datetime) -> str:
@@ -137,6 +142,9 @@ class Dataset:
         self.pending_fraction = pending_fraction
         self.hostile_fraction = hostile_fraction
         self.next_time = start
+        room = (HORIZON - start).total_seconds()
+        # The mean gap is about max_gap / 2: 1.8x room / count leaves 10% spare.
+        self.max_gap = max(2, min(MAX_GAP_SECONDS, int(1.8 * room / max(count, 1))))
         self.created = 0
         self.items: list[FakeArtwork] = []  # live records, oldest first
         self.ever: dict[str, FakeArtwork] = {}  # every identifiable record ever created
@@ -197,7 +205,7 @@ class Dataset:
         rng = self.rng
         index = self.created
         self.created += 1
-        self.next_time += timedelta(seconds=rng.randint(1, 600), milliseconds=rng.randint(0, 999))
+        self.next_time += timedelta(seconds=rng.randint(1, self.max_gap), milliseconds=rng.randint(0, 999))
         artwork_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         roll = rng.random()
         if roll < self.unknown_fraction:
