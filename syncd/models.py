@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
-ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+from syncd.recordkeys import from_utc_text, utc_text
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -55,14 +55,13 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
-        return value.strftime(ISO_FORMAT) if dialect.name == "sqlite" else value
+        return utc_text(value) if dialect.name == "sqlite" else value.astimezone(UTC)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if isinstance(value, str):
-            return datetime.fromisoformat(value).astimezone(UTC)
+            return from_utc_text(value)
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 

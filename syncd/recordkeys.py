@@ -40,6 +40,11 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")[:26] + "Z"
 
 
+def from_utc_text(text: str) -> datetime:
+    """The aware UTC datetime of a stored time (``utc_text``, or any ISO-8601 text)."""
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
 def content_hash(record: dict[str, Any]) -> str:
     """A digest of the record's content, independent of key order."""
     canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)

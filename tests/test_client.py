@@ -80,7 +80,7 @@ def sequence(*responses: httpx.Response) -> Handler:
 
 def test_list_page_sends_bearer_key_and_paging() -> None:
     client, _, seen = client_for(lambda r: json_response(200, [{"id": "x"}]))
-    assert client.list_page(40, 20) == [{"id": "x"}]
+    assert client.fetch_list_page(40, 20).items == [{"id": "x"}]
     assert seen[0].url.params["skip"] == "40" and seen[0].url.params["limit"] == "20"
     assert seen[0].headers["Authorization"] == f"Bearer {KEY}"
 
@@ -106,7 +106,7 @@ def test_fatal_statuses_fail_at_once(status: int, error: type[Exception], fragme
         )
     )
     with pytest.raises(error) as info:
-        client.list_page(0, 10)
+        client.fetch_list_page(0, 10)
     assert fragment in str(info.value)
     assert KEY not in str(info.value)
     assert len(seen) == 1 and clock.slept == []
@@ -117,7 +117,7 @@ def test_5xx_is_retried_with_backoff(status: int) -> None:
     client, clock, seen = client_for(
         sequence(httpx.Response(status, text="<html>bad gateway</html>"), json_response(200, []))
     )
-    assert client.list_page(0, 10) == []
+    assert client.fetch_list_page(0, 10).items == []
     assert len(seen) == 2 and len(clock.slept) == 1 and 0 <= clock.slept[0] <= 0.5
 
 
@@ -132,7 +132,7 @@ def test_5xx_is_retried_with_backoff(status: int) -> None:
 )
 def test_broken_200_bodies_are_retried(broken: httpx.Response) -> None:
     client, _, seen = client_for(sequence(broken, json_response(200, [1])))
-    assert client.list_page(0, 10) == [1]
+    assert client.fetch_list_page(0, 10).items == [1]
     assert len(seen) == 2
 
 
@@ -149,7 +149,7 @@ def test_network_errors_and_timeouts_are_retried() -> None:
         return json_response(200, [])
 
     client, _, seen = client_for(handler)
-    assert client.list_page(0, 10) == []
+    assert client.fetch_list_page(0, 10).items == []
     assert len(seen) == 4
     assert client.stats.by_status["network"] == 2 and client.stats.by_status["timeout"] == 1
 
@@ -168,7 +168,7 @@ def test_retry_after_seconds_is_waited_exactly_and_reported() -> None:
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
     client._http.get = timed_get  # type: ignore[method-assign]
-    client.list_page(0, 10)
+    client.fetch_list_page(0, 10)
     assert sent_at[1] - sent_at[0] >= 7.0
     assert deadlines == [T0 + timedelta(seconds=7)]
     assert client.limiter.rate < 1000.0  # slowed down after the 429
@@ -179,7 +179,7 @@ def test_retry_after_http_date() -> None:
     client, clock, _ = client_for(
         sequence(json_response(429, {}, {"Retry-After": when}), json_response(200, []))
     )
-    client.list_page(0, 10)
+    client.fetch_list_page(0, 10)
     assert sum(clock.slept) >= 30.0
 
 
@@ -187,14 +187,14 @@ def test_429_without_retry_after_backs_off() -> None:
     client, clock, seen = client_for(
         sequence(json_response(429, {}), json_response(429, {}), json_response(200, []))
     )
-    client.list_page(0, 10)
+    client.fetch_list_page(0, 10)
     assert len(seen) == 3 and 0 < sum(clock.slept) <= 0.5 + 1.0 + 0.01
 
 
 def test_attempts_exhausted() -> None:
     client, _, seen = client_for(lambda r: httpx.Response(503), max_attempts=3)
     with pytest.raises(RetriesExhaustedError, match="after 3 attempts: 503"):
-        client.list_page(0, 10)
+        client.fetch_list_page(0, 10)
     assert len(seen) == 3
 
 
@@ -203,7 +203,7 @@ def test_total_wait_bound_gives_up_before_a_long_retry_after() -> None:
         lambda r: json_response(429, {}, {"Retry-After": "3600"}), max_retry_wait=60
     )
     with pytest.raises(RetriesExhaustedError, match="SYNCD_MAX_RETRY_WAIT"):
-        client.list_page(0, 10)
+        client.fetch_list_page(0, 10)
     assert len(seen) == 1 and clock.slept == []
 
 
@@ -216,14 +216,14 @@ def test_get_artwork_404_is_none() -> None:
 def test_persisted_deadline_is_honoured_before_the_first_request() -> None:
     client, clock, _ = client_for(lambda r: json_response(200, []))
     client.wait_until(T0 + timedelta(seconds=42))
-    client.list_page(0, 10)
+    client.fetch_list_page(0, 10)
     assert sum(clock.slept) >= 42.0
 
 
 def test_pacing_keeps_under_the_configured_rate() -> None:
     client, clock, _seen = client_for(lambda r: json_response(200, []), max_requests_per_second=4.0)
     for _ in range(9):
-        client.list_page(0, 10)
+        client.fetch_list_page(0, 10)
     assert clock.now - 1000.0 >= 2.0 - 1e-9  # 9 requests at 4/s span at least 2 s
 
 

@@ -127,10 +127,6 @@ class ApiClient:
 
     # ------------------------------------------------------------ endpoints
 
-    def list_page(self, skip: int, limit: int) -> list[Any]:
-        """One page of the list: every element as received (objects or not)."""
-        return self.fetch_list_page(skip, limit).items
-
     def fetch_list_page(self, skip: int, limit: int) -> ListPage:
         """One page of the list, with the body it was parsed from."""
         page = self._request("/v1/artworks", {"skip": skip, "limit": limit}, expect="array")

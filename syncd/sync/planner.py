@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from syncd.recordkeys import from_utc_text
 
 
 class ListOrder(StrEnum):
@@ -109,7 +111,7 @@ class StreamState:
         values["phase"] = Phase(values["phase"])
         for name, value in values.items():
             if name.endswith(("_at", "_until")) and isinstance(value, str):
-                values[name] = datetime.fromisoformat(value).astimezone(UTC)
+                values[name] = from_utc_text(value)
         return cls(**values)
 
     def to_row(self) -> dict[str, Any]:
