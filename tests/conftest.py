@@ -148,6 +148,21 @@ def run_syncd(
     )
 
 
+def start_syncd(
+    args: list[str], env: dict[str, str], cwd: Path, *, new_session: bool = False
+) -> subprocess.Popen[str]:
+    """The real CLI in the background; stderr is kept for the test to read."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "syncd", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=new_session,
+    )
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from syncd import db, store
 from syncd.errors import DatabaseError
 from syncd.fakeapi.server import FakeServer, Faults
 from syncd.records import classify_page
-from tests.conftest import run_syncd, syncd_env, wait_for
+from tests.conftest import run_syncd, start_syncd, syncd_env, wait_for
 from tests.test_records import NOW, txt2img, upscaling
 
 
@@ -165,14 +164,7 @@ def test_postgres_restart_mid_run_fails_cleanly_and_the_next_run_completes(
         pytest.skip("needs a local PostgreSQL cluster managed by pg_ctlcluster")
     server = fake_api(4000, faults=Faults(slow=1.0, delay=0.05), malformed_fraction=0)
     env = syncd_env(server.url, postgres_url, page_size="100")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "run-once"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_syncd(["run-once"], env, tmp_path)
     watcher = db.create_db_engine(postgres_url)
     try:
 

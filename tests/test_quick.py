@@ -200,6 +200,16 @@ def test_the_cli_no_op_is_one_request_and_reports_like_the_engine(
     assert "  unchanged              50\n" in result.stdout
 
 
+def test_full_runs_never_take_the_quick_path(fake_api: Callable[..., FakeServer], tmp_path: Path) -> None:
+    server, path = backfilled(fake_api, tmp_path)
+    server.api.reset_stats()
+    env = syncd_env(server.url, f"sqlite:///{path}", page_size="50")
+    result = run_syncd(["run-once", "--full"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "syncd full run 2: success" in result.stdout
+    assert server.api.stats.list_requests >= 230 // 49  # the whole list, not one page
+
+
 def test_broken_answers_hand_over_and_the_engine_completes(
     fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:

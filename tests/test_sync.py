@@ -17,7 +17,7 @@ from syncd import db, store
 from syncd.app import run_once
 from syncd.fakeapi.server import FakeServer, Faults
 from syncd.summary import RunSummary
-from tests.conftest import make_settings, syncd_env, wait_for
+from tests.conftest import make_settings, start_syncd, syncd_env, wait_for
 
 L = 100
 
@@ -185,13 +185,7 @@ def test_sigkill_mid_backfill_then_resume(
     total = 3000
     server = clean(total, order, slow=1.0, delay=0.05)
     env = syncd_env(server.url, db_url, page_size=str(L))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "run-once"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_syncd(["run-once"], env, tmp_path)
 
     def cursor() -> int:
         with engine.connect() as conn:
@@ -202,7 +196,7 @@ def test_sigkill_mid_backfill_then_resume(
         wait_for(lambda: cursor() >= 8 * L, 60, "eight committed pages")
     finally:
         os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        process.communicate()
     committed_at = cursor()
     assert 0 < committed_at < total
     uncommitted_pages = math.ceil((total - committed_at) / L)

@@ -24,7 +24,7 @@ from syncd.recordkeys import content_hash
 from syncd.records import PageResult, classify_page
 from syncd.sync import validation
 from syncd.sync.validation import HelperMode, PageValidator
-from tests.conftest import syncd_env, wait_for
+from tests.conftest import start_syncd, syncd_env, wait_for
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -164,15 +164,8 @@ def test_sigterm_to_the_whole_group_stops_syncd_and_its_helper_cleanly(
     server = fake_api(3000, faults=Faults(slow=1.0, delay=0.03), malformed_fraction=0)
     database = tmp_path / "syncd.db"
     env = syncd_env(server.url, f"sqlite:///{database}", page_size="100", validation_process="on")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "run-once"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, like a service's cgroup
-    )
+    # Its own process group, like a service's cgroup.
+    process = start_syncd(["run-once"], env, tmp_path, new_session=True)
 
     def helper_pids() -> list[int]:
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
