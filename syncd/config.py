@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from syncd.errors import ConfigError
 
 SYSTEM_CONFIG_PATH = Path("/etc/syncd/syncd.toml")
-_SQLITE_URL = re.compile(r"^sqlite(\+pysqlite)?://")
+_SQLITE_URL = re.compile(r"^sqlite(\+pysqlite)?://(/|$)")
 DEFAULT_DATABASE_URL = "sqlite:///syncd.db"
 
 
@@ -104,10 +104,15 @@ def _parse_api_url(raw: object) -> str:
 
 def _parse_database_url(raw: object) -> str:
     text = _parse_str(raw).strip()
-    if _SQLITE_URL.match(text):
-        # SQLite URLs need no driver check; loading SQLAlchemy here (~0.1 s)
-        # would cost a no-op run (syncd.quick) most of its time.
-        return text
+    if text.startswith("sqlite"):
+        # Checked here without SQLAlchemy: loading it (~0.1 s) would cost a
+        # no-op run (syncd.quick) most of its time.
+        if _SQLITE_URL.match(text):
+            return text
+        raise ValueError(
+            "SQLite URLs are sqlite:///relative/path.db, sqlite:////absolute/path.db "
+            f"or sqlite:// (in memory), got {text!r}"
+        )
     # Imported here: SQLAlchemy is heavy and config must stay cheap to import.
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError

@@ -53,6 +53,7 @@ def test_system_file_is_read_when_present_and_no_config_given(tmp_path: Path) ->
         ({"SYNCD_API_URL": "http://h:99999"}, "SYNCD_API_URL: has an invalid port"),
         ({"SYNCD_DATABASE_URL": "nonsense"}, "SYNCD_DATABASE_URL: expected a SQLAlchemy URL"),
         ({"SYNCD_DATABASE_URL": "mysql://x/y"}, "SYNCD_DATABASE_URL: only sqlite and postgresql"),
+        ({"SYNCD_DATABASE_URL": "sqlite://host/x.db"}, "SYNCD_DATABASE_URL: SQLite URLs are sqlite:///"),
         ({"SYNCD_MAX_REQUESTS_PER_SECOND": "0"}, "SYNCD_MAX_REQUESTS_PER_SECOND: must be a number > 0"),
         ({"SYNCD_LOG_FORMAT": "xml"}, "SYNCD_LOG_FORMAT: must be one of text, json"),
         (
