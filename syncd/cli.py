@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
@@ -25,6 +25,7 @@ import orjson
 from syncd import __version__
 from syncd.config import Settings, load_settings
 from syncd.errors import ExitCode, SyncdError
+from syncd.signals import install_stop_signals
 
 F = TypeVar("F", bound=Callable[..., Any])
 STALE_EXIT = 8
@@ -200,16 +201,12 @@ def _exit_on_signals() -> None:
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
-    """First SIGINT/SIGTERM: finish or roll back the page in flight, then stop."""
+    """First SIGINT/SIGTERM: finish or roll back the page in flight, then stop; a second: at once."""
 
-    def handler(signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            raise SystemExit(int(ExitCode.INTERRUPTED))  # second signal: at once
-        stop.set()
-        log.warning("%s received: stopping after the page in flight", signal.Signals(signum).name)
+    def at_once(_signum: int) -> NoReturn:
+        raise SystemExit(int(ExitCode.INTERRUPTED))
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    install_stop_signals(stop, "%s received: stopping after the page in flight", second=at_once)
 
 
 # ---------------------------------------------------------------- daemon

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import NoReturn
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -38,6 +37,7 @@ from syncd.config import Settings
 from syncd.errors import ExitCode, Interrupted, LockHeldError, SchemaError, SyncdError
 from syncd.metrics import Metrics
 from syncd.notify import notify, watchdog_interval
+from syncd.signals import install_stop_signals
 from syncd.summary import STREAM
 
 log = logging.getLogger("syncd.daemon")
@@ -199,12 +199,8 @@ def _clock() -> str:
 def install_signal_handlers(stop: threading.Event) -> None:
     """First SIGTERM/SIGINT: graceful stop. Second: exit at once."""
 
-    def handler(signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            log.warning("%s again: exiting now", signal.Signals(signum).name)
-            os._exit(int(ExitCode.INTERRUPTED))
-        log.info("%s received: stopping", signal.Signals(signum).name)
-        stop.set()
+    def at_once(_signum: int) -> NoReturn:
+        os.write(2, b"syncd: second stop signal: exiting now\n")  # no logging: its locks
+        os._exit(int(ExitCode.INTERRUPTED))
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    install_stop_signals(stop, "%s received: stopping", second=at_once)
