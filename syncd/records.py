@@ -26,12 +26,10 @@ Rules (documented in docs/schema.md, "What syncd accepts"):
 from __future__ import annotations
 
 import hashlib
-import marshal
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
@@ -50,10 +48,17 @@ from pydantic import (
 
 from syncd.recordkeys import (
     KNOWN_TYPES,
-    TERMINAL_STATUSES,
     content_hash,
     parse_created_at,
     utc_text,
+)
+from syncd.rows import (
+    PARAMETER_COLUMNS,
+    PARAMETER_TABLE_OF,
+    ArtworkRows,
+    PageResult,
+    Rejection,
+    Unparseable,
 )
 
 MAX_PIXELS = 1_478_656
@@ -152,92 +157,13 @@ _ARTWORK = TypeAdapter[Txt2ImgArtwork | UpscalingArtwork | OtherArtwork](Artwork
 # --------------------------------------------------------------------------- rows
 
 
-PARAMETER_TABLE_OF = {"txt2img": "txt2img_parameters", "upscaling": "upscaling_parameters"}
-# Columns of the parameter tables, in the order of ArtworkRows.parameters: the
-# models' field names are the columns' names (a test holds them to the schema).
-PARAMETER_COLUMNS: dict[str, tuple[str, ...]] = {
-    "txt2img_parameters": ("artwork_id", *Txt2ImgParameters.model_fields),
-    "upscaling_parameters": ("artwork_id", *UpscalingParameters.model_fields),
-}
-
-
-class ArtworkRows(NamedTuple):
-    """Everything one valid record writes, as plain values.
-
-    Plain strings, numbers and tuples: the rows go to the driver as they are,
-    and a page of them crosses to or from a helper process cheaply.
-    """
-
-    id: str
-    artwork_type: str
-    status: str
-    duration: float | None
-    created_at: str  # UTC, in the stored text form: 2024-07-29T15:51:28.071000Z
-    content_hash: str
-    raw_json: str  # the record as received, serialised once
-    parameters_table: str | None
-    parameters: tuple[Any, ...] | None  # in PARAMETER_COLUMNS[parameters_table] order
-    results: tuple[tuple[str, int, str], ...]  # (artwork_id, position, url)
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-    def parameters_by_column(self) -> dict[str, Any] | None:
-        if self.parameters_table is None or self.parameters is None:
-            return None
-        return dict(zip(PARAMETER_COLUMNS[self.parameters_table], self.parameters, strict=True))
-
-
-@dataclass(frozen=True, slots=True)
-class Unparseable:
-    """A list element the JSON parser refused on its own (kept as text)."""
-
-    text: str
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """A value that failed validation, with the reason and the payload as received."""
-
-    reason: str
-    payload: str
-    payload_hash: str
-    artwork_id: str | None
-
-
-@dataclass
-class PageResult:
-    rows: list[ArtworkRows] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
-    unchanged_ids: list[str] = field(default_factory=list)  # stored with this very content
-    duplicates: int = 0
-    unknown_types: int = 0
-
-    def to_wire(self) -> bytes:
-        """The page as bytes for another process: marshal of plain tuples (several
-        times cheaper to load than pickled objects)."""
-        return marshal.dumps(
-            (
-                [tuple(rows) for rows in self.rows],
-                [(r.reason, r.payload, r.payload_hash, r.artwork_id) for r in self.rejected],
-                self.unchanged_ids,
-                self.duplicates,
-                self.unknown_types,
-            )
-        )
-
-    @classmethod
-    def from_wire(cls, data: bytes) -> PageResult:
-        rows, rejected, unchanged_ids, duplicates, unknown_types = marshal.loads(data)  # noqa: S302
-        return cls(
-            [ArtworkRows._make(values) for values in rows],
-            [Rejection(*values) for values in rejected],
-            unchanged_ids,
-            duplicates,
-            unknown_types,
-        )
+# The rows' parameter columns are the models' fields, in order.
+for _model, _table in (
+    (Txt2ImgParameters, "txt2img_parameters"),
+    (UpscalingParameters, "upscaling_parameters"),
+):
+    if PARAMETER_COLUMNS[_table] != ("artwork_id", *_model.model_fields):
+        raise RuntimeError(f"syncd.rows.PARAMETER_COLUMNS[{_table!r}] does not match {_model.__name__}")
 
 
 def to_rows(

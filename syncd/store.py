@@ -27,7 +27,7 @@ from syncd.models import (
     UpscalingParameters,
 )
 from syncd.recordkeys import TERMINAL_STATUSES, utc_text
-from syncd.records import PARAMETER_COLUMNS, ArtworkRows, Rejection
+from syncd.rows import PARAMETER_COLUMNS, ArtworkRows, Rejection
 from syncd.summary import Counts
 from syncd.sync.planner import StreamState
 

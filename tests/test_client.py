@@ -16,7 +16,7 @@ from syncd.api.body import BrokenBody, parse_array, split_top_level_array
 from syncd.api.client import ApiClient, ClientOptions
 from syncd.config import Secret
 from syncd.errors import ApiError, AuthError, BadRequestError, RetriesExhaustedError
-from syncd.records import Unparseable
+from syncd.rows import Unparseable
 
 KEY = "sk-test-DO-NOT-LEAK-42"
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

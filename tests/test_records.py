@@ -10,16 +10,8 @@ import orjson
 import pytest
 
 from syncd.recordkeys import content_hash, list_key
-from syncd.records import (
-    MAX_QUARANTINE_PAYLOAD,
-    PARAMETER_COLUMNS,
-    ArtworkRows,
-    PageResult,
-    Rejection,
-    Unparseable,
-    classify,
-    classify_page,
-)
+from syncd.records import MAX_QUARANTINE_PAYLOAD, classify, classify_page
+from syncd.rows import PARAMETER_COLUMNS, ArtworkRows, PageResult, Rejection, Unparseable
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"

@@ -21,7 +21,8 @@ from syncd.api.body import parse_array
 from syncd.fakeapi.data import Dataset
 from syncd.fakeapi.server import FakeServer, Faults
 from syncd.recordkeys import content_hash
-from syncd.records import PageResult, classify_page
+from syncd.records import classify_page
+from syncd.rows import PageResult
 from syncd.sync import validation
 from syncd.sync.validation import HelperMode, PageValidator
 from tests.conftest import start_syncd, syncd_env, wait_for
@@ -107,8 +108,8 @@ def test_a_helper_that_dies_is_replaced_by_validation_here(caplog: pytest.LogCap
     validator = PageValidator(HelperMode.ON)
     try:
         assert validator.validate(body, items, NOW, {}) == expected(body, {})
-        helper = validator._helper
-        assert helper is not None
+        assert validator._helper is not None
+        helper = validator._helper.process
         helper.kill()
         helper.wait()
         with caplog.at_level(logging.WARNING):
@@ -125,8 +126,8 @@ def test_the_helper_ignores_sigterm_and_ends_when_its_input_closes() -> None:
     body = hostile_body()
     items = parse_array(body)
     validator = PageValidator(HelperMode.ON)
-    helper = validator._helper
-    assert helper is not None
+    assert validator._helper is not None
+    helper = validator._helper.process
     try:
         assert validator.validate(body, items, NOW, {}) == expected(body, {})
         helper.send_signal(signal.SIGTERM)  # systemd signals the whole cgroup
@@ -145,7 +146,7 @@ def test_the_helper_ends_when_syncd_is_killed(tmp_path: Path) -> None:
         from syncd.sync.validation import PageValidator
         validator = PageValidator("on")
         validator.validate(b"[]", [], datetime.now(UTC), {})
-        print(validator._helper.pid, flush=True)
+        print(validator._helper.process.pid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from syncd.records import Unparseable
+from syncd.rows import Unparseable
 
 
 class BrokenBody(Exception):
