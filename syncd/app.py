@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncd import db, store
 from syncd.api.client import ApiClient, ClientOptions, RequestStats
 from syncd.config import Settings
-from syncd.errors import DatabaseError, Interrupted
+from syncd.errors import DatabaseError, Interrupted, database_reason
 from syncd.summary import STREAM, RunSummary
 from syncd.sync.engine import Progress, Syncer
 
@@ -125,6 +125,7 @@ def sync_with(
             stop=stop,
             on_page=on_page,
             validation=settings.validation_process,
+            writes=settings.writer_process,
         )
         try:
             if list_run:
@@ -134,8 +135,7 @@ def sync_with(
                 if refreshed is not None:
                     summaries.append(refreshed)
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-            raise DatabaseError(f"database error during the sync: {reason}") from None
+            raise DatabaseError(f"database error during the sync: {database_reason(exc)}") from None
     for summary in summaries:
         log.info("%s", summary.line())
     return outcome

@@ -25,7 +25,6 @@ import orjson
 from syncd import __version__
 from syncd.config import Settings, load_settings
 from syncd.errors import ExitCode, SyncdError
-from syncd.signals import install_stop_signals
 
 F = TypeVar("F", bound=Callable[..., Any])
 STALE_EXIT = 8
@@ -119,6 +118,7 @@ def run_once_command(
     settings.require_api()
     summaries = []
     quick = None
+    _prestart_helpers(settings, full=full)
     if not full:
         from syncd.quick import try_quick_run
 
@@ -147,6 +147,28 @@ def run_once_command(
         summaries.insert(0, quick.summary)
     for summary in summaries:
         click.echo(_summary_screen(summary))
+
+
+def _prestart_helpers(settings: Settings, *, full: bool) -> None:
+    """A long run into an SQLite file starts its helper processes before syncd's
+    own imports and schema work, on the CPU that is idle meanwhile."""
+    from syncd.quick import long_run_likely
+
+    if not long_run_likely(settings, full=full):
+        return
+    from syncd.sync.helper import available_cpus, prestart
+
+    if available_cpus() < 2:
+        return
+    modules = [
+        module
+        for module, mode in (
+            ("syncd.sync.writing", settings.writer_process),
+            ("syncd.sync.validation", settings.validation_process),
+        )
+        if mode != "off"
+    ]
+    prestart(*modules)
 
 
 def _summary_screen(summary: Any) -> str:
@@ -202,6 +224,8 @@ def _exit_on_signals() -> None:
 
 def _stop_on_signals(stop: threading.Event) -> None:
     """First SIGINT/SIGTERM: finish or roll back the page in flight, then stop; a second: at once."""
+
+    from syncd.signals import install_stop_signals
 
     def at_once(_signum: int) -> NoReturn:
         raise SystemExit(int(ExitCode.INTERRUPTED))

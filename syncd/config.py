@@ -203,6 +203,12 @@ SPECS: tuple[Spec, ...] = (
         "auto",
         "validate long runs in a helper process: auto (SQLite, 2+ CPUs), on, off",
     ),
+    Spec(
+        "writer_process",
+        _parse_choice("auto", "on", "off"),
+        "auto",
+        "write long runs from a helper process: auto (SQLite, 2+ CPUs), on, off",
+    ),
 )
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
 
@@ -225,6 +231,7 @@ class Settings:
     log_level: str = "info"
     metrics_port: int | None = None
     validation_process: str = "auto"
+    writer_process: str = "auto"
     # Where each setting came from, for messages ("SYNCD_API_KEY", "--page-size", ...).
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 

@@ -119,3 +119,10 @@ class Interrupted(SyncdError):
     """A signal asked the run to stop; committed pages stay."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+def database_reason(exc: BaseException) -> str:
+    """The first line of what the database driver said, for a DatabaseError message."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return (lines[0] if lines else type(cause).__name__)[:300]

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from syncd import __version__
 from syncd.models import (
@@ -98,28 +99,27 @@ def _driver_insert(
 _REWRITE_COLUMNS = ("artwork_type", "status", "duration", "created_at", "content_hash", "raw")
 
 
-def write_artworks(conn: Connection, batch: Sequence[ArtworkRows], now: datetime) -> Counts:
-    """Insert new artworks, rewrite changed ones, touch unchanged ones."""
+def write_artworks(
+    conn: Connection, batch: Sequence[ArtworkRows], now: datetime, *, assume_new: bool = False
+) -> Counts:
+    """Insert new artworks, rewrite changed ones, touch unchanged ones.
+
+    ``assume_new``: the caller expects none of them to be stored (a first
+    backfill). On SQLite they are then inserted without looking them up first;
+    if one is stored after all, the rest is decided as usual.
+    """
     counts = Counts()
     if not batch:
         return counts
+    seen = utc_text(now)
+    if assume_new and conn.dialect.name == "sqlite":
+        return _insert_assumed_new(conn, batch, now)
     stored = stored_hashes(conn, [rows.id for rows in batch])
     new = [rows for rows in batch if rows.id not in stored]
     changed = [rows for rows in batch if rows.id in stored and stored[rows.id] != rows.content_hash]
     same = [rows.id for rows in batch if stored.get(rows.id) == rows.content_hash]
 
-    # UTC text on both dialects: SQLite stores it as is (models.UTCDateTime),
-    # PostgreSQL reads it into timestamptz; psycopg adapts text faster than datetimes.
-    seen = utc_text(now)
-    _driver_insert(
-        conn,
-        artworks,
-        ARTWORK_COLUMNS,
-        [
-            (r.id, r.artwork_type, r.status, r.duration, r.created_at, seen, seen, seen, None, r.content_hash, r.raw_json)
-            for r in new
-        ],
-    )  # fmt: skip
+    _insert_new(conn, new, seen)
     if changed:
         quote = conn.dialect.identifier_preparer.quote
         assignments = ", ".join(f"{quote(c)} = {_placeholders(conn, 1)}" for c in _REWRITE_COLUMNS)
@@ -135,15 +135,58 @@ def write_artworks(conn: Connection, batch: Sequence[ArtworkRows], now: datetime
         for table in (*PARAMETER_TABLES.values(), results_table):
             conn.execute(delete(table).where(table.c.artwork_id.in_(changed_ids)))
     touch_seen(conn, same, now)
+    _insert_children(conn, new + changed)
 
-    written = new + changed
+    counts.inserted, counts.updated, counts.unchanged = len(new), len(changed), len(same)
+    return counts
+
+
+def _insert_assumed_new(conn: Connection, batch: Sequence[ArtworkRows], now: datetime) -> Counts:
+    """Insert without a lookup; on a conflict, decide what the insert did not take.
+
+    The driver's executemany stops at the first row that fails and keeps the
+    rows before it; those are found by rowid (a savepoint instead journals
+    every page it touches, which cost more than the lookups it saves).
+    """
+    last_rowid = conn.exec_driver_sql("SELECT max(rowid) FROM artworks").scalar() or 0
+    try:
+        _insert_new(conn, batch, utc_text(now))
+    except IntegrityError:
+        taken = {
+            artwork_id
+            for (artwork_id,) in conn.exec_driver_sql(
+                "SELECT id FROM artworks WHERE rowid > ?", (last_rowid,)
+            ).fetchall()
+        }
+        inserted = [rows for rows in batch if rows.id in taken]
+        _insert_children(conn, inserted)
+        counts = write_artworks(conn, [rows for rows in batch if rows.id not in taken], now)
+        counts.inserted += len(inserted)
+        return counts
+    _insert_children(conn, batch)
+    return Counts(inserted=len(batch))
+
+
+def _insert_new(conn: Connection, new: Sequence[ArtworkRows], seen: str) -> None:
+    # UTC text on both dialects: SQLite stores it as is (models.UTCDateTime),
+    # PostgreSQL reads it into timestamptz; psycopg adapts text faster than datetimes.
+    _driver_insert(
+        conn,
+        artworks,
+        ARTWORK_COLUMNS,
+        [
+            (r.id, r.artwork_type, r.status, r.duration, r.created_at, seen, seen, seen, None, r.content_hash, r.raw_json)
+            for r in new
+        ],
+    )  # fmt: skip
+
+
+def _insert_children(conn: Connection, written: Sequence[ArtworkRows]) -> None:
+    """The parameter and result rows of artworks just inserted or rewritten."""
     for name, table in PARAMETER_TABLES.items():
         params = [r.parameters for r in written if r.parameters_table == name and r.parameters is not None]
         _driver_insert(conn, table, PARAMETER_COLUMNS[name], params)
     _driver_insert(conn, results_table, RESULT_COLUMNS, [row for rows in written for row in rows.results])
-
-    counts.inserted, counts.updated, counts.unchanged = len(new), len(changed), len(same)
-    return counts
 
 
 def stored_hashes(conn: Connection, ids: Sequence[str]) -> dict[str, str]:

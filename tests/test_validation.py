@@ -158,13 +158,15 @@ def test_the_helper_ends_when_syncd_is_killed(tmp_path: Path) -> None:
     wait_for(lambda: not alive(helper_pid), 10, "the orphaned helper to exit")
 
 
-def test_sigterm_to_the_whole_group_stops_syncd_and_its_helper_cleanly(
+def test_sigterm_to_the_whole_group_stops_syncd_and_its_helpers_cleanly(
     fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
     """As systemd stops a service: SIGTERM to every process of the group at once."""
     server = fake_api(3000, faults=Faults(slow=1.0, delay=0.03), malformed_fraction=0)
     database = tmp_path / "syncd.db"
-    env = syncd_env(server.url, f"sqlite:///{database}", page_size="100", validation_process="on")
+    env = syncd_env(
+        server.url, f"sqlite:///{database}", page_size="100", validation_process="on", writer_process="on"
+    )
     # Its own process group, like a service's cgroup.
     process = start_syncd(["run-once"], env, tmp_path, new_session=True)
 
@@ -172,13 +174,13 @@ def test_sigterm_to_the_whole_group_stops_syncd_and_its_helper_cleanly(
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
         return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
-    wait_for(lambda: server.api.stats.list_requests >= 5 and bool(helper_pids()), 60, "a helper at work")
+    wait_for(lambda: server.api.stats.list_requests >= 5 and len(helper_pids()) == 2, 60, "helpers at work")
     helpers = helper_pids()
     os.killpg(process.pid, signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
-    wait_for(lambda: not any(alive(pid) for pid in helpers), 10, "the helper to exit")
+    wait_for(lambda: not any(alive(pid) for pid in helpers), 10, "the helpers to exit")
     engine = db.create_db_engine(f"sqlite:///{database}")
     try:
         with engine.connect() as conn:

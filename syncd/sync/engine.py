@@ -21,17 +21,18 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import Connection, Engine, RootTransaction
+from sqlalchemy import Engine
 
 from syncd import store
 from syncd.api.client import ApiClient
 from syncd.db import writer
 from syncd.errors import ApiError, AuthError, Interrupted, SyncdError
 from syncd.recordkeys import list_key
-from syncd.records import ArtworkRows, PageResult, Rejection, classify
+from syncd.rows import ArtworkRows, Rejection
 from syncd.summary import STREAM, Counts, RunSummary
-from syncd.sync.planner import Item, Mode, Planner, Request, StreamState
-from syncd.sync.validation import HelperMode, PageValidator
+from syncd.sync.planner import Item, Mode, Planner, Request
+from syncd.sync.validation import HelperMode, PageValidator, ValidatedPage
+from syncd.sync.writing import PageWriter
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ T = TypeVar("T")
 class Fetched(NamedTuple):
     items: list[Any]  # the page's elements as received, for the planner
     now: datetime  # when the page was read
-    validated: Future[PageResult]  # its validation, under way
+    validated: Future[ValidatedPage]  # its validation, under way
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Syncer:
     commit_seconds: float = 1.0
     lock_wait_seconds: float = 0.2  # wait this long for a page before committing
     validation: HelperMode | str = HelperMode.AUTO
+    writes: HelperMode | str = HelperMode.AUTO  # the writer process (syncd.sync.writing)
 
     def __post_init__(self) -> None:
         self._writer = writer(self.engine)
@@ -143,13 +145,18 @@ class Syncer:
     # ------------------------------------------------------------ list
 
     def _fetch(
-        self, request: Request, validator: PageValidator, validation: ThreadPoolExecutor, look_up: bool
+        self,
+        request: Request,
+        validator: PageValidator,
+        validation: ThreadPoolExecutor,
+        look_up: bool,
+        writes: PageWriter,
     ) -> Fetched:
         """Runs in the fetch thread: the page, and its validation under way.
 
         Three stages overlap: this thread fetches page k+2 while page k+1 is
         validated (in the validation thread, or the helper process behind it)
-        and page k is written.
+        and page k is written (in the loop's thread, or the writer process).
         """
         page = self.client.fetch_list_page(request.skip, request.limit)
         now = self.now()
@@ -158,7 +165,10 @@ class Syncer:
             ids = [v["id"] for v in page.items if isinstance(v, dict) and isinstance(v.get("id"), str)]
             with self.engine.connect() as conn:  # a reader: never waits for the writer (WAL)
                 known = store.stored_hashes(conn, ids)
-        validated = validation.submit(validator.validate, page.body, page.items, now, known)
+        # A page bound for the writer process passes through this one unloaded.
+        validated = validation.submit(
+            validator.validate, page.body, page.items, now, known, wire=writes.process_started
+        )
         return Fetched(page.items, now, validated)
 
     def _list_loop(self, planner: Planner, run_id: int, counts: Counts, started: float) -> None:
@@ -167,28 +177,24 @@ class Syncer:
         validation = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-validate")
         validator = PageValidator(self.validation, database_in_process=self.engine.dialect.name == "sqlite")
         # A run into an empty table (a first backfill) has nothing stored to
-        # skip validating: no lookup per page before validation.
+        # skip validating: no lookup per page before validation, nor before writing.
         with self.engine.connect() as reader:
             look_up = store.has_artworks(reader)
+        writes = PageWriter(self.engine, run_id, counts, self.writes, first_backfill=not look_up)
+
+        def fetch(request: Request | None) -> Future[Fetched] | None:
+            if request is None:
+                return None
+            return pool.submit(self._fetch, request, validator, validation, look_up, writes)
+
         request = planner.next_request()
-        pending: Future[Fetched] | None = (
-            pool.submit(self._fetch, request, validator, validation, look_up) if request else None
-        )
-        conn = self._writer.connect()
-        transaction: RootTransaction | None = None  # begun only to write: SQLite's BEGIN IMMEDIATE locks
-        # The planner's state after the last page written: saved once, with
-        # the commit that makes those pages durable.
-        written_state: tuple[StreamState, datetime] | None = None
+        pending = fetch(request)
         last_commit = time.monotonic()
 
         def commit() -> None:
-            nonlocal transaction, last_commit
-            if transaction is not None:
-                assert written_state is not None
-                store.save_state(conn, *written_state)
-                store.update_run(conn, run_id, counts, mode=str(planner.mode))
-                transaction.commit()
-                transaction = None
+            nonlocal last_commit
+            counts.requests = self.client.stats.requests - requests_before
+            writes.commit()
             last_commit = time.monotonic()
 
         try:
@@ -205,18 +211,24 @@ class Syncer:
                 mode = planner.mode
                 request = planner.next_request()
                 # Fetch the next page while this one is validated and written.
-                pending = (
-                    pool.submit(self._fetch, request, validator, validation, look_up) if request else None
-                )
-                if request is not None and counts.pages >= LONG_RUN_PAGES:
+                pending = fetch(request)
+                # A first backfill (nothing stored) that wants a second page is
+                # long enough: its helpers start at once, their imports
+                # overlapping the next requests.
+                if request is not None and (counts.pages >= LONG_RUN_PAGES or not look_up):
                     validator.expect_long_run()
+                    if mode is Mode.BACKFILL:  # inserts; incremental and full runs mostly touch
+                        writes.expect_long_run()
                 page = self._await(validated)
                 # Deletions are marked only after a scan proven to have missed nothing.
                 proven_scan = planner.scan_complete and planner.provably_complete and request is None
-                if transaction is None:
-                    transaction = conn.begin()
-                self._write_page(conn, page, state, proven_scan, run_id, counts, now)
-                written_state = (state, now)
+                writes.write(
+                    page,
+                    state,
+                    now,
+                    run_mode=str(mode),
+                    unlisted_since=state.scan_started_at if proven_scan else None,
+                )
                 counts.requests = self.client.stats.requests - requests_before
                 # Whole pages commit with their cursor; a second's worth of pages
                 # per commit keeps SQLite's commits off the hot path.
@@ -228,25 +240,28 @@ class Syncer:
                         Progress(str(mode), counts.pages, done, counts.requests, time.monotonic() - started)
                     )
             commit()
+            writes.finish()
         except (Interrupted, ApiError):
             # A stop, or a page that could not be fetched: the pages written so
             # far are whole, with their cursor. Keep them.
             commit()
+            writes.finish()
             raise
         except BaseException:
-            if transaction is not None:
-                transaction.rollback()
+            writes.abort()
             raise
         finally:
-            conn.close()
+            writes.close()
             # Never wait here for a request in flight: a stop must not hang on it.
             pool.shutdown(wait=False, cancel_futures=True)
             validation.shutdown(wait=False, cancel_futures=True)
             validator.close()
-            if validator.pages_in_helper:
-                log.debug(
-                    "run %d: %d pages validated in the helper process", run_id, validator.pages_in_helper
-                )
+            log.debug(
+                "run %d: %d pages validated in the helper process, %d written by the writer process",
+                run_id,
+                validator.pages_in_helper,
+                writes.pages_in_writer,
+            )
 
     def _await(self, pending: Future[T]) -> T:
         """The future's result; checks for a stop request while waiting."""
@@ -257,31 +272,11 @@ class Syncer:
             except FutureTimeout:
                 continue
 
-    def _write_page(
-        self,
-        conn: Connection,
-        page: PageResult,
-        state: StreamState,
-        scan_complete: bool,
-        run_id: int,
-        counts: Counts,
-        now: datetime,
-    ) -> None:
-        written = store.write_artworks(conn, page.rows, now)
-        written.unchanged += store.touch_seen(conn, page.unchanged_ids, now)
-        store.quarantine(conn, page.rejected, stream=STREAM, run_id=run_id, now=now)
-        written.pages = 1
-        written.rejected = len(page.rejected)
-        written.unknown_type = page.unknown_types
-        if scan_complete and state.scan_started_at is not None:
-            written.marked_deleted = store.mark_unlisted(conn, state.scan_started_at, now)
-        counts.add(written)
-        for rejection in page.rejected:
-            log.debug("rejected record %s: %s", rejection.artwork_id or "(no id)", rejection.reason)
-
     # ------------------------------------------------------------ refresh
 
     def _refresh_batch(self, ids: list[str], run_id: int, counts: Counts) -> None:
+        from syncd.records import classify  # pydantic: loaded when needed
+
         fetched: list[tuple[str, Any]] = []
         for artwork_id in ids:
             self._check_stop()
