@@ -376,6 +376,16 @@ def main() -> None:
             med["download"] + med["insert_postgres"]
         )
     results["ratios"] = ratios
+    # Each repetition's baselines and syncd ran minutes apart at most: their
+    # ratio shows how much of a difference between runs is the machine's.
+    per_run = [
+        syncd / (download + insert)
+        for syncd, download, insert in zip(
+            timings["syncd_sqlite"], timings["download"], timings["insert_sqlite"], strict=True
+        )
+    ]
+    results["per_repetition_ratio"] = per_run
+    results["runs"] = timings
 
     print(
         f"\nsyncd backfill benchmark: {n:,} artworks, {results['pages']} pages of {size}, median of {args.repeat}; {results['machine']}\n"
@@ -405,6 +415,11 @@ def main() -> None:
     print(f"|{'-' * 42}|{'-' * 9}|")
     for label, value in ratios.items():
         print(f"| {label:<40} | {value:>7.2f} |")
+    print(
+        "\nsyncd / (download + insert), each repetition: "
+        + ", ".join(f"{ratio:.2f}" for ratio in per_run)
+        + f" (median {median(per_run):.2f})"
+    )
     if args.json:
         print(json.dumps(results, indent=2))
 

@@ -118,7 +118,7 @@ def run_once_command(
     settings.require_api()
     summaries = []
     quick = None
-    _prestart_helpers(settings, full=full)
+    _prestart_helpers(settings)
     if not full:
         from syncd.quick import try_quick_run
 
@@ -149,12 +149,12 @@ def run_once_command(
         click.echo(_summary_screen(summary))
 
 
-def _prestart_helpers(settings: Settings, *, full: bool) -> None:
-    """A long run into an SQLite file starts its helper processes before syncd's
-    own imports and schema work, on the CPU that is idle meanwhile."""
-    from syncd.quick import long_run_likely
+def _prestart_helpers(settings: Settings) -> None:
+    """A first backfill into a new SQLite file starts its helper processes
+    before syncd's own imports and schema work, on the CPU idle meanwhile."""
+    from syncd.quick import first_backfill_likely
 
-    if not long_run_likely(settings, full=full):
+    if not first_backfill_likely(settings):
         return
     from syncd.sync.helper import available_cpus, prestart
 

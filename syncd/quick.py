@@ -69,12 +69,11 @@ def sqlite_file(url: str) -> Path | None:
     return None
 
 
-def long_run_likely(settings: Settings, *, full: bool) -> bool:
-    """Whether a run-once into an SQLite file will read many pages: a first
-    backfill into a new file, or a full reconciliation. (Cheap: the no-op
-    run checks it first.)"""
+def first_backfill_likely(settings: Settings) -> bool:
+    """Whether a run-once will backfill into a new SQLite file (cheap: the
+    no-op run checks it first)."""
     path = sqlite_file(settings.database_url)
-    return path is not None and (full or not path.exists())
+    return path is not None and not path.exists()
 
 
 def try_quick_run(settings: Settings, now: datetime | None = None) -> QuickRun | None:

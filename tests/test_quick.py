@@ -18,7 +18,7 @@ from sqlalchemy import select
 from syncd import db, store
 from syncd.app import run_once
 from syncd.fakeapi.server import FakeServer, Faults
-from syncd.quick import QuickRun, http_get, sqlite_file, try_quick_run
+from syncd.quick import QuickRun, first_backfill_likely, http_get, sqlite_file, try_quick_run
 from tests.conftest import make_settings, run_syncd, syncd_env
 
 # Columns a run may move whatever it does: times, and the run's own id.
@@ -296,3 +296,12 @@ def test_a_closed_port_is_none() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     assert get(f"http://127.0.0.1:{port}") is None
+
+
+def test_helpers_start_early_only_for_a_first_backfill_into_a_new_file(tmp_path: Path) -> None:
+    new = tmp_path / "new.db"
+    assert first_backfill_likely(make_settings("http://127.0.0.1:9", f"sqlite:///{new}"))
+    new.touch()  # an existing file: a no-op, an incremental run, or a resumed backfill
+    assert not first_backfill_likely(make_settings("http://127.0.0.1:9", f"sqlite:///{new}"))
+    assert not first_backfill_likely(make_settings("http://127.0.0.1:9", "sqlite://"))
+    assert not first_backfill_likely(make_settings("http://127.0.0.1:9", "postgresql://u@localhost/x"))
