@@ -26,12 +26,13 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
-from syncd.recordkeys import from_utc_text, utc_text
+from syncd.recordkeys import PENDING_REFRESH, from_utc_text, utc_text
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -101,6 +102,13 @@ class Artwork(Base):
         Index(None, "created_at"),
         Index(None, "artwork_type", "status"),
         Index(None, "status"),
+        Index(
+            "ix_artworks_pending_refresh",
+            "created_at",
+            "id",
+            sqlite_where=text(PENDING_REFRESH),
+            postgresql_where=text(PENDING_REFRESH),
+        ),
     )
 
 

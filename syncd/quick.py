@@ -41,7 +41,7 @@ from syncd import SCHEMA_REVISION, __version__
 from syncd.config import Settings
 from syncd.errors import DatabaseError
 from syncd.lockfile import hold_file_lock
-from syncd.recordkeys import KNOWN_TYPES, TERMINAL_STATUSES, content_hash, list_key, utc_text
+from syncd.recordkeys import KNOWN_TYPES, PENDING_REFRESH, content_hash, list_key, utc_text
 from syncd.summary import STREAM, Counts, RunSummary
 from syncd.sync.planner import Item, Mode, Planner, StreamState
 
@@ -244,25 +244,10 @@ def _record(
 
 
 def _refresh_pending(conn: sqlite3.Connection) -> bool:
-    """Whether a stored, listed artwork has a status that is not terminal.
-
-    Walks the few distinct statuses through ix_artworks_status (one index seek
-    each) instead of scanning the table, which took longer than the run.
-    """
-    row = conn.execute("SELECT status FROM artworks ORDER BY status LIMIT 1").fetchone()
-    while row is not None:
-        status = row[0]
-        if (
-            status not in TERMINAL_STATUSES
-            and conn.execute(
-                "SELECT 1 FROM artworks WHERE status = ? AND remote_deleted_at IS NULL LIMIT 1", (status,)
-            ).fetchone()
-        ):
-            return True
-        row = conn.execute(
-            "SELECT status FROM artworks WHERE status > ? ORDER BY status LIMIT 1", (status,)
-        ).fetchone()
-    return False
+    """Whether a stored, listed artwork has a status that is not terminal (one
+    seek in the partial index that holds just those, ix_artworks_pending_refresh)."""
+    query = f"SELECT 1 FROM artworks WHERE {PENDING_REFRESH} LIMIT 1"  # noqa: S608 (our constant)
+    return conn.execute(query).fetchone() is not None
 
 
 def _save_rate_limit(conn: sqlite3.Connection, until: datetime, now: datetime) -> None:

@@ -14,6 +14,13 @@ from typing import Any
 import orjson
 
 TERMINAL_STATUSES = frozenset({"done", "failed", "succeeded", "canceled"})
+# SQL: the artworks the refresh job re-fetches. A partial index (migration
+# 0002) holds just these; every query for them repeats this very text, since
+# SQLite uses a partial index only for a query that repeats its terms.
+PENDING_REFRESH = (
+    f"status NOT IN ({', '.join(repr(status) for status in sorted(TERMINAL_STATUSES))}) "
+    "AND remote_deleted_at IS NULL"
+)
 KNOWN_TYPES = ("txt2img", "upscaling")
 EARLIEST_CREATED_AT = datetime(2020, 1, 1, tzinfo=UTC)
 FUTURE_TOLERANCE = timedelta(days=1)

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -27,7 +27,7 @@ from syncd.models import (
     Txt2ImgParameters,
     UpscalingParameters,
 )
-from syncd.recordkeys import TERMINAL_STATUSES, utc_text
+from syncd.recordkeys import PENDING_REFRESH, utc_text
 from syncd.rows import PARAMETER_COLUMNS, ArtworkRows, Rejection
 from syncd.summary import Counts
 from syncd.sync.planner import StreamState
@@ -253,7 +253,7 @@ def pending_refresh(conn: Connection, limit: int | None = None) -> list[str]:
     """Ids of stored artworks whose status is not terminal, oldest first."""
     query = (
         select(artworks.c.id)
-        .where(artworks.c.status.not_in(sorted(TERMINAL_STATUSES)), artworks.c.remote_deleted_at.is_(None))
+        .where(text(PENDING_REFRESH))  # the partial index's very predicate
         .order_by(artworks.c.created_at, artworks.c.id)
     )
     if limit is not None:

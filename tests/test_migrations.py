@@ -91,3 +91,47 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url: str) -> None:
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_0002_indexes_the_artworks_to_refresh_and_the_queries_use_it(db_url: str) -> None:
+    """A 0001 database with data, upgraded: pending_refresh answers the same,
+    from the partial index (SQLite's plan names it) instead of a table scan."""
+    from datetime import UTC, datetime
+
+    from alembic import command
+
+    from syncd import store
+    from syncd.fakeapi.data import Dataset
+    from syncd.records import classify_page
+
+    engine = db.create_db_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(db.alembic_config(conn), "0001")
+        values = [a.value for a in Dataset(40, seed=4, malformed_fraction=0, pending_fraction=0.3).items]
+        rows = classify_page(values, datetime(2026, 11, 30, tzinfo=UTC)).rows
+        pending = sorted((r.created_at, r.id) for r in rows if not r.is_terminal)
+        assert 0 < len(pending) < len(rows)
+        with db.writer(engine).begin() as conn:
+            store.write_artworks(conn, rows, datetime(2026, 11, 30, tzinfo=UTC))
+        db.upgrade(engine)
+        assert db.schema_version(engine).up_to_date
+        with engine.connect() as conn:
+            assert store.pending_refresh(conn) == [artwork_id for _, artwork_id in pending]
+            assert store.pending_refresh(conn, 2) == [artwork_id for _, artwork_id in pending[:2]]
+            if engine.dialect.name == "sqlite":
+                plan = " ".join(
+                    str(row[-1])
+                    for row in conn.exec_driver_sql(
+                        "EXPLAIN QUERY PLAN SELECT id FROM artworks WHERE "
+                        f"{store.PENDING_REFRESH} ORDER BY created_at, id LIMIT 5"
+                    )
+                )
+                assert "ix_artworks_pending_refresh" in plan, plan
+        with engine.begin() as conn:
+            command.downgrade(db.alembic_config(conn), "0001")
+        assert "ix_artworks_pending_refresh" not in {
+            i["name"] for i in inspect(engine).get_indexes("artworks")
+        }
+    finally:
+        engine.dispose()
