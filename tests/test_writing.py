@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -116,57 +117,50 @@ def count_artworks(engine: Engine) -> int:
         return int(conn.execute(select(func.count()).select_from(store.artworks)).scalar_one())
 
 
+@contextmanager
+def first_page_committed(database: Engine) -> Iterator[tuple[PageWriter, list[PageResult], int]]:
+    """A writer process that has committed the first of three pages: the writer,
+    the pages and the artworks stored. Closed afterwards."""
+    pages = classified(page_values())
+    writer = PageWriter(database, start_run(database), Counts(), HelperMode.ON)
+    try:
+        writer.write(pages[0], state_after(0), NOW, run_mode="backfill")
+        writer.commit(wait=True)
+        yield writer, pages, count_artworks(database)
+    finally:
+        writer.close()
+
+
 def test_a_write_that_fails_in_the_writer_fails_the_run_and_keeps_what_was_committed(
     database: Engine,
 ) -> None:
-    first, second, _ = classified(page_values())
-    writer = PageWriter(database, start_run(database), Counts(), HelperMode.ON)
-    try:
-        writer.write(first, state_after(0), NOW, run_mode="backfill")
-        writer.commit(wait=True)
-        committed = count_artworks(database)
+    with first_page_committed(database) as (writer, pages, committed):
         assert writer.pages_in_writer == 1 and committed > 0
         with database.begin() as conn:  # an operator's mistake, mid-run
             conn.execute(text("DROP TABLE artwork_results"))
-        writer.write(second, state_after(1), NOW, run_mode="backfill")  # its answer: read later
+        writer.write(pages[1], state_after(1), NOW, run_mode="backfill")  # its answer: read later
         with pytest.raises(DatabaseError, match="database error during the sync: no such table"):
             writer.commit(wait=True)
         writer.abort()
-    finally:
-        writer.close()
     assert count_artworks(database) == committed
 
 
 def test_a_writer_killed_mid_run_fails_the_run_and_keeps_what_was_committed(database: Engine) -> None:
-    first, second, third = classified(page_values())
-    writer = PageWriter(database, start_run(database), Counts(), HelperMode.ON)
-    try:
-        writer.write(first, state_after(0), NOW, run_mode="backfill")
-        writer.commit(wait=True)
-        writer.write(second, state_after(1), NOW, run_mode="backfill")
-        committed = count_artworks(database)
+    with first_page_committed(database) as (writer, pages, committed):
+        writer.write(pages[1], state_after(1), NOW, run_mode="backfill")
         process = writer._process
         assert process is not None
         process.process.kill()
         process.process.wait()
         with pytest.raises(DatabaseError, match="writer process ended unexpectedly"):
-            writer.write(third, state_after(2), NOW, run_mode="backfill")
-    finally:
-        writer.close()
+            writer.write(pages[2], state_after(2), NOW, run_mode="backfill")
     assert count_artworks(database) == committed  # the second page was never committed
 
 
 def test_abort_rolls_back_what_the_writer_has_not_committed(database: Engine) -> None:
-    first, second, _ = classified(page_values())
-    writer = PageWriter(database, start_run(database), Counts(), HelperMode.ON)
-    try:
-        writer.write(first, state_after(0), NOW, run_mode="backfill")
-        writer.commit(wait=True)
-        committed = count_artworks(database)
-        writer.write(second, state_after(1), NOW, run_mode="backfill")
+    with first_page_committed(database) as (writer, pages, committed):
+        writer.write(pages[1], state_after(1), NOW, run_mode="backfill")
         writer.abort()
-    finally:
-        writer.close()
     assert count_artworks(database) == committed
     with database.connect() as conn:
         assert conn.execute(select(store.state_table.c.cursor_skip)).scalar_one() == 20

@@ -95,6 +95,55 @@ def _rejection_notes(rejected: list[Rejection]) -> list[tuple[str | None, str]]:
     return [(rejection.artwork_id, rejection.reason) for rejection in rejected]
 
 
+class _Pages:
+    """Pages written on one connection, committed with the planner's state after
+    the last one and the run's counters: syncd's own writes and the writer
+    process's alike."""
+
+    def __init__(self, conn: Connection, run_id: int, counts: Counts, previous_ids: set[str] | None) -> None:
+        self.conn = conn
+        self.run_id = run_id
+        self.counts = counts
+        self.previous_ids = previous_ids  # see write_page
+        self._transaction: RootTransaction | None = None  # begun to write: SQLite's BEGIN IMMEDIATE locks
+        self._state: tuple[StreamState, datetime] | None = None  # after the last page written
+
+    def write(
+        self, page: PageResult, state: StreamState, now: datetime, unlisted_since: datetime | None
+    ) -> Counts:
+        if self._transaction is None:
+            self._transaction = self.conn.begin()
+        written = write_page(
+            self.conn,
+            page,
+            now=now,
+            run_id=self.run_id,
+            unlisted_since=unlisted_since,
+            previous_ids=self.previous_ids,
+        )
+        self.counts.add(written)
+        self._state = (state, now)
+        return written
+
+    def commit(self, run_mode: str) -> None:
+        if self._transaction is None:
+            return
+        assert self._state is not None
+        store.save_state(self.conn, *self._state)
+        store.update_run(self.conn, self.run_id, self.counts, mode=run_mode)
+        transaction, self._transaction = self._transaction, None
+        transaction.commit()
+
+    def rollback(self) -> None:
+        if self._transaction is not None:
+            transaction, self._transaction = self._transaction, None
+            transaction.rollback()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._transaction is not None
+
+
 class PageWriter:
     """Writes one run's pages; used from one thread (the sync loop's).
 
@@ -121,10 +170,7 @@ class PageWriter:
         self.mode = HelperMode(mode)
         self.pages_in_writer = 0
         self._run_mode = ""
-        # Writing here:
-        self._conn: Connection | None = None
-        self._transaction: RootTransaction | None = None  # begun to write: SQLite's BEGIN IMMEDIATE locks
-        self._state: tuple[StreamState, datetime] | None = None  # after the last page written
+        self._here: _Pages | None = None  # writing in this process, until a hand-over
         # Writing in the writer process:
         self._process: HelperProcess | None = None
         self._handed_over = False  # pages now go to the process
@@ -178,10 +224,7 @@ class PageWriter:
             self._close_process()
             return False
         # One writer at a time: what was written here commits first.
-        self._commit_here()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._close_here(commit=True)
         self._handed_over = True
         self._request(("adopt", self.counts, sorted(self._previous_ids or ())))
         return True
@@ -204,22 +247,10 @@ class PageWriter:
             self._request(("page", wire, state, now, unlisted_since))
             self.pages_in_writer += 1
             return
-        if self._conn is None:
-            self._conn = self.engine.connect()
-        if self._transaction is None:
-            self._transaction = self._conn.begin()
+        if self._here is None:
+            self._here = _Pages(self.engine.connect(), self.run_id, self.counts, self._previous_ids)
         loaded = load_page(page)
-        self.counts.add(
-            write_page(
-                self._conn,
-                loaded,
-                now=now,
-                run_id=self.run_id,
-                unlisted_since=unlisted_since,
-                previous_ids=self._previous_ids,
-            )
-        )
-        self._state = (state, now)
+        self._here.write(loaded, state, now, unlisted_since)
         _log_rejections(_rejection_notes(loaded.rejected))
 
     def commit(self, *, wait: bool = False) -> None:
@@ -232,8 +263,8 @@ class PageWriter:
             self._request(("commit", self.counts.requests, self._run_mode))
             if wait:
                 self._receive_answers(keep=0)
-        else:
-            self._commit_here()
+        elif self._here is not None:
+            self._here.commit(self._run_mode)
 
     def finish(self) -> None:
         """Wait until everything sent is done (after ``commit``); raises the writer's failure."""
@@ -244,27 +275,21 @@ class PageWriter:
 
     def abort(self) -> None:
         """Roll back what is not committed."""
-        if self._transaction is not None:
-            transaction, self._transaction = self._transaction, None
-            transaction.rollback()
+        if self._here is not None:
+            self._here.rollback()
         self._close_process()  # its input closes: it rolls back
 
     def close(self) -> None:
-        if self._transaction is not None or self._process is not None:
+        if (self._here is not None and self._here.in_transaction) or self._process is not None:
             self.abort()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._close_here(commit=False)
 
-    def _commit_here(self) -> None:
-        if self._transaction is None:
-            return
-        assert self._conn is not None
-        assert self._state is not None
-        store.save_state(self._conn, *self._state)
-        store.update_run(self._conn, self.run_id, self.counts, mode=self._run_mode)
-        transaction, self._transaction = self._transaction, None
-        transaction.commit()
+    def _close_here(self, *, commit: bool) -> None:
+        here, self._here = self._here, None
+        if here is not None:
+            if commit:
+                here.commit(self._run_mode)
+            here.conn.close()
 
     # ------------------------------------------------------------ talking to the process
 
@@ -326,54 +351,31 @@ class _Writes:
 
     def __init__(self, url: str, run_id: int, first_backfill: bool) -> None:
         self.engine = writer(create_db_engine(url))
-        self.conn = self.engine.connect()
-        self.run_id = run_id
-        self.previous_ids: set[str] | None = set() if first_backfill else None
-        self.counts = Counts()
-        self.transaction: RootTransaction | None = None
-        self.state: tuple[StreamState, datetime] | None = None
+        self.pages = _Pages(self.engine.connect(), run_id, Counts(), set() if first_backfill else None)
 
     def handle(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
         kind = message[0]
         if kind == "adopt":  # the run so far, from syncd's own writes
-            _, self.counts, previous_ids = message
-            if self.previous_ids is not None:
-                self.previous_ids = set(previous_ids)
+            _, self.pages.counts, previous_ids = message
+            if self.pages.previous_ids is not None:
+                self.pages.previous_ids = set(previous_ids)
             return ("ok",)
         if kind == "page":
             _, wire, state, now, unlisted_since = message
             page = PageResult.from_wire(wire)
-            if self.transaction is None:
-                self.transaction = self.conn.begin()
-            written = write_page(
-                self.conn,
-                page,
-                now=now,
-                run_id=self.run_id,
-                unlisted_since=unlisted_since,
-                previous_ids=self.previous_ids,
-            )
-            self.counts.add(written)
-            self.state = (state, now)
+            written = self.pages.write(page, state, now, unlisted_since)
             return ("page", written, _rejection_notes(page.rejected))
         if kind == "commit":
-            _, requests, run_mode = message
-            if self.transaction is not None:
-                assert self.state is not None
-                self.counts.requests = requests
-                store.save_state(self.conn, *self.state)
-                store.update_run(self.conn, self.run_id, self.counts, mode=run_mode)
-                transaction, self.transaction = self.transaction, None
-                transaction.commit()
+            _, self.pages.counts.requests, run_mode = message
+            self.pages.commit(run_mode)
             return ("committed",)
         if kind == "close":
             return ("closed",)
         raise ValueError(f"unknown message {kind!r}")
 
     def close(self) -> None:
-        if self.transaction is not None:
-            self.transaction.rollback()
-        self.conn.close()
+        self.pages.rollback()
+        self.pages.conn.close()
         self.engine.dispose()
 
 
