@@ -7,16 +7,15 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd import db, store
+from syncd import db
 from syncd.api.client import ApiClient, ClientOptions, RequestStats
 from syncd.config import Settings
 from syncd.errors import DatabaseError, Interrupted, database_reason
-from syncd.summary import STREAM, RunSummary
+from syncd.state import RunSummary
 from syncd.sync.engine import Progress, Syncer
 
 log = logging.getLogger("syncd")
@@ -51,18 +50,8 @@ def interruptible_sleep(stop: threading.Event) -> Callable[[float], None]:
     return sleep
 
 
-def make_client(settings: Settings, engine: Engine, stop: threading.Event | None = None) -> ApiClient:
+def make_client(settings: Settings, stop: threading.Event | None = None) -> ApiClient:
     url, key = settings.require_api()
-
-    def remember_rate_limit(until: datetime) -> None:
-        # Persisted so a restarted process still waits the window out.
-        try:
-            with db.writer(engine).begin() as conn:
-                store.save_rate_limit(conn, STREAM, until, datetime.now(UTC))
-        except SQLAlchemyError:
-            log.warning("could not record the rate-limit deadline in sync_state")
-        log.warning("rate limited by the API until %s", until.isoformat(timespec="seconds"))
-
     return ApiClient(
         url,
         key,
@@ -74,7 +63,6 @@ def make_client(settings: Settings, engine: Engine, stop: threading.Event | None
             max_retry_wait=settings.max_retry_wait,
             max_requests_per_second=settings.max_requests_per_second,
         ),
-        on_rate_limited=remember_rate_limit,
         sleep=interruptible_sleep(stop or threading.Event()),
     )
 
@@ -116,17 +104,9 @@ def sync_with(
     outcome = SyncOutcome()
     summaries = outcome.summaries
     stop = stop or threading.Event()
-    with make_client(settings, engine, stop) as client:
+    with make_client(settings, stop) as client:
         outcome.http = client.stats
-        syncer = Syncer(
-            engine,
-            client,
-            settings.page_size,
-            stop=stop,
-            on_page=on_page,
-            validation=settings.validation_process,
-            writes=settings.writer_process,
-        )
+        syncer = Syncer(engine, client, settings.page_size, stop=stop, on_page=on_page)
         try:
             if list_run:
                 summaries.append(syncer.sync(full=full))

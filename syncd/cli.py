@@ -17,14 +17,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 import orjson
 
 from syncd import __version__
 from syncd.config import Settings, load_settings
-from syncd.errors import ExitCode, SyncdError
+from syncd.errors import SyncdError
+from syncd.signals import install_stop_signals
 
 F = TypeVar("F", bound=Callable[..., Any])
 STALE_EXIT = 8
@@ -66,6 +67,8 @@ def _settings(kwargs: dict[str, Any]) -> Settings:
     settings = load_settings(config_path=config_path, overrides=overrides)
     secrets = [settings.api_key.reveal()] if settings.api_key else []
     setup_logging(settings.log_level, settings.log_format, secrets)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
     return settings
 
 
@@ -114,61 +117,21 @@ def run_once_command(
     Example:
       SYNCD_API_URL=https://api.tengr.ai SYNCD_API_KEY_FILE=key.txt syncd run-once
     """
+    from syncd.app import run_once
+
     settings = _settings(kwargs)
     settings.require_api()
-    summaries = []
-    quick = None
-    _prestart_helpers(settings)
-    if not full:
-        from syncd.quick import try_quick_run
-
-        # A no-op run needs no engine (see syncd.quick). It holds nothing worth
-        # an orderly stop: a signal ends it at once (its one write is atomic).
-        _exit_on_signals()
-        quick = try_quick_run(settings)
-    if quick is None or (quick.refresh_pending and not no_refresh):
-        from syncd.app import run_once
-
-        stop = threading.Event()
-        _stop_on_signals(stop)
-        reporter = ProgressReporter(sys.stderr.isatty() if progress is None else progress)
+    stop = threading.Event()
+    install_stop_signals(stop, "%s received: stopping after the page in flight")
+    reporter = ProgressReporter(sys.stderr.isatty() if progress is None else progress)
+    try:
         outcome = run_once(
-            settings,
-            full=full,
-            list_run=quick is None,
-            migrate=not no_migrate,
-            refresh=not no_refresh,
-            stop=stop,
-            on_page=reporter,
+            settings, full=full, migrate=not no_migrate, refresh=not no_refresh, stop=stop, on_page=reporter
         )
+    finally:
         reporter.close()
-        summaries = outcome.summaries
-    if quick is not None:
-        summaries.insert(0, quick.summary)
-    for summary in summaries:
+    for summary in outcome.summaries:
         click.echo(_summary_screen(summary))
-
-
-def _prestart_helpers(settings: Settings) -> None:
-    """A first backfill into a new SQLite file starts its helper processes
-    before syncd's own imports and schema work, on the CPU idle meanwhile."""
-    from syncd.quick import first_backfill_likely
-
-    if not first_backfill_likely(settings):
-        return
-    from syncd.sync.helper import available_cpus, prestart
-
-    if available_cpus() < 2:
-        return
-    modules = [
-        module
-        for module, mode in (
-            ("syncd.sync.writing", settings.writer_process),
-            ("syncd.sync.validation", settings.validation_process),
-        )
-        if mode != "off"
-    ]
-    prestart(*modules)
 
 
 def _summary_screen(summary: Any) -> str:
@@ -214,25 +177,6 @@ class ProgressReporter:
             sys.stderr.flush()
 
 
-def _exit_on_signals() -> None:
-    def handler(signum: int, _frame: Any) -> None:
-        raise SystemExit(int(ExitCode.INTERRUPTED))
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    """First SIGINT/SIGTERM: finish or roll back the page in flight, then stop; a second: at once."""
-
-    from syncd.signals import install_stop_signals
-
-    def at_once(_signum: int) -> NoReturn:
-        raise SystemExit(int(ExitCode.INTERRUPTED))
-
-    install_stop_signals(stop, "%s received: stopping after the page in flight", second=at_once)
-
-
 # ---------------------------------------------------------------- daemon
 
 
@@ -254,11 +198,11 @@ def daemon_command(**kwargs: Any) -> None:
     Example:
       SYNCD_API_URL=https://api.tengr.ai SYNCD_API_KEY_FILE=key syncd daemon --interval 300
     """
-    from syncd.scheduler import Daemon, install_signal_handlers
+    from syncd.scheduler import Daemon
 
     settings = _settings(kwargs)
     stop = threading.Event()
-    install_signal_handlers(stop)
+    install_stop_signals(stop, "%s received: stopping")
     sys.exit(Daemon(settings, stop).run())
 
 

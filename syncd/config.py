@@ -8,9 +8,9 @@ wrong. The API key is wrapped in ``Secret`` so it cannot leak through a repr.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 from syncd.errors import ConfigError
 
 SYSTEM_CONFIG_PATH = Path("/etc/syncd/syncd.toml")
-_SQLITE_URL = re.compile(r"^sqlite(\+pysqlite)?://(/|$)")
+# SYNCD_* variables of syncd's own tests and benchmark, not settings.
+DEVELOPER_VARIABLES = ("test_", "bench_", "require_postgres")
 DEFAULT_DATABASE_URL = "sqlite:///syncd.db"
 
 
@@ -103,33 +104,30 @@ def _parse_api_url(raw: object) -> str:
 
 
 def _parse_database_url(raw: object) -> str:
-    text = _parse_str(raw).strip()
-    if text.startswith("sqlite"):
-        # Checked here without SQLAlchemy: loading it (~0.1 s) would cost a
-        # no-op run (syncd.quick) most of its time.
-        if _SQLITE_URL.match(text):
-            return text
-        raise ValueError(
-            "SQLite URLs are sqlite:///relative/path.db, sqlite:////absolute/path.db "
-            f"or sqlite:// (in memory), got {text!r}"
-        )
-    # Imported here: SQLAlchemy is heavy and config must stay cheap to import.
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    text = _parse_str(raw).strip()
     try:
         url = make_url(text)
     except ArgumentError:
         raise ValueError(
-            "expected a SQLAlchemy URL such as sqlite:///syncd.db or postgresql+psycopg://user@host/db"
+            "expected a SQLAlchemy URL such as sqlite:///syncd.db or postgresql://user@host/db"
         ) from None
-    if url.get_backend_name() not in ("sqlite", "postgresql"):
-        raise ValueError(f"only sqlite and postgresql are supported, got {url.get_backend_name()!r}")
-    if url.get_backend_name() == "postgresql":
-        if url.drivername not in ("postgresql", "postgres", "postgresql+psycopg"):
-            raise ValueError(f"syncd uses psycopg 3: write postgresql://..., not {url.drivername}://...")
-        if importlib.util.find_spec("psycopg") is None:
-            raise ValueError("PostgreSQL needs the postgres extra: pip install 'syncd[postgres]'")
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if url.drivername not in ("sqlite", "sqlite+pysqlite") or url.host:
+            raise ValueError(
+                "SQLite URLs are sqlite:///relative/path.db, sqlite:////absolute/path.db "
+                f"or sqlite:// (in memory), got {text!r}"
+            )
+        return text
+    if backend not in ("postgresql", "postgres"):  # postgres://: Heroku, Docker and libpq style
+        raise ValueError(f"only sqlite and postgresql are supported, got {backend!r}")
+    if url.drivername not in ("postgresql", "postgres", "postgresql+psycopg"):
+        raise ValueError(f"syncd uses psycopg 3: write postgresql://..., not {url.drivername}://...")
+    if importlib.util.find_spec("psycopg") is None:
+        raise ValueError("PostgreSQL needs the postgres extra: pip install 'syncd[postgres]'")
     return text
 
 
@@ -197,20 +195,23 @@ SPECS: tuple[Spec, ...] = (
         "log level",
     ),
     Spec("metrics_port", _parse_optional_port, None, "Prometheus metrics port (off when unset)"),
-    Spec(
-        "validation_process",
-        _parse_choice("auto", "on", "off"),
-        "auto",
-        "validate long runs in a helper process: auto (SQLite, 2+ CPUs), on, off",
-    ),
-    Spec(
-        "writer_process",
-        _parse_choice("auto", "on", "off"),
-        "auto",
-        "write long runs from a helper process: auto (SQLite, 2+ CPUs), on, off",
-    ),
 )
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
+# Settings that existed once: still accepted, with a warning, so that an
+# upgrade never stops a service over a line in its configuration.
+RETIRED = {
+    "validation_process": "helper processes were removed: syncd is one process",
+    "writer_process": "helper processes were removed: syncd is one process",
+}
+
+
+def _unknown_setting(name: str, where: str, spelled: Callable[[str], str]) -> str:
+    """The warning for a setting syncd does not know, with the closest it does."""
+    if name in RETIRED:
+        return f"{where}: {spelled(name)} is no longer used ({RETIRED[name]}); ignored"
+    close = difflib.get_close_matches(name, SPECS_BY_NAME, n=1, cutoff=0.6)
+    hint = f" (did you mean {spelled(close[0])}?)" if close else ""
+    return f"{where}: {spelled(name)} is not a syncd setting{hint}; ignored"
 
 
 @dataclass(frozen=True)
@@ -230,10 +231,10 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     metrics_port: int | None = None
-    validation_process: str = "auto"
-    writer_process: str = "auto"
     # Where each setting came from, for messages ("SYNCD_API_KEY", "--page-size", ...).
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # What was ignored (unknown or retired settings), for the caller to log.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def source_of(self, name: str) -> str:
         return self.sources.get(name, "default")
@@ -300,10 +301,19 @@ def load_settings(
     """
     env = os.environ if env is None else env
     raw: dict[str, tuple[object, str]] = {}
+    warnings: list[str] = []
 
     for spec in SPECS:
         if spec.env in env and env[spec.env] != "":
             raw[spec.name] = (env[spec.env], spec.env)
+    for variable in sorted(env):
+        name = variable.removeprefix("SYNCD_").lower()
+        if (
+            variable.startswith("SYNCD_")
+            and name not in SPECS_BY_NAME
+            and not name.startswith(DEVELOPER_VARIABLES)
+        ):
+            warnings.append(_unknown_setting(name, "environment", lambda n: f"SYNCD_{n.upper()}"))
 
     path = config_path
     if path is None and system_config_path.exists():
@@ -312,8 +322,8 @@ def load_settings(
         data = read_toml(path)
         for key, value in data.items():
             if key not in SPECS_BY_NAME:
-                known = ", ".join(spec.name for spec in SPECS)
-                raise ConfigError(f"config file {path}: unknown key {key!r} (known keys: {known})")
+                warnings.append(_unknown_setting(key, f"config file {path}", repr))
+                continue
             raw[key] = (value, f"{key} in {path}")
 
     for name, value in (overrides or {}).items():
@@ -340,4 +350,4 @@ def load_settings(
                 values["api_key"] = _read_key_file(cred, "$CREDENTIALS_DIRECTORY/api_key")
                 sources["api_key"] = "$CREDENTIALS_DIRECTORY/api_key"
 
-    return Settings(**values, sources=sources)
+    return Settings(**values, sources=sources, warnings=tuple(warnings))

@@ -7,7 +7,10 @@ waited for rather than a crash. PostgreSQL needs nothing special.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +25,6 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from syncd import SCHEMA_REVISION
 from syncd.errors import DatabaseError, DatabaseUnreachable, LockHeldError, SchemaError
-from syncd.lockfile import hold_file_lock
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 16_384
@@ -248,18 +250,71 @@ def _advisory_lock(engine: Engine) -> Iterator[None]:
         conn.close()
 
 
-def sqlite_path(engine: Engine) -> Path | None:
-    database = engine.url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
+def sqlite_path(url: str) -> Path | None:
+    """The file of an SQLite URL; None for PostgreSQL and for in-memory databases."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
         return None
+    if database.startswith("file:"):  # an SQLite URI: the file is its path part
+        path = database.removeprefix("file:").split("?", 1)[0]
+        return Path(path) if path and path != ":memory:" else None
     return Path(database)
+
+
+def lock_path_of(database: Path) -> Path:
+    return database.with_name(database.name + ".lock")
 
 
 @contextmanager
 def _file_lock(engine: Engine) -> Iterator[None]:
-    path = sqlite_path(engine)
+    path = sqlite_path(str(engine.url))
     if path is None:  # an in-memory database is private to this process
         yield
         return
     with hold_file_lock(path):
         yield
+
+
+@contextmanager
+def hold_file_lock(database: Path) -> Iterator[None]:
+    """Hold an OS lock on ``<database>.lock``, or raise LockHeldError at once.
+
+    The kernel releases it when the process dies, even by SIGKILL, so a crash
+    never leaves a stale lock. The lock file is syncd's own: a symlink, a
+    special file or a file with other names (hard links) there is refused
+    rather than followed, truncated or written.
+    """
+    lock_path = lock_path_of(database)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(lock_path, flags, 0o644)
+    except OSError as exc:
+        if os.path.islink(lock_path):
+            raise DatabaseError(
+                f"the lock file {lock_path} is a symbolic link; syncd does not follow it: "
+                "remove it (syncd creates its own)"
+            ) from None
+        raise DatabaseError(f"cannot create the lock file {lock_path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+            raise DatabaseError(
+                f"the lock file {lock_path} is not a plain file of this user's (a special file, "
+                "or one with other names); syncd does not write to it: remove it"
+            )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeldError(
+                f"another syncd process is syncing {database} (lock file {lock_path} is held)"
+            ) from None
+        # Our own plain file, locked: the holder's PID is there for an operator.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from syncd.api.client import RequestStats
-from syncd.summary import RunSummary
+from syncd.state import RunSummary
 
 
 class Metrics:

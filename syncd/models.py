@@ -32,7 +32,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
-from syncd.recordkeys import PENDING_REFRESH, from_utc_text, utc_text
+from syncd.records import PENDING_REFRESH, from_utc_text, utc_text
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -13,19 +13,17 @@ logged with its reason and the scheduler goes on; a rejected key is tried
 again only at the next tick, never in a loop.
 
 Stopping: the first SIGTERM/SIGINT stops scheduling and asks the run in
-flight to stop after its current page (recorded as ``interrupted``); the
-process exits 0 within about SYNCD_READ_TIMEOUT + a few seconds. A second
-signal exits at once; the database rolls back any transaction left open.
+flight to stop (see ``syncd.signals``): it commits the pages it wrote, is
+recorded as ``interrupted``, and the process exits 0 within a second or so,
+even while a request hangs. Later signals change nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from typing import NoReturn
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -37,8 +35,7 @@ from syncd.config import Settings
 from syncd.errors import ExitCode, Interrupted, LockHeldError, SchemaError, SyncdError
 from syncd.metrics import Metrics
 from syncd.notify import notify, watchdog_interval
-from syncd.signals import install_stop_signals
-from syncd.summary import STREAM
+from syncd.state import STREAM
 
 log = logging.getLogger("syncd.daemon")
 
@@ -194,13 +191,3 @@ class Daemon:
 
 def _clock() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def install_signal_handlers(stop: threading.Event) -> None:
-    """First SIGTERM/SIGINT: graceful stop. Second: exit at once."""
-
-    def at_once(_signum: int) -> NoReturn:
-        os.write(2, b"syncd: second stop signal: exiting now\n")  # no logging: its locks
-        os._exit(int(ExitCode.INTERRUPTED))
-
-    install_stop_signals(stop, "%s received: stopping", second=at_once)

@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from syncd import db, store
-from syncd.recordkeys import TERMINAL_STATUSES
-from syncd.sync.planner import ListOrder
+from syncd.records import TERMINAL_STATUSES
+from syncd.state import ListOrder
 
 runs = store.runs_table
 artworks = store.artworks

@@ -8,14 +8,13 @@ content hash is unchanged only has ``last_seen_at`` moved.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 
 from syncd import __version__
 from syncd.models import (
@@ -27,10 +26,8 @@ from syncd.models import (
     Txt2ImgParameters,
     UpscalingParameters,
 )
-from syncd.recordkeys import PENDING_REFRESH, utc_text
-from syncd.rows import PARAMETER_COLUMNS, ArtworkRows, Rejection
-from syncd.summary import Counts
-from syncd.sync.planner import StreamState
+from syncd.records import PARAMETER_COLUMNS, PENDING_REFRESH, ArtworkRows, PageResult, Rejection, utc_text
+from syncd.state import STREAM, Counts, StreamState
 
 artworks: Table = Artwork.__table__  # type: ignore[assignment]
 results_table: Table = ArtworkResult.__table__  # type: ignore[assignment]
@@ -99,22 +96,47 @@ def _driver_insert(
 _REWRITE_COLUMNS = ("artwork_type", "status", "duration", "created_at", "content_hash", "raw")
 
 
+def write_page(
+    conn: Connection,
+    page: PageResult,
+    stored: Mapping[str, str],
+    *,
+    now: datetime,
+    run_id: int,
+    unlisted_since: datetime | None = None,
+) -> Counts:
+    """One validated page: its rows, touches and rejected records; what it did.
+
+    ``stored``: the content hashes of the page's ids stored before it, looked
+    up in this transaction (the page was validated against them).
+    ``unlisted_since``: after a scan proven to have missed nothing, artworks
+    not seen since it began are marked deleted.
+    """
+    written = write_artworks(conn, page.rows, now, stored)
+    written.unchanged += touch_seen(conn, page.unchanged_ids, now)
+    quarantine(conn, page.rejected, stream=STREAM, run_id=run_id, now=now)
+    written.pages = 1
+    written.rejected = len(page.rejected)
+    written.unknown_type = page.unknown_types
+    if unlisted_since is not None:
+        written.marked_deleted = mark_unlisted(conn, unlisted_since, now)
+    return written
+
+
 def write_artworks(
-    conn: Connection, batch: Sequence[ArtworkRows], now: datetime, *, assume_new: bool = False
+    conn: Connection, batch: Sequence[ArtworkRows], now: datetime, stored: Mapping[str, str] | None = None
 ) -> Counts:
     """Insert new artworks, rewrite changed ones, touch unchanged ones.
 
-    ``assume_new``: the caller expects none of them to be stored (a first
-    backfill). On SQLite they are then inserted without looking them up first;
-    if one is stored after all, the rest is decided as usual.
+    ``stored``: content hashes of the batch's stored artworks, when the caller
+    looked them up in this transaction; otherwise they are looked up here.
     """
     counts = Counts()
     if not batch:
         return counts
     seen = utc_text(now)
-    if assume_new and conn.dialect.name == "sqlite":
-        return _insert_assumed_new(conn, batch, now)
-    stored = stored_hashes(conn, [rows.id for rows in batch])
+    if stored is None:
+        stored = stored_hashes(conn, [rows.id for rows in batch])
     new = [rows for rows in batch if rows.id not in stored]
     changed = [rows for rows in batch if rows.id in stored and stored[rows.id] != rows.content_hash]
     same = [rows.id for rows in batch if stored.get(rows.id) == rows.content_hash]
@@ -139,32 +161,6 @@ def write_artworks(
 
     counts.inserted, counts.updated, counts.unchanged = len(new), len(changed), len(same)
     return counts
-
-
-def _insert_assumed_new(conn: Connection, batch: Sequence[ArtworkRows], now: datetime) -> Counts:
-    """Insert without a lookup; on a conflict, decide what the insert did not take.
-
-    The driver's executemany stops at the first row that fails and keeps the
-    rows before it; those are found by rowid (a savepoint instead journals
-    every page it touches, which cost more than the lookups it saves).
-    """
-    last_rowid = conn.exec_driver_sql("SELECT max(rowid) FROM artworks").scalar() or 0
-    try:
-        _insert_new(conn, batch, utc_text(now))
-    except IntegrityError:
-        taken = {
-            artwork_id
-            for (artwork_id,) in conn.exec_driver_sql(
-                "SELECT id FROM artworks WHERE rowid > ?", (last_rowid,)
-            ).fetchall()
-        }
-        inserted = [rows for rows in batch if rows.id in taken]
-        _insert_children(conn, inserted)
-        counts = write_artworks(conn, [rows for rows in batch if rows.id not in taken], now)
-        counts.inserted += len(inserted)
-        return counts
-    _insert_children(conn, batch)
-    return Counts(inserted=len(batch))
 
 
 def _insert_new(conn: Connection, new: Sequence[ArtworkRows], seen: str) -> None:
@@ -192,8 +188,8 @@ def _insert_children(conn: Connection, written: Sequence[ArtworkRows]) -> None:
 def stored_hashes(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
     """Content hashes of the artworks among ``ids`` that are already stored.
 
-    Twice per page in a backfill, so through the driver: compiling an
-    expanding IN of 500 values cost more than the lookup itself.
+    Once per page, through the driver: compiling an expanding IN of 500
+    values cost more than the lookup itself.
     """
     found: dict[str, str] = {}
     if conn.dialect.name == "postgresql":
@@ -205,10 +201,6 @@ def stored_hashes(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
         query = f"SELECT id, content_hash FROM artworks WHERE id IN ({', '.join('?' * len(chunk))})"  # noqa: S608
         found.update(conn.exec_driver_sql(query, chunk).fetchall())
     return found
-
-
-def has_artworks(conn: Connection) -> bool:
-    return conn.execute(select(artworks.c.id).limit(1)).first() is not None
 
 
 def touch_seen(conn: Connection, ids: Sequence[str], now: datetime) -> int:

@@ -43,14 +43,23 @@ def test_bad_config_exits_3_with_one_line_and_sends_nothing(
     assert not (tmp_path / "x.db").exists()
 
 
-def test_unknown_toml_key_names_file_and_key(tmp_path: Path, fake_api: Callable[..., FakeServer]) -> None:
+def test_unknown_settings_are_one_warning_each_naming_the_closest(
+    tmp_path: Path, fake_api: Callable[..., FakeServer]
+) -> None:
     config = tmp_path / "syncd.toml"
-    config.write_text("page_sise = 10\n")
-    result = run_syncd(
-        ["run-once", "--config", str(config)], syncd_env(fake_api(1).url, "sqlite:///x.db"), cwd=tmp_path
+    config.write_text("page_sise = 10\nwriter_process = 'off'\n")
+    env = {**syncd_env(fake_api(1).url, "sqlite:///x.db"), "SYNCD_PAGESIZE": "10"}
+    result = run_syncd(["run-once", "--config", str(config)], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [
+        line for line in result.stderr.splitlines() if "is not a syncd setting" in line or "no longer" in line
+    ]
+    assert len(warnings) == 3, result.stderr
+    assert (
+        f"config file {config}: 'page_sise' is not a syncd setting (did you mean 'page_size'?)" in warnings[1]
     )
-    assert result.returncode == 3
-    assert f"config file {config}: unknown key 'page_sise'" in error_line(result.stderr)
+    assert "environment: SYNCD_PAGESIZE is not a syncd setting (did you mean SYNCD_PAGE_SIZE?)" in warnings[0]
+    assert "'writer_process' is no longer used (helper processes were removed" in warnings[2]
 
 
 def test_missing_api_url_exits_3(tmp_path: Path) -> None:

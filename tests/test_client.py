@@ -16,7 +16,7 @@ from syncd.api.body import BrokenBody, parse_array, split_top_level_array
 from syncd.api.client import ApiClient, ClientOptions
 from syncd.config import Secret
 from syncd.errors import ApiError, AuthError, BadRequestError, RetriesExhaustedError
-from syncd.rows import Unparseable
+from syncd.records import Unparseable
 
 KEY = "sk-test-DO-NOT-LEAK-42"
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -80,7 +80,7 @@ def sequence(*responses: httpx.Response) -> Handler:
 
 def test_list_page_sends_bearer_key_and_paging() -> None:
     client, _, seen = client_for(lambda r: json_response(200, [{"id": "x"}]))
-    assert client.fetch_list_page(40, 20).items == [{"id": "x"}]
+    assert client.fetch_list_page(40, 20) == [{"id": "x"}]
     assert seen[0].url.params["skip"] == "40" and seen[0].url.params["limit"] == "20"
     assert seen[0].headers["Authorization"] == f"Bearer {KEY}"
 
@@ -117,7 +117,7 @@ def test_5xx_is_retried_with_backoff(status: int) -> None:
     client, clock, seen = client_for(
         sequence(httpx.Response(status, text="<html>bad gateway</html>"), json_response(200, []))
     )
-    assert client.fetch_list_page(0, 10).items == []
+    assert client.fetch_list_page(0, 10) == []
     assert len(seen) == 2 and len(clock.slept) == 1 and 0 <= clock.slept[0] <= 0.5
 
 
@@ -132,7 +132,7 @@ def test_5xx_is_retried_with_backoff(status: int) -> None:
 )
 def test_broken_200_bodies_are_retried(broken: httpx.Response) -> None:
     client, _, seen = client_for(sequence(broken, json_response(200, [1])))
-    assert client.fetch_list_page(0, 10).items == [1]
+    assert client.fetch_list_page(0, 10) == [1]
     assert len(seen) == 2
 
 
@@ -149,17 +149,15 @@ def test_network_errors_and_timeouts_are_retried() -> None:
         return json_response(200, [])
 
     client, _, seen = client_for(handler)
-    assert client.fetch_list_page(0, 10).items == []
+    assert client.fetch_list_page(0, 10) == []
     assert len(seen) == 4
     assert client.stats.by_status["network"] == 2 and client.stats.by_status["timeout"] == 1
 
 
 def test_retry_after_seconds_is_waited_exactly_and_reported() -> None:
-    deadlines: list[datetime] = []
     client, clock, _seen = client_for(
         sequence(json_response(429, {"message": "slow down"}, {"Retry-After": "7"}), json_response(200, []))
     )
-    client._on_rate_limited = deadlines.append
     sent_at: list[float] = []
     original = client._http.get
 
@@ -170,7 +168,7 @@ def test_retry_after_seconds_is_waited_exactly_and_reported() -> None:
     client._http.get = timed_get  # type: ignore[method-assign]
     client.fetch_list_page(0, 10)
     assert sent_at[1] - sent_at[0] >= 7.0
-    assert deadlines == [T0 + timedelta(seconds=7)]
+    assert client.rate_limited_until == T0 + timedelta(seconds=7)
     assert client.limiter.rate < 1000.0  # slowed down after the 429
 
 
@@ -255,17 +253,29 @@ def test_backoff_delay_is_full_jitter_and_capped() -> None:
     assert max(delays) > 8 and min(delays) < 0.5
 
 
-def test_rate_limiter_halves_on_429_and_recovers_gradually() -> None:
-    limiter = RateLimiter(max_rate=8.0, recover_after=5)
+def test_rate_limiter_halves_on_429_and_recovers_additively() -> None:
+    limiter = RateLimiter(max_rate=8.0, recovery_requests=16)
     limiter.on_throttled()
     limiter.on_throttled()
     assert limiter.rate == 2.0
-    for _ in range(5):
+    for _ in range(4):
         limiter.on_success()
-    assert limiter.rate == 2.5
+    assert limiter.rate == 4.0  # each success adds 8/16 = 0.5 requests/s
     for _ in range(500):
         limiter.on_success()
     assert limiter.rate == 8.0
+
+
+def test_the_clients_rate_climbs_back_to_the_ceiling_after_a_429() -> None:
+    client, _, _ = client_for(
+        sequence(json_response(429, {}, {"Retry-After": "1"}), json_response(200, [])),
+        max_requests_per_second=10.0,
+    )
+    client.fetch_list_page(0, 10)  # a 429, then its retry succeeds
+    assert client.limiter.rate == pytest.approx(5.0 + 0.2)  # halved, then one step (10/50) back
+    for _ in range(24):
+        client.fetch_list_page(0, 10)
+    assert client.limiter.rate == pytest.approx(10.0)
 
 
 def test_split_and_parse_hostile_bodies() -> None:

@@ -57,8 +57,8 @@ def test_system_file_is_read_when_present_and_no_config_given(tmp_path: Path) ->
         ({"SYNCD_MAX_REQUESTS_PER_SECOND": "0"}, "SYNCD_MAX_REQUESTS_PER_SECOND: must be a number > 0"),
         ({"SYNCD_LOG_FORMAT": "xml"}, "SYNCD_LOG_FORMAT: must be one of text, json"),
         (
-            {"SYNCD_VALIDATION_PROCESS": "yes"},
-            "SYNCD_VALIDATION_PROCESS: must be one of auto, on, off, got 'yes'",
+            {"SYNCD_LOG_LEVEL": "loud"},
+            "SYNCD_LOG_LEVEL: must be one of debug, info, warning, error, got 'loud'",
         ),
         (
             {"SYNCD_API_KEY_FILE": "/nonexistent/key"},
@@ -76,8 +76,9 @@ def test_bad_values_name_the_setting_in_one_line(env: dict[str, str], expected: 
 def test_toml_errors_name_the_file(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("pagesize = 3\n")
-    with pytest.raises(ConfigError, match=r"c.toml: unknown key 'pagesize'"):
-        load(config=config)
+    assert load(config=config).warnings == (
+        f"config file {config}: 'pagesize' is not a syncd setting (did you mean 'page_size'?); ignored",
+    )
     config.write_text("page_size = [\n")
     with pytest.raises(ConfigError, match=r"c.toml: invalid TOML"):
         load(config=config)
@@ -139,3 +140,23 @@ def test_postgres_urls_need_psycopg_3(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     with pytest.raises(ConfigError, match=r"pip install 'syncd\[postgres\]'"):
         load({"SYNCD_DATABASE_URL": "postgresql://u@h/db"})
+
+
+def test_unknown_and_retired_variables_are_warnings_not_errors() -> None:
+    settings = load(
+        {"SYNCD_PAGESIZE": "10", "SYNCD_VALIDATION_PROCESS": "on", "SYNCD_TEST_POSTGRES_URL": "x"}
+    )
+    assert settings.page_size == 500
+    assert settings.warnings == (
+        "environment: SYNCD_PAGESIZE is not a syncd setting (did you mean SYNCD_PAGE_SIZE?); ignored",
+        "environment: SYNCD_VALIDATION_PROCESS is no longer used "
+        "(helper processes were removed: syncd is one process); ignored",
+    )
+
+
+def test_postgres_scheme_is_postgresql() -> None:
+    from syncd.db import normalise_url
+
+    url = "postgres://syncd@db.internal:5432/syncd"
+    assert load({"SYNCD_DATABASE_URL": url}).database_url == url
+    assert normalise_url(url) == "postgresql+psycopg://syncd@db.internal:5432/syncd"

@@ -166,13 +166,16 @@ def test_metrics_endpoint_serves_the_documented_names(
 def test_run_once_while_a_daemon_syncs_exits_7(
     db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
-    server = fake_api(3000, faults=Faults(slow=1.0, delay=0.05))
+    server = fake_api(300)
+    server.api.hold()  # the daemon's first request hangs: it is inside a run, holding the lock
     env = syncd_env(server.url, db_url, page_size="100", interval="60")
     with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
-        wait_for(lambda: count(engine) > 0, 30, "the daemon to start syncing")
+        wait_for(lambda: server.api.held > 0, 30, "the daemon's first request")
         result = run_syncd(["run-once"], env, cwd=tmp_path)
         assert result.returncode == 7
         assert "another syncd process is syncing" in result.stderr
+        server.api.release()
+        wait_for(lambda: count(engine) == len(server.api.dataset.valid()), 30, "the daemon's backfill")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from sqlalchemy import Engine, select
 
 from syncd import db, store
@@ -90,32 +88,18 @@ def assert_matches_dataset(engine: Engine, dataset: Dataset) -> None:
     assert all(row["reason"] for row in data["rejected_records"])
 
 
-@pytest.mark.parametrize(("validation", "writer"), [("on", "on"), ("off", "off"), ("off", "on")])
 def test_run_once_backfills_every_record_then_changes_nothing(
-    db_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path, validation: str, writer: str
+    db_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
-    """Validated and written in helper processes (on) or in syncd itself (off): the same tables."""
     server = fake_api(3000, seed=7, unknown_fraction=0.01, malformed_fraction=0.005)
     dataset = server.api.dataset
     assert any(a.malformed for a in dataset.items) and any(
         a.value.get("artworkType") not in ("txt2img", "upscaling") for a in dataset.valid()
     )
-    env = syncd_env(
-        server.url,
-        db_url,
-        page_size="200",
-        validation_process=validation,
-        writer_process=writer,
-        log_level="debug",
-    )
+    env = syncd_env(server.url, db_url, page_size="200")
 
     first = run_syncd(["run-once"], env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    used = re.search(
-        r"(\d+) pages validated in the helper process, (\d+) written by the writer", first.stderr
-    )
-    assert used is not None, first.stderr
-    assert (int(used[1]) > 0, int(used[2]) > 0) == (validation == "on", writer == "on")
     assert "backfill" in first.stdout and "inserted" in first.stdout
 
     engine = db.create_db_engine(db_url)

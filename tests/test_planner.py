@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncd.sync.planner import Item, ListOrder, Mode, Phase, Planner, Request, StreamState, observed_order
+from syncd.state import ListOrder, Mode, Phase, StreamState
+from syncd.sync.planner import Item, Planner, Request, observed_order
 
 NOW = datetime(2026, 11, 30, tzinfo=UTC)
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

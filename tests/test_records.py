@@ -9,9 +9,17 @@ from typing import Any
 import orjson
 import pytest
 
-from syncd.recordkeys import content_hash, list_key
-from syncd.records import MAX_QUARANTINE_PAYLOAD, classify, classify_page
-from syncd.rows import PARAMETER_COLUMNS, ArtworkRows, PageResult, Rejection, Unparseable
+from syncd.records import (
+    MAX_QUARANTINE_PAYLOAD,
+    PARAMETER_COLUMNS,
+    ArtworkRows,
+    Rejection,
+    Unparseable,
+    classify,
+    classify_page,
+    content_hash,
+    list_key,
+)
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
@@ -290,17 +298,3 @@ def test_parameter_rows_follow_the_tables_column_order() -> None:
 
     for table in (models.Txt2ImgParameters.__table__, models.UpscalingParameters.__table__):
         assert PARAMETER_COLUMNS[table.name] == tuple(column.name for column in table.columns)
-
-
-def test_a_page_crosses_between_processes_unchanged() -> None:
-    bad = txt2img(id="not-a-uuid")
-    page = classify_page(
-        [txt2img(), upscaling(), txt2img(artworkType="selena"), bad, "junk"],
-        NOW,
-        {upscaling()["id"]: content_hash(upscaling())},
-    )
-    assert page.rows and page.rejected and page.unchanged_ids
-    again = PageResult.from_wire(page.to_wire())
-    assert again == page
-    assert all(type(rows) is ArtworkRows for rows in again.rows)
-    assert all(type(rejection) is Rejection for rejection in again.rejected)

@@ -9,15 +9,19 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 
 from syncd import db, store
-from syncd.app import run_once
+from syncd.app import make_client, run_once
+from syncd.errors import Interrupted
+from syncd.fakeapi.data import Dataset
 from syncd.fakeapi.server import FakeServer, Faults
-from syncd.summary import RunSummary
-from tests.conftest import make_settings, start_syncd, syncd_env, wait_for
+from syncd.state import Counts, RunSummary
+from syncd.sync.engine import Syncer, _Pages
+from tests.conftest import make_settings, run_syncd, start_syncd, syncd_env, wait_for
 
 L = 100
 
@@ -233,3 +237,80 @@ def test_kill_during_a_page_write_leaves_no_half_page(
         count = len(conn.execute(select(store.artworks.c.id)).all())
     assert state.phase == "idle" and state.listed_total == 900 and count == len(valid_ids(server))
     assert db.schema_version(engine).up_to_date
+
+
+def test_a_noop_run_is_one_list_request_with_bad_records_on_the_newest_page(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(1000, malformed_fraction=0.01, unknown_fraction=0.02)
+    newest = server.api.dataset.items[-L:]
+    for artwork, kind in zip(newest[-3:], ("bad_uuid", "bad_created_at", "not_an_object"), strict=True):
+        Dataset._break(artwork, kind)
+    newest[-4].value["artworkType"] = "selena"
+    env = syncd_env(server.url, db_url, page_size=str(L))
+    assert run_syncd(["run-once"], env, cwd=tmp_path).returncode == 0
+    server.api.reset_stats()
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert server.api.stats.list_requests == 1 and server.api.stats.requests == 1
+    with engine.connect() as conn:
+        last = conn.execute(select(store.runs_table).order_by(store.runs_table.c.id.desc())).first()
+    assert last is not None
+    assert (last.mode, last.outcome, last.requests, last.pages) == ("incremental", "success", 1, 1)
+    assert last.rejected >= 3 and last.unknown_type >= 1
+
+
+class FailingWrites:
+    """store.write_page, failing at its ``fail_at``-th call."""
+
+    def __init__(self, fail_at: int, error: BaseException) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+        self.error = error
+        self.write_page = store.write_page
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Counts:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise self.error
+        return self.write_page(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [(RuntimeError("the disk caught fire"), "failed"), (Interrupted("stopped"), "interrupted")],
+)
+def test_the_runs_counts_are_what_was_committed(
+    db_url: str,
+    engine: Engine,
+    clean: Callable[..., FakeServer],
+    monkeypatch: pytest.MonkeyPatch,
+    error: BaseException,
+    outcome: str,
+) -> None:
+    server = clean(2000)
+    monkeypatch.setattr(store, "write_page", FailingWrites(9, error))
+    settings = make_settings(server.url, db_url, page_size=str(L))
+    with make_client(settings) as client:
+        # Commits every 4th page: the failure finds pages written and not committed.
+        syncer = Syncer(engine, client, L, commit_seconds=3600)
+        commits: list[int] = []
+        original = _Pages.write
+
+        def write_and_commit_every_fourth(self: _Pages, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            if self.run.counts.pages % 4 == 0:
+                self.commit()
+                commits.append(self.run.counts.pages)
+
+        monkeypatch.setattr(_Pages, "write", write_and_commit_every_fourth)
+        with pytest.raises(type(error)):
+            syncer.sync()
+    assert commits == [4, 8]
+    with engine.connect() as conn:
+        run = conn.execute(select(store.runs_table)).one()
+        stored = len(conn.execute(select(store.artworks.c.id)).all())
+    assert run.outcome == outcome
+    # An interruption keeps the pages written whole (8); a failure rolls back to the last commit (8 too).
+    assert (run.pages, run.inserted) == (8, stored) and stored == 8 * L - 7
+    assert run.requests >= 9

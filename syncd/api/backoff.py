@@ -6,6 +6,7 @@ for the limiter, a UTC datetime for HTTP dates) and do the waiting.
 
 from __future__ import annotations
 
+import email.utils
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -32,7 +33,6 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         pass
     else:
         return max(0.0, seconds) if seconds == seconds else None
-    import email.utils  # here: a no-op run (syncd.quick) must not pay for the email package
 
     try:
         moment = email.utils.parsedate_to_datetime(text)
@@ -53,18 +53,18 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) 
 class RateLimiter:
     """Spaces requests to at most ``rate`` per second, adapting to 429s (AIMD).
 
-    A 429 divides the rate by ``decrease``; each run of ``recover_after``
-    consecutive successes raises it by ``increase`` times, up to ``max_rate``.
+    A 429 divides the rate by ``decrease`` (not below ``min_rate``). Each
+    success adds ``max_rate / recovery_requests`` back, up to ``max_rate``:
+    after one 429 from the ceiling, ``recovery_requests / decrease`` successes
+    bring the rate back to it.
     """
 
     max_rate: float
     min_rate: float = 0.05
     decrease: float = 2.0
-    increase: float = 1.25
-    recover_after: int = 20
+    recovery_requests: int = 50
     rate: float = 0.0
     _next_at: float = 0.0
-    _successes: int = 0
 
     def __post_init__(self) -> None:
         if self.rate <= 0:
@@ -84,11 +84,7 @@ class RateLimiter:
         self._next_at = max(self._next_at, moment)
 
     def on_success(self) -> None:
-        self._successes += 1
-        if self._successes >= self.recover_after:
-            self._successes = 0
-            self.rate = min(self.max_rate, self.rate * self.increase)
+        self.rate = min(self.max_rate, self.rate + self.max_rate / self.recovery_requests)
 
     def on_throttled(self) -> None:
-        self._successes = 0
         self.rate = max(self.min_rate, self.rate / self.decrease)

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from syncd.rows import Unparseable
+from syncd.records import Unparseable
 
 
 class BrokenBody(Exception):

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -60,11 +60,6 @@ class ClientOptions:
     max_requests_per_second: float = 5.0
 
 
-class ListPage(NamedTuple):
-    items: list[Any]  # every element as received (objects or not)
-    body: bytes  # what they were parsed from (syncd.api.body.parse_array)
-
-
 @dataclass
 class RequestStats:
     """Counters of what was sent (every attempt counts as a request)."""
@@ -90,13 +85,14 @@ class ApiClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
-        on_rate_limited: Callable[[datetime], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.options = options or ClientOptions()
         self.key_source = key_source
         self._clock, self._sleep, self._wall = clock, sleep, wall
-        self._on_rate_limited = on_rate_limited
+        # The latest deadline a 429's Retry-After set (wall clock), for the
+        # engine to persist: a restarted syncd must wait it out too.
+        self.rate_limited_until: datetime | None = None
         self._rng = rng or random.Random()
         self._pace_lock = threading.Lock()
         self.limiter = RateLimiter(max_rate=self.options.max_requests_per_second)
@@ -127,10 +123,10 @@ class ApiClient:
 
     # ------------------------------------------------------------ endpoints
 
-    def fetch_list_page(self, skip: int, limit: int) -> ListPage:
-        """One page of the list, with the body it was parsed from."""
+    def fetch_list_page(self, skip: int, limit: int) -> list[Any]:
+        """One page of the list: every element as received (objects or not)."""
         page = self._request("/v1/artworks", {"skip": skip, "limit": limit}, expect="array")
-        assert isinstance(page, ListPage)
+        assert isinstance(page, list)
         return page
 
     def get_artwork(self, artwork_id: str) -> dict[str, Any] | None:
@@ -164,7 +160,7 @@ class ApiClient:
         for attempt in range(options.max_attempts):
             self._pace()
             try:
-                return self._attempt(path, params, what, expect=expect)
+                answer = self._attempt(path, params, what, expect=expect)
             except RetriableApiError as exc:
                 is_429 = exc.status_code == 429
                 delay = (
@@ -178,8 +174,8 @@ class ApiClient:
                         self.limiter.on_throttled()
                         # Never send anything before the server's deadline.
                         self.limiter.not_before(self._clock() + delay)
-                    if self._on_rate_limited is not None and exc.retry_after is not None:
-                        self._on_rate_limited(self._wall() + timedelta(seconds=delay))
+                    if exc.retry_after is not None:
+                        self.rate_limited_until = self._wall() + timedelta(seconds=delay)
                 last_try = attempt + 1 >= options.max_attempts
                 if last_try or waited + delay > options.max_retry_wait:
                     why = (
@@ -202,6 +198,10 @@ class ApiClient:
                     self.stats.retry_wait_seconds += delay
                 if not is_429:
                     self._sleep(delay)
+                continue
+            with self._pace_lock:
+                self.limiter.on_success()
+            return answer
         raise AssertionError("unreachable")
 
     def _attempt(self, path: str, params: dict[str, int] | None, what: str, *, expect: str) -> Any:
@@ -247,7 +247,7 @@ class ApiClient:
     def _parse(self, content: bytes, expect: str) -> Any:
         if expect == "array":
             try:
-                return ListPage(parse_array(content), content)
+                return parse_array(content)
             except BrokenBody as exc:
                 raise RetriableApiError(f"200 with a broken body: {exc}") from None
         try:

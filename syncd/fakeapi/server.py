@@ -13,6 +13,8 @@ random generator, so a run is repeatable. Control endpoints under ``/_fake/``
     POST /_fake/delete-oldest?count=N  delete the N oldest
     POST /_fake/finish-pending         pending artworks become done
     POST /_fake/faults                 JSON body: Faults fields to change
+    POST /_fake/hold                   API requests wait (unanswered) until released
+    POST /_fake/release                answer the held requests, and hold no more
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import orjson
 from syncd.fakeapi.data import Dataset
 
 DEFAULT_KEY = "demo-key"
+HOLD_LIMIT = 120.0  # seconds a held request waits at most: a test that forgets to release never hangs
 
 
 @dataclass
@@ -105,6 +108,27 @@ class FakeApi:
         self.list_log: list[tuple[int, int]] = []  # (skip, limit) of each list request
         self.served: set[str] = set()  # every id any list answer carried: "ever listed"
         self.first_request_at: float | None = None  # wall clock (time.time()) of the first API request
+        self._open = threading.Event()  # cleared: API requests are held (a server that hangs)
+        self._open.set()
+        self.held = 0  # requests waiting at the gate now
+
+    def hold(self) -> None:
+        """From now on, API requests hang unanswered until ``release`` (at most ``HOLD_LIMIT``)."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def wait_at_gate(self) -> None:
+        if self._open.is_set():
+            return
+        with self.lock:
+            self.held += 1
+        try:
+            self._open.wait(HOLD_LIMIT)
+        finally:
+            with self.lock:
+                self.held -= 1
 
     def reset_stats(self) -> None:
         with self.lock:
@@ -209,6 +233,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self._error(400, str(exc))
                     return
                 self._send(200, orjson.dumps(asdict(api.faults)))
+            elif parts.path in ("/_fake/hold", "/_fake/release"):
+                (api.hold if parts.path == "/_fake/hold" else api.release)()
+                self._send(200, b"{}")
             elif parts.path == "/_fake/reset-stats":
                 api._reset_stats_locked()
                 self._send(200, b"{}")
@@ -218,6 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _api(self, path: str, query: dict[str, list[str]]) -> None:
         api = self.server.api
         faults = api.faults
+        api.wait_at_gate()
         with api.lock:
             if api.first_request_at is None:
                 api.first_request_at = time.time()
@@ -382,6 +410,7 @@ class FakeServer(ThreadingHTTPServer):
         return self
 
     def stop(self) -> None:
+        self.api.release()
         self.shutdown()
         self.server_close()
         if self._thread is not None:

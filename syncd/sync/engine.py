@@ -1,65 +1,120 @@
 """The sync loop: the one place where client, planner and store meet.
 
-For each page: fetch (the next page is already being fetched while this one is
-validated and written), let the planner judge it, then write its rows, its
-rejected records, the planner's new state and the run's counters in ONE
-transaction. A crash between pages loses nothing: the cursor never runs ahead
-of the rows it covers.
+Every run (backfill, incremental, full, refresh) goes through here, in this
+process. For each page: the next request is already in flight while the
+planner judges this page and the store writes it. A page's rows, its rejected
+records, the planner's state after it and the run's counters commit in ONE
+transaction (whole pages, about once a second, and before any wait on the
+network). A crash between pages loses nothing: the cursor never runs ahead of
+the rows it covers, and ``sync_runs`` counts only what was committed.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, RootTransaction
 
 from syncd import store
 from syncd.api.client import ApiClient
 from syncd.db import writer
 from syncd.errors import ApiError, AuthError, Interrupted, SyncdError
-from syncd.recordkeys import list_key
-from syncd.rows import ArtworkRows, Rejection
-from syncd.summary import STREAM, Counts, RunSummary
-from syncd.sync.planner import Item, Mode, Planner, Request
-from syncd.sync.validation import HelperMode, PageValidator, ValidatedPage
-from syncd.sync.writing import PageWriter
+from syncd.records import ArtworkRows, Rejection, classify, classify_page, list_key, page_ids
+from syncd.state import STREAM, Counts, Mode, RunSummary, StreamState
+from syncd.sync.inflight import InFlight
+from syncd.sync.planner import Item, Planner, Request
 
 log = logging.getLogger(__name__)
 
 REFRESH_BATCH = 50
-# A run that has written this many pages and wants more is a long one: worth
-# starting a validation helper process (about 0.2 s of the other core).
-LONG_RUN_PAGES = 2
-
-
 T = TypeVar("T")
 
 
 class Fetched(NamedTuple):
-    items: list[Any]  # the page's elements as received, for the planner
+    items: list[Any]  # the page's elements as received
     now: datetime  # when the page was read
-    validated: Future[ValidatedPage]  # its validation, under way
 
 
 @dataclass
 class Progress:
-    """Handed to the progress callback after each committed page."""
+    """Handed to the progress callback after each written page."""
 
     mode: str
     pages: int
     artworks: int
     requests: int
     seconds: float
+
+
+@dataclass
+class _Run:
+    """One ``sync_runs`` row in progress: what was done, and what of it is committed."""
+
+    id: int
+    mode: Mode
+    requests_before: int
+    counts: Counts = field(default_factory=Counts)
+    committed: Counts = field(default_factory=Counts)
+
+
+class _Pages:
+    """Pages written in one open transaction, committed with the planner's state
+    after the last of them and the run's counters."""
+
+    def __init__(self, engine: Engine, run: _Run, requests: Callable[[], int]) -> None:
+        self.conn: Connection = engine.connect()
+        self.run = run
+        self._requests = requests
+        self._transaction: RootTransaction | None = None  # SQLite's BEGIN IMMEDIATE: the write lock
+        self._state: tuple[StreamState, datetime] | None = None
+        self.begun_at = 0.0
+
+    @property
+    def uncommitted(self) -> bool:
+        return self._transaction is not None
+
+    def write(self, fetched: Fetched, state: StreamState, *, unlisted_since: datetime | None) -> None:
+        if self._transaction is None:
+            self._transaction = self.conn.begin()
+            self.begun_at = time.monotonic()
+        # Looked up once, in this transaction: validation skips what is stored
+        # unchanged, and the write decides insert, rewrite or touch by them.
+        stored = store.stored_hashes(self.conn, page_ids(fetched.items))
+        page = classify_page(fetched.items, fetched.now, stored)
+        written = store.write_page(
+            self.conn, page, stored, now=fetched.now, run_id=self.run.id, unlisted_since=unlisted_since
+        )
+        self.run.counts.add(written)
+        self._state = (state, fetched.now)
+        for rejection in page.rejected:
+            log.debug("rejected record %s: %s", rejection.artwork_id or "(no id)", rejection.reason)
+
+    def commit(self) -> None:
+        if self._transaction is None:
+            return
+        assert self._state is not None
+        store.save_state(self.conn, *self._state)
+        self.run.counts.requests = self._requests()
+        store.update_run(self.conn, self.run.id, self.run.counts, mode=str(self.run.mode))
+        transaction, self._transaction = self._transaction, None
+        transaction.commit()
+        self.run.committed = self.run.counts.copy()
+
+    def close(self) -> None:
+        """Roll back what is not committed."""
+        transaction, self._transaction = self._transaction, None
+        if transaction is not None:
+            transaction.rollback()
+        self.conn.close()
 
 
 @dataclass
@@ -74,12 +129,11 @@ class Syncer:
     on_page: Callable[[Progress], None] | None = None
     refresh_limit: int = 1000
     commit_seconds: float = 1.0
-    lock_wait_seconds: float = 0.2  # wait this long for a page before committing
-    validation: HelperMode | str = HelperMode.AUTO
-    writes: HelperMode | str = HelperMode.AUTO  # the writer process (syncd.sync.writing)
+    wait_step: float = 0.2  # how often a wait looks at the stop request (and commits)
 
     def __post_init__(self) -> None:
         self._writer = writer(self.engine)
+        self._saved_deadline: datetime | None = None
 
     # ------------------------------------------------------------ public
 
@@ -90,24 +144,23 @@ class Syncer:
             store.close_abandoned_runs(conn, self.now())
             state = store.load_state(conn, STREAM)
             planner = Planner(state, self.page_size, full=full, now=self.now())
-            run_id = store.start_run(conn, stream=STREAM, mode=str(planner.mode), now=self.now())
+            run = self._start_run(conn, planner.mode)
+        self._saved_deadline = state.rate_limited_until
         if state.rate_limited_until is not None:
             self.client.wait_until(state.rate_limited_until)
-        # Long-lived objects (libraries, schema, models) need no more cycle
-        # scans; pages come and go, and full scans of everything cost ~10%.
-        gc.freeze()
-        counts = Counts()
-        with self._recorded(run_id, counts, lambda: planner.mode):
-            self._list_loop(planner, run_id, counts, started)
-        if counts.rejected:
+        with self._recorded(run):
+            self._list_loop(planner, run, started)
+        if run.counts.rejected:
             log.warning(
-                "run %d: %d records failed validation and are in rejected_records", run_id, counts.rejected
+                "run %d: %d records failed validation and are in rejected_records",
+                run.id,
+                run.counts.rejected,
             )
         if not planner.state.list_order.is_sorted and planner.scan_complete:
             log.warning("the list is %s: every run reads it in full", planner.state.list_order)
         seconds = time.monotonic() - started
         return RunSummary(
-            run_id, str(planner.mode), "success", counts, seconds, str(planner.state.list_order)
+            run.id, str(run.mode), "success", run.counts, seconds, str(planner.state.list_order)
         )
 
     def refresh(self) -> RunSummary | None:
@@ -118,212 +171,160 @@ class Syncer:
             return None
         started = time.monotonic()
         with self._writer.begin() as conn:
-            run_id = store.start_run(conn, stream=STREAM, mode=str(Mode.REFRESH), now=self.now())
-        counts = Counts()
-        with self._recorded(run_id, counts, lambda: Mode.REFRESH):
+            run = self._start_run(conn, Mode.REFRESH)
+        with self._recorded(run), self._requests() as requests:
             for offset in range(0, len(pending), REFRESH_BATCH):
                 self._check_stop()
-                self._refresh_batch(pending[offset : offset + REFRESH_BATCH], run_id, counts)
-        return RunSummary(run_id, str(Mode.REFRESH), "success", counts, time.monotonic() - started, "")
-
-    @contextmanager
-    def _recorded(self, run_id: int, counts: Counts, mode: Callable[[], Mode]) -> Iterator[None]:
-        """Record the run's outcome in sync_runs, success or why not, with its counters."""
-        requests_before = self.client.stats.requests
-        try:
-            yield
-        except BaseException as exc:
-            counts.requests = self.client.stats.requests - requests_before
-            self._record_failure(run_id, counts, mode(), exc)
-            raise
-        counts.requests = self.client.stats.requests - requests_before
-        with self._writer.begin() as conn:
-            store.update_run(
-                conn, run_id, counts, mode=str(mode()), outcome="success", finished_at=self.now()
-            )
+                self._refresh_batch(pending[offset : offset + REFRESH_BATCH], run, requests)
+        return RunSummary(run.id, str(Mode.REFRESH), "success", run.counts, time.monotonic() - started, "")
 
     # ------------------------------------------------------------ list
 
-    def _fetch(
-        self,
-        request: Request,
-        validator: PageValidator,
-        validation: ThreadPoolExecutor,
-        look_up: bool,
-        writes: PageWriter,
-    ) -> Fetched:
-        """Runs in the fetch thread: the page, and its validation under way.
+    def _fetch_page(self, request: Request) -> Fetched:
+        """In a request thread: one page, and when it was read."""
+        items = self.client.fetch_list_page(request.skip, request.limit)
+        return Fetched(items, self.now())
 
-        Three stages overlap: this thread fetches page k+2 while page k+1 is
-        validated (in the validation thread, or the helper process behind it)
-        and page k is written (in the loop's thread, or the writer process).
-        """
-        page = self.client.fetch_list_page(request.skip, request.limit)
-        now = self.now()
-        known: dict[str, str] = {}
-        if look_up:  # only to skip validating what is stored unchanged; the writer decides
-            ids = [v["id"] for v in page.items if isinstance(v, dict) and isinstance(v.get("id"), str)]
-            with self.engine.connect() as conn:  # a reader: never waits for the writer (WAL)
-                known = store.stored_hashes(conn, ids)
-        # A page bound for the writer process passes through this one unloaded.
-        validated = validation.submit(
-            validator.validate, page.body, page.items, now, known, wire=writes.process_started
-        )
-        return Fetched(page.items, now, validated)
-
-    def _list_loop(self, planner: Planner, run_id: int, counts: Counts, started: float) -> None:
-        requests_before = self.client.stats.requests
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-fetch")
-        validation = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-validate")
-        validator = PageValidator(self.validation, database_in_process=self.engine.dialect.name == "sqlite")
-        # A run into an empty table (a first backfill) has nothing stored to
-        # skip validating: no lookup per page before validation, nor before writing.
-        with self.engine.connect() as reader:
-            look_up = store.has_artworks(reader)
-        writes = PageWriter(self.engine, run_id, counts, self.writes, first_backfill=not look_up)
-
-        def fetch(request: Request | None) -> Future[Fetched] | None:
-            if request is None:
-                return None
-            return pool.submit(self._fetch, request, validator, validation, look_up, writes)
-
-        request = planner.next_request()
-        pending = fetch(request)
-        last_commit = time.monotonic()
-
-        def commit() -> None:
-            nonlocal last_commit
-            counts.requests = self.client.stats.requests - requests_before
-            writes.commit()
-            last_commit = time.monotonic()
-
-        try:
-            while pending is not None and request is not None:
-                if not pending.done() and not wait([pending], timeout=self.lock_wait_seconds).done:
-                    # Never hold the write lock while waiting on the network: the
-                    # fetch thread may need it (to record a Retry-After deadline).
-                    # A page due within moments is waited for first: each commit
-                    # rewrites the index pages a page of UUIDs touched.
-                    commit()
-                items, now, validated = self._await(pending)
-                planner.observe(request, [Item(*list_key(value, now)) for value in items])
-                state = replace(planner.state)
-                mode = planner.mode
-                request = planner.next_request()
-                # Fetch the next page while this one is validated and written.
-                pending = fetch(request)
-                # A first backfill (nothing stored) that wants a second page is
-                # long enough: its helpers start at once, their imports
-                # overlapping the next requests.
-                if request is not None and (counts.pages >= LONG_RUN_PAGES or not look_up):
-                    validator.expect_long_run()
-                    if mode is Mode.BACKFILL:  # inserts; incremental and full runs mostly touch
-                        writes.expect_long_run()
-                page = self._await(validated)
-                # Deletions are marked only after a scan proven to have missed nothing.
-                proven_scan = planner.scan_complete and planner.provably_complete and request is None
-                writes.write(
-                    page,
-                    state,
-                    now,
-                    run_mode=str(mode),
-                    unlisted_since=state.scan_started_at if proven_scan else None,
-                )
-                counts.requests = self.client.stats.requests - requests_before
-                # Whole pages commit with their cursor; a second's worth of pages
-                # per commit keeps SQLite's commits off the hot path.
-                if request is None or time.monotonic() - last_commit >= self.commit_seconds:
-                    commit()
-                if self.on_page is not None:
-                    done = counts.inserted + counts.updated + counts.unchanged
-                    self.on_page(
-                        Progress(str(mode), counts.pages, done, counts.requests, time.monotonic() - started)
-                    )
-            commit()
-            writes.finish()
-        except (Interrupted, ApiError):
-            # A stop, or a page that could not be fetched: the pages written so
-            # far are whole, with their cursor. Keep them.
-            commit()
-            writes.finish()
-            raise
-        except BaseException:
-            writes.abort()
-            raise
-        finally:
-            writes.close()
-            # Never wait here for a request in flight: a stop must not hang on it.
-            pool.shutdown(wait=False, cancel_futures=True)
-            validation.shutdown(wait=False, cancel_futures=True)
-            validator.close()
-            log.debug(
-                "run %d: %d pages validated in the helper process, %d written by the writer process",
-                run_id,
-                validator.pages_in_helper,
-                writes.pages_in_writer,
-            )
-
-    def _await(self, pending: Future[T]) -> T:
-        """The future's result; checks for a stop request while waiting."""
-        while True:
-            self._check_stop()
+    def _list_loop(self, planner: Planner, run: _Run, started: float) -> None:
+        pages = _Pages(self._writer, run, lambda: self.client.stats.requests - run.requests_before)
+        with self._requests() as requests:
             try:
-                return pending.result(timeout=0.2)
-            except FutureTimeout:
-                continue
+                request = planner.next_request()
+                pending = requests.submit(self._fetch_page, request) if request is not None else None
+                while pending is not None and request is not None:
+                    fetched = self._await(pending, pages)
+                    planner.observe(request, [Item(*list_key(value, fetched.now)) for value in fetched.items])
+                    state, run.mode = replace(planner.state), planner.mode
+                    request = planner.next_request()
+                    # The next page is fetched while this one is judged and written.
+                    pending = requests.submit(self._fetch_page, request) if request is not None else None
+                    # Deletions are marked only after a scan proven to have missed nothing.
+                    proven_scan = planner.scan_complete and planner.provably_complete and request is None
+                    pages.write(fetched, state, unlisted_since=state.scan_started_at if proven_scan else None)
+                    if request is None or time.monotonic() - pages.begun_at >= self.commit_seconds:
+                        pages.commit()
+                    self._report(run, started)
+                pages.commit()
+            except (Interrupted, ApiError):
+                # A stop, or a page that could not be fetched: the pages written
+                # so far are whole, with their cursor. Keep them.
+                pages.commit()
+                raise
+            finally:
+                pages.close()
+
+    def _report(self, run: _Run, started: float) -> None:
+        if self.on_page is not None:
+            counts = run.counts
+            requests = self.client.stats.requests - run.requests_before
+            self.on_page(
+                Progress(str(run.mode), counts.pages, counts.artworks, requests, time.monotonic() - started)
+            )
 
     # ------------------------------------------------------------ refresh
 
-    def _refresh_batch(self, ids: list[str], run_id: int, counts: Counts) -> None:
-        from syncd.records import classify  # pydantic: loaded when needed
-
+    def _refresh_batch(self, ids: list[str], run: _Run, requests: InFlight) -> None:
         fetched: list[tuple[str, Any]] = []
         for artwork_id in ids:
-            self._check_stop()
-            fetched.append((artwork_id, self.client.get_artwork(artwork_id)))
+            fetched.append((artwork_id, self._await(requests.submit(self.client.get_artwork, artwork_id))))
         now = self.now()
+        gone = [artwork_id for artwork_id, value in fetched if value is None]
+        outcomes = [classify(value, now) for _, value in fetched if value is not None]
+        rows = [outcome for outcome in outcomes if isinstance(outcome, ArtworkRows)]
+        rejected = [outcome for outcome in outcomes if isinstance(outcome, Rejection)]
+        counts = run.counts.copy()
         with self._writer.begin() as conn:
-            gone = [artwork_id for artwork_id, value in fetched if value is None]
             counts.marked_deleted += store.mark_remote_deleted(conn, gone, now)
-            rows: list[ArtworkRows] = []
-            rejected: list[Rejection] = []
-            for _, value in fetched:
-                if value is not None:
-                    outcome = classify(value, now)
-                    if isinstance(outcome, Rejection):
-                        rejected.append(outcome)
-                    else:
-                        rows.append(outcome)
-            written = store.write_artworks(conn, rows, now)
-            store.quarantine(conn, rejected, stream=STREAM, run_id=run_id, now=now)
-            written.rejected = len(rejected)
-            counts.add(written)
-            store.update_run(conn, run_id, counts)
+            counts.add(store.write_artworks(conn, rows, now))
+            store.quarantine(conn, rejected, stream=STREAM, run_id=run.id, now=now)
+            counts.rejected += len(rejected)
+            counts.requests = self.client.stats.requests - run.requests_before
+            store.update_run(conn, run.id, counts)
+        run.counts = counts
+        run.committed = counts.copy()
 
-    # ------------------------------------------------------------ failure
+    # ------------------------------------------------------------ waiting
+
+    @contextmanager
+    def _requests(self) -> Iterator[InFlight]:
+        requests = InFlight()
+        try:
+            yield requests
+        finally:
+            # Never wait for a request in flight: a stop must not hang on it.
+            requests.close()
+
+    def _await(self, pending: Future[T], pages: _Pages | None = None) -> T:
+        """The future's result; meanwhile looks at the stop request, and never holds
+        the write lock while waiting on the network."""
+        while True:
+            self._check_stop()
+            try:
+                return pending.result(timeout=self.wait_step)
+            except FutureTimeout:
+                pass
+            # A page due within moments is waited for first: each commit
+            # rewrites the index pages that a page of UUIDs touched.
+            if pages is not None and pages.uncommitted:
+                pages.commit()
+            self._save_rate_limit()
+
+    def _save_rate_limit(self) -> None:
+        """Persist a Retry-After deadline the client is waiting out, so that a
+        restarted syncd waits it out too (and `syncd status` shows it)."""
+        deadline = self.client.rate_limited_until
+        if deadline is None or deadline == self._saved_deadline:
+            return
+        with self._writer.begin() as conn:
+            store.save_rate_limit(conn, STREAM, deadline, self.now())
+        self._saved_deadline = deadline
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
             raise Interrupted("stopped by a signal; committed pages are kept")
 
-    def _record_failure(self, run_id: int, counts: Counts, mode: Mode, exc: BaseException) -> None:
-        if isinstance(exc, Interrupted):
+    # ------------------------------------------------------------ runs
+
+    def _start_run(self, conn: Connection, mode: Mode) -> _Run:
+        run_id = store.start_run(conn, stream=STREAM, mode=str(mode), now=self.now())
+        return _Run(run_id, mode, self.client.stats.requests)
+
+    @contextmanager
+    def _recorded(self, run: _Run) -> Iterator[None]:
+        """Record the run's outcome in sync_runs, success or why not, with what it committed."""
+        try:
+            yield
+        except BaseException as exc:
+            self._record_failure(run, exc)
+            raise
+        counts = run.counts
+        counts.requests = self.client.stats.requests - run.requests_before
+        with self._writer.begin() as conn:
+            store.update_run(
+                conn, run.id, counts, mode=str(run.mode), outcome="success", finished_at=self.now()
+            )
+
+    def _record_failure(self, run: _Run, exc: BaseException) -> None:
+        if isinstance(exc, Interrupted | KeyboardInterrupt):
             outcome = "interrupted"
         elif isinstance(exc, AuthError):
             outcome = "auth_failed"
         else:
             outcome = "failed"
-        message = str(exc) if isinstance(exc, SyncdError | ApiError) else f"{type(exc).__name__}: {exc}"
+        message = str(exc) if isinstance(exc, SyncdError) else f"{type(exc).__name__}: {exc}"
+        counts = run.committed.copy()
+        counts.requests = self.client.stats.requests - run.requests_before
+        run.counts = counts
         try:
             with self._writer.begin() as conn:
                 store.update_run(
                     conn,
-                    run_id,
+                    run.id,
                     counts,
-                    mode=str(mode),
+                    mode=str(run.mode),
                     outcome=outcome,
                     error=message[:2000],
                     finished_at=self.now(),
                 )
         except Exception:  # the database itself may be what failed
-            log.exception("could not record the outcome of run %d", run_id)
+            log.exception("could not record the outcome of run %d", run.id)

@@ -27,44 +27,11 @@ diagram). Its rules:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
-from enum import StrEnum
-from typing import Any
 
-from syncd.recordkeys import from_utc_text
-
-
-class ListOrder(StrEnum):
-    UNKNOWN = "unknown"
-    NEWEST_FIRST = "newest_first"
-    OLDEST_FIRST = "oldest_first"
-    UNORDERED = "unordered"
-
-    @property
-    def is_sorted(self) -> bool:
-        return self in (ListOrder.NEWEST_FIRST, ListOrder.OLDEST_FIRST)
-
-    def merge(self, other: ListOrder) -> ListOrder:
-        if self == other or other == ListOrder.UNKNOWN:
-            return self
-        if self == ListOrder.UNKNOWN:
-            return other
-        return ListOrder.UNORDERED
-
-
-class Phase(StrEnum):
-    BACKFILL = "backfill"  # the first complete scan has not finished
-    FULL = "full"  # a reconciliation scan is in progress
-    IDLE = "idle"  # the last scan completed; runs are incremental
-
-
-class Mode(StrEnum):
-    BACKFILL = "backfill"
-    INCREMENTAL = "incremental"
-    FULL = "full"
-    REFRESH = "refresh"
+from syncd.state import ListOrder, Mode, Phase, StreamState
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,46 +46,6 @@ class Item:
 class Request:
     skip: int
     limit: int
-
-
-@dataclass
-class StreamState:
-    """Mirror of one ``sync_state`` row (see docs/schema.md)."""
-
-    stream: str
-    list_order: ListOrder = ListOrder.UNKNOWN
-    scan_order: ListOrder = ListOrder.UNKNOWN
-    phase: Phase = Phase.BACKFILL
-    cursor_skip: int = 0
-    cursor_id: str | None = None
-    cursor_created_at: datetime | None = None
-    head_id: str | None = None
-    head_created_at: datetime | None = None
-    tail_id: str | None = None
-    tail_created_at: datetime | None = None
-    listed_total: int | None = None
-    scan_started_at: datetime | None = None
-    backfill_completed_at: datetime | None = None
-    last_full_sync_at: datetime | None = None
-    rate_limited_until: datetime | None = None
-
-    @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> StreamState:
-        """From a ``sync_state`` row; times as datetimes or as stored UTC text."""
-        values = {f.name: row[f.name] for f in fields(cls)}
-        values["list_order"] = ListOrder(values["list_order"])
-        values["scan_order"] = ListOrder(values["scan_order"])
-        values["phase"] = Phase(values["phase"])
-        for name, value in values.items():
-            if name.endswith(("_at", "_until")) and isinstance(value, str):
-                values[name] = from_utc_text(value)
-        return cls(**values)
-
-    def to_row(self) -> dict[str, Any]:
-        """The ``sync_state`` columns (times left as datetimes)."""
-        row = {f.name: getattr(self, f.name) for f in fields(self)}
-        row.update(list_order=str(self.list_order), scan_order=str(self.scan_order), phase=str(self.phase))
-        return row
 
 
 def observed_order(items: Sequence[Item]) -> ListOrder:

@@ -1,0 +1,66 @@
+"""Requests in flight: calls run on daemon threads, awaited by the sync loop.
+
+The loop's own thread never blocks in a socket read: it waits on futures, a
+fraction of a second at a time, so that a stop request ends a run within that
+time even while a request hangs. The threads are daemon threads because the
+standard library's executors are joined at interpreter exit, and a process
+asked to stop must not wait there for a request's timeout.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class InFlight:
+    """At most ``workers`` calls at once; more wait in order. ``close`` when done."""
+
+    def __init__(self, workers: int = 1, *, name: str = "syncd-request") -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._name = name
+        self._workers = workers
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    def submit(self, call: Callable[..., T], *args: Any) -> Future[T]:
+        if self._closed:
+            raise RuntimeError("submit after close")
+        future: Future[T] = Future()
+        self._jobs.put((future, call, args))
+        if len(self._threads) < self._workers:
+            thread = threading.Thread(
+                target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+        return future
+
+    def close(self) -> None:
+        """Cancel what has not started; a call under way ends on its own (its result is dropped)."""
+        self._closed = True
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, call, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call(*args))
+            except BaseException as exc:  # handed to whoever awaits the future
+                future.set_exception(exc)
