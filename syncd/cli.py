@@ -24,7 +24,8 @@ import orjson
 
 from syncd import __version__
 from syncd.config import Settings, load_settings
-from syncd.errors import SyncdError
+from syncd.errors import SyncdError, one_line
+from syncd.fakeapi.data import POISONS
 from syncd.signals import install_stop_signals
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -78,7 +79,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except SyncdError as exc:
-            click.echo(f"syncd: error: {exc}", err=True)
+            click.echo(f"syncd: error: {one_line(str(exc))}", err=True)
             sys.exit(int(exc.exit_code))
 
     return wrapper  # type: ignore[return-value]
@@ -340,6 +341,20 @@ def status_command(as_json: bool, max_age: float | None, **kwargs: Any) -> None:
     help="Share of hostile records (huge, deeply nested, odd dates, reused ids).",
 )
 @click.option(
+    "--poison",
+    "poisons",
+    multiple=True,
+    type=click.Choice(POISONS),
+    help="Serve one artwork as this kind of hostile record (repeatable).",
+)
+@click.option(
+    "--content-encoding", default="", help="This Content-Encoding on 200 answers (body left plain)."
+)
+@click.option("--bom", is_flag=True, help="A UTF-8 byte-order mark before every 200 body.")
+@click.option("--retry-after", default="", help="Every 429's Retry-After header, verbatim (e.g. inf).")
+@click.option("--dribble", default=0.0, type=float, help="Seconds between the bytes of every 200 body.")
+@click.option("--echo-key", is_flag=True, help="Answers repeat the key they were sent.")
+@click.option(
     "--rate-limit",
     default=0.0,
     show_default=True,
@@ -398,6 +413,7 @@ def mock_api_command(
     malformed_fraction: float,
     pending_fraction: float,
     hostile_fraction: float,
+    poisons: tuple[str, ...],
     **faults: Any,
 ) -> None:
     """Serve a fake Tengr.ai v1 API (with fault injection) until interrupted.
@@ -405,6 +421,7 @@ def mock_api_command(
     \b
     Example:
       syncd mock-api --port 8080 --count 5000 --rate-limit 20 --error-rate 0.1
+      syncd mock-api --poison surrogate --poison nul --content-encoding gzip --echo-key
       SYNCD_API_URL=http://127.0.0.1:8080 SYNCD_API_KEY=demo-key syncd run-once
     """
     from syncd.fakeapi.data import Dataset
@@ -429,7 +446,14 @@ def mock_api_command(
         add_per_request=faults["add_per_request"],
         delete_oldest_per_request=faults["delete_oldest_per_request"],
         order=order,
+        content_encoding=faults["content_encoding"],
+        bom=faults["bom"],
+        retry_after=faults["retry_after"],
+        dribble=faults["dribble"],
+        echo_key=faults["echo_key"],
     )
+    if poisons:
+        dataset.poison(list(poisons), api_key)
     server = FakeServer(
         FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_key, faults=fault_config, seed=seed),
         host,
@@ -508,7 +532,7 @@ def main() -> None:
     try:
         cli.main(prog_name="syncd")
     except SyncdError as exc:  # raised outside a command (should not happen)
-        click.echo(f"syncd: error: {exc}", err=True)
+        click.echo(f"syncd: error: {one_line(str(exc))}", err=True)
         sys.exit(int(exc.exit_code))
 
 

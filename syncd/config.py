@@ -92,15 +92,36 @@ def _parse_str(raw: object) -> str:
 def _parse_api_url(raw: object) -> str:
     text = _parse_str(raw).strip()
     parts = urlsplit(text)
+    # Messages quote the URL without whatever stands before an "@" (credentials).
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http(s) URL such as https://api.tengr.ai, got {text!r}")
+        raise ValueError(f"expected an http(s) URL such as https://api.tengr.ai, got {shown!r}")
+    if "@" in parts.netloc:
+        raise ValueError(
+            "must not contain credentials (user:password@): the API takes the key as a Bearer "
+            "token from SYNCD_API_KEY or SYNCD_API_KEY_FILE"
+        )
     if parts.query or parts.fragment:
         raise ValueError("must not contain a query string or fragment")
     try:
         parts.port  # noqa: B018  (raises on a malformed port)
     except ValueError:
-        raise ValueError(f"has an invalid port: {text!r}") from None
+        raise ValueError(f"has an invalid port: {shown!r}") from None
     return text.rstrip("/")
+
+
+def _parse_api_key(raw: object) -> Secret:
+    """The key, if it can be sent as an HTTP header value; the message never shows it."""
+    if not isinstance(raw, str):
+        raise ValueError("expected a string")
+    text = raw.strip()
+    if not text.isascii():
+        raise ValueError("contains a character that is not ASCII, which no HTTP header can carry")
+    if any(not 0x21 <= ord(c) <= 0x7E for c in text):
+        raise ValueError(
+            "contains whitespace or a control character (a line break? a key file of two lines?)"
+        )
+    return Secret(text)
 
 
 def _parse_database_url(raw: object) -> str:
@@ -161,7 +182,7 @@ class Spec:
 
 SPECS: tuple[Spec, ...] = (
     Spec("api_url", _parse_api_url, None, "API base URL, the part before /v1/artworks"),
-    Spec("api_key", lambda raw: Secret(_parse_str(raw).strip()), None, "API key (Bearer)"),
+    Spec("api_key", _parse_api_key, None, "API key (Bearer)"),
     Spec("api_key_file", lambda raw: Path(_parse_str(raw)), None, "file holding the API key"),
     Spec("database_url", _parse_database_url, DEFAULT_DATABASE_URL, "SQLAlchemy database URL"),
     Spec("page_size", _parse_int(1, 500), 500, "records per list request (limit), 1..500"),
@@ -283,7 +304,10 @@ def _read_key_file(path: Path, origin: str) -> Secret:
         raise ConfigError(f"{origin}: key file {path} cannot be read ({type(exc).__name__})") from None
     if not text:
         raise ConfigError(f"{origin}: key file {path} is empty")
-    return Secret(text)
+    try:
+        return _parse_api_key(text)
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: the key in {path} {exc}") from None
 
 
 def load_settings(

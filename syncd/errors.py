@@ -20,7 +20,13 @@ quarantined (see ``syncd.records``) and the run goes on.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum
+
+REDACTED = "[REDACTED]"
+# A "secret" this short would garble every message it was masked in; real API
+# keys are far longer.
+MIN_SECRET_LENGTH = 6
 
 
 class ExitCode(IntEnum):
@@ -119,6 +125,33 @@ class Interrupted(SyncdError):
     """A signal asked the run to stop; committed pages stay."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+# C0 and C1 control characters, DEL, and the Unicode line and paragraph
+# separators: what could break a log line in two or rewrite a terminal.
+_CONTROLS = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+_CONTROLS.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``...): a line of
+    syncd's can never be split, or a terminal driven, by what the API sent."""
+    return text.translate(_CONTROLS)
+
+
+def maskable(secrets: Iterable[str]) -> tuple[str, ...]:
+    """The secrets long enough to look for (MIN_SECRET_LENGTH or more)."""
+    return tuple(secret for secret in secrets if len(secret) >= MIN_SECRET_LENGTH)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every maskable secret replaced by [REDACTED]."""
+    for secret in maskable(secrets):
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def database_reason(exc: BaseException) -> str:

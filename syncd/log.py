@@ -2,7 +2,9 @@
 
 A redaction filter replaces the API key wherever it might appear in a record
 (message, arguments, exception text). syncd never logs it on purpose; the
-filter is a second line of defence, at every level.
+filter is a second line of defence, at every level. Text lines escape
+control characters, so that nothing the API sends can forge a log line;
+JSON lines are valid JSON whatever the message holds.
 """
 
 from __future__ import annotations
@@ -14,15 +16,13 @@ from typing import Any
 
 import orjson
 
-REDACTED = "[REDACTED]"
-MIN_SECRET_LENGTH = 6
+from syncd.errors import maskable, one_line, redact
 
 
 class RedactFilter(logging.Filter):
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
-        # Very short "keys" (test values) would garble every log line if masked.
-        self.secrets = [s for s in secrets if len(s) >= MIN_SECRET_LENGTH]
+        self.secrets = maskable(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
@@ -30,10 +30,9 @@ class RedactFilter(logging.Filter):
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        for secret in self.secrets:
-            message = message.replace(secret, REDACTED)
-            if record.exc_text:
-                record.exc_text = record.exc_text.replace(secret, REDACTED)
+        message = redact(message, self.secrets)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secrets)
         record.msg, record.args = message, None
         return True
 
@@ -41,7 +40,8 @@ class RedactFilter(logging.Filter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        text = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        # One record, one line: messages may carry the API's words.
+        text = f"{stamp} {record.levelname:<7} {record.name}: {one_line(record.getMessage())}"
         if record.exc_info or record.exc_text:
             text += "\n" + (record.exc_text or self.formatException(record.exc_info))  # type: ignore[arg-type]
         return text

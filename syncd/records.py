@@ -38,17 +38,19 @@ from typing import Annotated, Any, Literal, NamedTuple, NotRequired
 import orjson
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    PlainValidator,
     Tag,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
     with_config,
 )
-from typing_extensions import TypedDict
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
+
+from syncd.errors import maskable, redact
 
 MAX_PIXELS = 1_478_656
 MAX_RECORD_BYTES = 1_000_000
@@ -106,10 +108,14 @@ def from_utc_text(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
-def content_hash(record: dict[str, Any]) -> str:
+def canonical_json(record: object) -> bytes:
+    """The record as JSON with its keys sorted: what ``raw`` stores and the hash digests."""
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+
+def content_hash(record: object, canonical: bytes | None = None) -> str:
     """A digest of the record's content, independent of key order."""
-    canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+    return hashlib.blake2b(canonical or canonical_json(record), digest_size=16).hexdigest()
 
 
 def list_key(value: object, now: datetime) -> tuple[str | None, datetime | None]:
@@ -131,22 +137,22 @@ def list_key(value: object, now: datetime) -> tuple[str | None, datetime | None]
 # --------------------------------------------------------------------------- validation models
 
 
-def canonical_id(value: object) -> str | None:
-    """The id in its stored form: a UUID in lower case; None when it is not one.
+def checked_id(value: object) -> str | None:
+    """``value`` if it is an artwork id: exactly 8-4-4-4-12 hexadecimal digits.
 
-    Exactly 8-4-4-4-12 hexadecimal digits: whitespace (a trailing newline too)
-    makes it another string, which would be a second row for the same artwork.
+    Nothing around them: an id with whitespace (a trailing newline too) is
+    another string, and would be a second row for the same artwork. Kept as
+    sent (GET /v1/artworks/{id} is asked with it).
     """
     if not isinstance(value, str) or not _UUID_RE.fullmatch(value):
         return None
-    return value.lower()
+    return value
 
 
 def _check_id(value: str) -> str:
-    canonical = canonical_id(value)
-    if canonical is None:
-        raise ValueError("not a UUID (expected exactly 8-4-4-4-12 hexadecimal digits)")
-    return canonical
+    if checked_id(value) is None:
+        raise ValueError("not a UUID (expected exactly 8-4-4-4-12 hexadecimal digits, nothing around them)")
+    return value
 
 
 def _parse_created_at(value: object, info: ValidationInfo) -> datetime:
@@ -161,7 +167,9 @@ def _check_area(parameters: Txt2ImgParameters) -> Txt2ImgParameters:
 
 
 ArtworkId = Annotated[str, AfterValidator(_check_id)]
-CreatedAt = Annotated[datetime, BeforeValidator(_parse_created_at)]
+# Plain: the rule's own datetime is kept (pydantic would re-check it, and swap
+# its time zone for one of its own that every row then converts back).
+CreatedAt = Annotated[datetime, PlainValidator(_parse_created_at)]
 Label = Annotated[str, Field(max_length=LABEL_LENGTH)]  # fits the varchar(64) columns
 Level = Annotated[int, Field(ge=1, le=5)]
 Side = Annotated[int, Field(ge=512, le=2048)]
@@ -273,7 +281,7 @@ class ArtworkRows(NamedTuple):
     duration: float | None
     created_at: str  # UTC, in the stored text form: 2024-07-29T15:51:28.071000Z
     content_hash: str
-    raw_json: str  # the record as received, serialised once
+    raw_json: str  # the record as received, as canonical_json (keys sorted)
     parameters_table: str | None
     parameters: tuple[Any, ...] | None  # in PARAMETER_COLUMNS[parameters_table] order
     results: tuple[tuple[str, int, str], ...]  # (artwork_id, position, url)
@@ -316,28 +324,28 @@ class PageResult:
 
 
 def to_rows(
-    record: dict[str, Any], artwork: Txt2ImgArtwork | UpscalingArtwork | OtherArtwork, raw_json: str
+    record: dict[str, Any], artwork: Txt2ImgArtwork | UpscalingArtwork | OtherArtwork, canonical: bytes
 ) -> ArtworkRows:
-    """The rows of one validated record (``artwork``: what validation returned)."""
+    """The rows of one validated record (``artwork``: what validation returned;
+    ``canonical``: the record's canonical_json)."""
     artwork_id: str = artwork["id"]
     kind: str = artwork["artworkType"]
     table = PARAMETER_TABLE_OF.get(kind)
     parameters: tuple[Any, ...] | None = None
     if table is not None:
-        values = artwork["parameters"]
-        parameters = (artwork_id, *[values.get(name) for name in _API_NAMES[table]])
-    urls = artwork.get("results") or ()
+        parameters = (artwork_id, *map(artwork["parameters"].get, _API_NAMES[table]))
+    urls = artwork.get("results")
     return ArtworkRows(
         artwork_id,
         kind,
         artwork["status"],
         artwork.get("duration"),
         utc_text(artwork["createdAt"]),
-        content_hash(record),
-        raw_json,
+        content_hash(record, canonical),
+        canonical.decode(),
         table,
         parameters,
-        tuple([(artwork_id, position, url) for position, url in enumerate(urls)]),
+        tuple([(artwork_id, position, url) for position, url in enumerate(urls or ())]),
     )
 
 
@@ -409,39 +417,51 @@ def reject(value: object, reason: str, payload: str | None = None) -> Rejection:
     return Rejection(reason=storable_text(reason), payload=text, payload_hash=digest, artwork_id=artwork_id)
 
 
-def classify(value: object, now: datetime) -> ArtworkRows | Rejection:
+def refusal(rows: ArtworkRows, reason: str) -> Rejection:
+    """A validated record that the database refused after all, for the quarantine."""
+    return reject({"id": rows.id}, reason, payload=rows.raw_json)
+
+
+def classify(value: object, now: datetime, secrets: Sequence[str] = ()) -> ArtworkRows | Rejection:
     """Validate one list element: rows to store, or a rejection to quarantine.
 
     Validated means storable: what passes is stored exactly by SQLite and
     PostgreSQL alike (no U+0000, labels within their columns, dates a
-    database holds, canonical ids).
+    database holds, canonical ids). A record that holds one of ``secrets``
+    (the API key, echoed) is quarantined with it redacted: the key never
+    reaches the database.
     """
     if isinstance(value, Unparseable):
         return reject(None, f"record: not parseable JSON ({value.error})", payload=value.text)
     try:
-        dumped = orjson.dumps(value)
+        dumped = canonical_json(value)
     except orjson.JSONEncodeError:  # the serialiser stops at 254 levels
         dumped = None
     # Only a record with that many brackets can nest that deep: the walk is rare.
-    if dumped is None or dumped.count(b"[") + dumped.count(b"{") > MAX_RECORD_DEPTH and _too_deep(value):
+    if dumped is None or (dumped.count(b"[") + dumped.count(b"{") > MAX_RECORD_DEPTH and _too_deep(value)):
         return reject(value, f"record: nested deeper than {MAX_RECORD_DEPTH} levels")
     if not isinstance(value, dict):
         return reject(value, f"record: expected a JSON object, got {type(value).__name__}")
     size = len(dumped)
     if size > MAX_RECORD_BYTES:
         return reject(value, f"record: {size:,} bytes, over the {MAX_RECORD_BYTES:,}-byte limit")
+    for secret in maskable(secrets):
+        if secret.encode() in dumped or orjson.dumps(secret)[1:-1] in dumped:
+            return reject(
+                None, "record: contains the API key (redacted here)", payload=redact(dumped.decode(), secrets)
+            )
     if b"\\u0000" in dumped and _NUL_ESCAPE.search(dumped):
         return reject(value, "record: contains the character U+0000, which PostgreSQL cannot store")
     try:
         artwork = _ARTWORK.validate_python(value, context={"now": now})
     except ValidationError as exc:
         return reject(value, describe_errors(exc))
-    return to_rows(value, artwork, dumped.decode())
+    return to_rows(value, artwork, dumped)
 
 
 def page_ids(items: Sequence[object]) -> list[str]:
-    """The canonical ids of a page's records (what the store looks up)."""
-    ids = (canonical_id(value.get("id")) for value in items if isinstance(value, dict))
+    """The ids of a page's records that can be stored (what the store looks up)."""
+    ids = (checked_id(value.get("id")) for value in items if isinstance(value, dict))
     return [artwork_id for artwork_id in ids if artwork_id is not None]
 
 
@@ -452,7 +472,7 @@ def _stored_unchanged(value: object, stored_hashes: Mapping[str, str]) -> str | 
     """The id of a record stored earlier with exactly this content, else None."""
     if not isinstance(value, dict):
         return None
-    artwork_id = canonical_id(value.get("id"))
+    artwork_id = checked_id(value.get("id"))
     if artwork_id is None or artwork_id not in stored_hashes:
         return None
     try:
@@ -463,7 +483,10 @@ def _stored_unchanged(value: object, stored_hashes: Mapping[str, str]) -> str | 
 
 
 def classify_page(
-    items: Sequence[object], now: datetime | None = None, stored_hashes: Mapping[str, str] | None = None
+    items: Sequence[object],
+    now: datetime | None = None,
+    stored_hashes: Mapping[str, str] | None = None,
+    secrets: Sequence[str] = (),
 ) -> PageResult:
     """Classify every element of one page; later duplicates of an id win.
 
@@ -484,7 +507,7 @@ def classify_page(
             if isinstance(value, dict) and value.get("artworkType") not in KNOWN_TYPES:
                 result.unknown_types += 1
             continue
-        outcome = classify(value, now)
+        outcome = classify(value, now, secrets)
         if isinstance(outcome, Rejection):
             result.rejected.append(outcome)
             continue

@@ -64,6 +64,7 @@ class StreamState:
     tail_created_at: datetime | None = None
     listed_total: int | None = None
     scan_started_at: datetime | None = None
+    previous_scan_started_at: datetime | None = None  # of the complete scan before this one
     backfill_completed_at: datetime | None = None
     last_full_sync_at: datetime | None = None
     rate_limited_until: datetime | None = None

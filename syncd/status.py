@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from syncd import db, store
+from syncd.errors import one_line
 from syncd.records import TERMINAL_STATUSES
 from syncd.state import ListOrder
 
@@ -131,7 +132,8 @@ def render(report: dict[str, Any]) -> str:
     bad = report.get("last_failure")
     if bad:
         lines.append(
-            f"last failure  {bad['finished_at']} run {bad['id']} {bad['mode']} {bad['outcome']}: {bad['error']}"
+            f"last failure  {bad['finished_at']} run {bad['id']} {bad['mode']} {bad['outcome']}: "
+            + one_line(bad["error"] or "")
         )
     for stream in report.get("streams", []):
         lines.append("")

@@ -15,8 +15,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, IntegrityError
 
 from syncd import __version__
+from syncd.errors import database_reason
 from syncd.models import (
     Artwork,
     ArtworkResult,
@@ -26,7 +28,15 @@ from syncd.models import (
     Txt2ImgParameters,
     UpscalingParameters,
 )
-from syncd.records import PARAMETER_COLUMNS, PENDING_REFRESH, ArtworkRows, PageResult, Rejection, utc_text
+from syncd.records import (
+    PARAMETER_COLUMNS,
+    PENDING_REFRESH,
+    ArtworkRows,
+    PageResult,
+    Rejection,
+    refusal,
+    utc_text,
+)
 from syncd.state import STREAM, Counts, StreamState
 
 artworks: Table = Artwork.__table__  # type: ignore[assignment]
@@ -96,6 +106,11 @@ def _driver_insert(
 _REWRITE_COLUMNS = ("artwork_type", "status", "duration", "created_at", "content_hash", "raw")
 
 
+# What a database says of a value it will not take (too long, bad encoding, a
+# constraint): a record's fault, unlike a database that is down or full.
+RECORD_ERRORS = (DataError, IntegrityError)
+
+
 def write_page(
     conn: Connection,
     page: PageResult,
@@ -103,24 +118,48 @@ def write_page(
     *,
     now: datetime,
     run_id: int,
-    unlisted_since: datetime | None = None,
+    careful: bool = False,
 ) -> Counts:
     """One validated page: its rows, touches and rejected records; what it did.
 
-    ``stored``: the content hashes of the page's ids stored before it, looked
-    up in this transaction (the page was validated against them).
-    ``unlisted_since``: after a scan proven to have missed nothing, artworks
-    not seen since it began are marked deleted.
+    ``stored``: the content hashes of the page's ids that are stored (the page
+    was validated against them). A record the database refuses (validation
+    is meant to make that impossible) raises one of RECORD_ERRORS, and the
+    caller writes the page again ``careful``: each record under a savepoint
+    (slow on SQLite, hence not by default), what is refused quarantined with
+    the database's reason, the rest written. If it refuses every record of
+    the page, that is no record's fault: the error is raised.
     """
-    written = write_artworks(conn, page.rows, now, stored)
+    refused: list[Rejection] = []
+    if careful:
+        written, refused = _write_one_by_one(conn, page.rows, now, stored)
+    else:
+        written = write_artworks(conn, page.rows, now, stored)
     written.unchanged += touch_seen(conn, page.unchanged_ids, now)
-    quarantine(conn, page.rejected, stream=STREAM, run_id=run_id, now=now)
+    quarantine(conn, [*page.rejected, *refused], stream=STREAM, run_id=run_id, now=now)
     written.pages = 1
-    written.rejected = len(page.rejected)
+    written.rejected = len(page.rejected) + len(refused)
     written.unknown_type = page.unknown_types
-    if unlisted_since is not None:
-        written.marked_deleted = mark_unlisted(conn, unlisted_since, now)
     return written
+
+
+def _write_one_by_one(
+    conn: Connection, batch: Sequence[ArtworkRows], now: datetime, stored: Mapping[str, str]
+) -> tuple[Counts, list[Rejection]]:
+    written = Counts()
+    refused: list[Rejection] = []
+    for rows in batch:
+        savepoint = conn.begin_nested()
+        try:
+            written.add(write_artworks(conn, [rows], now, stored))
+        except RECORD_ERRORS as exc:
+            savepoint.rollback()
+            if len(refused) + 1 == len(batch) > 1:
+                raise  # every record: the database's trouble, not theirs
+            refused.append(refusal(rows, f"the database refused it: {database_reason(exc)}"))
+        else:
+            savepoint.commit()
+    return written, refused
 
 
 def write_artworks(
@@ -203,6 +242,11 @@ def stored_hashes(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
     return found
 
 
+def is_empty(conn: Connection) -> bool:
+    """No artwork stored: a first backfill."""
+    return conn.execute(select(artworks.c.id).limit(1)).first() is None
+
+
 def touch_seen(conn: Connection, ids: Sequence[str], now: datetime) -> int:
     """Artworks seen again unchanged: only last_seen_at moves (one statement per 500)."""
     seen = utc_text(now)
@@ -231,14 +275,26 @@ def mark_remote_deleted(conn: Connection, ids: Iterable[str], now: datetime) -> 
     return result.rowcount
 
 
-def mark_unlisted(conn: Connection, scan_started_at: datetime, now: datetime) -> int:
-    """After a complete scan: artworks not seen since it began are no longer listed."""
+def mark_unlisted(conn: Connection, since: datetime, now: datetime) -> int:
+    """Mark deleted the artworks not seen since ``since`` (the start of the
+    complete scan before the last one: both scans missed them)."""
     result = conn.execute(
         update(artworks)
-        .where(artworks.c.last_seen_at < scan_started_at, artworks.c.remote_deleted_at.is_(None))
+        .where(artworks.c.last_seen_at < since, artworks.c.remote_deleted_at.is_(None))
         .values(remote_deleted_at=now)
     )
     return result.rowcount
+
+
+def unlisted(conn: Connection, since: datetime, limit: int) -> list[str]:
+    """Artworks not seen since ``since`` and not marked deleted, longest unseen first."""
+    query = (
+        select(artworks.c.id)
+        .where(artworks.c.last_seen_at < since, artworks.c.remote_deleted_at.is_(None))
+        .order_by(artworks.c.last_seen_at, artworks.c.id)
+        .limit(limit)
+    )
+    return list(conn.execute(query).scalars())
 
 
 def pending_refresh(conn: Connection, limit: int | None = None) -> list[str]:

@@ -155,17 +155,17 @@ def test_network_errors_and_timeouts_are_retried() -> None:
 
 
 def test_retry_after_seconds_is_waited_exactly_and_reported() -> None:
-    client, clock, _seen = client_for(
-        sequence(json_response(429, {"message": "slow down"}, {"Retry-After": "7"}), json_response(200, []))
-    )
+    clock = FakeClock()
     sent_at: list[float] = []
-    original = client._http.get
+    answers = sequence(
+        json_response(429, {"message": "slow down"}, {"Retry-After": "7"}), json_response(200, [])
+    )
 
-    def timed_get(*args: object, **kwargs: object) -> httpx.Response:
+    def timed(request: httpx.Request) -> httpx.Response:
         sent_at.append(clock.now)
-        return original(*args, **kwargs)  # type: ignore[arg-type]
+        return answers(request)
 
-    client._http.get = timed_get  # type: ignore[method-assign]
+    client, _, _ = client_for(timed, clock)
     client.fetch_list_page(0, 10)
     assert sent_at[1] - sent_at[0] >= 7.0
     assert client.rate_limited_until == T0 + timedelta(seconds=7)
@@ -196,13 +196,26 @@ def test_attempts_exhausted() -> None:
     assert len(seen) == 3
 
 
-def test_total_wait_bound_gives_up_before_a_long_retry_after() -> None:
+@pytest.mark.parametrize("header", ["3600", "31536000"])
+def test_a_long_retry_after_is_clamped_to_the_total_wait_bound(header: str) -> None:
     client, clock, seen = client_for(
-        lambda r: json_response(429, {}, {"Retry-After": "3600"}), max_retry_wait=60
+        lambda r: json_response(429, {}, {"Retry-After": header}), max_retry_wait=60
     )
     with pytest.raises(RetriesExhaustedError, match="SYNCD_MAX_RETRY_WAIT"):
         client.fetch_list_page(0, 10)
-    assert len(seen) == 1 and clock.slept == []
+    # One wait of the bound, then the next 429 would pass it: no year-long sleep.
+    assert len(seen) == 2 and sum(clock.slept) == pytest.approx(60.0)
+    assert client.rate_limited_until == T0 + timedelta(seconds=120)  # the second, clamped too
+
+
+@pytest.mark.parametrize("header", ["inf", "nan", "1" + "0" * 400, "-inf", "1e308"])
+def test_an_absurd_retry_after_falls_back_to_the_backoff(header: str) -> None:
+    client, clock, seen = client_for(
+        sequence(json_response(429, {}, {"Retry-After": header}), json_response(200, []))
+    )
+    assert client.fetch_list_page(0, 10) == []
+    assert len(seen) == 2 and 0 <= sum(clock.slept) <= 0.5
+    assert client.rate_limited_until is None  # nothing worth persisting
 
 
 def test_get_artwork_404_is_none() -> None:

@@ -204,46 +204,6 @@ def test_postgres_connections_cut_mid_run_fail_cleanly_and_the_next_run_complete
         engine.dispose()
 
 
-def test_the_api_key_never_leaves_syncd(
-    sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
-) -> None:
-    key = f"sk-live-{uuid.uuid4().hex}"
-    faults = Faults(rate_limit=20, error_5xx=0.15, truncated=0.05, non_json=0.05)
-    server = fake_api(800, faults=faults, api_key=key, malformed_fraction=0.02, pending_fraction=0.05)
-    outputs: list[str] = []
-    for log_format in ("text", "json"):
-        env = syncd_env(server.url, sqlite_url, page_size="50", log_level="debug", log_format=log_format)
-        env["SYNCD_API_KEY"] = key
-        for args in (["run-once"], ["run-once", "--full"], ["status"], ["status", "--json"]):
-            result = run_syncd(args, env, cwd=tmp_path, timeout=120)
-            outputs += [result.stdout, result.stderr]
-    # A run whose key is rejected, and one that runs out of retries.
-    server.api.faults.auth_status = 401
-    result = run_syncd(["run-once"], env, cwd=tmp_path)
-    assert result.returncode == 4
-    outputs += [result.stdout, result.stderr]
-    server.api.faults.auth_status = 0
-    server.api.faults.error_5xx = 1.0
-    result = run_syncd(["run-once", "--full"], {**env, "SYNCD_MAX_ATTEMPTS": "2"}, cwd=tmp_path)
-    assert result.returncode == 5
-    outputs += [result.stdout, result.stderr]
-
-    assert any("DEBUG" in out or '"level": "debug"' in out or '"level":"debug"' in out for out in outputs)
-    for out in outputs:
-        assert key not in out
-    database = Path(sqlite_url.removeprefix("sqlite:///"))
-    for path in database.parent.glob(database.name + "*"):
-        assert key.encode() not in path.read_bytes(), path
-    engine = db.create_db_engine(sqlite_url)
-    try:
-        with engine.connect() as conn:
-            for table in store.DATA_TABLES:
-                for row in conn.execute(text(f"SELECT * FROM {table}")):
-                    assert key not in str(tuple(row)), table
-    finally:
-        engine.dispose()
-
-
 # ------------------------------------------------------------------ property
 
 

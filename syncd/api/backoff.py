@@ -7,6 +7,7 @@ for the limiter, a UTC datetime for HTTP dates) and do the waiting.
 from __future__ import annotations
 
 import email.utils
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -15,32 +16,37 @@ if TYPE_CHECKING:
     import random
 
 
+# A Retry-After beyond this (about 31 years) is not a rate limit but a broken
+# header: syncd backs off as if there were none. Anything shorter is honoured
+# up to SYNCD_MAX_RETRY_WAIT.
+ABSURD_RETRY_AFTER = 1e9
+
+
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP date).
 
-    None when absent or unreadable; never negative.
+    None when absent, unreadable or absurd (not finite, or beyond
+    ABSURD_RETRY_AFTER); never negative. The caller clamps what is left to
+    its own bound (SYNCD_MAX_RETRY_WAIT).
     """
     if value is None:
         return None
     text = value.strip()
-    if not text:
+    if not text or len(text) > 64:
         return None
-    if text.isdigit():
-        return float(int(text))
     try:
         seconds = float(text)
     except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if seconds == seconds else None
-
-    try:
-        moment = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        try:
+            moment = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = (moment - now).total_seconds()
+    if not math.isfinite(seconds) or seconds > ABSURD_RETRY_AFTER:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - now).total_seconds())
+    return max(0.0, seconds)
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:

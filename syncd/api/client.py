@@ -9,11 +9,18 @@ caller does next (see syncd.errors):
     400, 4xx   BadRequestError at once, with the API's message
     429        wait exactly Retry-After (or back off), slow the limiter, retry
     5xx        back off with full jitter, retry
-    timeouts, resets, truncated/non-JSON/non-array bodies: back off, retry
+    timeouts, resets, truncated/non-JSON/non-array bodies, a body that cannot
+    be decoded (a wrong Content-Encoding), an answer slower than the request's
+    deadline or larger than MAX_BODY_BYTES: back off, retry
 
-Retries stop at ``max_attempts`` or when the next wait would take the total
-past ``max_retry_wait``: RetriesExhaustedError. Messages carry the method,
-path and query, never a header, so they are safe to log.
+Every wait is bounded: each request has a deadline for connecting and the
+whole answer (SYNCD_CONNECT_TIMEOUT + SYNCD_READ_TIMEOUT, checked as the body
+arrives); a Retry-After is clamped to SYNCD_MAX_RETRY_WAIT (an absurd one is
+ignored for the backoff); retries stop at ``max_attempts`` or when the next
+wait would take the total past ``max_retry_wait``: RetriesExhaustedError.
+
+Messages carry the method, path and query, never a header value, and the
+API's own words with the key redacted: they are safe to log and to store.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import orjson
 
 from syncd import __version__
 from syncd.api.backoff import RateLimiter, backoff_delay, parse_retry_after
-from syncd.api.body import BrokenBody, parse_array
+from syncd.api.body import BrokenBody, parse_array, parse_object
 from syncd.config import Secret
 from syncd.errors import (
     ApiError,
@@ -43,12 +50,18 @@ from syncd.errors import (
     BadRequestError,
     RetriableApiError,
     RetriesExhaustedError,
+    maskable,
+    redact,
 )
 
 log = logging.getLogger(__name__)
 
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 60.0
+# A page of 500 records of the 1 MB record limit would be 500 MB; real pages
+# are about 0.5 MB. A larger answer is a broken one.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+ERROR_BODY_BYTES = 64 * 1024  # of a non-200 answer, for its message
 
 
 @dataclass
@@ -89,6 +102,7 @@ class ApiClient:
     ) -> None:
         self.options = options or ClientOptions()
         self.key_source = key_source
+        self._secrets = maskable([api_key.reveal()])
         self._clock, self._sleep, self._wall = clock, sleep, wall
         # The latest deadline a 429's Retry-After set (wall clock), for the
         # engine to persist: a restarted syncd must wait it out too.
@@ -135,9 +149,19 @@ class ApiClient:
         assert body is None or isinstance(body, dict)
         return body
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What must never be logged or stored: the key."""
+        return self._secrets
+
+    def redact(self, text: str) -> str:
+        """``text`` without the key: for anything that may carry the API's words."""
+        return redact(text, self._secrets)
+
     def wait_until(self, moment: datetime) -> None:
-        """Honour a Retry-After deadline persisted by an earlier process."""
-        seconds = (moment - self._wall()).total_seconds()
+        """Honour a Retry-After deadline persisted by an earlier process (at most
+        SYNCD_MAX_RETRY_WAIT from now, whatever an older syncd persisted)."""
+        seconds = min((moment - self._wall()).total_seconds(), self.options.max_retry_wait)
         if seconds > 0:
             self.limiter.not_before(self._clock() + seconds)
 
@@ -164,7 +188,7 @@ class ApiClient:
             except RetriableApiError as exc:
                 is_429 = exc.status_code == 429
                 delay = (
-                    exc.retry_after
+                    min(exc.retry_after, options.max_retry_wait)
                     if exc.retry_after is not None
                     else backoff_delay(attempt, base=BACKOFF_BASE, cap=BACKOFF_CAP, rng=self._rng)
                 )
@@ -209,22 +233,33 @@ class ApiClient:
             self.stats.requests += 1
             if params is not None:
                 self.stats.list_requests += 1
+        deadline = self._clock() + self.options.connect_timeout + self.options.read_timeout
         try:
-            response = self._http.get(path, params=params)
-            content = response.content
+            with self._http.stream("GET", path, params=params) as response:
+                status = response.status_code
+                content = self._read(
+                    response, deadline, MAX_BODY_BYTES if status == 200 else ERROR_BODY_BYTES
+                )
+                retry_after = response.headers.get("Retry-After")
         except httpx.TimeoutException as exc:
             self._count("timeout")
             raise RetriableApiError(f"timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
+        except httpx.DecodingError:
+            self._count("undecodable")
+            raise RetriableApiError(
+                "200 with a body that cannot be decoded (a wrong Content-Encoding?)"
+            ) from None
+        except (httpx.TransportError, httpx.StreamError) as exc:
             self._count("network")
-            raise RetriableApiError(f"connection failed ({type(exc).__name__}: {_first_line(exc)})") from None
-        status = response.status_code
+            raise RetriableApiError(
+                f"connection failed ({type(exc).__name__}: {self._first_line(exc)})"
+            ) from None
         self._count(str(status))
         if status == 200:
             return self._parse(content, expect)
         if status == 404 and expect == "object":
             return None
-        message = _api_message(content)
+        message = self._api_message(content)
         if status in (401, 403):
             raise AuthError(
                 f"the API rejected the key ({status} {_phrase(status)}) supplied by "
@@ -232,9 +267,10 @@ class ApiClient:
                 status_code=status,
             )
         if status == 429:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall())
             raise RetriableApiError(
-                f"429 Too Many Requests: {message}", status_code=429, retry_after=retry_after
+                f"429 Too Many Requests: {message}",
+                status_code=429,
+                retry_after=parse_retry_after(retry_after, self._wall()),
             )
         if status >= 500:
             raise RetriableApiError(f"{status} {_phrase(status)}: {message}", status_code=status)
@@ -244,23 +280,55 @@ class ApiClient:
             f"the API refused {what} with {status} {_phrase(status)}: {message}", status_code=status
         )
 
+    def _read(self, response: httpx.Response, deadline: float, limit: int) -> bytes:
+        """The body, as long as it arrives before ``deadline`` (a body dribbled
+        a byte at a time must not hold a request forever) and within ``limit``
+        bytes (an error body is cut there; a page over it is broken)."""
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            if self._clock() > deadline:
+                raise RetriableApiError(
+                    f"{response.status_code} with a body still arriving after "
+                    f"{self.options.connect_timeout + self.options.read_timeout:g}s "
+                    "(SYNCD_CONNECT_TIMEOUT + SYNCD_READ_TIMEOUT)"
+                )
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                if response.status_code == 200:
+                    raise RetriableApiError(f"200 with a body over {limit:,} bytes")
+                break
+        return b"".join(chunks)[:limit]
+
     def _parse(self, content: bytes, expect: str) -> Any:
-        if expect == "array":
-            try:
-                return parse_array(content)
-            except BrokenBody as exc:
-                raise RetriableApiError(f"200 with a broken body: {exc}") from None
         try:
-            value = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            raise RetriableApiError("200 with a body that is not JSON") from None
-        if not isinstance(value, dict):
-            raise RetriableApiError(f"200 with a JSON {type(value).__name__}, not an object")
-        return value
+            return parse_array(content) if expect == "array" else parse_object(content)
+        except BrokenBody as exc:
+            raise RetriableApiError(f"200 with a broken body: {exc}") from None
 
     def _count(self, key: str) -> None:
         with self._pace_lock:
             self.stats.by_status[key] += 1
+
+    def _first_line(self, exc: BaseException) -> str:
+        text = self.redact(str(exc)).strip()
+        return text.splitlines()[0][:200] if text else "no details"
+
+    def _api_message(self, content: bytes) -> str:
+        """The error body's ``message`` (string or list), or a short note on the body;
+        the API's words, with the key redacted should they echo it."""
+        try:
+            body = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            return "(no JSON error body)" if content else "(empty body)"
+        message = body.get("message") if isinstance(body, dict) else None
+        if isinstance(message, list):
+            message = "; ".join(str(m) for m in message)
+        if not message:
+            return "(no message)"
+        text = self.redact(str(message))
+        return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _phrase(status: int) -> str:
@@ -268,23 +336,3 @@ def _phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else "no details"
-
-
-def _api_message(content: bytes) -> str:
-    """The error body's ``message`` (string or list), or a short note on the body."""
-    try:
-        body = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return "(no JSON error body)" if content else "(empty body)"
-    message = body.get("message") if isinstance(body, dict) else None
-    if isinstance(message, list):
-        message = "; ".join(str(m) for m in message)
-    if not message:
-        return "(no message)"
-    text = str(message)
-    return text if len(text) <= 300 else text[:297] + "..."

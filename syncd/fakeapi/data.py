@@ -44,6 +44,22 @@ HOSTILE_KINDS = (
     "duplicate_id",
     "junk_parameters",
 )
+# Hostile records a real service might send, each a byte-level attack that once
+# stopped every later sync (issue: nothing the API sends can stop the sync).
+# ``Dataset.poison`` serves one artwork's JSON as each kind; syncd must
+# quarantine it (or store it exactly, for "control") and go on.
+POISONS = (
+    "surrogate",  # a lone surrogate escape: not valid JSON for a strict parser
+    "nan",  # a NaN duration: not JSON at all
+    "huge_number",  # a duration beyond a double
+    "deep",  # parameters nested 1,000 deep
+    "nul",  # U+0000 in the prompt, which PostgreSQL cannot store
+    "long_status",  # a status longer than its varchar(64)
+    "far_date",  # 9999-12-31T23:59:59-01:00: the year 10000 in UTC
+    "id_newline",  # the id with a trailing newline: a second row for one artwork
+    "key_echo",  # the API key inside the record
+    "control",  # a prompt that forges a log line: valid, stored exactly
+)
 MALFORMED_KINDS = (
     "missing_id", "bad_uuid", "bad_created_at", "parameters_not_object",
     "creativity_out_of_range", "results_not_list", "scale_factor_out_of_range",
@@ -55,6 +71,39 @@ EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 # between EPOCH and HORIZON. Up to ~220,000 records the gaps are 1-600 s.
 HORIZON = datetime(2026, 6, 1, tzinfo=UTC)
 MAX_GAP_SECONDS = 600
+
+
+def _poisoned(kind: str, value: dict[str, Any], api_key: str) -> bytes:
+    """The JSON bytes of ``value`` turned into a hostile record of ``kind``."""
+    record = dict(value)
+    if kind == "surrogate":
+        record["parameters"] = {**record["parameters"], "prompt": "bad SURROGATE here"}
+        return orjson.dumps(record).replace(b"SURROGATE", b"\\ud800")
+    if kind in ("nan", "huge_number"):
+        record["duration"] = 0.123456
+        return orjson.dumps(record).replace(b"0.123456", b"NaN" if kind == "nan" else b"1e400")
+    if kind == "deep":
+        head = orjson.dumps({k: v for k, v in record.items() if k != "parameters"})[:-1]
+        return head + b',"parameters":{"junk":' + b"[" * 1000 + b"]" * 1000 + b"}}"
+    if kind == "nul":
+        record["parameters"] = {**record["parameters"], "prompt": "before\x00after"}
+        record["results"] = ["https://cdn.tengr.ai/a\x00b.webp"]
+    elif kind == "long_status":
+        record["status"] = "done-" + "x" * 200
+    elif kind == "far_date":
+        record["createdAt"] = "9999-12-31T23:59:59-01:00"
+    elif kind == "id_newline":
+        record["id"] += "\n"
+    elif kind == "key_echo":
+        record["parameters"] = {**record["parameters"], "prompt": f"the key is {api_key}"}
+    elif kind == "control":
+        forged = "\n2026-01-01T00:00:00Z ERROR   syncd: forged line\r\x1b[2K"
+        record["parameters"] = {
+            **record["parameters"],
+            "prompt": f"a cat{forged}",
+            "negativePrompt": "\u2028",
+        }
+    return orjson.dumps(record)
 
 
 def iso(moment: datetime) -> str:
@@ -148,6 +197,7 @@ class Dataset:
         self.created = 0
         self.items: list[FakeArtwork] = []  # live records, oldest first
         self.ever: dict[str, FakeArtwork] = {}  # every identifiable record ever created
+        self._healthy: dict[int, Any] = {}  # poisoned artworks' values, by index
         self.add(count)
 
     # ------------------------------------------------------------ mutation
@@ -172,6 +222,36 @@ class Dataset:
 
     def find(self, artwork_id: str) -> FakeArtwork | None:
         return next((a for a in self.items if a.id == artwork_id), None)
+
+    def poison(self, kinds: list[str], api_key: str) -> dict[str, FakeArtwork]:
+        """Serve one artwork of the list as each kind of hostile record (see POISONS).
+
+        Which artwork does not change with the data: the ones at fixed places
+        among the oldest. Poisoned artworks count as malformed, except
+        "control" (a valid record syncd must store exactly); ``heal`` undoes it.
+        """
+        poisoned: dict[str, FakeArtwork] = {}
+        candidates = [a for a in self.items if a.malformed is None and a.id is not None]
+        for number, kind in enumerate(kinds):
+            if kind not in POISONS:
+                raise ValueError(f"unknown poison {kind!r}; known: {', '.join(POISONS)}")
+            artwork = candidates[(number * 7 + 3) % len(candidates)]
+            self._healthy.setdefault(artwork.index, artwork.value)
+            artwork._json = _poisoned(kind, self._healthy[artwork.index], api_key)
+            if kind == "control":
+                artwork.value = orjson.loads(artwork._json)
+            else:
+                artwork.malformed = f"poison:{kind}"
+            poisoned[kind] = artwork
+        return poisoned
+
+    def heal(self) -> None:
+        """Every poisoned artwork is served as it was again."""
+        for artwork in self.items:
+            if artwork.index in self._healthy:
+                artwork.value = self._healthy.pop(artwork.index)
+                artwork.malformed = None
+                artwork._json = None
 
     # ------------------------------------------------------------ views
 

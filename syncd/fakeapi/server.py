@@ -13,6 +13,8 @@ random generator, so a run is repeatable. Control endpoints under ``/_fake/``
     POST /_fake/delete-oldest?count=N  delete the N oldest
     POST /_fake/finish-pending         pending artworks become done
     POST /_fake/faults                 JSON body: Faults fields to change
+    POST /_fake/poison?kinds=A,B       serve artworks as hostile records (fakeapi.data.POISONS)
+    POST /_fake/heal                   serve them as they were again
     POST /_fake/hold                   API requests wait (unanswered) until released
     POST /_fake/release                answer the held requests, and hold no more
 """
@@ -60,6 +62,13 @@ class Faults:
     auth_status: int = 0  # answer every API request with this status (401/403)
     fail_from_request: int = 0  # list requests from this number on answer 503 (0: off)
     order: str = "newest_first"  # newest_first | oldest_first | random
+    # Hostile bytes (what proxies, CDNs and bugs produce):
+    content_encoding: str = ""  # this Content-Encoding on 200 answers, the body left plain
+    bom: bool = False  # a UTF-8 byte-order mark before every 200 body
+    retry_after: str = ""  # every 429's Retry-After, verbatim ("inf", "31536000", ...); not enforced
+    dribble: float = 0.0  # seconds between the bytes of every 200 body
+    echo_key: bool = False  # answers repeat the key they were sent: error messages and a header
+    message_suffix: str = ""  # appended to every error message (newlines, escapes: log forgery)
 
     def update(self, changes: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -233,6 +242,16 @@ class _Handler(BaseHTTPRequestHandler):
                     self._error(400, str(exc))
                     return
                 self._send(200, orjson.dumps(asdict(api.faults)))
+            elif parts.path == "/_fake/poison":
+                try:
+                    poisoned = api.dataset.poison(query.get("kinds", "").split(","), api.api_key)
+                except ValueError as exc:
+                    self._error(400, str(exc))
+                    return
+                self._send(200, orjson.dumps({kind: a.id for kind, a in poisoned.items()}))
+            elif parts.path == "/_fake/heal":
+                api.dataset.heal()
+                self._send(200, b"{}")
             elif parts.path in ("/_fake/hold", "/_fake/release"):
                 (api.hold if parts.path == "/_fake/hold" else api.release)()
                 self._send(200, b"{}")
@@ -273,7 +292,34 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         content_type = "text/html" if fault in ("non_json", "html_5xx") else "application/json"
+        headers = dict(headers)
+        if faults.echo_key:
+            headers["X-Echo-Authorization"] = self.headers.get("Authorization", "")
+        if status == 200:
+            if faults.bom:
+                body = b"\xef\xbb\xbf" + body
+            if faults.content_encoding:
+                headers["Content-Encoding"] = faults.content_encoding
+            if faults.dribble:
+                self._dribble(body, content_type, headers, faults.dribble)
+                return
         self._send(status, body, content_type, headers)
+
+    def _dribble(self, body: bytes, content_type: str, headers: dict[str, str], pause: float) -> None:
+        """A 200 answer sent one byte at a time (a slowloris in reverse)."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        try:
+            for index in range(len(body)):
+                self.wfile.write(body[index : index + 1])
+                self.wfile.flush()
+                time.sleep(pause)
+        except OSError:  # the client gave up, as it should
+            self.close_connection = True
 
     def _decide(
         self, path: str, query: dict[str, list[str]], is_list: bool
@@ -283,16 +329,20 @@ class _Handler(BaseHTTPRequestHandler):
         faults = api.faults
         rng = api.rng
 
+        auth = self.headers.get("Authorization", "")
+        key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
+
         def error(
             status: int, message: str, headers: dict[str, str] | None = None
         ) -> tuple[int, bytes, dict[str, str], str | None]:
+            if faults.echo_key:
+                message = f"{message} (request: Authorization {auth})"
+            message += faults.message_suffix
             body = orjson.dumps(
                 {"message": message, "statusCode": status, "error": HTTPStatus(status).phrase}
             )
             return status, body, headers or {}, None
 
-        auth = self.headers.get("Authorization", "")
-        key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
         if faults.auth_status in (401, 403):
             return error(faults.auth_status, "Invalid API key" if faults.auth_status == 401 else "Forbidden")
         if key is None or (key != api.api_key and key not in api.forbidden_keys):
@@ -316,6 +366,9 @@ class _Handler(BaseHTTPRequestHandler):
                     headers["Retry-After"] = str(seconds)
             else:
                 api._retry_deadline = 0.0  # nothing was promised
+            if faults.retry_after:  # a broken header: it promises nothing the server keeps
+                headers["Retry-After"] = faults.retry_after
+                api._retry_deadline = 0.0
             return error(429, "ThrottlerException: Too Many Requests", headers)
 
         if is_list and faults.fail_from_request and api.stats.list_requests >= faults.fail_from_request:

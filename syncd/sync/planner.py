@@ -206,6 +206,8 @@ class Planner:
 
     def _start_scan(self, phase: Phase) -> None:
         st = self.state
+        if st.phase == Phase.IDLE:  # the scan before completed: deletions compare with it
+            st.previous_scan_started_at = st.scan_started_at
         st.phase = phase
         st.scan_started_at = self.now
         st.scan_order = ListOrder.UNKNOWN

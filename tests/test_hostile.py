@@ -1,0 +1,235 @@
+"""A hostile API: no record, header or message can stop the sync, leak the key or wedge syncd.
+
+Each attack here once stopped every later sync, printed the key, or waited
+forever. Against the fake API over a socket, with the real CLI, on both
+databases where a database is involved: `run-once` exits 0 (or fails for a
+reason an operator can read, then completes once the API heals), every
+well-formed record is stored exactly, the poisoned one is in rejected_records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from syncd import db, store
+from syncd.fakeapi.data import POISONS
+from syncd.fakeapi.server import FakeServer, Faults
+from tests.conftest import run_syncd, syncd_env
+
+KEY = "sk-live-7f3a9c2e1b8d4f60a5e2"
+REASONS = {
+    "surrogate": "not parseable JSON",
+    "nan": "not parseable JSON",
+    "huge_number": "not parseable JSON",
+    "deep": "nested deeper than 32 levels",
+    "nul": "U+0000",
+    "long_status": "status: String should have at most 64 characters",
+    "far_date": "createdAt: beyond the dates a database can hold",
+    "id_newline": "id: not a UUID",
+    "key_echo": "contains the API key",
+}
+
+
+def hostile_env(server: FakeServer, database_url: str, **extra: str) -> dict[str, str]:
+    env = syncd_env(server.url, database_url, **{"page_size": "100", **extra})
+    env["SYNCD_API_KEY"] = KEY
+    return env
+
+
+def rows(engine: Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return {row.id: row for row in conn.execute(select(store.artworks))}
+
+
+def rejected(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(store.rejected_table)))
+
+
+def assert_clean(result: Any) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", POISONS)
+def test_a_poisoned_record_is_quarantined_and_every_later_run_succeeds(
+    kind: str, db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(300, api_key=KEY, malformed_fraction=0, unknown_fraction=0)
+    poisoned = server.api.dataset.poison([kind], KEY)[kind]
+    env = hostile_env(server, db_url)
+    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    assert_clean(run_syncd(["run-once", "--full"], env, cwd=tmp_path))  # reads the poisoned page again
+    stored = rows(engine)
+    well_formed = {a.id: a.value for a in server.api.dataset.valid()}
+    assert set(stored) == set(well_formed)
+    for artwork_id, value in well_formed.items():
+        assert stored[artwork_id].raw == value  # stored exactly
+    quarantined = rejected(engine)
+    if kind == "control":  # valid, if hostile to a log: stored exactly
+        assert quarantined == []
+        assert stored[poisoned.id].raw is not None
+        params = store.PARAMETER_TABLES["txt2img_parameters"]
+        with engine.connect() as conn:
+            prompt = conn.execute(select(params.c.prompt).where(params.c.artwork_id == poisoned.id)).scalar()
+        if poisoned.value["artworkType"] == "txt2img":
+            assert prompt == poisoned.value["parameters"]["prompt"]
+        return
+    assert len(quarantined) == 1, [(r.reason, r.raw[:80]) for r in quarantined]
+    assert REASONS[kind] in quarantined[0].reason
+    assert quarantined[0].times_seen == 2  # seen by both runs, stored once
+
+
+def test_the_key_echoed_by_the_api_reaches_no_output_log_or_database(
+    sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    faults = Faults(echo_key=True, error_5xx=0.3, rate_limit=50)
+    server = fake_api(400, faults=faults, api_key=KEY, malformed_fraction=0.02)
+    server.api.dataset.poison(["key_echo"], KEY)
+    outputs: list[str] = []
+    for log_format in ("text", "json"):
+        env = hostile_env(server, sqlite_url, log_level="debug", log_format=log_format, max_attempts="20")
+        for args in (["run-once", "--full"], ["status", "--json"]):
+            result = run_syncd(args, env, cwd=tmp_path)
+            assert result.returncode == 0, result.stderr[-2000:]
+            outputs += [result.stdout, result.stderr]
+    server.api.faults.error_5xx = 0
+    server.api.faults.auth_status = 401  # "invalid key" echoing the key it was sent
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 4
+    outputs += [result.stdout, result.stderr, run_syncd(["status", "--json"], env, cwd=tmp_path).stdout]
+    server.api.faults.auth_status = 0
+    server.api.faults.error_5xx = 1.0  # a run that runs out of retries, its error stored
+    result = run_syncd(["run-once", "--full"], {**env, "SYNCD_MAX_ATTEMPTS": "2"}, cwd=tmp_path)
+    assert result.returncode == 5
+    outputs += [result.stdout, result.stderr, run_syncd(["status"], env, cwd=tmp_path).stdout]
+    assert any("[REDACTED]" in out for out in outputs)
+    for out in outputs:
+        assert KEY not in out
+    database = Path(sqlite_url.removeprefix("sqlite:///"))
+    for path in database.parent.glob(database.name + "*"):
+        assert KEY.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize(
+    ("faults", "why"),
+    [
+        ({"content_encoding": "gzip"}, "cannot be decoded"),
+        ({"dribble": 0.05}, "still arriving after"),
+    ],
+)
+def test_broken_transport_is_retried_then_fails_in_bounded_time_and_heals(
+    db_url: str,
+    engine: Engine,
+    fake_api: Callable[..., FakeServer],
+    tmp_path: Path,
+    faults: dict[str, Any],
+    why: str,
+) -> None:
+    server = fake_api(250, faults=Faults(**faults), api_key=KEY, malformed_fraction=0)
+    env = hostile_env(server, db_url, max_attempts="2", connect_timeout="1", read_timeout="1")
+    started = time.monotonic()
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 5, result.stderr[-2000:]
+    assert time.monotonic() - started < 30
+    assert why in result.stderr and "Traceback" not in result.stderr
+    server.api.faults.content_encoding, server.api.faults.dribble = "", 0.0
+    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    assert set(rows(engine)) == {a.id for a in server.api.dataset.valid()}
+
+
+def test_a_byte_order_mark_before_the_json_is_skipped(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(250, faults=Faults(bom=True), api_key=KEY, malformed_fraction=0, pending_fraction=0.1)
+    assert_clean(run_syncd(["run-once"], hostile_env(server, db_url), cwd=tmp_path))
+    assert set(rows(engine)) == {a.id for a in server.api.dataset.valid()}
+    assert server.api.stats.get_requests > 0  # the refresh's single-artwork bodies too
+
+
+@pytest.mark.parametrize("header", ["inf", "1" + "0" * 400, "31536000"])
+def test_an_absurd_retry_after_never_wedges_a_run_or_the_next_one(
+    header: str, sqlite_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(600, faults=Faults(rate_limit=4, retry_after=header), api_key=KEY, malformed_fraction=0)
+    env = hostile_env(server, sqlite_url, page_size="50", max_retry_wait="3", max_attempts="30")
+    started = time.monotonic()
+    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    assert server.api.stats.by_status and server.api.stats.by_status.get(429, 0) > 0
+    with engine.connect() as conn:
+        until = conn.execute(select(store.state_table.c.rate_limited_until)).scalar()
+    # What is persisted is at most SYNCD_MAX_RETRY_WAIT ahead: the next run is not wedged.
+    assert until is None or (until - until.now(until.tzinfo)).total_seconds() <= 3
+    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    assert time.monotonic() - started < 60
+    engine.dispose()
+
+
+def test_api_messages_cannot_forge_log_lines(
+    sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    forged = "\n2026-01-01T00:00:00Z ERROR   syncd: forged line\r\x1b[2K\u2028"
+    faults = Faults(error_5xx=0.5, message_suffix=forged)
+    server = fake_api(200, faults=faults, api_key=KEY, malformed_fraction=0)
+    for log_format in ("text", "json"):
+        env = hostile_env(server, sqlite_url, log_format=log_format, max_attempts="30")
+        result = run_syncd(["run-once", "--full"], env, cwd=tmp_path)
+        assert_clean(result)
+        lines = result.stderr.splitlines()
+        assert any("retrying" in line for line in lines), result.stderr
+        for line in lines:
+            assert "forged line" not in line or "\\n2026" in line, line
+            if log_format == "json":
+                json.loads(line)
+            else:
+                assert line[:4].isdigit(), line  # every line is one of syncd's
+
+
+def test_bad_keys_and_credentials_are_one_line_without_the_value(tmp_path: Path) -> None:
+    env = syncd_env("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'x.db'}")
+    key_file = tmp_path / "key"
+    cases = {
+        "SYNCD_API_KEY_FILE": ("sk-first-line-secret\nsk-second-line-secret", "SYNCD_API_KEY_FILE"),
+        "SYNCD_API_KEY": ("sk-ünïcode-secret", "SYNCD_API_KEY: contains a character that is not ASCII"),
+        "SYNCD_API_URL": (
+            "http://user:hunter2secret@api.example",
+            "SYNCD_API_URL: must not contain credentials",
+        ),
+    }
+    for variable, (value, message) in cases.items():
+        case_env = dict(env)
+        if variable == "SYNCD_API_KEY_FILE":
+            key_file.write_text(value)
+            del case_env["SYNCD_API_KEY"]
+            case_env[variable] = str(key_file)
+        else:
+            case_env[variable] = value
+        result = run_syncd(["run-once"], case_env, cwd=tmp_path)
+        assert result.returncode == 3, result.stderr
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        for secret in ("sk-first-line-secret", "sk-second-line-secret", "sk-ünïcode-secret", "hunter2secret"):
+            assert secret not in result.stderr + result.stdout
+
+
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(
+    fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    database = tmp_path / "syncd.db"
+    os.symlink(victim, db.lock_path_of(database))
+    server = fake_api(50)
+    result = run_syncd(["run-once"], syncd_env(server.url, f"sqlite:///{database}"), cwd=tmp_path)
+    assert result.returncode == 6, result.stderr
+    assert "is a symbolic link; syncd does not follow it" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert victim.read_text() == "precious\n"
+    assert server.api.stats.requests == 0
