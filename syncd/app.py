@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -95,6 +96,7 @@ def sync_with(
     refresh: bool = True,
     stop: threading.Event | None = None,
     on_page: Callable[[Progress], None] | None = None,
+    on_rate_limited: Callable[[datetime], None] | None = None,
 ) -> SyncOutcome:
     """The sync itself, for a caller that already holds the lock.
 
@@ -106,7 +108,9 @@ def sync_with(
     stop = stop or threading.Event()
     with make_client(settings, stop) as client:
         outcome.http = client.stats
-        syncer = Syncer(engine, client, settings.page_size, stop=stop, on_page=on_page)
+        syncer = Syncer(
+            engine, client, settings.page_size, stop=stop, on_page=on_page, on_rate_limited=on_rate_limited
+        )
         try:
             if list_run:
                 summaries.append(syncer.sync(full=full))

@@ -36,6 +36,11 @@ class Metrics:
             "Unix time of the last successful run",
             registry=self.registry,
         )
+        self.rate_limited_until = Gauge(
+            "syncd_rate_limited_until_timestamp_seconds",
+            "Unix time until which the API asked for quiet (Retry-After); syncd sends nothing before",
+            registry=self.registry,
+        )
         self.duration = Histogram(
             "syncd_run_duration_seconds",
             "Duration of sync runs",

@@ -159,6 +159,7 @@ class Daemon:
                     list_run=kind != "refresh",
                     refresh=kind == "refresh",
                     stop=self.stop,
+                    on_rate_limited=self._rate_limited,
                 )
         except LockHeldError as exc:
             log.info("%s tick skipped: %s", kind, exc)
@@ -183,6 +184,12 @@ class Daemon:
             for summary in outcome.summaries:
                 self.metrics.record_run(summary, started + summary.seconds)
             self.metrics.record_http(outcome.http)
+
+    def _rate_limited(self, until: datetime) -> None:
+        self.last_status = f"rate limited by the API until {until.isoformat(timespec='seconds')}"
+        notify(f"STATUS={self.last_status}")
+        if self.metrics is not None:
+            self.metrics.rate_limited_until.set(until.timestamp())
 
     def _count_failure(self, kind: str, outcome: str) -> None:
         if self.metrics is not None:

@@ -80,6 +80,14 @@ def assert_matches_dataset(engine: Engine, dataset: Dataset) -> None:
             assert stored["image_url"] == params.get("imageUrl")
             assert stored["scale_factor"] == params.get("scaleFactor")
     assert txt2img == {} and upscaling == {}, "parameter rows without a matching artwork type"
+    with engine.connect() as conn:  # SQLite is not asked to enforce the foreign keys: check them
+        for child in ("txt2img_parameters", "upscaling_parameters", "artwork_results"):
+            orphans = conn.exec_driver_sql(
+                f"SELECT COUNT(*) FROM {child} WHERE artwork_id NOT IN (SELECT id FROM artworks)"
+            ).scalar()
+            assert orphans == 0, child
+        if engine.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
 
     malformed = [a for a in dataset.items if a.malformed]
     rejected_payloads = [orjson.loads(row["raw"]) for row in data["rejected_records"]]

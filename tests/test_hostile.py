@@ -17,12 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, select, text
 
 from syncd import db, store
+from syncd.app import run_once
+from syncd.errors import SyncdError
 from syncd.fakeapi.data import POISONS
 from syncd.fakeapi.server import FakeServer, Faults
-from tests.conftest import run_syncd, syncd_env
+from tests.conftest import make_settings, run_syncd, syncd_env
 
 KEY = "sk-live-7f3a9c2e1b8d4f60a5e2"
 REASONS = {
@@ -233,3 +237,90 @@ def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(
     assert len(result.stderr.strip().splitlines()) == 1
     assert victim.read_text() == "precious\n"
     assert server.api.stats.requests == 0
+
+
+# ------------------------------------------------------------------ property
+
+# Byte- and value-level mutations of one record's JSON, as a proxy or a bug
+# would make them. Some keep the record valid, some make it invalid, some make
+# the page unreadable (truncation): none may crash syncd or touch another record.
+ESCAPES = [b"\\ud800", b"\\udfff", b"\\u0000", b"\\u001b[2K", b"\\n", b"\\u2028"]
+NUMBERS = [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"123456789012345678901234567890", b"-0", b"1e-400"]
+
+
+def mutate(raw: bytes, choice: tuple[str, int, int]) -> bytes:
+    kind, at, size = choice
+    at %= max(1, len(raw) - 2)
+    if kind == "escape":  # inside the first string value after `at`
+        quote = raw.find(b'":"', at)
+        if quote < 0:
+            quote = raw.find(b'":"')
+        return raw[: quote + 3] + ESCAPES[size % len(ESCAPES)] + raw[quote + 3 :]
+    if kind == "number":
+        colon = raw.find(b'"duration":')
+        if colon < 0:
+            return raw
+        end = raw.find(b",", colon)
+        return raw[: colon + 11] + NUMBERS[size % len(NUMBERS)] + raw[end:]
+    if kind == "deep":
+        depth = 30 + size * 40
+        return raw[:-1] + b',"junk":' + b"[" * depth + b"]" * depth + b"}"
+    if kind == "control":
+        quote = raw.find(b'":"', at)
+        if quote < 0:
+            return raw
+        return raw[: quote + 3] + bytes([size % 32]) + raw[quote + 3 :]  # a raw control byte: not JSON
+    if kind == "duplicate_key":
+        return raw[:-1] + b',"status":"dup' + str(size).encode() + b'"}'
+    if kind == "truncate":
+        return raw[: at + 1]
+    raise AssertionError(kind)
+
+
+MUTATION = st.tuples(
+    st.sampled_from(["escape", "number", "deep", "control", "duplicate_key", "truncate"]),
+    st.integers(0, 10_000),
+    st.integers(0, 50),
+)
+
+
+def clear_tables(engine: Engine) -> None:
+    with db.writer(engine).begin() as conn:
+        for table in ("artwork_results", "txt2img_parameters", "upscaling_parameters", "rejected_records"):
+            conn.execute(text(f"DELETE FROM {table}"))
+        for table in ("artworks", "sync_runs", "sync_state"):
+            conn.execute(text(f"DELETE FROM {table}"))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 39), MUTATION), min_size=1, max_size=4))
+def test_property_mutated_pages_never_crash_and_never_touch_intact_records(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], mutations: list[tuple[int, Any]]
+) -> None:
+    clear_tables(engine)
+    server = fake_api(40, seed=9, malformed_fraction=0)
+    items = server.api.dataset.items
+    for index, choice in mutations:
+        items[index]._json = mutate(items[index].json(), choice)
+    mutated = {items[index].id for index, _ in mutations}
+    settings_ = make_settings(server.url, db_url, page_size="25", max_attempts="2")
+    try:
+        run_once(settings_)
+        code = 0
+    except SyncdError as exc:
+        code = int(exc.exit_code)  # anything else propagates: a crash fails the test
+    assert code in (0, 5, 6)
+    stored = rows(engine)
+    assert len(stored) == len(set(stored))
+    for artwork in items:
+        if artwork.id not in mutated and artwork.id in stored:
+            assert stored[artwork.id].raw == artwork.value  # intact records exactly
+    if code == 0:
+        assert {a.id for a in items} - mutated <= set(stored)
+    # Healed, the API's answers are whole: the next run completes, and a full
+    # one (the daemon's daily reconciliation) stores what was quarantined.
+    for artwork in items:
+        artwork._json = None
+    run_once(settings_)
+    run_once(settings_, full=True)
+    assert set(rows(engine)) == {a.id for a in items}

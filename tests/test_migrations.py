@@ -88,7 +88,7 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url: str) -> None:
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.SQLITE_BUSY_TIMEOUT_MS
-            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0  # see db._sqlite_pragmas
     finally:
         engine.dispose()
 
@@ -132,6 +132,48 @@ def test_0002_indexes_the_artworks_to_refresh_and_the_queries_use_it(db_url: str
             command.downgrade(db.alembic_config(conn), "0001")
         assert "ix_artworks_pending_refresh" not in {
             i["name"] for i in inspect(engine).get_indexes("artworks")
+        }
+    finally:
+        engine.dispose()
+
+
+def test_0003_adds_the_previous_scan_start_keeping_the_state(db_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from alembic import command
+
+    from syncd import store
+    from syncd.state import Phase
+
+    engine = db.create_db_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(db.alembic_config(conn), "0002")
+            started = (
+                "2026-11-30T12:00:00.000000Z" if engine.dialect.name == "sqlite" else "2026-11-30 12:00Z"
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO sync_state (stream, list_order, scan_order, phase, cursor_skip, "
+                    "scan_started_at, updated_at) VALUES ('artworks', 'newest_first', 'newest_first', "
+                    f"'idle', 0, '{started}', '{started}')"
+                )
+            )
+        db.upgrade(engine)
+        with engine.begin() as conn:
+            state = store.load_state(conn, "artworks")
+            assert state.phase == Phase.IDLE and state.previous_scan_started_at is None
+            assert state.scan_started_at == datetime(2026, 11, 30, 12, tzinfo=UTC)
+            state.previous_scan_started_at = datetime(2026, 11, 29, tzinfo=UTC)
+            store.save_state(conn, state, datetime(2026, 12, 1, tzinfo=UTC))
+        with engine.connect() as conn:
+            assert store.load_state(conn, "artworks").previous_scan_started_at == datetime(
+                2026, 11, 29, tzinfo=UTC
+            )
+        with engine.begin() as conn:
+            command.downgrade(db.alembic_config(conn), "0002")
+        assert "previous_scan_started_at" not in {
+            c["name"] for c in inspect(engine).get_columns("sync_state")
         }
     finally:
         engine.dispose()

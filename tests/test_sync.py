@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 
 from syncd import db, store
 from syncd.app import make_client, run_once
-from syncd.errors import Interrupted
+from syncd.errors import DatabaseError, Interrupted
 from syncd.fakeapi.data import Dataset
 from syncd.fakeapi.server import FakeServer, Faults
 from syncd.state import Counts, RunSummary
@@ -314,3 +314,109 @@ def test_the_runs_counts_are_what_was_committed(
     # An interruption keeps the pages written whole (8); a failure rolls back to the last commit (8 too).
     assert (run.pages, run.inserted) == (8, stored) and stored == 8 * L - 7
     assert run.requests >= 9
+
+
+def test_an_artwork_that_moves_ahead_of_a_full_scan_is_not_marked_deleted(
+    db_url: str, engine: Engine, clean: Callable[..., FakeServer]
+) -> None:
+    server = clean(300)
+    sync(server, db_url)
+    items = server.api.dataset.items
+    moved = items[0]
+
+    def move_the_oldest_to_the_front(request: int) -> None:
+        if request == 2:  # after the first page was read: it jumps into what was read
+            items.append(items.pop(0))
+
+    def seen(artwork_id: str | None) -> Any:
+        with engine.connect() as conn:
+            return conn.execute(
+                select(store.artworks.c.last_seen_at).where(store.artworks.c.id == artwork_id)
+            ).scalar_one()
+
+    before = seen(moved.id)
+    server.api.before_list = move_the_oldest_to_the_front
+    summary, _ = sync(server, db_url, full=True)
+    assert seen(moved.id) > before  # seen again: by its GET
+    assert summary.mode == "full" and summary.counts.marked_deleted == 0
+    assert server.api.stats.get_requests == 1  # missed by the scan: asked for by id, found
+    with engine.connect() as conn:
+        marked = conn.execute(
+            select(store.artworks.c.id).where(store.artworks.c.remote_deleted_at.is_not(None))
+        ).all()
+    assert marked == []
+
+
+def test_deletions_beyond_the_checks_wait_for_a_second_scan(
+    db_url: str, engine: Engine, clean: Callable[..., FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncd.sync import engine as sync_engine
+
+    monkeypatch.setattr(sync_engine, "DELETION_CHECKS", 5)
+    server = clean(400)
+    sync(server, db_url)
+    removed = server.api.dataset.delete_oldest(20)
+    first, _ = sync(server, db_url, full=True)
+    assert first.counts.marked_deleted == 5 and server.api.stats.get_requests == 5  # each a 404
+    second, _ = sync(server, db_url, full=True)
+    # Missed by two complete scans: marked without asking again.
+    assert second.counts.marked_deleted == 15 and server.api.stats.get_requests == 0
+    with engine.connect() as conn:
+        marked = set(
+            conn.execute(
+                select(store.artworks.c.id).where(store.artworks.c.remote_deleted_at.is_not(None))
+            ).scalars()
+        )
+    assert marked == {a.id for a in removed}
+
+
+def refuse_in_the_database(engine: Engine, artwork_id: str | None) -> None:
+    """A trigger that makes the database refuse one artwork's row (every row when None)."""
+    condition = "TRUE" if artwork_id is None else f"NEW.id = '{artwork_id}'"
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            condition = "1" if artwork_id is None else condition
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER refuse BEFORE INSERT ON artworks WHEN {condition} "
+                "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+                f"IF {condition} THEN RAISE EXCEPTION 'refused by a test trigger' USING ERRCODE = 'check_violation'; "
+                "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON artworks FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+
+
+def test_a_record_the_database_refuses_is_quarantined_and_the_rest_written(
+    db_url: str, engine: Engine, clean: Callable[..., FakeServer]
+) -> None:
+    server = clean(450)
+    victim = server.api.dataset.valid()[200]
+    refuse_in_the_database(engine, victim.id)
+    summary, _ = sync(server, db_url)
+    assert summary.outcome == "success" and summary.counts.rejected == 1
+    assert stored_ids(engine) == valid_ids(server) - {victim.id}
+    with engine.connect() as conn:
+        quarantined = conn.execute(select(store.rejected_table)).one()
+        run = conn.execute(select(store.runs_table)).one()
+    assert quarantined.artwork_id == victim.id
+    assert (
+        "the database refused it" in quarantined.reason and "refused by a test trigger" in quarantined.reason
+    )
+    assert run.inserted == len(valid_ids(server)) - 1
+
+
+def test_a_database_that_refuses_every_record_fails_the_run_with_exit_6(
+    db_url: str, engine: Engine, clean: Callable[..., FakeServer]
+) -> None:
+    server = clean(150)
+    refuse_in_the_database(engine, None)
+    with pytest.raises(DatabaseError, match="refused by a test trigger"):
+        sync(server, db_url)
+    with engine.connect() as conn:
+        assert conn.execute(select(store.rejected_table)).all() == []
+        assert conn.execute(select(store.runs_table.c.outcome)).scalar() == "failed"

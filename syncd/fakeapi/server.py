@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -117,6 +118,9 @@ class FakeApi:
         self.list_log: list[tuple[int, int]] = []  # (skip, limit) of each list request
         self.served: set[str] = set()  # every id any list answer carried: "ever listed"
         self.first_request_at: float | None = None  # wall clock (time.time()) of the first API request
+        # In-process tests: called (under the lock) with the list request's number
+        # before it is answered, to change the data between two pages.
+        self.before_list: Callable[[int], None] | None = None
         self._open = threading.Event()  # cleared: API requests are held (a server that hangs)
         self._open.set()
         self.held = 0  # requests waiting at the gate now
@@ -422,6 +426,8 @@ class _Handler(BaseHTTPRequestHandler):
             api.dataset.add(faults.add_per_request)
         if faults.delete_oldest_per_request:
             api.dataset.delete_oldest(faults.delete_oldest_per_request)
+        if api.before_list is not None:
+            api.before_list(api.stats.list_requests)
         api.list_log.append((skip, limit))
         listed = api.dataset.page(faults.order, skip, limit)
         api.served.update(a.id for a in listed if a.id is not None)

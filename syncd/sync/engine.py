@@ -28,7 +28,7 @@ from syncd import store
 from syncd.api.client import ApiClient
 from syncd.db import writer
 from syncd.errors import ApiError, AuthError, Interrupted, SyncdError, database_reason
-from syncd.records import ArtworkRows, Rejection, classify, classify_page, list_key, page_ids
+from syncd.records import ArtworkRows, PageResult, Rejection, classify, classify_page, list_key, page_ids
 from syncd.state import STREAM, Counts, Mode, RunSummary, StreamState
 from syncd.sync.inflight import InFlight
 from syncd.sync.planner import Item, Planner, Request
@@ -96,7 +96,9 @@ class _Pages:
         self.secrets = secrets
         self._requests = requests
         self._transaction: RootTransaction | None = None  # SQLite's BEGIN IMMEDIATE: the write lock
-        self._pending: list[tuple[Fetched, StreamState]] = []  # written, not committed
+        # Written, not committed: with its time and the state after it, for a
+        # second writing (as validated rows: a third of the parsed page's memory).
+        self._pending: list[tuple[PageResult, datetime, StreamState]] = []
         self._written = Counts()  # what the pending pages did
         # The content hashes of the page written last, while no lookup is needed.
         self._previous: dict[str, str] | None = {} if first_backfill else None
@@ -110,9 +112,24 @@ class _Pages:
         if self._transaction is None:
             self._transaction = self.conn.begin()
             self.begun_at = time.monotonic()
-        self._pending.append((fetched, state))
+        ids = page_ids(fetched.items)
+        if self._previous is None:
+            # Looked up once, in this transaction: validation skips what is stored
+            # unchanged, and the write decides insert, rewrite or touch by them.
+            stored = store.stored_hashes(self.conn, ids)
+        else:
+            stored = {
+                artwork_id: self._previous[artwork_id] for artwork_id in ids if artwork_id in self._previous
+            }
+        page = classify_page(fetched.items, fetched.now, stored, self.secrets)
+        for rejection in page.rejected:
+            log.debug("rejected record %s: %s", rejection.artwork_id or "(no id)", rejection.reason)
+        if self._previous is not None:
+            self._previous = {rows.id: rows.content_hash for rows in page.rows}
+            self._previous.update((artwork_id, stored[artwork_id]) for artwork_id in page.unchanged_ids)
+        self._pending.append((page, fetched.now, state))
         try:
-            self._written.add(self._write(fetched))
+            self._written.add(store.write_page(self.conn, page, stored, now=fetched.now, run_id=self.run.id))
         except store.RECORD_ERRORS as exc:
             log.warning(
                 "the database refused a write (%s); writing the %d page(s) since the last commit again, "
@@ -125,48 +142,30 @@ class _Pages:
         self.run.counts.add(self._written)
 
     def _write_again(self) -> None:
+        """The pages since the last commit, looked up again, each record of a
+        page the database refuses under a savepoint of its own."""
         assert self._transaction is not None
         self._transaction.rollback()
         self._transaction = self.conn.begin()
         self._previous = None  # look every id up from now on
         self._written = Counts()
-        for fetched, _ in self._pending:
+        for page, now, _ in self._pending:
+            stored = store.stored_hashes(self.conn, [rows.id for rows in page.rows] + page.unchanged_ids)
             savepoint = self.conn.begin_nested()
             try:
-                written = self._write(fetched)
+                written = store.write_page(self.conn, page, stored, now=now, run_id=self.run.id)
             except store.RECORD_ERRORS:
                 savepoint.rollback()
-                written = self._write(fetched, careful=True)
+                written = store.write_page(self.conn, page, stored, now=now, run_id=self.run.id, careful=True)
             else:
                 savepoint.commit()
             self._written.add(written)
 
-    def _write(self, fetched: Fetched, *, careful: bool = False) -> Counts:
-        ids = page_ids(fetched.items)
-        if self._previous is None:
-            # Looked up once, in this transaction: validation skips what is stored
-            # unchanged, and the write decides insert, rewrite or touch by them.
-            stored = store.stored_hashes(self.conn, ids)
-        else:
-            stored = {
-                artwork_id: self._previous[artwork_id] for artwork_id in ids if artwork_id in self._previous
-            }
-        page = classify_page(fetched.items, fetched.now, stored, self.secrets)
-        written = store.write_page(
-            self.conn, page, stored, now=fetched.now, run_id=self.run.id, careful=careful
-        )
-        if self._previous is not None:
-            self._previous = {rows.id: rows.content_hash for rows in page.rows}
-            self._previous.update((artwork_id, stored[artwork_id]) for artwork_id in page.unchanged_ids)
-        for rejection in page.rejected:
-            log.debug("rejected record %s: %s", rejection.artwork_id or "(no id)", rejection.reason)
-        return written
-
     def commit(self) -> None:
         if self._transaction is None:
             return
-        fetched, state = self._pending[-1]
-        store.save_state(self.conn, state, fetched.now)
+        _, now, state = self._pending[-1]
+        store.save_state(self.conn, state, now)
         self.run.counts.requests = self._requests()
         store.update_run(self.conn, self.run.id, self.run.counts, mode=str(self.run.mode))
         transaction, self._transaction = self._transaction, None
@@ -193,6 +192,7 @@ class Syncer:
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     stop: threading.Event = field(default_factory=threading.Event)
     on_page: Callable[[Progress], None] | None = None
+    on_rate_limited: Callable[[datetime], None] | None = None  # a new Retry-After deadline (metrics)
     refresh_limit: int = 1000
     commit_seconds: float = 1.0
     wait_step: float = 0.2  # how often a wait looks at the stop request (and commits)
@@ -212,7 +212,11 @@ class Syncer:
             planner = Planner(state, self.page_size, full=full, now=self.now())
             run = self._start_run(conn, planner.mode)
         self._saved_deadline = state.rate_limited_until
-        if state.rate_limited_until is not None:
+        if state.rate_limited_until is not None and state.rate_limited_until > self.now():
+            log.warning(
+                "waiting out the API's rate limit (Retry-After) until %s before the first request",
+                state.rate_limited_until.isoformat(timespec="seconds"),
+            )
             self.client.wait_until(state.rate_limited_until)
         with self._recorded(run):
             self._list_loop(planner, run, started)
@@ -378,6 +382,12 @@ class Syncer:
         with self._writer.begin() as conn:
             store.save_rate_limit(conn, STREAM, deadline, self.now())
         self._saved_deadline = deadline
+        log.warning(
+            "rate limited by the API: no request before %s (Retry-After)",
+            deadline.isoformat(timespec="seconds"),
+        )
+        if self.on_rate_limited is not None:
+            self.on_rate_limited(deadline)
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
