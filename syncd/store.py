@@ -242,11 +242,6 @@ def stored_hashes(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def is_empty(conn: Connection) -> bool:
-    """No artwork stored: a first backfill."""
-    return conn.execute(select(artworks.c.id).limit(1)).first() is None
-
-
 def touch_seen(conn: Connection, ids: Sequence[str], now: datetime) -> int:
     """Artworks seen again unchanged: only last_seen_at moves (one statement per 500)."""
     seen = utc_text(now)

@@ -67,19 +67,24 @@ class _Run:
     committed: Counts = field(default_factory=Counts)
 
 
+class _Rewind(Exception):
+    """The database refused a record: the pages since the last commit were
+    rolled back, and the list is read again from the committed cursor."""
+
+
 class _Pages:
     """Pages written in one open transaction, committed with the planner's state
     after the last of them and the run's counters.
 
     A page is written with one statement per table. Should the database refuse
     a record (validation is meant to make that impossible), the transaction
-    is rolled back and its pages written again, each record of a failing page
-    under a savepoint (see store.write_page): the record is quarantined and
-    nothing else is lost, without a savepoint per page on the fast path (it
-    slows SQLite's inserts by 15-20%). In a first backfill (nothing was stored
-    when the run began) a page's ids are not looked up: only the page before
-    can hold them. Should the list have shifted further than that, the
-    insert's conflict sends the pages the same way, looked up this time.
+    is rolled back, the loop reads the list again from the committed cursor
+    (``_Rewind``), and the pages are written ``careful``ly from then on: each
+    under a savepoint, and each record of a page the database refuses under
+    one of its own, so that the record is quarantined and nothing else lost.
+    Savepoints only then: one per page slows SQLite's inserts by 15-20%.
+    (Pages read again may miss an artwork deleted meanwhile, as after a crash;
+    a refused record that validation accepted is the rare case this covers.)
     """
 
     def __init__(
@@ -88,20 +93,15 @@ class _Pages:
         run: _Run,
         requests: Callable[[], int],
         secrets: tuple[str, ...],
-        *,
-        first_backfill: bool,
     ) -> None:
         self.conn: Connection = engine.connect()
         self.run = run
         self.secrets = secrets
         self._requests = requests
         self._transaction: RootTransaction | None = None  # SQLite's BEGIN IMMEDIATE: the write lock
-        # Written, not committed: with its time and the state after it, for a
-        # second writing (as validated rows: a third of the parsed page's memory).
-        self._pending: list[tuple[PageResult, datetime, StreamState]] = []
-        self._written = Counts()  # what the pending pages did
-        # The content hashes of the page written last, while no lookup is needed.
-        self._previous: dict[str, str] | None = {} if first_backfill else None
+        self._state: tuple[StreamState, datetime] | None = None  # after the last page written
+        self._written = Counts()  # what the pages since the last commit did
+        self.careful = False
         self.begun_at = 0.0
 
     @property
@@ -112,66 +112,55 @@ class _Pages:
         if self._transaction is None:
             self._transaction = self.conn.begin()
             self.begun_at = time.monotonic()
-        ids = page_ids(fetched.items)
-        if self._previous is None:
-            # Looked up once, in this transaction: validation skips what is stored
-            # unchanged, and the write decides insert, rewrite or touch by them.
-            stored = store.stored_hashes(self.conn, ids)
-        else:
-            stored = {
-                artwork_id: self._previous[artwork_id] for artwork_id in ids if artwork_id in self._previous
-            }
+        # Looked up once, in this transaction: validation skips what is stored
+        # unchanged, and the write decides insert, rewrite or touch by them.
+        stored = store.stored_hashes(self.conn, page_ids(fetched.items))
         page = classify_page(fetched.items, fetched.now, stored, self.secrets)
         for rejection in page.rejected:
             log.debug("rejected record %s: %s", rejection.artwork_id or "(no id)", rejection.reason)
-        if self._previous is not None:
-            self._previous = {rows.id: rows.content_hash for rows in page.rows}
-            self._previous.update((artwork_id, stored[artwork_id]) for artwork_id in page.unchanged_ids)
-        self._pending.append((page, fetched.now, state))
         try:
-            self._written.add(store.write_page(self.conn, page, stored, now=fetched.now, run_id=self.run.id))
+            written = self._write(page, stored, fetched.now)
         except store.RECORD_ERRORS as exc:
+            if self.careful:
+                raise
             log.warning(
-                "the database refused a write (%s); writing the %d page(s) since the last commit again, "
-                "quarantining what it refuses",
+                "the database refused a write (%s); reading the pages since the last commit again, "
+                "to quarantine what it refuses",
                 database_reason(exc),
-                len(self._pending),
             )
-            self._write_again()
+            self._transaction.rollback()
+            self._transaction = None
+            self._written = Counts()
+            self.careful = True
+            self.run.counts = self.run.committed.copy()
+            raise _Rewind from None
+        self._written.add(written)
+        self._state = (state, fetched.now)
         self.run.counts = self.run.committed.copy()
         self.run.counts.add(self._written)
 
-    def _write_again(self) -> None:
-        """The pages since the last commit, looked up again, each record of a
-        page the database refuses under a savepoint of its own."""
-        assert self._transaction is not None
-        self._transaction.rollback()
-        self._transaction = self.conn.begin()
-        self._previous = None  # look every id up from now on
-        self._written = Counts()
-        for page, now, _ in self._pending:
-            stored = store.stored_hashes(self.conn, [rows.id for rows in page.rows] + page.unchanged_ids)
-            savepoint = self.conn.begin_nested()
-            try:
-                written = store.write_page(self.conn, page, stored, now=now, run_id=self.run.id)
-            except store.RECORD_ERRORS:
-                savepoint.rollback()
-                written = store.write_page(self.conn, page, stored, now=now, run_id=self.run.id, careful=True)
-            else:
-                savepoint.commit()
-            self._written.add(written)
+    def _write(self, page: PageResult, stored: dict[str, str], now: datetime) -> Counts:
+        if not self.careful:
+            return store.write_page(self.conn, page, stored, now=now, run_id=self.run.id)
+        savepoint = self.conn.begin_nested()
+        try:
+            written = store.write_page(self.conn, page, stored, now=now, run_id=self.run.id)
+        except store.RECORD_ERRORS:
+            savepoint.rollback()
+            return store.write_page(self.conn, page, stored, now=now, run_id=self.run.id, careful=True)
+        savepoint.commit()
+        return written
 
     def commit(self) -> None:
         if self._transaction is None:
             return
-        _, now, state = self._pending[-1]
-        store.save_state(self.conn, state, now)
+        assert self._state is not None
+        store.save_state(self.conn, *self._state)
         self.run.counts.requests = self._requests()
         store.update_run(self.conn, self.run.id, self.run.counts, mode=str(self.run.mode))
         transaction, self._transaction = self._transaction, None
         transaction.commit()
         self.run.committed = self.run.counts.copy()
-        self._pending.clear()
         self._written = Counts()
 
     def close(self) -> None:
@@ -219,7 +208,7 @@ class Syncer:
             )
             self.client.wait_until(state.rate_limited_until)
         with self._recorded(run):
-            self._list_loop(planner, run, started)
+            planner = self._list_loop(planner, run, started, full=full)
             if planner.scan_complete and planner.provably_complete:
                 self._settle_deletions(run, planner.state)
         if run.counts.rejected:
@@ -255,16 +244,24 @@ class Syncer:
         items = self.client.fetch_list_page(request.skip, request.limit)
         return Fetched(items, self.now())
 
-    def _list_loop(self, planner: Planner, run: _Run, started: float) -> None:
-        with self.engine.connect() as conn:
-            first_backfill = store.is_empty(conn)
+    def _list_loop(self, planner: Planner, run: _Run, started: float, *, full: bool) -> Planner:
+        """Read the list as the planner says; the planner at the end (a rewind makes a new one)."""
         pages = _Pages(
-            self._writer,
-            run,
-            lambda: self.client.stats.requests - run.requests_before,
-            self.client.secrets,
-            first_backfill=first_backfill,
+            self._writer, run, lambda: self.client.stats.requests - run.requests_before, self.client.secrets
         )
+        try:
+            while True:
+                try:
+                    self._read_list(planner, run, pages, started)
+                    return planner
+                except _Rewind:
+                    with self.engine.connect() as conn:
+                        state = store.load_state(conn, STREAM)
+                    planner = Planner(state, self.page_size, full=full, now=self.now())
+        finally:
+            pages.close()
+
+    def _read_list(self, planner: Planner, run: _Run, pages: _Pages, started: float) -> None:
         with self._requests() as requests:
             try:
                 request = planner.next_request()
@@ -286,8 +283,6 @@ class Syncer:
                 # so far are whole, with their cursor. Keep them.
                 pages.commit()
                 raise
-            finally:
-                pages.close()
 
     def _report(self, run: _Run, started: float) -> None:
         if self.on_page is not None:
