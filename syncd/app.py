@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +21,22 @@ from syncd.state import RunSummary
 from syncd.sync.engine import Progress, Syncer
 
 log = logging.getLogger("syncd")
+
+
+_startup_frozen = False
+
+
+def freeze_startup_objects() -> None:
+    """Once per process: move what the imports made (modules, classes, the
+    schema) out of the garbage collector's sight. They live as long as the
+    process; scanning them again at every full collection cost ~5% of a
+    backfill's CPU. Once only: freezing again would pin a run's garbage for
+    good (the daemon's memory grew with every run when each run froze)."""
+    global _startup_frozen
+    if not _startup_frozen:
+        _startup_frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 @contextmanager
@@ -80,6 +97,7 @@ def run_once(
 ) -> SyncOutcome:
     """One sync (and refresh of unfinished artworks) under the one-syncer lock."""
     settings.require_api()  # a config error before any connection or request
+    freeze_startup_objects()
     with open_engine(settings) as engine, db.sync_lock(engine):
         db.ensure_schema(engine, migrate=migrate)
         return sync_with(

@@ -64,6 +64,7 @@ class Daemon:
                 self.metrics.serve(settings.metrics_port)
                 log.info("metrics on :%d/metrics", settings.metrics_port)
             scheduler = self._scheduler(engine)
+            app.freeze_startup_objects()
             scheduler.start()
             log.info(
                 "syncd daemon started: sync every %gs, full reconciliation every %gs, database %s",

@@ -137,7 +137,7 @@ def test_sd_notify_ready_and_watchdog(
 def test_metrics_endpoint_serves_the_documented_names(
     sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
-    server = fake_api(300, faults=Faults(rate_limit=8))
+    server = fake_api(300, faults=Faults(rate_limit=3))  # 7 pages at 3/s: a 429 and its wait
     port = free_port()
     env = syncd_env(server.url, sqlite_url, page_size="50", interval="60", metrics_port=str(port))
     with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
@@ -161,6 +161,12 @@ def test_metrics_endpoint_serves_the_documented_names(
         'syncd_run_duration_seconds_bucket{le="0.1",mode="backfill"}',
     ):
         assert name in body, name
+    # The wait the API asked for: in the metrics, and logged once per deadline.
+    until = re.search(r"^syncd_rate_limited_until_timestamp_seconds (\S+)$", body, re.MULTILINE)
+    assert until is not None and float(until[1]) > time.time() - 120, body
+    log = (tmp_path / "daemon.log").read_text()
+    waits = log.count("rate limited by the API: no request before")
+    assert 1 <= waits <= server.api.stats.by_status[429], log  # type: ignore[index]
 
 
 def test_run_once_while_a_daemon_syncs_exits_7(

@@ -359,21 +359,26 @@ class Syncer:
         while True:
             self._check_stop()
             try:
-                return pending.result(timeout=self.wait_step)
+                result = pending.result(timeout=self.wait_step)
             except FutureTimeout:
-                pass
-            # A page due within moments is waited for first: each commit
-            # rewrites the index pages that a page of UUIDs touched.
-            if pages is not None and pages.uncommitted:
-                pages.commit()
-            self._save_rate_limit()
+                # A page due within moments is waited for first: each commit
+                # rewrites the index pages that a page of UUIDs touched.
+                if pages is not None:
+                    pages.commit()
+                self._save_rate_limit(pages)
+                continue
+            self._save_rate_limit(pages)
+            return result
 
-    def _save_rate_limit(self) -> None:
-        """Persist a Retry-After deadline the client is waiting out, so that a
-        restarted syncd waits it out too (and `syncd status` shows it)."""
+    def _save_rate_limit(self, pages: _Pages | None) -> None:
+        """Persist a new Retry-After deadline (once each), so that a restarted
+        syncd waits it out too and `syncd status` shows it; log it, tell the
+        metrics. The pages written so far commit first: one writer at a time."""
         deadline = self.client.rate_limited_until
         if deadline is None or deadline == self._saved_deadline:
             return
+        if pages is not None:
+            pages.commit()
         with self._writer.begin() as conn:
             store.save_rate_limit(conn, STREAM, deadline, self.now())
         self._saved_deadline = deadline
