@@ -303,10 +303,10 @@ def hold_file_lock(database: Path) -> Iterator[None]:
         raise DatabaseError(f"cannot create the lock file {lock_path}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             raise DatabaseError(
-                f"the lock file {lock_path} is not a plain file of this user's (a special file, "
-                "or one with other names); syncd does not write to it: remove it"
+                f"the lock file {lock_path} is not a plain file (a special file, or one with other "
+                "names: hard links); syncd does not write to it: remove it"
             )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -43,7 +43,9 @@ class TextFormatter(logging.Formatter):
         # One record, one line: messages may carry the API's words.
         text = f"{stamp} {record.levelname:<7} {record.name}: {one_line(record.getMessage())}"
         if record.exc_info or record.exc_text:
-            text += "\n" + (record.exc_text or self.formatException(record.exc_info))  # type: ignore[arg-type]
+            trace = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
+            # Indented and escaped: no line of a traceback can pass for a log line.
+            text += "".join(f"\n  | {one_line(line)}" for line in trace.splitlines())
         return text
 
 

@@ -121,17 +121,17 @@ def content_hash(record: object, canonical: bytes | None = None) -> str:
 def list_key(value: object, now: datetime) -> tuple[str | None, datetime | None]:
     """Cheap (id, createdAt) of a list element, for paging decisions.
 
-    Same rules as validation for the date (None when unreadable or out of range),
-    so the planner can decide the next request before the page is validated.
+    The same rules as validation for both (None when unusable), so that the
+    planner can decide the next request before the page is validated, and no
+    id it keeps as an anchor (sync_state) is one validation would refuse.
     """
     if not isinstance(value, dict):
         return None, None
-    artwork_id = value.get("id")
     try:
         created_at: datetime | None = parse_created_at(value.get("createdAt"), now)
     except ValueError:
         created_at = None
-    return (artwork_id if isinstance(artwork_id, str) else None), created_at
+    return checked_id(value.get("id")), created_at
 
 
 # --------------------------------------------------------------------------- validation models
@@ -403,18 +403,20 @@ def storable_text(text: str) -> str:
     return text.replace("\x00", "\\u0000")
 
 
-def reject(value: object, reason: str, payload: str | None = None) -> Rejection:
-    """A rejection of ``value``; its payload is ``payload`` (raw text) or ``value`` as JSON."""
+def reject(value: object, reason: str, payload: str | None = None, secrets: Sequence[str] = ()) -> Rejection:
+    """A rejection of ``value``; its payload is ``payload`` (raw text) or ``value``
+    as JSON, stored as text both databases hold and without ``secrets``."""
     if payload is None:
         payload = orjson.dumps(_capped(value) if _too_deep(value) else value).decode()
-    text = storable_text(payload)
+    text = storable_text(redact(payload, secrets))
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     if len(text) > MAX_QUARANTINE_PAYLOAD:
         text = text[:MAX_QUARANTINE_PAYLOAD] + f"... [cut: {len(text):,} characters in all]"
     artwork_id = None
     if isinstance(value, dict) and isinstance(value.get("id"), str):
-        artwork_id = storable_text(value["id"][:LABEL_LENGTH])
-    return Rejection(reason=storable_text(reason), payload=text, payload_hash=digest, artwork_id=artwork_id)
+        artwork_id = storable_text(redact(value["id"], secrets))[:LABEL_LENGTH]
+    reason = storable_text(redact(reason, secrets))
+    return Rejection(reason=reason, payload=text, payload_hash=digest, artwork_id=artwork_id)
 
 
 def refusal(rows: ArtworkRows, reason: str) -> Rejection:
@@ -431,31 +433,33 @@ def classify(value: object, now: datetime, secrets: Sequence[str] = ()) -> Artwo
     (the API key, echoed) is quarantined with it redacted: the key never
     reaches the database.
     """
+
+    def rejected(reason: str, payload: str | None = None, subject: object = value) -> Rejection:
+        return reject(subject, reason, payload, secrets)
+
     if isinstance(value, Unparseable):
-        return reject(None, f"record: not parseable JSON ({value.error})", payload=value.text)
+        return rejected(f"record: not parseable JSON ({value.error})", value.text, None)
     try:
         dumped = canonical_json(value)
     except orjson.JSONEncodeError:  # the serialiser stops at 254 levels
         dumped = None
     # Only a record with that many brackets can nest that deep: the walk is rare.
     if dumped is None or (dumped.count(b"[") + dumped.count(b"{") > MAX_RECORD_DEPTH and _too_deep(value)):
-        return reject(value, f"record: nested deeper than {MAX_RECORD_DEPTH} levels")
+        return rejected(f"record: nested deeper than {MAX_RECORD_DEPTH} levels")
     if not isinstance(value, dict):
-        return reject(value, f"record: expected a JSON object, got {type(value).__name__}")
+        return rejected(f"record: expected a JSON object, got {type(value).__name__}")
     size = len(dumped)
     if size > MAX_RECORD_BYTES:
-        return reject(value, f"record: {size:,} bytes, over the {MAX_RECORD_BYTES:,}-byte limit")
+        return rejected(f"record: {size:,} bytes, over the {MAX_RECORD_BYTES:,}-byte limit")
     for secret in maskable(secrets):
         if secret.encode() in dumped or orjson.dumps(secret)[1:-1] in dumped:
-            return reject(
-                None, "record: contains the API key (redacted here)", payload=redact(dumped.decode(), secrets)
-            )
+            return rejected("record: contains the API key (redacted here)", dumped.decode())
     if b"\\u0000" in dumped and _NUL_ESCAPE.search(dumped):
-        return reject(value, "record: contains the character U+0000, which PostgreSQL cannot store")
+        return rejected("record: contains the character U+0000, which PostgreSQL cannot store")
     try:
         artwork = _ARTWORK.validate_python(value, context={"now": now})
     except ValidationError as exc:
-        return reject(value, describe_errors(exc))
+        return rejected(describe_errors(exc))
     return to_rows(value, artwork, dumped)
 
 

@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 
 from syncd import app, db, store
 from syncd.config import Settings
-from syncd.errors import ExitCode, Interrupted, LockHeldError, SchemaError, SyncdError
+from syncd.errors import ExitCode, Interrupted, LockHeldError, SchemaError, SyncdError, one_line
 from syncd.metrics import Metrics
 from syncd.notify import notify, watchdog_interval
 from syncd.state import STREAM
@@ -172,7 +172,8 @@ class Daemon:
         except SyncdError as exc:
             # Includes a rejected key: logged each tick, retried only at the next one.
             log.error("%s run failed (%s): %s", kind, type(exc).__name__, exc)
-            self.last_status = f"last {kind} failed at {_clock()}: {exc}"[:200]
+            # One line: sd_notify reads a newline as the start of another assignment.
+            self.last_status = one_line(f"last {kind} failed at {_clock()}: {exc}")[:200]
             self._count_failure(kind, "failed")
             return
         except Exception:

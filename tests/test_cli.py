@@ -186,5 +186,5 @@ def test_progress_lines_on_request(fake_api: Callable[..., FakeServer], tmp_path
     env = syncd_env(fake_api(900).url, f"sqlite:///{tmp_path / 'p.db'}", page_size="100")
     result = run_syncd(["run-once", "--progress"], env, cwd=tmp_path)
     assert result.returncode == 0
-    # The last line has the whole run (with a writer process, lines run a page behind).
+    # The last line has the whole run.
     assert "backfill: 10 pages, " in result.stderr and "artworks/s" not in result.stdout

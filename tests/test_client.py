@@ -306,3 +306,50 @@ def test_split_and_parse_hostile_bodies() -> None:
         parse_array(b"[" + b"[" * 5000)
     with pytest.raises(BrokenBody, match="not an array"):
         parse_array(b'{"a": 1}')
+
+
+def test_an_answer_trickling_in_byte_by_byte_is_cut_off_at_the_requests_deadline() -> None:
+    """Each byte within the read timeout, the whole never: headers and body alike."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Slow: " + b"a" * 1000:
+                    if stop.is_set():
+                        return
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        break
+                    time.sleep(0.05)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    options = ClientOptions(
+        connect_timeout=0.5, read_timeout=0.5, max_attempts=2, max_requests_per_second=100
+    )
+    client = ApiClient(f"http://127.0.0.1:{listener.getsockname()[1]}", Secret(KEY), options=options)
+    started = time.monotonic()
+    try:
+        with pytest.raises(RetriesExhaustedError, match="an answer must be complete within 1s"):
+            client.fetch_list_page(0, 10)
+        # Two attempts of 1 s each and a short backoff: nowhere near the 60 s of trickle.
+        assert time.monotonic() - started < 5
+    finally:
+        stop.set()
+        client.close()
+        listener.close()
+        thread.join(timeout=5)

@@ -38,6 +38,7 @@ REASONS = {
     "long_status": "status: String should have at most 64 characters",
     "far_date": "createdAt: beyond the dates a database can hold",
     "id_newline": "id: not a UUID",
+    "long_id": "id: not a UUID",
     "key_echo": "contains the API key",
 }
 
@@ -61,6 +62,25 @@ def rejected(engine: Engine) -> list[Any]:
 def assert_clean(result: Any) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+
+
+def test_a_poisoned_single_artwork_body_is_quarantined_and_the_refresh_goes_on(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(200, api_key=KEY, malformed_fraction=0, unknown_fraction=0, pending_fraction=0.2)
+    env = hostile_env(server, db_url)
+    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    pending = [a for a in server.api.dataset.items if a.pending]
+    server.api.dataset.finish_pending()
+    # Now GET /v1/artworks/{id} (and the list) answers these with hostile bodies.
+    for artwork, body in zip(pending, (b"[]", b'"x"', b'{"id": NaN}', b"{}"), strict=False):
+        artwork._json = body
+    for _ in range(2):  # every later run too
+        assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    assert server.api.stats.get_requests > 0
+    statuses = {row.id: row.status for row in rows(engine).values()}
+    assert len(pending) > 4 and all(statuses[a.id] == "done" for a in pending[4:])  # the refresh went on
+    assert all(statuses[a.id] == "processing" for a in pending[:4])
 
 
 @pytest.mark.parametrize("kind", POISONS)
@@ -127,7 +147,7 @@ def test_the_key_echoed_by_the_api_reaches_no_output_log_or_database(
     ("faults", "why"),
     [
         ({"content_encoding": "gzip"}, "cannot be decoded"),
-        ({"dribble": 0.05}, "still arriving after"),
+        ({"dribble": 0.05}, "an answer must be complete within 2s"),
     ],
 )
 def test_broken_transport_is_retried_then_fails_in_bounded_time_and_heals(
@@ -298,7 +318,8 @@ def test_property_mutated_pages_never_crash_and_never_touch_intact_records(
     db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], mutations: list[tuple[int, Any]]
 ) -> None:
     clear_tables(engine)
-    server = fake_api(40, seed=9, malformed_fraction=0)
+    # Pending artworks are fetched again by id: their bodies are mutated too.
+    server = fake_api(40, seed=9, malformed_fraction=0, pending_fraction=0.3)
     items = server.api.dataset.items
     for index, choice in mutations:
         items[index]._json = mutate(items[index].json(), choice)
@@ -311,7 +332,9 @@ def test_property_mutated_pages_never_crash_and_never_touch_intact_records(
         code = int(exc.exit_code)  # anything else propagates: a crash fails the test
     assert code in (0, 5, 6)
     stored = rows(engine)
-    assert len(stored) == len(set(stored))
+    with engine.connect() as conn:
+        total, distinct = conn.execute(text("SELECT COUNT(*), COUNT(DISTINCT id) FROM artworks")).one()
+    assert total == distinct == len(stored)
     for artwork in items:
         if artwork.id not in mutated and artwork.id in stored:
             assert stored[artwork.id].raw == artwork.value  # intact records exactly

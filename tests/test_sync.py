@@ -420,3 +420,23 @@ def test_a_database_that_refuses_every_record_fails_the_run_with_exit_6(
     with engine.connect() as conn:
         assert conn.execute(select(store.rejected_table)).all() == []
         assert conn.execute(select(store.runs_table.c.outcome)).scalar() == "failed"
+
+
+def test_a_refused_record_rewinds_to_the_committed_cursor_and_loses_nothing(
+    db_url: str, engine: Engine, clean: Callable[..., FakeServer]
+) -> None:
+    server = clean(1000)
+    victim = server.api.dataset.items[-450]  # on the fifth page of the newest-first list
+    refuse_in_the_database(engine, victim.id)
+    settings = make_settings(server.url, db_url, page_size=str(L))
+    with make_client(settings) as client:
+        summary = Syncer(engine, client, L, commit_seconds=0).sync()  # a commit after every page
+    assert summary.outcome == "success" and summary.counts.rejected == 1
+    assert stored_ids(engine) == valid_ids(server) - {victim.id}
+    # Read again from the last committed page: one page more than the list has, at most two.
+    assert math.ceil(1000 / (L - 1)) < server.api.stats.list_requests <= math.ceil(1000 / (L - 1)) + 2
+    with engine.connect() as conn:
+        run = conn.execute(select(store.runs_table)).one()
+        state = conn.execute(select(store.state_table)).one()
+    assert run.inserted == len(valid_ids(server)) - 1 and run.rejected == 1
+    assert state.phase == "idle" and state.listed_total == 1000

@@ -57,6 +57,7 @@ POISONS = (
     "long_status",  # a status longer than its varchar(64)
     "far_date",  # 9999-12-31T23:59:59-01:00: the year 10000 in UTC
     "id_newline",  # the id with a trailing newline: a second row for one artwork
+    "long_id",  # an id of 200 characters: longer than any id column
     "key_echo",  # the API key inside the record
     "control",  # a prompt that forges a log line: valid, stored exactly
 )
@@ -94,6 +95,8 @@ def _poisoned(kind: str, value: dict[str, Any], api_key: str) -> bytes:
         record["createdAt"] = "9999-12-31T23:59:59-01:00"
     elif kind == "id_newline":
         record["id"] += "\n"
+    elif kind == "long_id":
+        record["id"] = record["id"].replace("-", "") * 6 + "x" * 8
     elif kind == "key_echo":
         record["parameters"] = {**record["parameters"], "prompt": f"the key is {api_key}"}
     elif kind == "control":

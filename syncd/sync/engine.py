@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Connection, Engine, RootTransaction
@@ -27,8 +27,15 @@ from sqlalchemy import Connection, Engine, RootTransaction
 from syncd import store
 from syncd.api.client import ApiClient
 from syncd.db import writer
-from syncd.errors import ApiError, AuthError, Interrupted, SyncdError, database_reason
-from syncd.records import ArtworkRows, PageResult, Rejection, classify, classify_page, list_key, page_ids
+from syncd.errors import (
+    ApiError,
+    AuthError,
+    BadRequestError,
+    Interrupted,
+    SyncdError,
+    database_reason,
+)
+from syncd.records import PageResult, classify_page, list_key, page_ids, storable_text
 from syncd.state import STREAM, Counts, Mode, RunSummary, StreamState
 from syncd.sync.inflight import InFlight
 from syncd.sync.planner import Item, Planner, Request
@@ -202,6 +209,12 @@ class Syncer:
             run = self._start_run(conn, planner.mode)
         self._saved_deadline = state.rate_limited_until
         if state.rate_limited_until is not None and state.rate_limited_until > self.now():
+            # At most SYNCD_MAX_RETRY_WAIT, whatever an older syncd persisted.
+            limit = self.now() + timedelta(seconds=self.client.options.max_retry_wait)
+            if state.rate_limited_until > limit:
+                with self._writer.begin() as conn:
+                    store.save_rate_limit(conn, STREAM, limit, self.now())
+                state.rate_limited_until = self._saved_deadline = limit
             log.warning(
                 "waiting out the API's rate limit (Retry-After) until %s before the first request",
                 state.rate_limited_until.isoformat(timespec="seconds"),
@@ -319,25 +332,41 @@ class Syncer:
         with self._requests() as requests:
             for offset in range(0, len(ids), REFRESH_BATCH):
                 self._check_stop()
-                batch = ids[offset : offset + REFRESH_BATCH]
-                fetched = [
-                    (artwork_id, self._await(requests.submit(self.client.get_artwork, artwork_id)))
-                    for artwork_id in batch
-                ]
+                fetched: list[tuple[str, Any]] = []
+                for artwork_id in ids[offset : offset + REFRESH_BATCH]:
+                    try:
+                        value = self._await(requests.submit(self.client.get_artwork, artwork_id))
+                    except BadRequestError as exc:  # about this artwork only: the others go on
+                        log.warning("artwork %s skipped: %s", artwork_id, exc)
+                        continue
+                    fetched.append((artwork_id, value))
                 self._store_fetched(fetched, run)
 
     def _store_fetched(self, fetched: list[tuple[str, Any]], run: _Run) -> None:
+        """Artworks fetched by id, in one transaction: written like a list page
+        (later duplicates win, what is invalid or refused is quarantined), the
+        404s marked deleted, every id answered counted as seen."""
         now = self.now()
         gone = [artwork_id for artwork_id, value in fetched if value is None]
-        outcomes = [classify(value, now, self.client.secrets) for _, value in fetched if value is not None]
-        rows = [outcome for outcome in outcomes if isinstance(outcome, ArtworkRows)]
-        rejected = [outcome for outcome in outcomes if isinstance(outcome, Rejection)]
+        answered = [artwork_id for artwork_id, value in fetched if value is not None]
+        values = [value for _, value in fetched if value is not None]
         counts = run.counts.copy()
         with self._writer.begin() as conn:
             counts.marked_deleted += store.mark_remote_deleted(conn, gone, now)
-            counts.add(store.write_artworks(conn, rows, now))
-            store.quarantine(conn, rejected, stream=STREAM, run_id=run.id, now=now)
-            counts.rejected += len(rejected)
+            stored = store.stored_hashes(conn, page_ids(values))
+            page = classify_page(values, now, stored, self.client.secrets)
+            savepoint = conn.begin_nested()
+            try:
+                written = store.write_page(conn, page, stored, now=now, run_id=run.id)
+            except store.RECORD_ERRORS:
+                savepoint.rollback()
+                written = store.write_page(conn, page, stored, now=now, run_id=run.id, careful=True)
+            else:
+                savepoint.commit()
+            # Answered, the artwork exists, even when its record was quarantined.
+            store.touch_seen(conn, sorted(set(answered) - {rows.id for rows in page.rows}), now)
+            written.pages = 0
+            counts.add(written)
             counts.requests = self.client.stats.requests - run.requests_before
             store.update_run(conn, run.id, counts)
         run.counts, run.committed = counts, counts.copy()
@@ -422,7 +451,7 @@ class Syncer:
         else:
             outcome = "failed"
         message = str(exc) if isinstance(exc, SyncdError) else f"{type(exc).__name__}: {exc}"
-        message = self.client.redact(message)
+        message = storable_text(self.client.redact(message))
         counts = run.committed.copy()
         counts.requests = self.client.stats.requests - run.requests_before
         run.counts = counts
