@@ -355,6 +355,9 @@ def status_command(as_json: bool, max_age: float | None, **kwargs: Any) -> None:
 @click.option("--dribble", default=0.0, type=float, help="Seconds between the bytes of every 200 body.")
 @click.option("--echo-key", is_flag=True, help="Answers repeat the key they were sent.")
 @click.option(
+    "--message-suffix", default="", help="Appended to every error message (e.g. a forged log line)."
+)
+@click.option(
     "--rate-limit",
     default=0.0,
     show_default=True,
@@ -451,6 +454,7 @@ def mock_api_command(
         retry_after=faults["retry_after"],
         dribble=faults["dribble"],
         echo_key=faults["echo_key"],
+        message_suffix=faults["message_suffix"],
     )
     if poisons:
         dataset.poison(list(poisons), api_key)
