@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -196,16 +197,32 @@ def test_two_daemons_one_syncs_at_a_time_and_the_standby_takes_over(
         daemon(env, tmp_path, tmp_path / "b.log") as second,
     ):
         wait_for(lambda: count(engine) == len(server.api.dataset.valid()), 60, "the backfill")
-        time.sleep(3)  # a few more ticks on both
-        logs = {"a": (tmp_path / "a.log").read_text(), "b": (tmp_path / "b.log").read_text()}
-        assert "tick skipped: another syncd process is syncing" in logs["a"] + logs["b"]
-        # Kill whichever is syncing right now: the other one carries on.
-        runs_before = len(runs(engine))
+        # One daemon's request hangs, inside a run that holds the lock: the
+        # other's ticks meanwhile must skip (ticks are too quick to overlap by chance).
+        server.api.hold()
+        wait_for(lambda: server.api.held > 0, 30, "a tick's request to hang")
+
+        def skipped() -> bool:
+            logs = (tmp_path / "a.log").read_text() + (tmp_path / "b.log").read_text()
+            return "tick skipped: another syncd process is syncing" in logs
+
+        wait_for(skipped, 30, "the other daemon's tick to skip")
+        # Kill one (the one syncing, or the standby): the other carries on.
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
+        killed_at = datetime.now(UTC)
         server.api.dataset.add(25)
-        wait_for(lambda: count(engine) == len(server.api.dataset.valid()), 30, "the standby to take over")
-        assert len(runs(engine)) > runs_before
+        server.api.release()
+
+        def a_run_since_the_kill() -> bool:
+            with engine.connect() as conn:
+                started = conn.execute(
+                    select(store.runs_table.c.started_at).where(store.runs_table.c.outcome == "success")
+                ).scalars()
+                return any(moment > killed_at for moment in started)
+
+        wait_for(a_run_since_the_kill, 30, "the other daemon to sync on")
+        wait_for(lambda: count(engine) == len(server.api.dataset.valid()), 30, "the new artworks")
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=20) == 0
     with engine.connect() as conn:
