@@ -40,6 +40,12 @@ def stored_ids(engine: Engine) -> set[str]:
         return set(conn.execute(select(store.artworks.c.id)).scalars())
 
 
+def marked_deleted(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        query = select(store.artworks.c.id).where(store.artworks.c.remote_deleted_at.is_not(None))
+        return set(conn.execute(query).scalars())
+
+
 def valid_ids(server: FakeServer) -> set[str]:
     return {a.id for a in server.api.dataset.valid() if a.id}
 
@@ -156,13 +162,7 @@ def test_full_reconciliation_marks_and_unmarks_deleted(
     summary, requests = sync(server, db_url, full=True)
     assert summary.mode == "full" and summary.counts.marked_deleted == 25
     assert requests >= math.ceil(375 / L)
-    with engine.connect() as conn:
-        deleted = set(
-            conn.execute(
-                select(store.artworks.c.id).where(store.artworks.c.remote_deleted_at.is_not(None))
-            ).scalars()
-        )
-    assert deleted == {a.id for a in removed}
+    assert marked_deleted(engine) == {a.id for a in removed}
     assert len(stored_ids(engine)) == 400  # local rows are never deleted
     # One comes back: its mark is cleared by the next full sync.
     server.api.dataset.items.insert(0, removed[0])
@@ -340,11 +340,7 @@ def test_an_artwork_that_moves_ahead_of_a_full_scan_is_not_marked_deleted(
     assert seen(moved.id) > before  # seen again: by its GET
     assert summary.mode == "full" and summary.counts.marked_deleted == 0
     assert server.api.stats.get_requests == 1  # missed by the scan: asked for by id, found
-    with engine.connect() as conn:
-        marked = conn.execute(
-            select(store.artworks.c.id).where(store.artworks.c.remote_deleted_at.is_not(None))
-        ).all()
-    assert marked == []
+    assert marked_deleted(engine) == set()
 
 
 def test_deletions_beyond_the_checks_wait_for_a_second_scan(
@@ -361,13 +357,7 @@ def test_deletions_beyond_the_checks_wait_for_a_second_scan(
     second, _ = sync(server, db_url, full=True)
     # Missed by two complete scans: marked without asking again.
     assert second.counts.marked_deleted == 15 and server.api.stats.get_requests == 0
-    with engine.connect() as conn:
-        marked = set(
-            conn.execute(
-                select(store.artworks.c.id).where(store.artworks.c.remote_deleted_at.is_not(None))
-            ).scalars()
-        )
-    assert marked == {a.id for a in removed}
+    assert marked_deleted(engine) == {a.id for a in removed}
 
 
 def refuse_in_the_database(engine: Engine, artwork_id: str | None) -> None:
