@@ -2,6 +2,7 @@
 """Benchmark a syncd backfill against baselines measured in the same run.
 
     python bench/backfill.py --count 100000 --repeat 5 [--postgres-url URL] [--dlt-python PY] [--json]
+    python bench/backfill.py --wire --count 40000 --page-size 100 [--latency-ms 400] [--allowed-rate 10]
 
 On the same data, from one fake API process (`syncd mock-api`), with syncd's
 rate ceiling raised so that the API is not the bound (this measures syncd's
@@ -16,6 +17,13 @@ own cost, not what production waits for: see docs/performance.md):
   dlt        with --dlt-python, a dlt rest_api pipeline (bench/dlt_pipeline.py,
              run by that interpreter) into SQLite, on the same data
 Medians of --repeat runs; ratios are what matter (machines are noisy).
+
+With --wire, production's shape instead: the fake answers after --latency-ms
+and the API allows --allowed-rate requests/s; syncd's backfill (and its
+refresh of --refresh-count unfinished artworks) against the floor that rate
+allows, one request at a time, and a server-side limit 4 x below syncd's
+ceiling (429s and requests sent before a Retry-After elapsed, counted by the
+fake).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +61,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def fake_api(count: int, seed: int = 1) -> Iterator[str]:
+def fake_api(count: int, seed: int = 1, extra: tuple[str, ...] = ()) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "syncd", "mock-api", "--port", str(port), "--count", str(count), "--seed", str(seed),
-         "--api-key", KEY, "--malformed-fraction", "0"],
+         "--api-key", KEY, "--malformed-fraction", "0", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -302,6 +311,129 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def run_seconds(database: Path, after_id: int = 0) -> tuple[float, int]:
+    """Seconds the runs after ``after_id`` took by their own clock (sync_runs,
+    without the process's start-up), and the last run's id."""
+    with sqlite3.connect(database) as conn:
+        rows = conn.execute(
+            "SELECT id, started_at, finished_at FROM sync_runs WHERE id > ? ORDER BY id", (after_id,)
+        ).fetchall()
+    seconds = sum(
+        (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+        for _, started, finished in rows
+    )
+    return seconds, max((row[0] for row in rows), default=after_id)
+
+
+def pages_to_read(count: int, page_size: int) -> int:
+    """List requests a scan of ``count`` artworks takes: page k starts at
+    k x (page_size - 1), overlapping the one before by an artwork, and the
+    scan ends at the first page that is not full."""
+    return max(0, -(-(count - page_size + 1) // (page_size - 1))) + 1
+
+
+def wire(args: argparse.Namespace) -> None:
+    """Backfill and refresh in production's shape: every answer takes
+    --latency-ms, and the API allows --allowed-rate requests a second. The
+    floor is what that rate allows (the requests the work needs / rate);
+    syncd is compared with it and with itself one request at a time, all in
+    this run."""
+    compile_syncd()
+    rate, latency = args.allowed_rate, args.latency_ms
+    slow = ("--latency-ms", str(latency))
+    limit = ("--rate-limit", str(rate))
+    at_rate = {"SYNCD_MAX_REQUESTS_PER_SECOND": str(rate)}
+    above = {"SYNCD_MAX_REQUESTS_PER_SECOND": str(4 * rate)}
+    cases: list[tuple[str, str, tuple[str, ...], dict[str, str]]] = [
+        ("ceiling = allowed rate, no server limit", "ceiling", slow, at_rate),
+        ("sequential (SYNCD_MAX_IN_FLIGHT=1)", "sequential", slow, {**at_rate, "SYNCD_MAX_IN_FLIGHT": "1"}),
+        ("server limit, ceiling 4 x above it", "limited", slow + limit, above),
+        ("... and a penalty box after each 429", "blocks", (*slow, *limit, "--rate-limit-blocks"), above),
+    ]
+    results: dict[str, Any] = {
+        "count": args.count,
+        "page_size": args.page_size,
+        "latency_ms": latency,
+        "allowed_rate": rate,
+        "machine": f"{os.cpu_count()} cores, {sys.platform}, Python {sys.version.split()[0]}",
+        "cases": {},
+    }
+    rows: list[tuple[str, float, float, int, int, float, int, int]] = []
+
+    def record(label: str, key: str, wall: float, seconds: float, fake: dict[str, Any], needed: int) -> None:
+        """``needed``: the requests the work takes (pages, or GETs), for the floor."""
+        refused, early, sent = (
+            int(fake["by_status"].get("429", 0)),
+            int(fake["early_requests"]),
+            fake["requests"],
+        )
+        floor = needed / rate
+        results["cases"][key] = {
+            "wall_seconds": wall,
+            "run_seconds": seconds,
+            "needed_requests": needed,
+            "sent_requests": sent,
+            "floor_seconds": floor,
+            "x_floor": seconds / floor,
+            "answered_429": refused,
+            "early_requests": early,
+        }
+        rows.append((label, wall, seconds, needed, sent, seconds / floor, refused, early))
+        print(f"{label}: done", file=sys.stderr)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pages = pages_to_read(args.count, args.page_size)
+        for label, key, extra, settings in cases:
+            for rep in range(args.repeat):
+                with fake_api(args.count, extra=extra) as url:
+                    database = Path(tmp) / f"{key}{rep}.db"
+                    env = {**syncd_env(url, f"sqlite:///{database}", args.page_size), **settings}
+                    wall, _ = run_syncd(["run-once", "--no-refresh"], env)
+                    seconds, _ = run_seconds(database)
+                    record(label, f"{key}{rep}", wall, seconds, stats(url), pages)
+        # The refresh: artworks all unfinished, the backfill first (untimed).
+        for label, key, extra, settings in cases[:3] if args.refresh_count > 0 else []:
+            with fake_api(args.refresh_count, extra=(*extra, "--pending-fraction", "1")) as url:
+                database = Path(tmp) / f"refresh-{key}.db"
+                env = {**syncd_env(url, f"sqlite:///{database}", args.page_size), **settings}
+                run_syncd(["run-once", "--no-refresh"], env)
+                _, last = run_seconds(database)
+                reset_stats(url)
+                # A run refreshes at most 1,000 (the oldest): as many runs as that takes.
+                runs = -(-args.refresh_count // 1000)
+                wall = sum(run_syncd(["run-once"], env)[0] for _ in range(runs))
+                seconds, _ = run_seconds(database, last)
+                needed = min(args.refresh_count, 1000) * runs + runs  # the GETs and each run's list request
+                record(
+                    f"refresh of {args.refresh_count:,}: {label}",
+                    f"refresh-{key}",
+                    wall,
+                    seconds,
+                    stats(url),
+                    needed,
+                )
+
+    print(
+        f"\nsyncd over the wire: {args.count:,} artworks in pages of {args.page_size} ({pages} pages), "
+        f"{latency:g} ms an answer, {rate:g} requests/s allowed; {results['machine']}\n"
+    )
+    header = ("case", "wall s", "run s", "needed", "sent", "x floor", "429s", "early")
+    print(f"| {header[0]:<58} | " + " | ".join(f"{name:>7}" for name in header[1:]) + " |")
+    print(f"|{'-' * 60}|" + "|".join("-" * 9 for _ in header[1:]) + "|")
+    for label, wall, seconds, needed, sent, ratio, refused, early in rows:
+        share = f"{100 * refused / sent:.1f}%" if sent else "-"
+        cells = (f"{wall:.2f}", f"{seconds:.2f}", str(needed), str(sent), f"{ratio:.2f}", share, str(early))
+        print(f"| {label:<58} | " + " | ".join(f"{cell:>7}" for cell in cells) + " |")
+    print(
+        "\nneeded: the requests the work takes (the pages of a scan; or one GET per unfinished artwork"
+        "\nand each run's list request); sent: what the fake API received; floor = needed / allowed rate;"
+        "\nx floor = run s / floor, run s by syncd's own clock (sync_runs, without the process's start-up,"
+        "\nwhich wall s has); 429s: the share of what was sent; early: sent before a Retry-After elapsed"
+    )
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -317,7 +449,17 @@ def main() -> None:
         "--dlt-python", help="a Python with dlt and sqlalchemy installed (see bench/dlt_pipeline.py)"
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    wire_options = parser.add_argument_group("wire mode: the API's latency and rate limit are the bound")
+    wire_options.add_argument("--wire", action="store_true", help="run the wire benchmark instead")
+    wire_options.add_argument("--latency-ms", type=float, default=400.0)
+    wire_options.add_argument("--allowed-rate", type=float, default=10.0, help="requests/s the API allows")
+    wire_options.add_argument(
+        "--refresh-count", type=int, default=2000, help="unfinished artworks to refresh"
+    )
     args = parser.parse_args()
+    if args.wire:
+        wire(args)
+        return
     compile_syncd()
     n, size = args.count, args.page_size
     results: dict[str, Any] = {

@@ -80,6 +80,7 @@ def make_client(settings: Settings, stop: threading.Event | None = None) -> ApiC
             max_attempts=settings.max_attempts,
             max_retry_wait=settings.max_retry_wait,
             max_requests_per_second=settings.max_requests_per_second,
+            max_in_flight=settings.max_in_flight,
         ),
         sleep=interruptible_sleep(stop or threading.Event()),
     )

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
@@ -27,6 +27,9 @@ from syncd.config import Settings, load_settings
 from syncd.errors import SyncdError, one_line
 from syncd.fakeapi.data import POISONS
 from syncd.signals import install_stop_signals
+
+if TYPE_CHECKING:
+    from syncd.sync.engine import Progress
 
 F = TypeVar("F", bound=Callable[..., Any])
 STALE_EXIT = 8
@@ -153,6 +156,16 @@ def _summary_screen(summary: Any) -> str:
     return "\n".join([head] + [f"  {name:<15}{value:>10,}" for name, value in rows])
 
 
+def progress_line(progress: Progress) -> str:
+    """Where a run is, how fast it goes, and what paces it (the limiter's rate, requests in flight)."""
+    seconds = max(progress.seconds, 1e-9)
+    return (
+        f"{progress.mode}: {progress.pages:,} pages ({progress.pages / seconds:,.1f}/s), "
+        f"{progress.artworks:,} artworks ({progress.artworks / seconds:,.0f}/s), "
+        f"{progress.requests:,} requests, rate {progress.request_rate:,.1f}/s, {progress.in_flight} in flight"
+    )
+
+
 class ProgressReporter:
     """A one-line progress bar on a terminal; a log line every 10 s otherwise."""
 
@@ -161,9 +174,8 @@ class ProgressReporter:
         self._last_log = time.monotonic()
         self._drawn = False
 
-    def __call__(self, progress: Any) -> None:
-        rate = progress.artworks / progress.seconds if progress.seconds > 0 else 0.0
-        text = f"{progress.mode}: {progress.pages} pages, {progress.artworks:,} artworks, {progress.requests} requests, {rate:,.0f}/s"
+    def __call__(self, progress: Progress) -> None:
+        text = progress_line(progress)
         if self.tty:
             sys.stderr.write("\r\033[K" + text)
             sys.stderr.flush()
@@ -362,7 +374,22 @@ def status_command(as_json: bool, max_age: float | None, **kwargs: Any) -> None:
     default=0.0,
     show_default=True,
     type=float,
-    help="Requests/s before 429 with Retry-After (0: none).",
+    help="Server-side limit: requests/s (token bucket, burst of one second) before 429 with Retry-After (0: none).",
+)
+@click.option(
+    "--latency-ms",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Milliseconds before every API answer, as from a remote server (requests served concurrently).",
+)
+@click.option(
+    "--rate-limit-headers", is_flag=True, help="Send RateLimit-Limit/-Remaining/-Reset/-Policy headers."
+)
+@click.option(
+    "--rate-limit-blocks",
+    is_flag=True,
+    help="After a 429, refuse every request until its Retry-After elapses (a penalty box).",
 )
 @click.option(
     "--error-rate", default=0.0, show_default=True, type=float, help="Share of 500/502/503/504 answers."
@@ -425,6 +452,7 @@ def mock_api_command(
     Example:
       syncd mock-api --port 8080 --count 5000 --rate-limit 20 --error-rate 0.1
       syncd mock-api --poison surrogate --poison nul --content-encoding gzip --echo-key
+      syncd mock-api --count 40000 --latency-ms 400 --rate-limit 10   # a remote, rate-limited API
       SYNCD_API_URL=http://127.0.0.1:8080 SYNCD_API_KEY=demo-key syncd run-once
     """
     from syncd.fakeapi.data import Dataset
@@ -455,6 +483,9 @@ def mock_api_command(
         dribble=faults["dribble"],
         echo_key=faults["echo_key"],
         message_suffix=faults["message_suffix"],
+        latency=faults["latency_ms"] / 1000,
+        rate_limit_headers=faults["rate_limit_headers"],
+        rate_limit_blocks=faults["rate_limit_blocks"],
     )
     if poisons:
         dataset.poison(list(poisons), api_key)

@@ -192,6 +192,12 @@ SPECS: tuple[Spec, ...] = (
         5.0,
         "client-side request rate ceiling",
     ),
+    Spec(
+        "max_in_flight",
+        _parse_int(1, 64),
+        8,
+        "most requests in flight at once (fewer when the rate and the API's latency need fewer)",
+    ),
     Spec("connect_timeout", _parse_float(0, inclusive=False), 10.0, "seconds to connect"),
     Spec("read_timeout", _parse_float(0, inclusive=False), 30.0, "seconds to wait for data"),
     Spec("max_attempts", _parse_int(1, None), 8, "attempts per request before giving up"),
@@ -243,6 +249,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     page_size: int = 500
     max_requests_per_second: float = 5.0
+    max_in_flight: int = 8
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     max_attempts: int = 8

@@ -62,7 +62,12 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info or record.exc_text:
             entry["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
-        return orjson.dumps(entry, default=str).decode()
+        # orjson leaves U+0085, U+2028 and U+2029 raw; tools that split lines on
+        # them (Python's splitlines, some log viewers) would see two records.
+        return orjson.dumps(entry, default=str).decode().translate(_JSON_LINE_BREAKS)
+
+
+_JSON_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 def setup_logging(level: str = "info", fmt: str = "text", secrets: list[str] | None = None) -> None:

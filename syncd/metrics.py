@@ -41,6 +41,17 @@ class Metrics:
             "Unix time until which the API asked for quiet (Retry-After); syncd sends nothing before",
             registry=self.registry,
         )
+        self.in_flight = Gauge(
+            "syncd_api_requests_in_flight",
+            "API requests sent and not yet answered (during a run; 0 between runs)",
+            registry=self.registry,
+        )
+        self.request_rate = Gauge(
+            "syncd_api_request_rate",
+            "The rate limiter's current pace, in requests per second (it probes up to "
+            "SYNCD_MAX_REQUESTS_PER_SECOND and slows down on a 429)",
+            registry=self.registry,
+        )
         self.duration = Histogram(
             "syncd_run_duration_seconds",
             "Duration of sync runs",
@@ -62,6 +73,10 @@ class Metrics:
 
     def record_failure(self, mode: str, outcome: str) -> None:
         self.runs.labels(mode, outcome).inc()
+
+    def record_pace(self, request_rate: float, in_flight: int) -> None:
+        self.request_rate.set(request_rate)
+        self.in_flight.set(in_flight)
 
     def record_http(self, stats: RequestStats) -> None:
         for code, count in stats.by_status.items():

@@ -36,6 +36,7 @@ from syncd.errors import ExitCode, Interrupted, LockHeldError, SchemaError, Sync
 from syncd.metrics import Metrics
 from syncd.notify import notify, watchdog_interval
 from syncd.state import STREAM
+from syncd.sync.engine import Progress
 
 log = logging.getLogger("syncd.daemon")
 
@@ -148,6 +149,13 @@ class Daemon:
     # ------------------------------------------------------------ one tick
 
     def _tick(self, engine: Engine, kind: str) -> None:
+        try:
+            self._run_tick(engine, kind)
+        finally:
+            if self.metrics is not None:
+                self.metrics.in_flight.set(0)  # between runs, nothing is in flight
+
+    def _run_tick(self, engine: Engine, kind: str) -> None:
         if self.stop.is_set():
             return
         started = time.time()
@@ -160,6 +168,7 @@ class Daemon:
                     list_run=kind != "refresh",
                     refresh=kind == "refresh",
                     stop=self.stop,
+                    on_page=self._progress,
                     on_rate_limited=self._rate_limited,
                 )
         except LockHeldError as exc:
@@ -186,6 +195,10 @@ class Daemon:
             for summary in outcome.summaries:
                 self.metrics.record_run(summary, started + summary.seconds)
             self.metrics.record_http(outcome.http)
+
+    def _progress(self, progress: Progress) -> None:
+        if self.metrics is not None:
+            self.metrics.record_pace(progress.request_rate, progress.in_flight)
 
     def _rate_limited(self, until: datetime) -> None:
         self.last_status = f"rate limited by the API until {until.isoformat(timespec='seconds')}"

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from syncd.api.backoff import RateLimiter, backoff_delay, parse_retry_after
+from syncd.api.backoff import backoff_delay, parse_retry_after
 from syncd.api.body import BrokenBody, parse_array, split_top_level_array
 from syncd.api.client import ApiClient, ClientOptions
 from syncd.config import Secret
@@ -266,29 +266,48 @@ def test_backoff_delay_is_full_jitter_and_capped() -> None:
     assert max(delays) > 8 and min(delays) < 0.5
 
 
-def test_rate_limiter_halves_on_429_and_recovers_additively() -> None:
-    limiter = RateLimiter(max_rate=8.0, recovery_requests=16)
-    limiter.on_throttled()
-    limiter.on_throttled()
-    assert limiter.rate == 2.0
-    for _ in range(4):
-        limiter.on_success()
-    assert limiter.rate == 4.0  # each success adds 8/16 = 0.5 requests/s
-    for _ in range(500):
-        limiter.on_success()
-    assert limiter.rate == 8.0
-
-
 def test_the_clients_rate_climbs_back_to_the_ceiling_after_a_429() -> None:
-    client, _, _ = client_for(
+    client, clock, _ = client_for(
         sequence(json_response(429, {}, {"Retry-After": "1"}), json_response(200, [])),
         max_requests_per_second=10.0,
     )
-    client.fetch_list_page(0, 10)  # a 429, then its retry succeeds
-    assert client.limiter.rate == pytest.approx(5.0 + 0.2)  # halved, then one step (10/50) back
-    for _ in range(24):
+    client.fetch_list_page(0, 10)  # a 429 on the first request, then its retry succeeds
+    # Too little history to measure the server: half, then a first probe up
+    # (5% more) when the retry succeeds after the second's wait.
+    assert client.limiter.rate == pytest.approx(5.0 * 1.05)
+    started = clock.now
+    for _ in range(400):
         client.fetch_list_page(0, 10)
-    assert client.limiter.rate == pytest.approx(10.0)
+        if client.limiter.rate == 10.0:
+            break
+    assert client.limiter.rate == 10.0
+    assert clock.now - started < 10  # a guess is probed up quickly: 5% more every half second
+
+
+def test_the_server_stated_limit_and_quota_are_heeded() -> None:
+    headers = {"RateLimit-Policy": "4;w=1", "RateLimit-Remaining": "0", "RateLimit-Reset": "3"}
+    client, clock, _ = client_for(lambda r: json_response(200, [], headers), max_requests_per_second=10.0)
+    client.fetch_list_page(0, 10)
+    assert client.limiter.max_rate == 4.0
+    sent = clock.now
+    client.fetch_list_page(0, 10)
+    assert clock.now - sent >= 3.0  # the quota was spent: not before it resets
+
+
+def test_requests_in_flight_follow_the_latency_and_the_rate() -> None:
+    clock = FakeClock()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        clock.now += 0.4  # the answer takes 400 ms
+        return json_response(200, [])
+
+    client, _, _ = client_for(slow, clock, max_requests_per_second=10.0, max_in_flight=8)
+    assert client.in_flight_target() == 1  # no answer yet: latency unknown
+    client.fetch_list_page(0, 10)
+    assert client.in_flight_target() == 5  # 10/s x 0.4 s, and one more
+    assert client.in_flight_target(demand=2.0) == 2  # the caller takes 2 pages a second
+    client.limiter.rate = 100.0
+    assert client.in_flight_target() == 8  # SYNCD_MAX_IN_FLIGHT
 
 
 def test_split_and_parse_hostile_bodies() -> None:

@@ -89,7 +89,8 @@ def test_sigterm_during_backfill_exits_0_records_interrupted_and_resumes(
 ) -> None:
     total = 4000
     server = fake_api(total, faults=Faults(slow=1.0, delay=0.05), malformed_fraction=0)
-    env = syncd_env(server.url, db_url, page_size="100", interval="60")
+    # A paced backfill (~4 s at 10 requests/s) that the signal finds half done.
+    env = syncd_env(server.url, db_url, page_size="100", interval="60", max_requests_per_second="10")
     with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
         wait_for(lambda: count(engine) >= 600, 60, "some committed pages")
         sent = time.monotonic()

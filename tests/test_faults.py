@@ -70,7 +70,7 @@ def test_retries_exhausted_fail_cleanly_then_the_next_run_completes(
     db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
     server = fake_api(1000, faults=Faults(fail_from_request=4), malformed_fraction=0)
-    env = syncd_env(server.url, db_url, page_size="100", max_attempts="3")
+    env = syncd_env(server.url, db_url, page_size="100", max_attempts="3", max_in_flight="4")
     first = run_syncd(["run-once"], env, cwd=tmp_path)
     assert first.returncode == 5, first.stderr
     assert "kept failing; gave up after 3 attempts: 503" in first.stderr
@@ -84,7 +84,9 @@ def test_retries_exhausted_fail_cleanly_then_the_next_run_completes(
     server.api.reset_stats()
     second = run_syncd(["run-once"], env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert server.api.stats.list_requests <= -(-(1000 - committed) // 100) + 2
+    # Resume budget: the pages not committed, 2 to find the cursor, and the
+    # pages asked ahead past the end of the list (at most in flight - 1).
+    assert server.api.stats.list_requests <= -(-(1000 - committed) // 100) + 2 + 3, server.api.list_log
     assert set(ids_in(engine)) == {a.id for a in server.api.dataset.valid()}
 
 
@@ -165,7 +167,8 @@ def test_postgres_connections_cut_mid_run_fail_cleanly_and_the_next_run_complete
     postgres_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
     server = fake_api(4000, faults=Faults(slow=1.0, delay=0.05), malformed_fraction=0)
-    env = syncd_env(server.url, postgres_url, page_size="100")
+    # A paced backfill (~4 s at 10 requests/s) that the cut finds half done.
+    env = syncd_env(server.url, postgres_url, page_size="100", max_requests_per_second="10")
     process = start_syncd(["run-once"], env, tmp_path)
     watcher = db.create_db_engine(postgres_url)
     try:

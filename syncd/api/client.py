@@ -26,6 +26,7 @@ API's own words with the key redacted: they are safe to log and to store.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -41,7 +42,7 @@ import httpx
 import orjson
 
 from syncd import __version__
-from syncd.api.backoff import RateLimiter, backoff_delay, parse_retry_after
+from syncd.api.backoff import RateLimiter, backoff_delay, parse_rate_limit_headers, parse_retry_after
 from syncd.api.body import BrokenBody, parse_array, parse_object
 from syncd.api.deadline import install, request_deadline
 from syncd.config import Secret
@@ -72,6 +73,7 @@ class ClientOptions:
     max_attempts: int = 8
     max_retry_wait: float = 900.0
     max_requests_per_second: float = 5.0
+    max_in_flight: int = 8
 
 
 @dataclass
@@ -83,6 +85,7 @@ class RequestStats:
     by_status: Counter[str] = field(default_factory=Counter)
     throttled: int = 0
     retry_wait_seconds: float = 0.0
+    in_flight: int = 0  # requests sent and not yet answered, now
 
 
 class ApiClient:
@@ -111,6 +114,7 @@ class ApiClient:
         self._rng = rng or random.Random()
         self._pace_lock = threading.Lock()
         self.limiter = RateLimiter(max_rate=self.options.max_requests_per_second)
+        self.latency: float | None = None  # seconds an answer takes (moving average)
         self.stats = RequestStats()
         self._http = httpx.Client(
             base_url=base_url,
@@ -167,14 +171,15 @@ class ApiClient:
 
     # ------------------------------------------------------------ machinery
 
-    def _pace(self) -> None:
-        """Sleep until the limiter allows a request, then claim the slot."""
+    def _pace(self) -> float:
+        """Sleep until the limiter allows a request, then claim the slot; when it was claimed."""
         while True:
             with self._pace_lock:
-                wait = self.limiter.wait_time(self._clock())
+                now = self._clock()
+                wait = self.limiter.wait_time(now)
                 if wait <= 0:
-                    self.limiter.sent(self._clock())
-                    return
+                    self.limiter.sent(now)
+                    return now
             self._sleep(wait)
 
     def _request(self, path: str, params: dict[str, int] | None, *, expect: str) -> Any:
@@ -182,7 +187,7 @@ class ApiClient:
         waited = 0.0
         options = self.options
         for attempt in range(options.max_attempts):
-            self._pace()
+            sent_at = self._pace()
             try:
                 answer = self._attempt(path, params, what, expect=expect)
             except RetriableApiError as exc:
@@ -195,7 +200,7 @@ class ApiClient:
                 if is_429:
                     with self._pace_lock:
                         self.stats.throttled += 1
-                        self.limiter.on_throttled()
+                        self.limiter.on_throttled(self._clock(), sent_at)
                         # Never send anything before the server's deadline.
                         self.limiter.not_before(self._clock() + delay)
                     if exc.retry_after is not None:
@@ -210,12 +215,13 @@ class ApiClient:
                     )
                     raise RetriesExhaustedError(f"{what} kept failing; gave up {why}: {exc}") from None
                 log.warning(
-                    "%s: %s; retrying in %.1fs (attempt %d of %d)",
+                    "%s: %s; retrying in %.1fs (attempt %d of %d)%s",
                     what,
                     exc,
                     delay,
                     attempt + 1,
                     options.max_attempts,
+                    f"; pace now {self.limiter.rate:.3g} requests/s" if is_429 else "",
                 )
                 waited += delay
                 with self._pace_lock:
@@ -224,7 +230,7 @@ class ApiClient:
                     self._sleep(delay)
                 continue
             with self._pace_lock:
-                self.limiter.on_success()
+                self.limiter.on_success(self._clock(), sent_at)
             return answer
         raise AssertionError("unreachable")
 
@@ -233,12 +239,15 @@ class ApiClient:
             self.stats.requests += 1
             if params is not None:
                 self.stats.list_requests += 1
+            self.stats.in_flight += 1
         deadline = self.options.connect_timeout + self.options.read_timeout
+        started = self._clock()
         try:
             with request_deadline(deadline), self._http.stream("GET", path, params=params) as response:
                 status = response.status_code
                 content = self._read(response, MAX_BODY_BYTES if status == 200 else ERROR_BODY_BYTES)
                 retry_after = response.headers.get("Retry-After")
+                self._heed(response.headers, self._clock() - started)
         except httpx.TimeoutException as exc:
             self._count("timeout")
             raise RetriableApiError(
@@ -255,6 +264,9 @@ class ApiClient:
             raise RetriableApiError(
                 f"connection failed ({type(exc).__name__}: {self._first_line(exc)})"
             ) from None
+        finally:
+            with self._pace_lock:
+                self.stats.in_flight -= 1
         self._count(str(status))
         if status == 200:
             return self._parse(content, expect)
@@ -280,6 +292,31 @@ class ApiClient:
         raise BadRequestError(
             f"the API refused {what} with {status} {_phrase(status)}: {message}", status_code=status
         )
+
+    def _heed(self, headers: httpx.Headers, seconds: float) -> None:
+        """What an answer tells about the server: how long it takes (for how many
+        requests to keep in flight) and what rate it allows, when it says."""
+        limits = parse_rate_limit_headers(headers, self._wall())
+        with self._pace_lock:
+            self.latency = seconds if self.latency is None else 0.8 * self.latency + 0.2 * seconds
+            self.limiter.reach = self.options.max_in_flight / max(self.latency, 1e-3)
+            if limits.per_second is not None:
+                self.limiter.cap(limits.per_second)
+            if limits.remaining == 0 and limits.reset is not None:
+                self.limiter.not_before(self._clock() + min(limits.reset, self.options.max_retry_wait))
+
+    def in_flight_target(self, demand: float | None = None) -> int:
+        """How many requests to keep in flight: as many as answer within one
+        request's latency at the rate allowed (or at ``demand``, requests per
+        second the caller can take, if lower), plus one; at most
+        SYNCD_MAX_IN_FLIGHT. One until the first answer tells the latency."""
+        with self._pace_lock:
+            latency, rate = self.latency, self.limiter.rate
+        if latency is None:
+            return 1
+        if demand is not None:
+            rate = min(rate, demand)
+        return max(1, min(self.options.max_in_flight, math.ceil(rate * latency) + 1))
 
     def _read(self, response: httpx.Response, limit: int) -> bytes:
         """The body, up to ``limit`` bytes (an error body is cut there; a page over it is broken)."""

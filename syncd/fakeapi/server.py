@@ -41,6 +41,8 @@ import orjson
 from syncd.fakeapi.data import Dataset
 
 DEFAULT_KEY = "demo-key"
+PROMISE = "X-Fake-Promise"  # internal: the deadline a 429 promised (not sent)
+REACTION = 0.05  # seconds a client has to read a 429 before its next request counts as early
 HOLD_LIMIT = 120.0  # seconds a held request waits at most: a test that forgets to release never hangs
 
 
@@ -49,6 +51,9 @@ class Faults:
     """What can go wrong, per list/get request. Probabilities are 0..1."""
 
     rate_limit: float = 0.0  # requests per second allowed (token bucket); 0 = unlimited
+    # After a 429, refuse everything until its Retry-After elapses (as NestJS's
+    # throttler blocks), not only what finds the bucket empty.
+    rate_limit_blocks: bool = False
     retry_after_http_date: bool = False  # send Retry-After as an HTTP date
     retry_after_missing: float = 0.0  # share of 429s sent without Retry-After
     error_5xx: float = 0.0
@@ -70,6 +75,9 @@ class Faults:
     dribble: float = 0.0  # seconds between the bytes of every 200 body
     echo_key: bool = False  # answers repeat the key they were sent: error messages and a header
     message_suffix: str = ""  # appended to every error message (newlines, escapes: log forgery)
+    # The shape of a remote API:
+    latency: float = 0.0  # seconds before every API answer (requests are served concurrently)
+    rate_limit_headers: bool = False  # RateLimit-Limit/-Remaining/-Reset and RateLimit-Policy on answers
 
     def update(self, changes: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -115,6 +123,11 @@ class FakeApi:
         self._tokens = 0.0
         self._last_refill = time.monotonic()
         self._retry_deadline = 0.0
+        # Retry-After promises: (when the 429 reached the client, or None while on
+        # its way; the deadline). A request is early only if it arrives after a
+        # 429 was delivered (and REACTION seconds more, for the client to read it)
+        # and before its deadline: one sent meanwhile could not know.
+        self._promises: list[tuple[float | None, float]] = []
         self.list_log: list[tuple[int, int]] = []  # (skip, limit) of each list request
         self.served: set[str] = set()  # every id any list answer carried: "ever listed"
         self.first_request_at: float | None = None  # wall clock (time.time()) of the first API request
@@ -157,18 +170,49 @@ class FakeApi:
         """Seconds the client must wait, or None when the request may pass."""
         rate = self.faults.rate_limit
         now = time.monotonic()
-        if now < self._retry_deadline:
+        self._promises = [(delivered, deadline) for delivered, deadline in self._promises if deadline > now]
+        if any(delivered is not None and delivered + REACTION <= now for delivered, _ in self._promises):
             self.stats.early_requests += 1
+        if self.faults.rate_limit_blocks and now < self._retry_deadline:
             return self._retry_deadline - now
         if rate <= 0:
             return None
-        burst = max(1.0, rate)
-        self._tokens = min(burst, self._tokens + (now - self._last_refill) * rate)
+        self._tokens = min(self.burst, self._tokens + (now - self._last_refill) * rate)
         self._last_refill = now
         if self._tokens >= 1:
             self._tokens -= 1
             return None
         return (1 - self._tokens) / rate
+
+    @property
+    def burst(self) -> float:
+        return max(1.0, self.faults.rate_limit)
+
+    def promise(self, deadline: float) -> int:
+        """A 429's deadline, kept from now; ``delivered`` once the client has it."""
+        self._retry_deadline = max(self._retry_deadline, deadline)
+        self._promises.append((None, deadline))
+        return len(self._promises) - 1
+
+    def delivered(self, deadline: float) -> None:
+        self._promises = [
+            (time.monotonic() if delivered is None and until == deadline else delivered, until)
+            for delivered, until in self._promises
+        ]
+
+    def limit_headers(self) -> dict[str, str]:
+        """The draft IETF RateLimit headers for the token bucket (window of one second)."""
+        rate = self.faults.rate_limit
+        if not (self.faults.rate_limit_headers and rate > 0):
+            return {}
+        remaining = int(self._tokens)
+        reset = 0 if remaining else math.ceil((1 - self._tokens) / rate)
+        return {
+            "RateLimit-Limit": str(math.floor(self.burst)),
+            "RateLimit-Remaining": str(remaining),
+            "RateLimit-Reset": str(reset),
+            "RateLimit-Policy": f"{math.floor(rate)};w=1",
+        }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -280,6 +324,11 @@ class _Handler(BaseHTTPRequestHandler):
                 api.stats.get_requests += 1
             status, body, headers, fault = self._decide(path, query, is_list)
             self._count(status)
+            if status == 200:
+                headers = {**headers, **api.limit_headers()}
+        if faults.latency:
+            time.sleep(faults.latency)
+        promise = headers.pop(PROMISE, None) if headers else None
         if fault == "slow" or (faults.slow and faults.delay and api.rng.random() < faults.slow):
             time.sleep(faults.delay)
         if fault == "reset":
@@ -299,6 +348,11 @@ class _Handler(BaseHTTPRequestHandler):
         headers = dict(headers)
         if faults.echo_key:
             headers["X-Echo-Authorization"] = self.headers.get("Authorization", "")
+        if promise is not None:
+            self._send(status, body, content_type, headers)
+            with api.lock:
+                api.delivered(float(promise))
+            return
         if status == 200:
             if faults.bom:
                 body = b"\xef\xbb\xbf" + body
@@ -356,23 +410,24 @@ class _Handler(BaseHTTPRequestHandler):
 
         wait = api.throttle()
         if wait is not None:
-            seconds = max(1, math.ceil(wait))
-            api._retry_deadline = time.monotonic() + seconds
-            headers: dict[str, str] = {}
-            if rng.random() >= faults.retry_after_missing:
+            # Counted from when the client has the answer, after the latency: a
+            # server says how long from its answer, not from the request.
+            seconds = max(1, math.ceil(wait - faults.latency))
+            headers: dict[str, str] = api.limit_headers()
+            if faults.retry_after:  # a broken header: it promises nothing the server keeps
+                headers["Retry-After"] = faults.retry_after
+            elif rng.random() >= faults.retry_after_missing:
                 if faults.retry_after_http_date:
                     # An HTTP date has whole seconds: round up so it never undershoots.
                     headers["Retry-After"] = email.utils.formatdate(
                         math.ceil(time.time()) + seconds + 1, usegmt=True
                     )
-                    api._retry_deadline = time.monotonic() + seconds + 1
+                    seconds += 1
                 else:
                     headers["Retry-After"] = str(seconds)
-            else:
-                api._retry_deadline = 0.0  # nothing was promised
-            if faults.retry_after:  # a broken header: it promises nothing the server keeps
-                headers["Retry-After"] = faults.retry_after
-                api._retry_deadline = 0.0
+                # The wait starts when the client has the answer, after the latency.
+                headers[PROMISE] = str(time.monotonic() + faults.latency + seconds)
+                api.promise(float(headers[PROMISE]))
             return error(429, "ThrottlerException: Too Many Requests", headers)
 
         if is_list and faults.fail_from_request and api.stats.list_requests >= faults.fail_from_request:

@@ -61,6 +61,8 @@ class Progress:
     artworks: int
     requests: int
     seconds: float
+    request_rate: float = 0.0  # the limiter's rate now, requests/s
+    in_flight: int = 0  # requests sent and not yet answered, now
 
 
 @dataclass
@@ -115,7 +117,9 @@ class _Pages:
     def uncommitted(self) -> bool:
         return self._transaction is not None
 
-    def write(self, fetched: Fetched, state: StreamState) -> None:
+    def write(self, fetched: Fetched, state: StreamState | None) -> None:
+        """Write a page; ``state`` is the planner's after it (None: a page fetched
+        ahead and not wanted, whose records are stored and which moves nothing)."""
         if self._transaction is None:
             self._transaction = self.conn.begin()
             self.begun_at = time.monotonic()
@@ -137,12 +141,14 @@ class _Pages:
             )
             self._transaction.rollback()
             self._transaction = None
+            self._state = None
             self._written = Counts()
             self.careful = True
             self.run.counts = self.run.committed.copy()
             raise _Rewind from None
         self._written.add(written)
-        self._state = (state, fetched.now)
+        if state is not None:
+            self._state = (state, fetched.now)
         self.run.counts = self.run.committed.copy()
         self.run.counts.add(self._written)
 
@@ -161,8 +167,8 @@ class _Pages:
     def commit(self) -> None:
         if self._transaction is None:
             return
-        assert self._state is not None
-        store.save_state(self.conn, *self._state)
+        if self._state is not None:
+            store.save_state(self.conn, *self._state)
         self.run.counts.requests = self._requests()
         store.update_run(self.conn, self.run.id, self.run.counts, mode=str(self.run.mode))
         transaction, self._transaction = self._transaction, None
@@ -275,20 +281,70 @@ class Syncer:
             pages.close()
 
     def _read_list(self, planner: Planner, run: _Run, pages: _Pages, started: float) -> None:
+        """Read pages in the planner's order, with the next ones in flight.
+
+        In a scan, the pages the planner expects next are fetched ahead (as
+        many as answer within the API's latency at the allowed rate and the
+        pace pages are written, up to SYNCD_MAX_IN_FLIGHT). Each is judged
+        only when its turn comes, against the page written before it: one that
+        does not connect moves no cursor, and the planner asks again. A page
+        fetched ahead that the planner no longer wants is still stored once it
+        arrives (its artworks were listed), and one not yet sent is not sent.
+        Pages are written and committed in order.
+        """
+        ahead: dict[Request, Future[Fetched]] = {}
+        strays: list[Future[Fetched]] = []  # sent, no longer wanted: stored when they come
+        page_seconds: float | None = None  # what writing a page takes (moving average)
+
+        def fetch(request: Request | None) -> None:
+            """Have ``request`` and the pages expected after it in flight: as many
+            as the loop can take (no more than answer within the API's latency at
+            the allowed rate, nor faster than pages are written)."""
+            if request is None:
+                expected: list[Request] = []
+                wanted: list[Request] = []
+            else:
+                # A page already in flight stays wanted while the planner still
+                # expects it, even if the window has since narrowed.
+                expected = [request, *planner.lookahead(self.client.options.max_in_flight)]
+                demand = 1 / page_seconds if page_seconds else None
+                wanted = expected[: self.client.in_flight_target(demand)]
+            for stale in ahead.keys() - set(expected):  # the planner went another way
+                future = ahead.pop(stale)
+                if not future.cancel():
+                    strays.append(future)
+            for ahead_request in wanted:
+                if ahead_request not in ahead:
+                    ahead[ahead_request] = requests.submit(self._fetch_page, ahead_request)
+
+        def store_strays(wait: bool) -> None:
+            for future in [f for f in strays if wait or f.done()]:
+                strays.remove(future)
+                try:
+                    stray = self._await(future, pages)
+                except ApiError as exc:
+                    log.debug("a page fetched ahead and not needed failed: %s", exc)
+                    continue
+                if stray.items:  # past the end of the list, pages asked ahead come back empty
+                    pages.write(stray, None)
+
         with self._requests() as requests:
             try:
                 request = planner.next_request()
-                pending = requests.submit(self._fetch_page, request) if request is not None else None
-                while pending is not None and request is not None:
-                    fetched = self._await(pending, pages)
+                while request is not None:
+                    fetch(request)
+                    fetched = self._await(ahead.pop(request), pages)
+                    writing = time.monotonic()
                     planner.observe(request, [Item(*list_key(value, fetched.now)) for value in fetched.items])
                     state, run.mode = replace(planner.state), planner.mode
                     request = planner.next_request()
-                    # The next page is fetched while this one is judged and written.
-                    pending = requests.submit(self._fetch_page, request) if request is not None else None
+                    fetch(request)
                     pages.write(fetched, state)
+                    store_strays(wait=request is None)
                     if request is None or time.monotonic() - pages.begun_at >= self.commit_seconds:
                         pages.commit()
+                    took = time.monotonic() - writing
+                    page_seconds = took if page_seconds is None else 0.8 * page_seconds + 0.2 * took
                     self._report(run, started)
                 pages.commit()
             except (Interrupted, ApiError):
@@ -302,7 +358,15 @@ class Syncer:
             counts = run.counts
             requests = self.client.stats.requests - run.requests_before
             self.on_page(
-                Progress(str(run.mode), counts.pages, counts.artworks, requests, time.monotonic() - started)
+                Progress(
+                    str(run.mode),
+                    counts.pages,
+                    counts.artworks,
+                    requests,
+                    time.monotonic() - started,
+                    request_rate=self.client.limiter.rate,
+                    in_flight=self.client.stats.in_flight,
+                )
             )
 
     # ------------------------------------------------------------ artworks by id
@@ -328,19 +392,37 @@ class Syncer:
         self._fetch_and_store(missed, run)
 
     def _fetch_and_store(self, ids: list[str], run: _Run) -> None:
-        """GET each artwork: store what the API returns, mark deleted what it answers 404 for."""
+        """GET each artwork: store what the API returns, mark deleted what it answers 404 for.
+
+        Requests run concurrently, paced by the client (its rate, and the
+        request workers bound how many are in flight); the next batch is
+        queued before this one is written, so the pipeline never drains
+        between two batches.
+        """
+        started = time.monotonic()
+        batches = [ids[offset : offset + REFRESH_BATCH] for offset in range(0, len(ids), REFRESH_BATCH)]
         with self._requests() as requests:
-            for offset in range(0, len(ids), REFRESH_BATCH):
+
+            def submit(batch: list[str]) -> list[tuple[str, Future[Any]]]:
+                return [
+                    (artwork_id, requests.submit(self.client.get_artwork, artwork_id)) for artwork_id in batch
+                ]
+
+            queued = submit(batches[0]) if batches else []
+            for number in range(len(batches)):
                 self._check_stop()
+                futures = queued
+                queued = submit(batches[number + 1]) if number + 1 < len(batches) else []
                 fetched: list[tuple[str, Any]] = []
-                for artwork_id in ids[offset : offset + REFRESH_BATCH]:
+                for artwork_id, future in futures:
                     try:
-                        value = self._await(requests.submit(self.client.get_artwork, artwork_id))
+                        value = self._await(future)
                     except BadRequestError as exc:  # about this artwork only: the others go on
                         log.warning("artwork %s skipped: %s", artwork_id, exc)
                         continue
                     fetched.append((artwork_id, value))
                 self._store_fetched(fetched, run)
+                self._report(run, started)
 
     def _store_fetched(self, fetched: list[tuple[str, Any]], run: _Run) -> None:
         """Artworks fetched by id, in one transaction: written like a list page
@@ -375,7 +457,7 @@ class Syncer:
 
     @contextmanager
     def _requests(self) -> Iterator[InFlight]:
-        requests = InFlight()
+        requests = InFlight(self.client.options.max_in_flight)
         try:
             yield requests
         finally:

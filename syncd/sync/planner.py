@@ -160,6 +160,24 @@ class Planner:
             return Request(skip, self.page_size)
         return Request(self._next_skip, self.page_size)
 
+    def lookahead(self, count: int) -> list[Request]:
+        """Up to ``count`` requests likely to follow ``next_request()``: the pages
+        after it, if each comes back full and connects. For fetching ahead in a
+        scan; none while the next step depends on what a page says (a search,
+        a probe) or in an incremental run (whose request budget is exact). A
+        page fetched ahead is judged like any other when its turn comes."""
+        if (
+            count <= 0
+            or self.done
+            or self.state.phase == Phase.IDLE
+            or self._search is not None
+            or self._probe is not None
+            or self._plain_offsets
+        ):
+            return []
+        step = max(1, self.page_size - 1 - self._margin)
+        return [Request(self._next_skip + step * n, self.page_size) for n in range(1, count + 1)]
+
     def observe(self, request: Request, items: Sequence[Item]) -> None:
         """Take in one page (every element, in list order) and plan the next."""
         if not self._plain_offsets and not self._connects(request, items):
