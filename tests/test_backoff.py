@@ -111,6 +111,16 @@ def test_a_stated_policy_caps_the_ceiling() -> None:
     assert limiter.max_rate == limiter.min_rate
 
 
+def test_recovery_never_passes_a_stated_cap() -> None:
+    limiter = RateLimiter(max_rate=5.0)
+    t = accept(limiter, 8, rate=0.5)  # idle: a 429 then recovers fast, towards 4/s
+    limiter.on_throttled(t, t)
+    limiter.cap(1.0)
+    for n in range(200):
+        limiter.on_success(t + n, t + n)
+    assert limiter.rate <= 1.0
+
+
 @pytest.mark.parametrize(
     ("headers", "per_second", "remaining", "reset"),
     [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -13,7 +13,7 @@ import pytest
 
 from syncd.api.backoff import backoff_delay, parse_retry_after
 from syncd.api.body import BrokenBody, parse_array, split_top_level_array
-from syncd.api.client import ApiClient, ClientOptions
+from syncd.api.client import ApiClient, ClientOptions, Unwanted
 from syncd.config import Secret
 from syncd.errors import ApiError, AuthError, BadRequestError, RetriesExhaustedError
 from syncd.records import Unparseable
@@ -372,3 +372,52 @@ def test_an_answer_trickling_in_byte_by_byte_is_cut_off_at_the_requests_deadline
         client.close()
         listener.close()
         thread.join(timeout=5)
+
+
+def test_a_spent_quota_is_waited_for_only_when_its_reset_is_plausible() -> None:
+    spent = {"RateLimit-Remaining": "0", "RateLimit-Reset": "5"}
+    client, clock, _ = client_for(lambda r: json_response(200, [], spent))
+    client.fetch_list_page(0, 10)
+    sent = clock.now
+    client.fetch_list_page(0, 10)
+    assert clock.now - sent >= 5.0
+    absurd = {"RateLimit-Remaining": "0", "RateLimit-Reset": "999999"}
+    client, clock, _ = client_for(lambda r: json_response(200, [], absurd))
+    for _ in range(3):
+        client.fetch_list_page(0, 10)
+    assert clock.now - 1000.0 < 1.0  # a server saying so on every answer cannot stall syncd
+
+
+def test_a_429s_retry_after_holds_every_request_from_its_headers_on() -> None:
+    """Not only once its (maybe slow) body is read: other threads must not send meanwhile."""
+    clock = FakeClock()
+    holds: list[float] = []
+
+    def body() -> Iterator[bytes]:
+        yield b'{"message": '
+        holds.append(client.limiter.wait_time(clock.now))  # while the body is still coming
+        yield b'"slow down"}'
+
+    client, _, _ = client_for(
+        sequence(httpx.Response(429, headers={"Retry-After": "30"}, content=body()), json_response(200, [])),
+        clock,
+    )
+    client.fetch_list_page(0, 10)
+    assert holds and holds[0] >= 30.0 - 1e-6
+
+
+def test_a_request_no_longer_wanted_is_neither_sent_nor_retried() -> None:
+    client, _, seen = client_for(lambda r: json_response(200, []))
+    with pytest.raises(Unwanted):
+        client.fetch_list_page(0, 10, wanted=lambda: False)
+    assert seen == []
+    wanted = [True]
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        wanted[0] = False  # the caller moved on while this one was answered
+        return json_response(503, {"message": "busy"})
+
+    client, _, seen = client_for(failing)
+    with pytest.raises(Unwanted):
+        client.fetch_list_page(0, 10, wanted=lambda: wanted[0])
+    assert len(seen) == 1

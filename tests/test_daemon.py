@@ -166,6 +166,10 @@ def test_metrics_endpoint_serves_the_documented_names(
     # The wait the API asked for: in the metrics, and logged once per deadline.
     until = re.search(r"^syncd_rate_limited_until_timestamp_seconds (\S+)$", body, re.MULTILINE)
     assert until is not None and float(until[1]) > time.time() - 120, body
+    # The limiter's pace: below the ceiling of 1000/s after the 429s; nothing in flight between runs.
+    pace = re.search(r"^syncd_api_request_rate (\S+)$", body, re.MULTILINE)
+    assert pace is not None and 0 < float(pace[1]) < 1000, body
+    assert re.search(r"^syncd_api_requests_in_flight 0\.0$", body, re.MULTILINE), body
     log = (tmp_path / "daemon.log").read_text()
     waits = log.count("rate limited by the API: no request before")
     assert 1 <= waits <= server.api.stats.by_status[429], log  # type: ignore[index]

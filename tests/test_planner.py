@@ -287,3 +287,74 @@ def test_property_every_surviving_artwork_is_stored(
         state, more, _ = run(sim, state, page_size)
         stored |= more
         assert {i.id for i in sim.items} <= stored
+
+
+def run_ahead(
+    sim: SimList, state: StreamState, page_size: int, ahead: int
+) -> tuple[StreamState, set[str], int]:
+    """Drive one run as the engine does with pages in flight: the pages the
+    planner expects next are fetched early (their content is the list as it
+    was then) and judged only when their turn comes; a page fetched ahead and
+    then not asked for is stored anyway. Returns the state, the ids stored
+    and how many pages judged were stale (the list had moved since)."""
+    planner = Planner(state, page_size, full=False, now=NOW)
+    early: dict[Request, list[Item]] = {}
+    stored: set[str] = set()
+    stale_pages = 0
+    while (request := planner.next_request()) is not None:
+        items = early.pop(request, None)
+        if items is None:
+            items = sim.page(request)
+        elif items != sim.view()[request.skip : request.skip + request.limit]:
+            stale_pages += 1
+        for expected in planner.lookahead(ahead):
+            if expected not in early:
+                early[expected] = sim.page(expected)  # fetched now, judged later
+        planner.observe(request, items)
+        stored.update(i.id for i in items if i.id)
+        wanted = set(planner.lookahead(ahead))
+        for stray in [r for r in early if r not in wanted and r != planner.next_request()]:
+            stored.update(i.id for i in early.pop(stray) if i.id)  # stored; it moves nothing
+        assert len(sim.requests) < 10_000, "runaway planner"
+    return replace(planner.state), stored, stale_pages
+
+
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first"])
+@pytest.mark.parametrize("ahead", [2, 4, 7])
+def test_pages_fetched_ahead_of_a_shifting_list_lose_nothing(order: str, ahead: int) -> None:
+    """Inserts and deletions between requests: pages fetched early hold a list
+    that has since moved. They are judged against the page before them when
+    their turn comes; what does not connect is asked for again."""
+    sim = SimList(order)
+    sim.add(3000)
+    present_at_start = {i.id for i in sim.items}
+    requests_made = 0
+
+    def churn(s: SimList) -> None:
+        nonlocal requests_made
+        requests_made += 1
+        s.add(4)
+        s.delete_oldest(1)
+
+    sim.before_request = churn
+    state, stored, stale_pages = run_ahead(sim, StreamState("artworks"), 100, ahead)
+    assert stale_pages > 0  # the case this is about happened
+    survivors = present_at_start & {i.id for i in sim.items}
+    assert survivors <= stored  # every artwork present throughout was stored
+    sim.before_request = None
+    sim.requests.clear()
+    _, more, _ = run(sim, state, 100)  # the next run picks up what was added meanwhile
+    assert {i.id for i in sim.items} <= stored | more
+
+
+def test_lookahead_only_in_a_scan_and_only_on_the_planned_path() -> None:
+    sim, state, _ = backfilled("newest_first", 2000, 100)
+    incremental = Planner(state, 100, full=False, now=NOW)
+    assert incremental.next_request() == Request(0, 100)
+    assert incremental.lookahead(5) == []  # an incremental run's budget is exact: no speculation
+    scan = Planner(StreamState("artworks"), 100, full=False, now=NOW)
+    assert scan.next_request() == Request(0, 100)
+    scan.observe(Request(0, 100), sim.page(Request(0, 100)))
+    following = scan.next_request()
+    assert following is not None
+    assert scan.lookahead(3) == [Request(following.skip + 99 * n, 100) for n in (1, 2, 3)]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ from syncd.app import make_client, run_once
 from syncd.errors import DatabaseError, Interrupted
 from syncd.fakeapi.data import Dataset
 from syncd.fakeapi.server import FakeServer, Faults
-from syncd.state import Counts, RunSummary
-from syncd.sync.engine import Syncer, _Pages
+from syncd.state import Counts, Mode, RunSummary
+from syncd.sync.engine import Fetched, Syncer, _Pages, _Run
 from tests.conftest import make_settings, run_syncd, start_syncd, syncd_env, wait_for
 
 L = 100
@@ -438,3 +439,30 @@ def test_a_refused_record_rewinds_to_the_committed_cursor_and_loses_nothing(
         state = conn.execute(select(store.state_table)).one()
     assert run.inserted == len(valid_ids(server)) - 1 and run.rejected == 1
     assert state.phase == "idle" and state.listed_total == 1000
+
+
+def test_a_page_fetched_ahead_and_not_used_adds_only_artworks_not_stored(engine: Engine) -> None:
+    """A stray page (sent ahead, then not wanted) may be older than a page
+    written since: it inserts the artworks it lists that are not stored yet,
+    and overwrites nothing, and moves no cursor."""
+    dataset = Dataset(3, seed=5, malformed_fraction=0, unknown_fraction=0, pending_fraction=0)
+    known, updated_elsewhere, new = (a.value for a in dataset.items)
+    assert isinstance(known, dict) and isinstance(new, dict)
+    older = dict(known, status="processing")  # what the stray saw, before the list moved
+    fresh_at = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    with db.writer(engine).begin() as conn:
+        run = _Run(store.start_run(conn, stream="artworks", mode="backfill", now=fresh_at), Mode.BACKFILL, 0)
+    pages = _Pages(db.writer(engine), run, lambda: 0, ())
+    try:
+        pages.write(Fetched([known, updated_elsewhere], fresh_at), None)  # as if written by a wanted page
+        pages.commit()
+        pages.write(Fetched([older, new], fresh_at - timedelta(seconds=1)), None)
+        pages.commit()
+    finally:
+        pages.close()
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(select(store.artworks.c.id, store.artworks.c.status)).all())
+        cursor = conn.execute(select(store.state_table.c.cursor_skip)).scalar()
+    assert statuses[known["id"]] == known["status"] != "processing"
+    assert new["id"] in statuses
+    assert cursor is None  # no sync state was written: strays move nothing

@@ -136,7 +136,9 @@ class RateLimiter:
         self._accepted.append(sent_at)
         self._forget(now)
         if self.rate < self._recover_until:
-            self.rate = min(self._recover_until, self.rate + self.max_rate / self.recovery_requests)
+            self.rate = min(
+                self._recover_until, self.max_rate, self.rate + self.max_rate / self.recovery_requests
+            )
         elif now - max(self._slowed_at, self._probed_at) >= self._calm():
             self.rate = min(self.max_rate, self.rate * self.grow)
             self._probed_at = now
@@ -178,6 +180,7 @@ class RateLimiter:
         """The server said what it allows (RateLimit-Policy): never ask for more."""
         self.max_rate = max(self.min_rate, min(self.max_rate, rate))
         self.rate = min(self.rate, self.max_rate)
+        self._recover_until = min(self._recover_until, self.max_rate)
 
     def _forget(self, now: float) -> None:
         for moments in (self._sent, self._accepted):

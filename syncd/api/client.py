@@ -58,6 +58,9 @@ from syncd.errors import (
 
 log = logging.getLogger(__name__)
 
+# The longest wait a spent quota (RateLimit-Remaining: 0) may ask for: rate
+# limit windows are seconds to a minute; anything longer goes by 429s.
+QUOTA_WAIT_LIMIT = 60.0
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 60.0
 # A page of 500 records of the 1 MB record limit would be 500 MB; real pages
@@ -86,6 +89,10 @@ class RequestStats:
     throttled: int = 0
     retry_wait_seconds: float = 0.0
     in_flight: int = 0  # requests sent and not yet answered, now
+
+
+class Unwanted(Exception):
+    """The caller no longer wants this answer: the request was not sent (again)."""
 
 
 class ApiClient:
@@ -143,9 +150,13 @@ class ApiClient:
 
     # ------------------------------------------------------------ endpoints
 
-    def fetch_list_page(self, skip: int, limit: int) -> list[Any]:
-        """One page of the list: every element as received (objects or not)."""
-        page = self._request("/v1/artworks", {"skip": skip, "limit": limit}, expect="array")
+    def fetch_list_page(self, skip: int, limit: int, wanted: Callable[[], bool] | None = None) -> list[Any]:
+        """One page of the list: every element as received (objects or not).
+
+        ``wanted``: asked before each attempt is sent; once it says no, the
+        request is abandoned (``Unwanted``) instead of sent or retried.
+        """
+        page = self._request("/v1/artworks", {"skip": skip, "limit": limit}, expect="array", wanted=wanted)
         assert isinstance(page, list)
         return page
 
@@ -171,9 +182,11 @@ class ApiClient:
 
     # ------------------------------------------------------------ machinery
 
-    def _pace(self) -> float:
+    def _pace(self, wanted: Callable[[], bool] | None = None) -> float:
         """Sleep until the limiter allows a request, then claim the slot; when it was claimed."""
         while True:
+            if wanted is not None and not wanted():
+                raise Unwanted
             with self._pace_lock:
                 now = self._clock()
                 wait = self.limiter.wait_time(now)
@@ -182,12 +195,19 @@ class ApiClient:
                     return now
             self._sleep(wait)
 
-    def _request(self, path: str, params: dict[str, int] | None, *, expect: str) -> Any:
+    def _request(
+        self,
+        path: str,
+        params: dict[str, int] | None,
+        *,
+        expect: str,
+        wanted: Callable[[], bool] | None = None,
+    ) -> Any:
         what = f"GET {path}" + (f"?skip={params['skip']}&limit={params['limit']}" if params else "")
         waited = 0.0
         options = self.options
         for attempt in range(options.max_attempts):
-            sent_at = self._pace()
+            sent_at = self._pace(wanted)
             try:
                 answer = self._attempt(path, params, what, expect=expect)
             except RetriableApiError as exc:
@@ -203,8 +223,12 @@ class ApiClient:
                         self.limiter.on_throttled(self._clock(), sent_at)
                         # Never send anything before the server's deadline.
                         self.limiter.not_before(self._clock() + delay)
-                    if exc.retry_after is not None:
-                        self.rate_limited_until = self._wall() + timedelta(seconds=delay)
+                        if exc.retry_after is not None:
+                            until = self._wall() + timedelta(seconds=delay)
+                            if self.rate_limited_until is None or until > self.rate_limited_until:
+                                self.rate_limited_until = until
+                if wanted is not None and not wanted():
+                    raise Unwanted from None  # no retry for an answer nobody waits for
                 last_try = attempt + 1 >= options.max_attempts
                 if last_try or waited + delay > options.max_retry_wait:
                     why = (
@@ -245,8 +269,10 @@ class ApiClient:
         try:
             with request_deadline(deadline), self._http.stream("GET", path, params=params) as response:
                 status = response.status_code
-                content = self._read(response, MAX_BODY_BYTES if status == 200 else ERROR_BODY_BYTES)
                 retry_after = response.headers.get("Retry-After")
+                if status == 429:
+                    self._quiet_at_once(retry_after)
+                content = self._read(response, MAX_BODY_BYTES if status == 200 else ERROR_BODY_BYTES)
                 self._heed(response.headers, self._clock() - started)
         except httpx.TimeoutException as exc:
             self._count("timeout")
@@ -293,6 +319,14 @@ class ApiClient:
             f"the API refused {what} with {status} {_phrase(status)}: {message}", status_code=status
         )
 
+    def _quiet_at_once(self, retry_after: str | None) -> None:
+        """A 429's Retry-After holds every request from the moment its headers
+        arrive, not once its body is read (the retry logic sets the same)."""
+        seconds = parse_retry_after(retry_after, self._wall())
+        if seconds is not None:
+            with self._pace_lock:
+                self.limiter.not_before(self._clock() + min(seconds, self.options.max_retry_wait))
+
     def _heed(self, headers: httpx.Headers, seconds: float) -> None:
         """What an answer tells about the server: how long it takes (for how many
         requests to keep in flight) and what rate it allows, when it says."""
@@ -302,8 +336,19 @@ class ApiClient:
             self.limiter.reach = self.options.max_in_flight / max(self.latency, 1e-3)
             if limits.per_second is not None:
                 self.limiter.cap(limits.per_second)
-            if limits.remaining == 0 and limits.reset is not None:
-                self.limiter.not_before(self._clock() + min(limits.reset, self.options.max_retry_wait))
+            # A spent quota: wait for its reset, if that is a plausible window. A
+            # longer one is not believed (a 429 with Retry-After will say so, logged,
+            # persisted and bounded): a server repeating it must not stall syncd.
+            quota_wait = limits.reset if limits.remaining == 0 else None
+            if quota_wait is not None and 0 < quota_wait <= QUOTA_WAIT_LIMIT:
+                self.limiter.not_before(self._clock() + quota_wait)
+        if quota_wait is not None and quota_wait > 1:
+            log.info(
+                "the API says its quota is spent (RateLimit-Remaining: 0); %s",
+                f"waiting {quota_wait:.0f}s for its reset"
+                if quota_wait <= QUOTA_WAIT_LIMIT
+                else f"a reset {quota_wait:.0f}s away is not believed (over {QUOTA_WAIT_LIMIT:.0f}s)",
+            )
 
     def in_flight_target(self, demand: float | None = None) -> int:
         """How many requests to keep in flight: as many as answer within one

@@ -93,6 +93,7 @@ class Stats:
     list_requests: int = 0
     get_requests: int = 0
     early_requests: int = 0  # arrived before a Retry-After deadline we gave
+    peak_in_flight: int = 0  # most API requests being answered at once
     by_status: Counter[int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -137,6 +138,7 @@ class FakeApi:
         self._open = threading.Event()  # cleared: API requests are held (a server that hangs)
         self._open.set()
         self.held = 0  # requests waiting at the gate now
+        self.in_flight = 0  # API requests being answered now
 
     def hold(self) -> None:
         """From now on, API requests hang unanswered until ``release`` (at most ``HOLD_LIMIT``)."""
@@ -211,7 +213,8 @@ class FakeApi:
             "RateLimit-Limit": str(math.floor(self.burst)),
             "RateLimit-Remaining": str(remaining),
             "RateLimit-Reset": str(reset),
-            "RateLimit-Policy": f"{math.floor(rate)};w=1",
+            # Whole requests per window: a window of 10 s states fractional rates too.
+            "RateLimit-Policy": f"{round(rate * 10)};w=10",
         }
 
 
@@ -310,6 +313,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(404, f"Cannot POST {parts.path}")
 
     def _api(self, path: str, query: dict[str, list[str]]) -> None:
+        api = self.server.api
+        with api.lock:
+            api.in_flight += 1
+            api.stats.peak_in_flight = max(api.stats.peak_in_flight, api.in_flight)
+        try:
+            self._answer_api(path, query)
+        finally:
+            with api.lock:
+                api.in_flight -= 1
+
+    def _answer_api(self, path: str, query: dict[str, list[str]]) -> None:
         api = self.server.api
         faults = api.faults
         api.wait_at_gate()
@@ -418,15 +432,17 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["Retry-After"] = faults.retry_after
             elif rng.random() >= faults.retry_after_missing:
                 if faults.retry_after_http_date:
-                    # An HTTP date has whole seconds: round up so it never undershoots.
-                    headers["Retry-After"] = email.utils.formatdate(
-                        math.ceil(time.time()) + seconds + 1, usegmt=True
-                    )
-                    seconds += 1
+                    # A moment, in whole seconds (rounded up so it never undershoots):
+                    # the promise is that moment, however long the answer takes.
+                    now_wall = time.time()
+                    moment = math.ceil(now_wall + faults.latency) + seconds
+                    headers["Retry-After"] = email.utils.formatdate(moment, usegmt=True)
+                    deadline = time.monotonic() + (moment - now_wall)
                 else:
                     headers["Retry-After"] = str(seconds)
-                # The wait starts when the client has the answer, after the latency.
-                headers[PROMISE] = str(time.monotonic() + faults.latency + seconds)
+                    # The wait starts when the client has the answer, after the latency.
+                    deadline = time.monotonic() + faults.latency + seconds
+                headers[PROMISE] = str(deadline)
                 api.promise(float(headers[PROMISE]))
             return error(429, "ThrottlerException: Too Many Requests", headers)
 

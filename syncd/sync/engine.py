@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -25,7 +26,7 @@ from typing import Any, NamedTuple, TypeVar
 from sqlalchemy import Connection, Engine, RootTransaction
 
 from syncd import store
-from syncd.api.client import ApiClient
+from syncd.api.client import ApiClient, Unwanted
 from syncd.db import writer
 from syncd.errors import (
     ApiError,
@@ -43,6 +44,9 @@ from syncd.sync.planner import Item, Planner, Request
 log = logging.getLogger(__name__)
 
 REFRESH_BATCH = 50  # artworks fetched by id per transaction
+# Pages whose artworks are remembered with when they were read: more than can
+# be in flight (SYNCD_MAX_IN_FLIGHT is at most 64).
+RECENT_PAGES = 80
 DELETION_CHECKS = 200  # artworks one complete scan missed, asked for by id
 T = TypeVar("T")
 
@@ -81,6 +85,17 @@ class _Rewind(Exception):
     rolled back, and the list is read again from the committed cursor."""
 
 
+def _artwork_id(value: object) -> str | None:
+    ids = page_ids([value])
+    return ids[0] if ids else None
+
+
+def _not_stored(value: object, stored: dict[str, str]) -> bool:
+    """A record with a usable id that is not in the database yet."""
+    artwork_id = _artwork_id(value)
+    return artwork_id is not None and artwork_id not in stored
+
+
 class _Pages:
     """Pages written in one open transaction, committed with the planner's state
     after the last of them and the run's counters.
@@ -112,21 +127,41 @@ class _Pages:
         self._written = Counts()  # what the pages since the last commit did
         self.careful = False
         self.begun_at = 0.0
+        # When the freshest page that carried each artwork was read, for the
+        # last RECENT_PAGES pages (those can still be overtaken by one in flight).
+        self._read_at: dict[str, datetime] = {}
+        self._recent: deque[tuple[list[str], datetime]] = deque()
 
     @property
     def uncommitted(self) -> bool:
         return self._transaction is not None
 
     def write(self, fetched: Fetched, state: StreamState | None) -> None:
-        """Write a page; ``state`` is the planner's after it (None: a page fetched
-        ahead and not wanted, whose records are stored and which moves nothing)."""
+        """Write a page; ``state`` is the planner's after it.
+
+        None: a stray, a page fetched ahead and then not wanted. It moves
+        nothing, and only the artworks not stored yet are taken from it (they
+        were listed): it may be older than a page written since, whose
+        version of an artwork must not be overwritten by it.
+        """
         if self._transaction is None:
             self._transaction = self.conn.begin()
             self.begun_at = time.monotonic()
         # Looked up once, in this transaction: validation skips what is stored
         # unchanged, and the write decides insert, rewrite or touch by them.
-        stored = store.stored_hashes(self.conn, page_ids(fetched.items))
-        page = classify_page(fetched.items, fetched.now, stored, self.secrets)
+        ids = page_ids(fetched.items)
+        stored = store.stored_hashes(self.conn, ids)
+        items = fetched.items
+        if state is None:
+            items = [value for value in items if _not_stored(value, stored)]
+        # Pages in flight are answered in any order: a page read before one
+        # already written must not write its older copy of an artwork over the
+        # newer one that page carried (the overlap item, or one shifted along).
+        newer = {artwork_id for artwork_id in ids if self._read_at.get(artwork_id, fetched.now) > fetched.now}
+        if newer:
+            items = [value for value in items if _artwork_id(value) not in newer]
+        self._remember(ids, fetched.now)
+        page = classify_page(items, fetched.now, stored, self.secrets)
         for rejection in page.rejected:
             log.debug("rejected record %s: %s", rejection.artwork_id or "(no id)", rejection.reason)
         try:
@@ -142,15 +177,30 @@ class _Pages:
             self._transaction.rollback()
             self._transaction = None
             self._state = None
+            self._read_at.clear()
+            self._recent.clear()
             self._written = Counts()
             self.careful = True
             self.run.counts = self.run.committed.copy()
             raise _Rewind from None
-        self._written.add(written)
-        if state is not None:
+        if state is None:
+            written.pages = 0  # not a page of the scan: the run's pages are the planner's
+        else:
             self._state = (state, fetched.now)
+        self._written.add(written)
         self.run.counts = self.run.committed.copy()
         self.run.counts.add(self._written)
+
+    def _remember(self, ids: list[str], read_at: datetime) -> None:
+        for artwork_id in ids:
+            if self._read_at.get(artwork_id, read_at) <= read_at:
+                self._read_at[artwork_id] = read_at
+        self._recent.append((ids, read_at))
+        if len(self._recent) > RECENT_PAGES:
+            old_ids, old_at = self._recent.popleft()
+            for artwork_id in old_ids:
+                if self._read_at.get(artwork_id) == old_at:
+                    del self._read_at[artwork_id]
 
     def _write(self, page: PageResult, stored: dict[str, str], now: datetime) -> Counts:
         if not self.careful:
@@ -258,9 +308,11 @@ class Syncer:
 
     # ------------------------------------------------------------ list
 
-    def _fetch_page(self, request: Request) -> Fetched:
-        """In a request thread: one page, and when it was read."""
-        items = self.client.fetch_list_page(request.skip, request.limit)
+    def _fetch_page(self, request: Request, dropped: threading.Event | None = None) -> Fetched:
+        """In a request thread: one page, and when it was read. Once ``dropped``
+        is set, the request is not sent (or retried) any more: ``Unwanted``."""
+        wanted = None if dropped is None else (lambda: not dropped.is_set())
+        items = self.client.fetch_list_page(request.skip, request.limit, wanted)
         return Fetched(items, self.now())
 
     def _list_loop(self, planner: Planner, run: _Run, started: float, *, full: bool) -> Planner:
@@ -292,8 +344,9 @@ class Syncer:
         arrives (its artworks were listed), and one not yet sent is not sent.
         Pages are written and committed in order.
         """
-        ahead: dict[Request, Future[Fetched]] = {}
-        strays: list[Future[Fetched]] = []  # sent, no longer wanted: stored when they come
+        ahead: dict[Request, tuple[Future[Fetched], threading.Event]] = {}
+        # Sent ahead and no longer wanted: stored when they come, never retried.
+        strays: list[Future[Fetched]] = []
         page_seconds: float | None = None  # what writing a page takes (moving average)
 
         def fetch(request: Request | None) -> None:
@@ -310,18 +363,29 @@ class Syncer:
                 demand = 1 / page_seconds if page_seconds else None
                 wanted = expected[: self.client.in_flight_target(demand)]
             for stale in ahead.keys() - set(expected):  # the planner went another way
-                future = ahead.pop(stale)
+                future, dropped = ahead.pop(stale)
+                dropped.set()  # not sent if it has not been, not retried if it fails
                 if not future.cancel():
                     strays.append(future)
             for ahead_request in wanted:
                 if ahead_request not in ahead:
-                    ahead[ahead_request] = requests.submit(self._fetch_page, ahead_request)
+                    dropped = threading.Event()
+                    ahead[ahead_request] = (
+                        requests.submit(self._fetch_page, ahead_request, dropped),
+                        dropped,
+                    )
 
-        def store_strays(wait: bool) -> None:
-            for future in [f for f in strays if wait or f.done()]:
+        def store_strays(finishing: bool) -> None:
+            """Store the strays that have come (at the end, waiting for those on the
+            wire: one attempt each at most, for they are not retried)."""
+            for future in [f for f in strays if finishing or f.done()]:
                 strays.remove(future)
                 try:
                     stray = self._await(future, pages)
+                except Unwanted:
+                    continue
+                except AuthError:
+                    raise  # the key was rejected: that ends the run, wherever it shows
                 except ApiError as exc:
                     log.debug("a page fetched ahead and not needed failed: %s", exc)
                     continue
@@ -333,14 +397,14 @@ class Syncer:
                 request = planner.next_request()
                 while request is not None:
                     fetch(request)
-                    fetched = self._await(ahead.pop(request), pages)
+                    fetched = self._await(ahead.pop(request)[0], pages)
                     writing = time.monotonic()
                     planner.observe(request, [Item(*list_key(value, fetched.now)) for value in fetched.items])
                     state, run.mode = replace(planner.state), planner.mode
                     request = planner.next_request()
                     fetch(request)
                     pages.write(fetched, state)
-                    store_strays(wait=request is None)
+                    store_strays(finishing=request is None)
                     if request is None or time.monotonic() - pages.begun_at >= self.commit_seconds:
                         pages.commit()
                     took = time.monotonic() - writing
@@ -352,6 +416,9 @@ class Syncer:
                 # so far are whole, with their cursor. Keep them.
                 pages.commit()
                 raise
+            finally:
+                for _, dropped in ahead.values():
+                    dropped.set()  # nothing more is sent for this loop (a rewind starts another)
 
     def _report(self, run: _Run, started: float) -> None:
         if self.on_page is not None:
