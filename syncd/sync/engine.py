@@ -44,9 +44,6 @@ from syncd.sync.planner import Item, Planner, Request
 log = logging.getLogger(__name__)
 
 REFRESH_BATCH = 50  # artworks fetched by id per transaction
-# Pages whose artworks are remembered with when they were read: more than can
-# be in flight (SYNCD_MAX_IN_FLIGHT is at most 64).
-RECENT_PAGES = 80
 DELETION_CHECKS = 200  # artworks one complete scan missed, asked for by id
 T = TypeVar("T")
 
@@ -117,9 +114,11 @@ class _Pages:
         run: _Run,
         requests: Callable[[], int],
         secrets: tuple[str, ...],
+        recent_pages: int = 2,
     ) -> None:
         self.conn: Connection = engine.connect()
         self.run = run
+        self.recent_pages = recent_pages
         self.secrets = secrets
         self._requests = requests
         self._transaction: RootTransaction | None = None  # SQLite's BEGIN IMMEDIATE: the write lock
@@ -128,7 +127,8 @@ class _Pages:
         self.careful = False
         self.begun_at = 0.0
         # When the freshest page that carried each artwork was read, for the
-        # last RECENT_PAGES pages (those can still be overtaken by one in flight).
+        # last pages that one still in flight can overtake (as many as can be in
+        # flight, and one more).
         self._read_at: dict[str, datetime] = {}
         self._recent: deque[tuple[list[str], datetime]] = deque()
 
@@ -196,7 +196,7 @@ class _Pages:
             if self._read_at.get(artwork_id, read_at) <= read_at:
                 self._read_at[artwork_id] = read_at
         self._recent.append((ids, read_at))
-        if len(self._recent) > RECENT_PAGES:
+        if len(self._recent) > self.recent_pages:
             old_ids, old_at = self._recent.popleft()
             for artwork_id in old_ids:
                 if self._read_at.get(artwork_id) == old_at:
@@ -318,7 +318,11 @@ class Syncer:
     def _list_loop(self, planner: Planner, run: _Run, started: float, *, full: bool) -> Planner:
         """Read the list as the planner says; the planner at the end (a rewind makes a new one)."""
         pages = _Pages(
-            self._writer, run, lambda: self.client.stats.requests - run.requests_before, self.client.secrets
+            self._writer,
+            run,
+            lambda: self.client.stats.requests - run.requests_before,
+            self.client.secrets,
+            recent_pages=self.client.options.max_in_flight + 1,
         )
         try:
             while True:
