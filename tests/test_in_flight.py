@@ -123,3 +123,29 @@ def test_a_server_that_states_its_limit_is_not_pushed_into_429s(
     stats = server.api.stats
     assert stats.by_status is not None and stats.by_status.get(429, 0) <= 1, stats.by_status
     assert stats.early_requests == 0
+
+
+def test_request_threads_are_started_only_when_none_is_free() -> None:
+    """Each thread that allocates holds a malloc arena (RSS): one at a time
+    needs one thread, four at once need four, and never more than allowed."""
+    import threading
+
+    from syncd.sync.inflight import InFlight
+
+    pool = InFlight(4)
+    try:
+        for n in range(20):
+            assert pool.submit(lambda n=n: n).result(timeout=5) == n
+        assert len(pool._threads) == 1
+        gate = threading.Barrier(5)
+        futures = [pool.submit(gate.wait, 5) for _ in range(4)]
+        gate.wait(5)  # all four run at once, or this times out
+        for future in futures:
+            future.result(timeout=5)
+        assert len(pool._threads) == 4
+        blocked = [pool.submit(threading.Event().wait, 0.2) for _ in range(6)]
+        for future in blocked:
+            future.result(timeout=5)
+        assert len(pool._threads) == 4
+    finally:
+        pool.close()

@@ -28,13 +28,18 @@ class InFlight:
         self._workers = workers
         self._threads: list[threading.Thread] = []
         self._closed = False
+        # Released by a thread each time it is done with a job (as the standard
+        # library's ThreadPoolExecutor does): a token means a free thread.
+        self._idle = threading.Semaphore(0)
 
     def submit(self, call: Callable[..., T], *args: Any) -> Future[T]:
         if self._closed:
             raise RuntimeError("submit after close")
         future: Future[T] = Future()
         self._jobs.put((future, call, args))
-        if len(self._threads) < self._workers:
+        # A thread more only when none is free: each thread that allocates gets
+        # a malloc arena of its own (RSS), and unthrottled two are enough.
+        if not self._idle.acquire(timeout=0) and len(self._threads) < self._workers:
             thread = threading.Thread(
                 target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
             )
@@ -56,11 +61,20 @@ class InFlight:
             self._jobs.put(None)
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
             future, call, args = job
             if not future.set_running_or_notify_cancel():
+                self._idle.release()
                 continue
+            # Free before the caller hears of it: its next submit finds this thread.
             try:
-                future.set_result(call(*args))
+                result = call(*args)
             except BaseException as exc:  # handed to whoever awaits the future
+                self._idle.release()
                 future.set_exception(exc)
+            else:
+                self._idle.release()
+                future.set_result(result)
