@@ -364,8 +364,10 @@ class Syncer:
                 # A page already in flight stays wanted while the planner still
                 # expects it, even if the window has since narrowed.
                 expected = [request, *planner.lookahead(self.client.options.max_in_flight)]
-                demand = 1 / page_seconds if page_seconds else None
-                wanted = expected[: self.client.in_flight_target(demand)]
+                if page_seconds is None:  # how fast pages are written is not known yet: one ahead
+                    wanted = expected[: min(2, self.client.in_flight_target())]
+                else:
+                    wanted = expected[: self.client.in_flight_target(1 / max(page_seconds, 1e-6))]
             for stale in ahead.keys() - set(expected):  # the planner went another way
                 future, dropped = ahead.pop(stale)
                 dropped.set()  # not sent if it has not been, not retried if it fails
