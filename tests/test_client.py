@@ -301,13 +301,13 @@ def test_requests_in_flight_follow_the_latency_and_the_rate() -> None:
         clock.now += 0.4  # the answer takes 400 ms
         return json_response(200, [])
 
-    client, _, _ = client_for(slow, clock, max_requests_per_second=10.0, max_in_flight=8)
+    client, _, _ = client_for(slow, clock, max_requests_per_second=10.0, max_in_flight=16)
     assert client.in_flight_target() == 1  # no answer yet: latency unknown
     client.fetch_list_page(0, 10)
-    assert client.in_flight_target() == 5  # 10/s x 0.4 s, and one more
-    assert client.in_flight_target(demand=2.0) == 2  # the caller takes 2 pages a second
+    assert client.in_flight_target() == 10  # 10/s x (0.4 s + 0.5 s of slack), and one more
+    assert client.in_flight_target(demand=2.0) == 3  # the caller takes 2 pages a second
     client.limiter.rate = 100.0
-    assert client.in_flight_target() == 8  # SYNCD_MAX_IN_FLIGHT
+    assert client.in_flight_target() == 16  # SYNCD_MAX_IN_FLIGHT
 
 
 def test_split_and_parse_hostile_bodies() -> None:
@@ -421,3 +421,32 @@ def test_a_request_no_longer_wanted_is_neither_sent_nor_retried() -> None:
     with pytest.raises(Unwanted):
         client.fetch_list_page(0, 10, wanted=lambda: wanted[0])
     assert len(seen) == 1
+
+
+def test_slots_go_to_requests_in_the_order_they_asked() -> None:
+    """With several requests waiting for the pace, the first to ask goes first:
+    pages are needed in order, and one sent late holds up every page after it."""
+    import threading
+    import time
+
+    sent: list[int] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(int(request.url.params["skip"]))
+        return json_response(200, [])
+
+    client = ApiClient(
+        "https://api.example",
+        Secret(KEY),
+        options=ClientOptions(max_requests_per_second=20.0),
+        transport=httpx.MockTransport(record),
+    )
+    threads = []
+    for skip in range(8):
+        thread = threading.Thread(target=client.fetch_list_page, args=(skip, 10))
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.005)  # they ask in this order, well within one 50 ms slot
+    for thread in threads:
+        thread.join(10)
+    assert sent == list(range(8))

@@ -193,7 +193,12 @@ def test_an_absurd_retry_after_never_wedges_a_run_or_the_next_one(
     # here); an unreadable one falls back to jittered backoff, whose sum over
     # a few 429s can pass 3 s by chance, so those get room for several waits.
     budget = "3" if header == "31536000" else "30"
-    env = hostile_env(server, db_url, page_size="50", max_retry_wait=budget, max_attempts="30")
+    # At the default ceiling (5/s, against the server's 4/s): a request may meet
+    # one 429 within the 3 s budget, not two (unthrottled, the pages in flight
+    # after the first 429 could meet a second by chance).
+    env = hostile_env(
+        server, db_url, page_size="50", max_retry_wait=budget, max_attempts="30", max_requests_per_second="5"
+    )
     started = time.monotonic()
     assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
     assert server.api.stats.by_status and server.api.stats.by_status.get(429, 0) > 0

@@ -103,6 +103,7 @@ class RateLimiter:
     reach: float = math.inf
     rate: float = 0.0
     _next_at: float = 0.0
+    quiet_until: float = 0.0  # nothing may be sent before this (the last Retry-After)
     _slowed_at: float = float("-inf")  # when the rate was last lowered
     _probed_at: float = float("-inf")  # when it was last raised by a probe
     _recover_until: float = 0.0  # fast recovery up to this rate (after an idle 429)
@@ -122,15 +123,27 @@ class RateLimiter:
 
     def sent(self, now: float) -> None:
         """Record a request sent at ``now``; the next one is due 1/rate later."""
+        self.record_sent(now)
+        self._next_at = max(now, self._next_at) + 1.0 / self.rate
+
+    def reserve(self, now: float) -> float:
+        """Claim the next slot, in the order callers ask (the caller sleeps until
+        it, then sends, unless a 429 asked for quiet meanwhile)."""
+        slot = max(now, self._next_at)
+        self._next_at = slot + 1.0 / self.rate
+        return slot
+
+    def record_sent(self, now: float) -> None:
+        """A request went out at ``now`` (for the rate the server is offered)."""
         if self._first_sent is None:
             self._first_sent = now
         self._sent.append(now)
         self._forget(now)
-        self._next_at = max(now, self._next_at) + 1.0 / self.rate
 
     def not_before(self, moment: float) -> None:
         """The server asked for quiet until ``moment``."""
         self._next_at = max(self._next_at, moment)
+        self.quiet_until = max(self.quiet_until, moment)
 
     def on_success(self, now: float, sent_at: float) -> None:
         self._accepted.append(sent_at)
@@ -161,9 +174,13 @@ class RateLimiter:
             self._found = len(self._accepted) / (span + self.burst)
             target = self.margin * min(self.rate, self._found)
         else:
-            # A guess: probed up quickly, until a 429 with more history tells.
+            # A guess, probed up quickly until a 429 with more history tells: half
+            # what was sent, and no more than a short history's measure suggests
+            # (unthrottled, a fraction of a second of sending says little).
             self._found = None
             target = min(self.rate, offered) / 2
+            if len(self._accepted) >= 3:
+                target = min(target, self.margin * len(self._accepted) / (span + self.burst))
         self.rate = max(self.min_rate, target)
         self._slowed_at = now
 

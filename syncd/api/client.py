@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 # The longest wait a spent quota (RateLimit-Remaining: 0) may ask for: rate
 # limit windows are seconds to a minute; anything longer goes by 429s.
 QUOTA_WAIT_LIMIT = 60.0
+# Seconds of the caller's pauses that requests queued ahead cover (see in_flight_target).
+IN_FLIGHT_SLACK = 0.5
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 60.0
 # A page of 500 records of the 1 MB record limit would be 500 MB; real pages
@@ -183,17 +185,29 @@ class ApiClient:
     # ------------------------------------------------------------ machinery
 
     def _pace(self, wanted: Callable[[], bool] | None = None) -> float:
-        """Sleep until the limiter allows a request, then claim the slot; when it was claimed."""
+        """Wait for a slot of the limiter's pace; when the request may go.
+
+        Slots are claimed in the order requests ask, so that with several in
+        flight the pages go out in the order they are needed. A 429 that asks
+        for quiet while a request waits for its slot sends it to a new one
+        after the quiet.
+        """
+        if wanted is not None and not wanted():
+            raise Unwanted
+        with self._pace_lock:
+            now = self._clock()
+            slot = self.limiter.reserve(now)
         while True:
+            if slot > now:
+                self._sleep(slot - now)
             if wanted is not None and not wanted():
                 raise Unwanted
             with self._pace_lock:
                 now = self._clock()
-                wait = self.limiter.wait_time(now)
-                if wait <= 0:
-                    self.limiter.sent(now)
+                if now >= self.limiter.quiet_until:
+                    self.limiter.record_sent(now)
                     return now
-            self._sleep(wait)
+                slot = self.limiter.reserve(now)
 
     def _request(
         self,
@@ -351,17 +365,22 @@ class ApiClient:
             )
 
     def in_flight_target(self, demand: float | None = None) -> int:
-        """How many requests to keep in flight: as many as answer within one
-        request's latency at the rate allowed (or at ``demand``, requests per
-        second the caller can take, if lower), plus one; at most
-        SYNCD_MAX_IN_FLIGHT. One until the first answer tells the latency."""
+        """How many requests to keep in flight: as many as the rate allowed (or
+        ``demand``, the requests per second the caller can take, if lower)
+        sends within one request's latency and IN_FLIGHT_SLACK more seconds,
+        plus one; at most SYNCD_MAX_IN_FLIGHT. One until the first answer tells
+        the latency. The slack keeps requests queued at the limiter while the
+        caller is busy (a commit, a checkpoint): without it, every pause of
+        the caller is a pause on the wire. Those queued are not sent early: the
+        limiter paces them."""
         with self._pace_lock:
             latency, rate = self.latency, self.limiter.rate
         if latency is None:
             return 1
         if demand is not None:
             rate = min(rate, demand)
-        return max(1, min(self.options.max_in_flight, math.ceil(rate * latency) + 1))
+        wanted = math.ceil(rate * (latency + IN_FLIGHT_SLACK)) + 1
+        return max(1, min(self.options.max_in_flight, wanted))
 
     def _read(self, response: httpx.Response, limit: int) -> bytes:
         """The body, up to ``limit`` bytes (an error body is cut there; a page over it is broken)."""

@@ -28,18 +28,22 @@ class InFlight:
         self._workers = workers
         self._threads: list[threading.Thread] = []
         self._closed = False
-        # Released by a thread each time it is done with a job (as the standard
-        # library's ThreadPoolExecutor does): a token means a free thread.
-        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._queued = 0  # jobs submitted and not yet taken by a thread
+        self._idle = 0  # threads waiting for a job
 
     def submit(self, call: Callable[..., T], *args: Any) -> Future[T]:
         if self._closed:
             raise RuntimeError("submit after close")
         future: Future[T] = Future()
+        # A thread more only when the jobs waiting outnumber the free threads:
+        # each thread that allocates gets a malloc arena of its own (RSS), and
+        # unthrottled two are enough.
+        with self._lock:
+            self._queued += 1
+            spawn = self._queued > self._idle and len(self._threads) < self._workers
         self._jobs.put((future, call, args))
-        # A thread more only when none is free: each thread that allocates gets
-        # a malloc arena of its own (RSS), and unthrottled two are enough.
-        if not self._idle.acquire(timeout=0) and len(self._threads) < self._workers:
+        if spawn:
             thread = threading.Thread(
                 target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
             )
@@ -57,24 +61,34 @@ class InFlight:
                 break
             if job is not None:
                 job[0].cancel()
+                with self._lock:
+                    self._queued -= 1
         for _ in self._threads:
             self._jobs.put(None)
 
     def _work(self) -> None:
+        with self._lock:
+            self._idle += 1
         while True:
             job = self._jobs.get()
             if job is None:
                 return
+            with self._lock:
+                self._idle -= 1
+                self._queued -= 1
             future, call, args = job
             if not future.set_running_or_notify_cancel():
-                self._idle.release()
+                with self._lock:
+                    self._idle += 1
                 continue
-            # Free before the caller hears of it: its next submit finds this thread.
+            failure: BaseException | None = None
             try:
-                result = call(*args)
+                result: Any = call(*args)
             except BaseException as exc:  # handed to whoever awaits the future
-                self._idle.release()
-                future.set_exception(exc)
-            else:
-                self._idle.release()
+                result, failure = None, exc
+            with self._lock:
+                self._idle += 1  # free before the caller hears of it: its next submit finds this thread
+            if failure is None:
                 future.set_result(result)
+            else:
+                future.set_exception(failure)
