@@ -305,7 +305,8 @@ def test_requests_in_flight_follow_the_latency_and_the_rate() -> None:
     assert client.in_flight_target() == 1  # no answer yet: latency unknown
     client.fetch_list_page(0, 10)
     assert client.in_flight_target() == 10  # 10/s x (0.4 s + 0.5 s of slack), and one more
-    assert client.in_flight_target(demand=2.0) == 3  # the caller takes 2 pages a second
+    assert client.in_flight_target(demand=2.0) == 1  # the caller takes 2 pages a second: 2 x 0.4
+    assert client.in_flight_target(demand=5.0) == 2
     client.limiter.rate = 100.0
     assert client.in_flight_target() == 16  # SYNCD_MAX_IN_FLIGHT
 

@@ -365,10 +365,11 @@ class ApiClient:
             )
 
     def in_flight_target(self, demand: float | None = None) -> int:
-        """How many requests to keep in flight: as many as the rate allowed (or
-        ``demand``, the requests per second the caller can take, if lower)
+        """How many requests to keep in flight: as many as the rate allowed
         sends within one request's latency and IN_FLIGHT_SLACK more seconds,
-        plus one; at most SYNCD_MAX_IN_FLIGHT. One until the first answer tells
+        plus one (or, when ``demand``, the requests per second the caller can
+        take, is lower: as many as it takes within the latency); at most
+        SYNCD_MAX_IN_FLIGHT. One until the first answer tells
         the latency. The slack keeps requests queued at the limiter while the
         caller is busy (a commit, a checkpoint): without it, every pause of
         the caller is a pause on the wire. Those queued are not sent early: the
@@ -377,9 +378,13 @@ class ApiClient:
             latency, rate = self.latency, self.limiter.rate
         if latency is None:
             return 1
-        if demand is not None:
-            rate = min(rate, demand)
-        wanted = math.ceil(rate * (latency + IN_FLIGHT_SLACK)) + 1
+        if demand is not None and demand < rate:
+            # The caller is the bound, not the pace: what it takes within the
+            # latency (the next page is asked for before this one is written, so
+            # one still overlaps the two; more would only hold memory).
+            wanted = math.ceil(demand * latency)
+        else:
+            wanted = math.ceil(rate * (latency + IN_FLIGHT_SLACK)) + 1
         return max(1, min(self.options.max_in_flight, wanted))
 
     def _read(self, response: httpx.Response, limit: int) -> bytes:
