@@ -311,6 +311,15 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def backdate_checks(database: Path) -> None:
+    """As if a day had passed since the backfill: every unfinished artwork is
+    due a re-check (its back-off by age is at most 6 hours)."""
+    with sqlite3.connect(database) as conn:
+        conn.execute(
+            "UPDATE artworks SET last_seen_at = strftime('%Y-%m-%dT%H:%M:%fZ', last_seen_at, '-1 day')"
+        )
+
+
 def run_seconds(database: Path, after_id: int = 0) -> tuple[float, int]:
     """Seconds the runs after ``after_id`` took by their own clock (sync_runs,
     without the process's start-up), and the last run's id."""
@@ -397,9 +406,10 @@ def wire(args: argparse.Namespace) -> None:
                 database = Path(tmp) / f"refresh-{key}.db"
                 env = {**syncd_env(url, f"sqlite:///{database}", args.page_size), **settings}
                 run_syncd(["run-once", "--no-refresh"], env)
+                backdate_checks(database)
                 _, last = run_seconds(database)
                 reset_stats(url)
-                # A run refreshes at most 1,000 (the oldest): as many runs as that takes.
+                # A run refreshes at most 1,000: as many runs as that takes.
                 runs = -(-args.refresh_count // 1000)
                 wall = sum(run_syncd(["run-once"], env)[0] for _ in range(runs))
                 seconds, _ = run_seconds(database, last)

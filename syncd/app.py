@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import db
-from syncd.api.client import ApiClient, ClientOptions, RequestStats
+from syncd.api.client import ApiClient, ClientOptions, RequestObserver, RequestStats
 from syncd.config import Settings
 from syncd.errors import DatabaseError, Interrupted, database_reason
 from syncd.state import RunSummary
@@ -68,7 +68,9 @@ def interruptible_sleep(stop: threading.Event) -> Callable[[float], None]:
     return sleep
 
 
-def make_client(settings: Settings, stop: threading.Event | None = None) -> ApiClient:
+def make_client(
+    settings: Settings, stop: threading.Event | None = None, observer: RequestObserver | None = None
+) -> ApiClient:
     url, key = settings.require_api()
     return ApiClient(
         url,
@@ -83,6 +85,7 @@ def make_client(settings: Settings, stop: threading.Event | None = None) -> ApiC
             max_in_flight=settings.max_in_flight,
         ),
         sleep=interruptible_sleep(stop or threading.Event()),
+        observer=observer,
     )
 
 
@@ -116,25 +119,38 @@ def sync_with(
     stop: threading.Event | None = None,
     on_page: Callable[[Progress], None] | None = None,
     on_rate_limited: Callable[[datetime], None] | None = None,
+    refresh_seconds: float | None = None,
+    refresh_failures: dict[str, datetime] | None = None,
+    observer: RequestObserver | None = None,
 ) -> SyncOutcome:
     """The sync itself, for a caller that already holds the lock.
 
     ``list_run`` reads the list (backfill, incremental or full); ``refresh``
-    then re-fetches stored artworks whose status is not terminal.
+    then re-checks the stored artworks whose status is not terminal and whose
+    back-off has passed (for at most ``refresh_seconds``, when given).
+    ``refresh_failures``: re-checks that failed, kept by a caller that runs
+    again (the daemon), so that those artworks wait their back-off.
     """
     outcome = SyncOutcome()
     summaries = outcome.summaries
     stop = stop or threading.Event()
-    with make_client(settings, stop) as client:
+    with make_client(settings, stop, observer) as client:
         outcome.http = client.stats
         syncer = Syncer(
-            engine, client, settings.page_size, stop=stop, on_page=on_page, on_rate_limited=on_rate_limited
+            engine,
+            client,
+            settings.page_size,
+            stop=stop,
+            on_page=on_page,
+            on_rate_limited=on_rate_limited,
+            refresh_floor=settings.refresh_interval,
+            refresh_failures={} if refresh_failures is None else refresh_failures,
         )
         try:
             if list_run:
                 summaries.append(syncer.sync(full=full))
             if refresh:
-                refreshed = syncer.refresh()
+                refreshed = syncer.refresh(seconds=refresh_seconds)
                 if refreshed is not None:
                     summaries.append(refreshed)
         except SQLAlchemyError as exc:

@@ -209,6 +209,12 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("interval", _parse_float(0, inclusive=False), 300.0, "daemon: seconds between syncs"),
     Spec(
+        "refresh_interval",
+        _parse_float(0, inclusive=False),
+        10.0,
+        "daemon: seconds between looks for unfinished artworks due a re-check",
+    ),
+    Spec(
         "full_sync_interval",
         _parse_float(0, inclusive=False),
         86400.0,
@@ -255,6 +261,7 @@ class Settings:
     max_attempts: int = 8
     max_retry_wait: float = 900.0
     interval: float = 300.0
+    refresh_interval: float = 10.0
     full_sync_interval: float = 86400.0
     log_format: str = "text"
     log_level: str = "info"

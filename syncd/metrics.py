@@ -1,11 +1,20 @@
-"""Prometheus metrics for the daemon (served only when SYNCD_METRICS_PORT is set)."""
+"""Prometheus metrics for the daemon (served only when SYNCD_METRICS_PORT is set).
+
+They move while a run goes: requests as each is answered (the client's
+observer), pages and artworks after each written page or batch, and gauges
+for the run in progress, the refresh backlog and the limiter's wait.
+"""
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from syncd.api.client import RequestStats
-from syncd.state import RunSummary
+from syncd.state import Counts, RunSummary
+
+ARTWORK_RESULTS = ("inserted", "updated", "unchanged", "rejected")
+RUN_MODES = ("backfill", "incremental", "full", "refresh")
 
 
 class Metrics:
@@ -28,7 +37,7 @@ class Metrics:
         self.rate_limited = Counter(
             "syncd_rate_limited_total", "429 answers from the API", registry=self.registry
         )
-        self.retry_wait = Counter(
+        self.retry_wait_seconds = Counter(
             "syncd_retry_wait_seconds_total", "Seconds spent waiting before retries", registry=self.registry
         )
         self.last_success = Gauge(
@@ -52,6 +61,41 @@ class Metrics:
             "SYNCD_MAX_REQUESTS_PER_SECOND and slows down on a 429)",
             registry=self.registry,
         )
+        self.pages = Counter("syncd_pages_total", "List pages written", registry=self.registry)
+        self.run_in_progress = Gauge(
+            "syncd_run_in_progress",
+            "1 for the mode of the run going on now (0 for the others, and between runs)",
+            ["mode"],
+            registry=self.registry,
+        )
+        self.run_started = Gauge(
+            "syncd_run_started_timestamp_seconds",
+            "Unix time the run going on now started (0 between runs)",
+            registry=self.registry,
+        )
+        self.run_pages = Gauge(
+            "syncd_run_pages", "Pages the run going on now has written", registry=self.registry
+        )
+        self.refresh_backlog = Gauge(
+            "syncd_refresh_backlog",
+            "Stored artworks whose status is not terminal (re-checked by the refresh, each by its back-off)",
+            registry=self.registry,
+        )
+        self.refresh_due = Gauge(
+            "syncd_refresh_due",
+            "Unfinished artworks whose re-check is due now (a steady backlog here: the refresh "
+            "cannot keep up with its share of the request budget)",
+            registry=self.registry,
+        )
+        self.limiter_wait = Gauge(
+            "syncd_api_limiter_wait_seconds",
+            "Seconds until the rate limiter lets the next request go (its pace, or a Retry-After)",
+            registry=self.registry,
+        )
+        for mode in RUN_MODES:
+            self.run_in_progress.labels(mode).set(0)
+        self._lock = threading.Lock()
+        self._run_counted: tuple[int, Counts] = (0, Counts())  # what of the current run is counted
         self.duration = Histogram(
             "syncd_run_duration_seconds",
             "Duration of sync runs",
@@ -63,23 +107,55 @@ class Metrics:
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 (an operator's choice)
         start_http_server(port, addr=addr, registry=self.registry)
 
+    def run_started_now(self, started_at: float) -> None:
+        self.run_started.set(started_at)
+        self.run_pages.set(0)
+
+    def record_progress(self, run_id: int, mode: str, counts: Counts) -> None:
+        """A run's counts so far: the counters move by what is new since the last call."""
+        for name in RUN_MODES:
+            self.run_in_progress.labels(name).set(1 if name == mode else 0)
+        self.run_pages.set(counts.pages)
+        with self._lock:
+            counted_id, counted = self._run_counted
+            if counted_id != run_id:
+                counted = Counts()
+            self._run_counted = (run_id, counts.copy())
+        # A run that rolled back pages (a rewind) counts them once: counters never go down.
+        self.pages.inc(max(0, counts.pages - counted.pages))
+        for result in ARTWORK_RESULTS:
+            self.artworks.labels(result).inc(max(0, getattr(counts, result) - getattr(counted, result)))
+
+    def run_ended(self) -> None:
+        for mode in RUN_MODES:
+            self.run_in_progress.labels(mode).set(0)
+        self.run_started.set(0)
+        self.run_pages.set(0)
+        self.in_flight.set(0)
+        self.limiter_wait.set(0)
+
     def record_run(self, summary: RunSummary, finished_at: float) -> None:
+        self.record_progress(summary.run_id, summary.mode, summary.counts)
         self.runs.labels(summary.mode, summary.outcome).inc()
         self.duration.labels(summary.mode).observe(summary.seconds)
-        for result in ("inserted", "updated", "unchanged", "rejected"):
-            self.artworks.labels(result).inc(getattr(summary.counts, result))
         if summary.outcome == "success":
             self.last_success.set(finished_at)
 
     def record_failure(self, mode: str, outcome: str) -> None:
         self.runs.labels(mode, outcome).inc()
 
-    def record_pace(self, request_rate: float, in_flight: int) -> None:
+    def record_pace(self, request_rate: float, in_flight: int, limiter_wait: float) -> None:
         self.request_rate.set(request_rate)
         self.in_flight.set(in_flight)
+        self.limiter_wait.set(limiter_wait)
 
-    def record_http(self, stats: RequestStats) -> None:
-        for code, count in stats.by_status.items():
-            self.requests.labels(code).inc(count)
-        self.rate_limited.inc(stats.throttled)
-        self.retry_wait.inc(stats.retry_wait_seconds)
+    # The client's RequestObserver: each answer as it comes.
+
+    def answered(self, code: str) -> None:
+        self.requests.labels(code).inc()
+
+    def throttled(self) -> None:
+        self.rate_limited.inc()
+
+    def retry_wait(self, seconds: float) -> None:
+        self.retry_wait_seconds.inc(seconds)

@@ -3,7 +3,10 @@
 Jobs (one worker thread, so they never overlap; each coalesced, one instance):
 
     sync     every SYNCD_INTERVAL (+ up to 10% jitter, at most 30 s), first at once
-    refresh  every SYNCD_INTERVAL: re-fetch artworks whose status is not terminal
+    refresh  every SYNCD_REFRESH_INTERVAL: re-check the unfinished artworks whose
+             back-off has passed (syncd.sync.refresh), for at most REFRESH_SHARE
+             of the shorter of the two intervals, so that a sync due meanwhile
+             starts at most that (and a second) late
     full     every SYNCD_FULL_SYNC_INTERVAL, counted from the last complete scan
 
 Every tick takes the one-syncer lock or skips (another process is syncing:
@@ -29,20 +32,38 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import app, db, store
 from syncd.config import Settings
-from syncd.errors import ExitCode, Interrupted, LockHeldError, SchemaError, SyncdError, one_line
+from syncd.errors import (
+    ExitCode,
+    Interrupted,
+    LockHeldError,
+    SchemaError,
+    SyncdError,
+    database_reason,
+    one_line,
+)
 from syncd.metrics import Metrics
 from syncd.notify import notify, watchdog_interval
 from syncd.state import STREAM
-from syncd.sync.engine import Progress
+from syncd.sync.engine import Progress, refresh_backlog
 
 log = logging.getLogger("syncd.daemon")
 
 
+# The share of its interval a refresh may take: the rest is the syncs'.
+REFRESH_SHARE = 0.5
+
+
 def jitter_for(interval: float) -> float:
     return min(30.0, interval * 0.1)
+
+
+def refresh_seconds(settings: Settings) -> float:
+    """How long one refresh may take: half the shorter of the sync and refresh intervals."""
+    return REFRESH_SHARE * min(settings.interval, settings.refresh_interval)
 
 
 class Daemon:
@@ -51,6 +72,8 @@ class Daemon:
         self.stop = stop or threading.Event()
         self.metrics = Metrics() if settings.metrics_port else None
         self.last_status = "starting"
+        # Artworks whose last re-check failed, and when: they wait their back-off.
+        self.refresh_failures: dict[str, datetime] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -118,10 +141,10 @@ class Daemon:
         )
         scheduler.add_job(
             self._tick,
-            IntervalTrigger(seconds=settings.interval, jitter=jitter_for(settings.interval), timezone=UTC),
+            IntervalTrigger(seconds=settings.refresh_interval, timezone=UTC),
             id="refresh",
             name="refresh unfinished artworks",
-            next_run_time=now + timedelta(seconds=1),
+            next_run_time=now + timedelta(seconds=min(1.0, settings.refresh_interval)),
             args=[engine, "refresh"],
         )
         scheduler.add_job(
@@ -153,12 +176,16 @@ class Daemon:
             self._run_tick(engine, kind)
         finally:
             if self.metrics is not None:
-                self.metrics.in_flight.set(0)  # between runs, nothing is in flight
+                self.metrics.run_ended()
 
     def _run_tick(self, engine: Engine, kind: str) -> None:
         if self.stop.is_set():
             return
+        if kind == "refresh" and not self._refresh_due(engine):
+            return  # the common case: nothing due, no run, no request, no log line
         started = time.time()
+        if self.metrics is not None:
+            self.metrics.run_started_now(started)
         try:
             with db.sync_lock(engine):
                 outcome = app.sync_with(
@@ -170,9 +197,13 @@ class Daemon:
                     stop=self.stop,
                     on_page=self._progress,
                     on_rate_limited=self._rate_limited,
+                    refresh_seconds=refresh_seconds(self.settings),
+                    refresh_failures=self.refresh_failures,
+                    observer=self.metrics,
                 )
         except LockHeldError as exc:
-            log.info("%s tick skipped: %s", kind, exc)
+            # Every refresh interval on a standby: not worth a line each time.
+            log.log(logging.DEBUG if kind == "refresh" else logging.INFO, "%s tick skipped: %s", kind, exc)
             return
         except Interrupted:
             log.info("%s run interrupted by the stop request", kind)
@@ -194,11 +225,28 @@ class Daemon:
         if self.metrics is not None:
             for summary in outcome.summaries:
                 self.metrics.record_run(summary, started + summary.seconds)
-            self.metrics.record_http(outcome.http)
+
+    def _refresh_due(self, engine: Engine) -> bool:
+        """Whether any unfinished artwork is due a re-check (and the backlog gauges)."""
+        try:
+            backlog = refresh_backlog(
+                engine,
+                datetime.now(UTC),
+                floor=self.settings.refresh_interval,
+                failures=self.refresh_failures,
+            )
+        except SQLAlchemyError as exc:
+            log.error("refresh tick failed: database error: %s", database_reason(exc))
+            return False
+        if self.metrics is not None:
+            self.metrics.refresh_backlog.set(backlog.unfinished)
+            self.metrics.refresh_due.set(len(backlog.due))
+        return bool(backlog.due)
 
     def _progress(self, progress: Progress) -> None:
         if self.metrics is not None:
-            self.metrics.record_pace(progress.request_rate, progress.in_flight)
+            self.metrics.record_pace(progress.request_rate, progress.in_flight, progress.limiter_wait)
+            self.metrics.record_progress(progress.run_id, progress.mode, progress.counts)
 
     def _rate_limited(self, until: datetime) -> None:
         self.last_status = f"rate limited by the API until {until.isoformat(timespec='seconds')}"

@@ -38,6 +38,7 @@ from syncd.records import (
     utc_text,
 )
 from syncd.state import STREAM, Counts, StreamState
+from syncd.sync.refresh import Unfinished
 
 artworks: Table = Artwork.__table__  # type: ignore[assignment]
 results_table: Table = ArtworkResult.__table__  # type: ignore[assignment]
@@ -292,16 +293,15 @@ def unlisted(conn: Connection, since: datetime, limit: int) -> list[str]:
     return list(conn.execute(query).scalars())
 
 
-def pending_refresh(conn: Connection, limit: int | None = None) -> list[str]:
-    """Ids of stored artworks whose status is not terminal, oldest first."""
+def unfinished(conn: Connection) -> list[Unfinished]:
+    """The stored artworks whose status is not terminal, oldest first, with when
+    an answer last carried each (the refresh plans its re-checks from that)."""
     query = (
-        select(artworks.c.id)
+        select(artworks.c.id, artworks.c.created_at, artworks.c.last_seen_at)
         .where(text(PENDING_REFRESH))  # the partial index's very predicate
         .order_by(artworks.c.created_at, artworks.c.id)
     )
-    if limit is not None:
-        query = query.limit(limit)
-    return list(conn.execute(query).scalars())
+    return [Unfinished(*row) for row in conn.execute(query)]
 
 
 # ------------------------------------------------------------------ quarantine

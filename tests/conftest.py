@@ -171,3 +171,22 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def backdate_checks(engine: Engine, hours: float = 24) -> None:
+    """As if every stored artwork had last been answered ``hours`` ago: the
+    unfinished ones are then due a re-check (their back-off is at most 6 h)."""
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from syncd import store
+
+    with db.writer(engine).begin() as conn:
+        seen = conn.execute(select(store.artworks.c.id, store.artworks.c.last_seen_at)).all()
+        for artwork_id, last_seen_at in seen:
+            conn.execute(
+                update(store.artworks)
+                .where(store.artworks.c.id == artwork_id)
+                .values(last_seen_at=last_seen_at - timedelta(hours=hours))
+            )

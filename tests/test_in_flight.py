@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select
 
 from syncd import store
 from syncd.fakeapi.server import FakeServer, Faults
-from tests.conftest import run_syncd, syncd_env
+from tests.conftest import backdate_checks, run_syncd, syncd_env
 
 L = 100
 
@@ -59,6 +59,7 @@ def test_the_refresh_runs_its_requests_concurrently(
     env = syncd_env(server.url, db_url, page_size=str(L), max_in_flight="5")
     assert run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path).returncode == 0
     server.api.dataset.finish_pending()
+    backdate_checks(engine)
     server.api.reset_stats()
     result = run_syncd(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

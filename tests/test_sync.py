@@ -22,7 +22,7 @@ from syncd.fakeapi.data import Dataset
 from syncd.fakeapi.server import FakeServer, Faults
 from syncd.state import Counts, Mode, RunSummary
 from syncd.sync.engine import Fetched, Syncer, _Pages, _Run
-from tests.conftest import make_settings, run_syncd, start_syncd, syncd_env, wait_for
+from tests.conftest import backdate_checks, make_settings, run_syncd, start_syncd, syncd_env, wait_for
 
 L = 100
 
@@ -134,6 +134,7 @@ def test_pending_artworks_are_refreshed_until_terminal(
     gone = pending[0]
     server.api.dataset.items.remove(gone)  # deleted before it finished
     server.api.dataset.finish_pending()
+    backdate_checks(engine)  # a day later: every unfinished artwork is due a re-check
     summaries = run_once(make_settings(server.url, db_url, page_size=str(L))).summaries
     listed, refresh = summaries
     # Pending artworks on the first list page are updated by the list read,
@@ -149,6 +150,7 @@ def test_pending_artworks_are_refreshed_until_terminal(
         assert artwork.value["results"] == [] or artwork.id in results
     assert rows[gone.id].remote_deleted_at is not None
     # Nothing left to refresh: the next run makes no single-artwork request.
+    backdate_checks(engine)
     server.api.reset_stats()
     run_once(make_settings(server.url, db_url, page_size=str(L)))
     assert server.api.stats.get_requests == 0

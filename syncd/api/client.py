@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -93,6 +93,14 @@ class RequestStats:
     in_flight: int = 0  # requests sent and not yet answered, now
 
 
+class RequestObserver(Protocol):
+    """Told of each answer as it comes (the daemon's metrics move during a run)."""
+
+    def answered(self, code: str) -> None: ...  # a status code, or timeout/network/undecodable
+    def throttled(self) -> None: ...  # a 429
+    def retry_wait(self, seconds: float) -> None: ...  # a wait before a retry begins
+
+
 class Unwanted(Exception):
     """The caller no longer wants this answer: the request was not sent (again)."""
 
@@ -112,8 +120,10 @@ class ApiClient:
         sleep: Callable[[float], None] = time.sleep,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self.options = options or ClientOptions()
+        self.observer = observer
         self.key_source = key_source
         self._secrets = maskable([api_key.reveal()])
         self._clock, self._sleep, self._wall = clock, sleep, wall
@@ -162,9 +172,14 @@ class ApiClient:
         assert isinstance(page, list)
         return page
 
-    def get_artwork(self, artwork_id: str) -> Any:
-        """One artwork's JSON value as received (validation judges it), or None on 404."""
-        return self._request(f"/v1/artworks/{quote(artwork_id, safe='')}", None, expect="object")
+    def get_artwork(self, artwork_id: str, wanted: Callable[[], bool] | None = None) -> Any:
+        """One artwork's JSON value as received (validation judges it), or None on 404.
+
+        ``wanted``: as for ``fetch_list_page``.
+        """
+        return self._request(
+            f"/v1/artworks/{quote(artwork_id, safe='')}", None, expect="object", wanted=wanted
+        )
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -174,6 +189,11 @@ class ApiClient:
     def redact(self, text: str) -> str:
         """``text`` without the key: for anything that may carry the API's words."""
         return redact(text, self._secrets)
+
+    def limiter_wait(self) -> float:
+        """Seconds until the limiter lets the next request go (its pace, or a Retry-After)."""
+        with self._pace_lock:
+            return self.limiter.wait_time(self._clock())
 
     def wait_until(self, moment: datetime) -> None:
         """Honour a Retry-After deadline persisted by an earlier process (at most
@@ -232,6 +252,8 @@ class ApiClient:
                     else backoff_delay(attempt, base=BACKOFF_BASE, cap=BACKOFF_CAP, rng=self._rng)
                 )
                 if is_429:
+                    if self.observer is not None:
+                        self.observer.throttled()
                     with self._pace_lock:
                         self.stats.throttled += 1
                         self.limiter.on_throttled(self._clock(), sent_at)
@@ -264,6 +286,8 @@ class ApiClient:
                 waited += delay
                 with self._pace_lock:
                     self.stats.retry_wait_seconds += delay
+                if self.observer is not None:
+                    self.observer.retry_wait(delay)
                 if not is_429:
                     self._sleep(delay)
                 continue
@@ -409,6 +433,8 @@ class ApiClient:
     def _count(self, key: str) -> None:
         with self._pace_lock:
             self.stats.by_status[key] += 1
+        if self.observer is not None:
+            self.observer.answered(key)
 
     def _first_line(self, exc: BaseException) -> str:
         text = self.redact(str(exc)).strip()

@@ -40,11 +40,13 @@ from syncd.records import PageResult, classify_page, list_key, page_ids, storabl
 from syncd.state import STREAM, Counts, Mode, RunSummary, StreamState
 from syncd.sync.inflight import InFlight
 from syncd.sync.planner import Item, Planner, Request
+from syncd.sync.refresh import plan_refresh
 
 log = logging.getLogger(__name__)
 
 REFRESH_BATCH = 50  # artworks fetched by id per transaction
 DELETION_CHECKS = 200  # artworks one complete scan missed, asked for by id
+FAILURES_IN_A_ROW = 3  # artworks by id failing one after another: the API is failing, stop
 T = TypeVar("T")
 
 
@@ -64,6 +66,9 @@ class Progress:
     seconds: float
     request_rate: float = 0.0  # the limiter's rate now, requests/s
     in_flight: int = 0  # requests sent and not yet answered, now
+    run_id: int = 0
+    counts: Counts = field(default_factory=Counts)  # the run's, so far (committed or not)
+    limiter_wait: float = 0.0  # seconds until the limiter lets the next request go
 
 
 @dataclass
@@ -234,6 +239,28 @@ class _Pages:
         self.conn.close()
 
 
+@dataclass(frozen=True)
+class RefreshBacklog:
+    due: list[str]  # due a re-check now, most overdue first
+    unfinished: int  # stored artworks whose status is not terminal
+
+
+def refresh_backlog(
+    engine: Engine, now: datetime, *, floor: float, failures: dict[str, datetime]
+) -> RefreshBacklog:
+    """The unfinished artworks, and those due a re-check at ``now`` (see
+    syncd.sync.refresh). ``failures`` forgets the artworks answered, finished
+    or gone since their re-check failed."""
+    with engine.connect() as conn:
+        unfinished = store.unfinished(conn)
+    checked = {artwork.id: artwork.checked_at for artwork in unfinished}
+    for artwork_id, failed_at in list(failures.items()):
+        if artwork_id not in checked or checked[artwork_id] >= failed_at:
+            del failures[artwork_id]
+    due = plan_refresh(unfinished, now, floor=timedelta(seconds=floor), failed=failures)
+    return RefreshBacklog(due, len(unfinished))
+
+
 @dataclass
 class Syncer:
     """Runs syncs of the artworks stream against one database with one client."""
@@ -245,7 +272,11 @@ class Syncer:
     stop: threading.Event = field(default_factory=threading.Event)
     on_page: Callable[[Progress], None] | None = None
     on_rate_limited: Callable[[datetime], None] | None = None  # a new Retry-After deadline (metrics)
-    refresh_limit: int = 1000
+    refresh_limit: int = 1000  # artworks re-checked per refresh at most
+    refresh_floor: float = 10.0  # seconds: the shortest back-off of an unfinished artwork
+    # Artworks whose last re-check failed, and when: they wait their back-off
+    # from then (the daemon keeps this across runs).
+    refresh_failures: dict[str, datetime] = field(default_factory=dict)
     commit_seconds: float = 1.0
     wait_step: float = 0.2  # how often a wait looks at the stop request (and commits)
 
@@ -293,17 +324,25 @@ class Syncer:
             run.id, str(run.mode), "success", run.counts, seconds, str(planner.state.list_order)
         )
 
-    def refresh(self) -> RunSummary | None:
-        """Re-fetch stored artworks whose status is not terminal; None when there are none."""
-        with self.engine.connect() as conn:
-            pending = store.pending_refresh(conn, self.refresh_limit)
-        if not pending:
+    def refresh(self, *, seconds: float | None = None) -> RunSummary | None:
+        """Re-check the unfinished artworks that are due; None when none is.
+
+        ``seconds``: how long the refresh may take (the daemon's share of its
+        interval): no request is sent after it, and one still unanswered a
+        second later is left for the next refresh. Unbounded when None.
+        """
+        backlog = refresh_backlog(
+            self.engine, self.now(), floor=self.refresh_floor, failures=self.refresh_failures
+        )
+        due = backlog.due[: self.refresh_limit]
+        if not due:
             return None
         started = time.monotonic()
         with self._writer.begin() as conn:
             run = self._start_run(conn, Mode.REFRESH)
         with self._recorded(run):
-            self._fetch_and_store(pending, run)
+            deadline = None if seconds is None else started + seconds
+            self._fetch_and_store(due, run, deadline=deadline, failures=self.refresh_failures)
         return RunSummary(run.id, str(Mode.REFRESH), "success", run.counts, time.monotonic() - started, "")
 
     # ------------------------------------------------------------ list
@@ -439,6 +478,9 @@ class Syncer:
                     time.monotonic() - started,
                     request_rate=self.client.limiter.rate,
                     in_flight=self.client.stats.in_flight,
+                    run_id=run.id,
+                    counts=counts.copy(),
+                    limiter_wait=self.client.limiter_wait(),
                 )
             )
 
@@ -464,35 +506,73 @@ class Syncer:
         run.counts, run.committed = counts, counts.copy()
         self._fetch_and_store(missed, run)
 
-    def _fetch_and_store(self, ids: list[str], run: _Run) -> None:
+    def _fetch_and_store(
+        self,
+        ids: list[str],
+        run: _Run,
+        *,
+        deadline: float | None = None,
+        failures: dict[str, datetime] | None = None,
+    ) -> None:
         """GET each artwork: store what the API returns, mark deleted what it answers 404 for.
 
         Requests run concurrently, paced by the client (its rate, and the
         request workers bound how many are in flight); the next batch is
         queued before this one is written, so the pipeline never drains
-        between two batches.
+        between two batches. After ``deadline`` (monotonic) nothing more is
+        sent, and what is not answered within a second of it is left.
+
+        An artwork whose request fails (retries exhausted, an unusable
+        answer) is noted in ``failures`` and skipped: the others go on. Only
+        FAILURES_IN_A_ROW of them in a row stop the run (the API is down, not
+        that artwork); a rejected key stops it at once.
         """
         started = time.monotonic()
-        batches = [ids[offset : offset + REFRESH_BATCH] for offset in range(0, len(ids), REFRESH_BATCH)]
+        batches = (ids[offset : offset + REFRESH_BATCH] for offset in range(0, len(ids), REFRESH_BATCH))
+        dropped = threading.Event()  # set at the deadline: nothing more is sent
+        failed_in_a_row = 0
+
+        def wanted() -> bool:
+            return not dropped.is_set()
+
         with self._requests() as requests:
 
             def submit(batch: list[str]) -> list[tuple[str, Future[Any]]]:
                 return [
-                    (artwork_id, requests.submit(self.client.get_artwork, artwork_id)) for artwork_id in batch
+                    (artwork_id, requests.submit(self.client.get_artwork, artwork_id, wanted))
+                    for artwork_id in batch
                 ]
 
-            queued = submit(batches[0]) if batches else []
-            for number in range(len(batches)):
+            queued = submit(next(batches, []))
+            while queued:
                 self._check_stop()
                 futures = queued
-                queued = submit(batches[number + 1]) if number + 1 < len(batches) else []
+                if deadline is not None and time.monotonic() >= deadline:
+                    dropped.set()
+                queued = [] if dropped.is_set() else submit(next(batches, []))
                 fetched: list[tuple[str, Any]] = []
                 for artwork_id, future in futures:
                     try:
-                        value = self._await(future)
+                        value = self._await(future, until=None if deadline is None else deadline + 1.0)
+                    except (Unwanted, FutureTimeout):  # past the deadline: the next refresh asks
+                        continue
                     except BadRequestError as exc:  # about this artwork only: the others go on
                         log.warning("artwork %s skipped: %s", artwork_id, exc)
                         continue
+                    except AuthError:
+                        raise
+                    except ApiError as exc:
+                        failed_in_a_row += 1
+                        if failed_in_a_row >= FAILURES_IN_A_ROW:
+                            raise
+                        log.warning("artwork %s not re-checked (tried again later): %s", artwork_id, exc)
+                        if failures is not None:
+                            failures[artwork_id] = self.now()
+                        continue
+                    finally:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            dropped.set()
+                    failed_in_a_row = 0
                     fetched.append((artwork_id, value))
                 self._store_fetched(fetched, run)
                 self._report(run, started)
@@ -537,19 +617,25 @@ class Syncer:
             # Never wait for a request in flight: a stop must not hang on it.
             requests.close()
 
-    def _await(self, pending: Future[T], pages: _Pages | None = None) -> T:
+    def _await(self, pending: Future[T], pages: _Pages | None = None, *, until: float | None = None) -> T:
         """The future's result; meanwhile looks at the stop request, and never holds
-        the write lock while waiting on the network."""
+        the write lock while waiting on the network. ``until`` (monotonic): no
+        longer than that (FutureTimeout)."""
         while True:
             self._check_stop()
+            step = (
+                self.wait_step if until is None else max(0.0, min(self.wait_step, until - time.monotonic()))
+            )
             try:
-                result = pending.result(timeout=self.wait_step)
+                result = pending.result(timeout=step)
             except FutureTimeout:
                 # A page due within moments is waited for first: each commit
                 # rewrites the index pages that a page of UUIDs touched.
                 if pages is not None:
                     pages.commit()
                 self._save_rate_limit(pages)
+                if until is not None and time.monotonic() >= until:
+                    raise
                 continue
             self._save_rate_limit(pages)
             return result
