@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select
 
 from syncd import db, store
 from syncd.fakeapi.server import FakeServer, Faults
-from tests.conftest import run_syncd, syncd_env, wait_for
+from tests.conftest import backdate_checks, run_syncd, syncd_env, wait_for
 
 RUN_LINE = re.compile(r"syncd: run (\d+) (\w+) (\w+):")
 
@@ -258,3 +258,114 @@ def test_a_rejected_key_is_logged_each_tick_without_a_retry_storm(
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     assert "AuthError" in (tmp_path / "daemon.log").read_text()
+
+
+def test_refresh_visits_every_unfinished_artwork_in_turn_and_the_syncs_keep_their_interval(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    """2,000 artworks stuck unfinished for a day (all due at once: far more than a
+    refresh can take), and a young artwork before every list request that
+    finishes a second after it is made. Counted by the fake's logs: the syncs
+    come every interval; each young one is re-checked within its back-off and
+    seen finished within seconds; the backlog is visited in turn, each stuck
+    artwork at most once (its back-off is 6 h)."""
+    server = fake_api(2000, malformed_fraction=0, unknown_fraction=0, pending_fraction=1.0)
+    env = syncd_env(
+        server.url,
+        db_url,
+        page_size="100",
+        interval="1",
+        refresh_interval="0.5",
+        max_requests_per_second="40",
+    )
+    assert run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path).returncode == 0
+    stuck = {a.id for a in server.api.dataset.items}
+    backdate_checks(engine)
+    server.api.faults.update({"add_per_request": 1, "finish_after": 1.0})
+    server.api.reset_stats()
+    with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
+        time.sleep(12)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    api = server.api
+    # The interval kept: a sync at most 1 s + 10% jitter + the refresh's share
+    # (0.25 s) + 1 s of abandoned answers after the one before (and 0.5 s for the
+    # sync itself), though the refresh always had more to do.
+    starts = api.list_times
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(starts) >= 8 and max(gaps) <= 1.1 + 0.25 + 1.0 + 0.5, gaps
+    # The backlog visited in turn: never the same stuck artwork twice.
+    stuck_checks = [artwork_id for _, artwork_id in api.get_log if artwork_id in stuck]
+    assert len(stuck_checks) >= 50 and len(stuck_checks) == len(set(stuck_checks))
+    # Each young artwork: re-checked while young at least every back-off
+    # (0.5 s) + a refresh interval + the refresh's own time, and stored
+    # finished once the fake finished it.
+    young = [a for a in api.dataset.items if a.created_wall is not None]
+    assert len(young) >= 8
+    checks: dict[str, list[float]] = {}
+    for when, artwork_id in api.get_log:
+        checks.setdefault(artwork_id, []).append(when)
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(select(store.artworks.c.id, store.artworks.c.status)).all())
+    end = starts[-1]
+    for artwork in young:
+        assert artwork.created_wall is not None
+        if artwork.created_wall > end - 4:
+            continue  # made in the last seconds: maybe not seen finished yet
+        assert statuses[artwork.id] == "done", (artwork.id, checks.get(artwork.id))
+        times = checks.get(artwork.id, [])
+        assert all(b - a <= 0.5 + 0.5 + 0.25 + 1.0 for a, b in itertools.pairwise(times)), times
+
+
+def test_metrics_move_during_a_run_and_the_gauges_show_it(
+    sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    """A refresh of 400 artworks at 20 requests/s takes seconds: scraped meanwhile,
+    the request counter moves, the run in progress shows, and the backlog is counted."""
+    server = fake_api(400, malformed_fraction=0, unknown_fraction=0, pending_fraction=1.0)
+    port = free_port()
+    env = syncd_env(
+        server.url,
+        sqlite_url,
+        page_size="100",
+        interval="60",
+        refresh_interval="30",
+        max_requests_per_second="20",
+        metrics_port=str(port),
+    )
+    assert run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path).returncode == 0
+    engine = db.create_db_engine(sqlite_url)
+    try:
+        backdate_checks(engine)
+    finally:
+        engine.dispose()
+
+    def scrape() -> dict[str, float]:
+        try:
+            body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return {}
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines()
+            if line.startswith("syncd_")
+        }
+
+    def during_refresh() -> dict[str, float]:
+        metrics = scrape()
+        return metrics if metrics.get('syncd_run_in_progress{mode="refresh"}') == 1 else {}
+
+    with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
+        wait_for(lambda: bool(during_refresh().get('syncd_api_requests_total{code="200"}')), 30, "a refresh")
+        first = during_refresh()
+        time.sleep(1.0)
+        second = during_refresh()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    assert first and second, "the refresh ended within a second: nothing to compare"
+    code_200 = 'syncd_api_requests_total{code="200"}'
+    assert second[code_200] >= first[code_200] + 5  # ~20 answers a second, counted as they come
+    assert second['syncd_artworks_synced_total{result="updated"}'] >= 0
+    assert first["syncd_run_started_timestamp_seconds"] > time.time() - 60
+    assert first["syncd_refresh_backlog"] == 400 and first["syncd_refresh_due"] >= 300
+    assert 'syncd_run_in_progress{mode="incremental"}' in first

@@ -8,6 +8,7 @@ shuffled. Tests use the same dataset object as ground truth.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -121,6 +122,7 @@ class FakeArtwork:
     value: Any  # usually a dict; a malformed record may be anything
     malformed: str | None = None
     pending: bool = False
+    created_wall: float | None = None  # time.time() of a live artwork's creation (None: historical)
     _json: bytes | None = field(default=None, repr=False)
 
     @property
@@ -205,8 +207,10 @@ class Dataset:
 
     # ------------------------------------------------------------ mutation
 
-    def add(self, count: int, *, pending: bool | None = None) -> list[FakeArtwork]:
-        added = [self._make(pending) for _ in range(count)]
+    def add(self, count: int, *, pending: bool | None = None, live: bool = False) -> list[FakeArtwork]:
+        """``live``: created now (``createdAt`` the wall clock, still after every
+        earlier one), as artworks made while syncd runs; otherwise in the past."""
+        added = [self._make(pending, live) for _ in range(count)]
         self.items.extend(added)
         for artwork in added:
             if artwork.id is not None:
@@ -216,6 +220,13 @@ class Dataset:
     def delete_oldest(self, count: int) -> list[FakeArtwork]:
         removed, self.items = self.items[:count], self.items[count:]
         return removed
+
+    def finish_due(self, artworks: list[FakeArtwork], after: float, now: float) -> None:
+        """Live pending artworks at least ``after`` seconds old finish (the API's
+        processing takes that long)."""
+        for artwork in artworks:
+            if artwork.pending and artwork.created_wall is not None and now - artwork.created_wall >= after:
+                artwork.finish(self.rng)
 
     def finish_pending(self) -> int:
         pending = [a for a in self.items if a.pending]
@@ -284,11 +295,17 @@ class Dataset:
 
     # ------------------------------------------------------------ records
 
-    def _make(self, pending: bool | None) -> FakeArtwork:
+    def _make(self, pending: bool | None, live: bool = False) -> FakeArtwork:
         rng = self.rng
         index = self.created
         self.created += 1
-        self.next_time += timedelta(seconds=rng.randint(1, self.max_gap), milliseconds=rng.randint(0, 999))
+        created_wall = None
+        if live:  # now, and still after every earlier artwork (the list's order holds)
+            created_wall = time.time()
+            now = datetime.fromtimestamp(created_wall, UTC)
+            self.next_time = max(self.next_time + timedelta(milliseconds=1), now.replace(microsecond=0))
+        else:
+            self.next_time += timedelta(seconds=rng.randint(1, self.max_gap), milliseconds=rng.randint(0, 999))
         artwork_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         roll = rng.random()
         if roll < self.unknown_fraction:
@@ -315,7 +332,7 @@ class Dataset:
             "status": status,
             "createdAt": iso(self.next_time),
         }
-        artwork = FakeArtwork(index=index, value=value, pending=is_pending)
+        artwork = FakeArtwork(index=index, value=value, pending=is_pending, created_wall=created_wall)
         if rng.random() < self.malformed_fraction:
             self._break(artwork, rng.choice(MALFORMED_KINDS))
         elif self.hostile_fraction and rng.random() < self.hostile_fraction:

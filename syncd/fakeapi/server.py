@@ -63,7 +63,8 @@ class Faults:
     reset: float = 0.0  # connection closed without an answer
     slow: float = 0.0  # share of responses delayed by `delay`
     delay: float = 0.0
-    add_per_request: int = 0  # new artworks created before each list request
+    add_per_request: int = 0  # new artworks created (now: createdAt the wall clock) before each list request
+    finish_after: float = 0.0  # seconds after which a pending artwork created now finishes (0: never)
     delete_oldest_per_request: int = 0
     auth_status: int = 0  # answer every API request with this status (401/403)
     fail_from_request: int = 0  # list requests from this number on answer 503 (0: off)
@@ -130,6 +131,8 @@ class FakeApi:
         # and before its deadline: one sent meanwhile could not know.
         self._promises: list[tuple[float | None, float]] = []
         self.list_log: list[tuple[int, int]] = []  # (skip, limit) of each list request
+        self.list_times: list[float] = []  # time.time() of each list request answered
+        self.get_log: list[tuple[float, str]] = []  # (time.time(), id) of each single-artwork request
         self.served: set[str] = set()  # every id any list answer carried: "ever listed"
         self.first_request_at: float | None = None  # wall clock (time.time()) of the first API request
         # In-process tests: called (under the lock) with the list request's number
@@ -166,6 +169,8 @@ class FakeApi:
         """Counters and request logs start again (the data and faults stay)."""
         self.stats = Stats(by_status=Counter())
         self.list_log = []
+        self.list_times = []
+        self.get_log = []
         self.first_request_at = None
 
     def throttle(self) -> float | None:
@@ -494,18 +499,25 @@ class _Handler(BaseHTTPRequestHandler):
                 "limit must not be greater than 500" if limit > 500 else "limit must not be less than 1"
             )
         if faults.add_per_request:
-            api.dataset.add(faults.add_per_request)
+            api.dataset.add(faults.add_per_request, live=True)
         if faults.delete_oldest_per_request:
             api.dataset.delete_oldest(faults.delete_oldest_per_request)
         if api.before_list is not None:
             api.before_list(api.stats.list_requests)
         api.list_log.append((skip, limit))
+        api.list_times.append(time.time())
         listed = api.dataset.page(faults.order, skip, limit)
+        if faults.finish_after:
+            api.dataset.finish_due(listed, faults.finish_after, time.time())
         api.served.update(a.id for a in listed if a.id is not None)
         return 200, b"[" + b",".join(a.json() for a in listed) + b"]"
 
     def _get(self, artwork_id: str) -> tuple[int, bytes]:
-        artwork = self.server.api.dataset.find(artwork_id)
+        api = self.server.api
+        api.get_log.append((time.time(), artwork_id))
+        artwork = api.dataset.find(artwork_id)
+        if artwork is not None and api.faults.finish_after:
+            api.dataset.finish_due([artwork], api.faults.finish_after, time.time())
         if artwork is None:
             return 404, orjson.dumps(
                 {"message": "Artwork not found", "statusCode": 404, "error": "Not Found"}
