@@ -425,6 +425,13 @@ def status_command(as_json: bool, max_age: float | None, **kwargs: Any) -> None:
     help="Artworks created before each list request.",
 )
 @click.option(
+    "--finish-after",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Seconds after which a pending artwork created while serving finishes (0: never).",
+)
+@click.option(
     "--delete-oldest-per-request",
     default=0,
     show_default=True,
@@ -475,6 +482,7 @@ def mock_api_command(
         slow=faults["slow_rate"],
         delay=faults["delay"],
         add_per_request=faults["add_per_request"],
+        finish_after=faults["finish_after"],
         delete_oldest_per_request=faults["delete_oldest_per_request"],
         order=order,
         content_encoding=faults["content_encoding"],

@@ -323,3 +323,34 @@ def hold_file_lock(database: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def lock_held(engine: Engine) -> bool:
+    """Whether some process holds the one-syncer lock now (for ``syncd status``;
+    takes nothing, creates nothing)."""
+    if engine.dialect.name == "postgresql":
+        high, low = (LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF
+        with engine.connect() as conn:
+            held = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND classid = :high AND objid = :low AND objsubid = 1 AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                ),
+                {"high": high, "low": low},
+            ).scalar()
+        return bool(held)
+    path = sqlite_path(str(engine.url))
+    if path is None:
+        return False
+    try:
+        fd = os.open(lock_path_of(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # no lock file: no syncd has synced here, or it is not ours to read
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we got
+    return False

@@ -50,7 +50,7 @@ def collect(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
         "now": _iso(now),
     }
     if version.current is None:
-        report.update(last_success=None, last_failure=None, last_runs=[], streams=[], tables={})
+        report.update(running=None, last_success=None, last_failure=None, last_runs=[], streams=[], tables={})
         return report
     with engine.connect() as conn:
 
@@ -58,6 +58,10 @@ def collect(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
             row = conn.execute(select(runs).where(*where).order_by(runs.c.id.desc()).limit(1)).first()
             return _run_dict(row, now) if row else None
 
+        running = conn.execute(
+            select(runs).where(runs.c.outcome == "running").order_by(runs.c.id.desc()).limit(1)
+        ).first()
+        report["running"] = None if running is None else _run_dict(running, now)
         report["last_success"] = last(runs.c.outcome == "success")
         report["last_failure"] = last(runs.c.outcome.not_in(["success", "running"]))
         recent = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(5)).all()
@@ -100,6 +104,10 @@ def collect(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
             select(func.count()).select_from(artworks).where(artworks.c.remote_deleted_at.is_not(None))
         ).scalar_one()
         report["tables"] = store.table_counts(conn)
+    if report["running"] is not None:
+        # Counts as of its last commit; "running" without a lock holder: the
+        # process died, and the next run will record it as crashed.
+        report["running"]["alive"] = db.lock_held(engine)
     return report
 
 
@@ -129,6 +137,16 @@ def render(report: dict[str, Any]) -> str:
         if ok
         else "last success  never"
     )
+    run = report.get("running")
+    if run:
+        started = f"run {run['id']} {run['mode']} started {run['started_at']}"
+        done = f"{run['pages']} pages, {run['requests']} requests, +{run['inserted']} ~{run['updated']}"
+        lines.append(
+            f"running now   {started}: {done} so far"
+            if run["alive"]
+            else f"abandoned     {started}: its process ended without recording an outcome "
+            "(the next run records it as crashed)"
+        )
     bad = report.get("last_failure")
     if bad:
         lines.append(

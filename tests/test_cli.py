@@ -191,3 +191,40 @@ def test_progress_lines_on_request(fake_api: Callable[..., FakeServer], tmp_path
     line = r"backfill: 10 pages \([\d.,]+/s\), [\d,]+ artworks \([\d,]+/s\), \d+ requests, rate [\d.,]+/s, \d in flight"
     assert re.search(line, result.stderr), result.stderr
     assert "artworks/s" not in result.stdout
+
+
+def test_status_shows_a_run_in_progress_and_one_its_process_abandoned(
+    db_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    import signal
+
+    from tests.conftest import start_syncd, wait_for
+
+    server = fake_api(3000, faults=Faults(latency=0.2), malformed_fraction=0)
+    env = syncd_env(server.url, db_url, page_size="50", max_requests_per_second="5")
+    process = start_syncd(["run-once"], env, tmp_path)
+    try:
+
+        def status() -> dict[str, object]:
+            result = run_syncd(["status", "--json"], env, cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+            return dict(json.loads(result.stdout))
+
+        wait_for(lambda: (status().get("running") or {}).get("pages", 0) > 0, 60, "a committed page")  # type: ignore[union-attr]
+        running = status()["running"]
+        assert isinstance(running, dict) and running["mode"] == "backfill" and running["alive"] is True
+        text = run_syncd(["status"], env, cwd=tmp_path).stdout
+        assert re.search(r"running now +run 1 backfill started \S+: \d+ pages", text), text
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+    # PostgreSQL ends the dead client's session (and its lock) when it notices.
+    wait_for(lambda: status()["running"]["alive"] is False, 30, "the lock to go with the process")  # type: ignore[index]
+    abandoned = status()["running"]
+    assert isinstance(abandoned, dict) and abandoned["id"] == 1
+    assert "abandoned     run 1 backfill" in run_syncd(["status"], env, cwd=tmp_path).stdout

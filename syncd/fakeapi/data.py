@@ -305,7 +305,9 @@ class Dataset:
             now = datetime.fromtimestamp(created_wall, UTC)
             self.next_time = max(self.next_time + timedelta(milliseconds=1), now.replace(microsecond=0))
         else:
-            self.next_time += timedelta(seconds=rng.randint(1, self.max_gap), milliseconds=rng.randint(0, 999))
+            self.next_time += timedelta(
+                seconds=rng.randint(1, self.max_gap), milliseconds=rng.randint(0, 999)
+            )
         artwork_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         roll = rng.random()
         if roll < self.unknown_fraction:
