@@ -167,27 +167,68 @@ def progress_line(progress: Progress) -> str:
 
 
 class ProgressReporter:
-    """A one-line progress bar on a terminal; a log line every 10 s otherwise."""
+    """A one-line progress bar on a terminal; a log line every 10 s otherwise.
+
+    On a terminal, log records go through it too: the bar is cleared before
+    a record is written and drawn again after it, so that a warning never
+    lands at the end of the bar's line.
+    """
 
     def __init__(self, tty: bool) -> None:
         self.tty = tty
         self._last_log = time.monotonic()
-        self._drawn = False
+        self._line = ""  # the bar as last drawn
+        self._lock = threading.Lock()
+        self._handlers: list[tuple[logging.StreamHandler[Any], Any]] = []
+        if tty:
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                    self._handlers.append((handler, handler.stream))
+                    handler.setStream(_AroundTheBar(self, handler.stream))
 
     def __call__(self, progress: Progress) -> None:
         text = progress_line(progress)
         if self.tty:
-            sys.stderr.write("\r\033[K" + text)
-            sys.stderr.flush()
-            self._drawn = True
+            with self._lock:
+                self._line = text
+                sys.stderr.write("\r\033[K" + text)
+                sys.stderr.flush()
         elif time.monotonic() - self._last_log >= 10:
             self._last_log = time.monotonic()
             log.info("progress: %s", text)
 
+    def write_around(self, stream: Any, text: str) -> None:
+        """Write ``text`` (log lines) on a line of its own, then the bar again."""
+        with self._lock:
+            if self._line:
+                stream.write("\r\033[K")
+            stream.write(text)
+            if self._line and text.endswith("\n"):
+                stream.write(self._line)
+            stream.flush()
+
     def close(self) -> None:
-        if self._drawn:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        for handler, stream in self._handlers:
+            handler.setStream(stream)
+        with self._lock:
+            if self._line:
+                sys.stderr.write("\n")
+                sys.stderr.flush()
+            self._line = ""
+
+
+class _AroundTheBar:
+    """A log handler's stream that keeps the progress bar on its own line."""
+
+    def __init__(self, reporter: ProgressReporter, stream: Any) -> None:
+        self.reporter, self.stream = reporter, stream
+
+    def write(self, text: str) -> int:
+        self.reporter.write_around(self.stream, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 # ---------------------------------------------------------------- daemon

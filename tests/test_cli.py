@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -191,6 +193,33 @@ def test_progress_lines_on_request(fake_api: Callable[..., FakeServer], tmp_path
     line = r"backfill: 10 pages \([\d.,]+/s\), [\d,]+ artworks \([\d,]+/s\), \d+ requests, rate [\d.,]+/s, \d in flight"
     assert re.search(line, result.stderr), result.stderr
     assert "artworks/s" not in result.stdout
+
+
+def test_warnings_never_land_on_the_progress_line(
+    fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(2000, faults=Faults(error_5xx=0.3))  # warnings ("retrying") between the pages
+    env = syncd_env(server.url, f"sqlite:///{tmp_path / 'p.db'}", page_size="100", max_attempts="20")
+    # Bytes, not text: text mode would turn each carriage return into a newline.
+    result = subprocess.run(
+        [sys.executable, "-m", "syncd", "run-once", "--progress", "--no-refresh"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    warnings = [line for line in stderr.split("\n") if " WARNING " in line]
+    assert warnings and "backfill: " in stderr
+    for line in warnings:
+        # What a terminal shows of it: from the last "clear the line" on.
+        shown = line.rsplit("\r\x1b[K", 1)[-1]
+        assert re.match(r"\d{4}-\d\d-\d\dT[\d:]+Z WARNING ", shown), repr(line)
+        assert "backfill: " not in shown, repr(line)
+    # The bar is drawn again after each warning, and ends on a line of its own.
+    assert stderr.endswith("\n") and "\nbackfill: " in stderr
 
 
 def test_status_shows_a_run_in_progress_and_one_its_process_abandoned(

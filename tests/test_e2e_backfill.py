@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,7 +143,13 @@ def test_run_once_backfills_every_record_then_changes_nothing(
             runs = conn.execute(select(store.runs_table).order_by(store.runs_table.c.id)).mappings().all()
         assert [r["outcome"] for r in runs] == ["success", "success"]
         assert runs[0]["mode"] == "backfill" and runs[0]["inserted"] == len(dataset.valid())
+        # The counts count artworks, not reads: a page's overlap item, read twice
+        # by the backfill, is not "unchanged" (a new file reported "unchanged 10").
+        assert runs[0]["unchanged"] == 0 and re.search(r"unchanged +0\n", first.stdout), first.stdout
+        assert runs[0]["rejected"] == sum(1 for a in dataset.items if a.malformed)
         assert runs[1]["mode"] == "incremental" and runs[1]["inserted"] == 0 and runs[1]["updated"] == 0
+        # The no-op run reads the newest page once: each valid artwork on it is unchanged.
+        assert runs[1]["unchanged"] == sum(1 for a in dataset.items[-200:] if not a.malformed)
     finally:
         engine.dispose()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -468,3 +469,16 @@ def test_a_page_fetched_ahead_and_not_used_adds_only_artworks_not_stored(engine:
     assert statuses[known["id"]] == known["status"] != "processing"
     assert new["id"] in statuses
     assert cursor is None  # no sync state was written: strays move nothing
+
+
+def test_a_list_that_grows_faster_than_it_is_read_is_said_in_the_log(
+    sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    """40 new artworks before every request for a page of 20: the scan cannot
+    prove its place. The run says so (docs/sync-algorithm.md, "Limits")."""
+    server = fake_api(1000, faults=Faults(add_per_request=40), malformed_fraction=0)
+    env = syncd_env(server.url, sqlite_url, page_size="20")
+    result = run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "the list shifted more than syncd can follow; nothing is marked deleted" in result.stderr
+    assert re.search(r"marked deleted +0\n", result.stdout), result.stdout

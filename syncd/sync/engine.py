@@ -165,6 +165,9 @@ class _Pages:
         newer = {artwork_id for artwork_id in ids if self._read_at.get(artwork_id, fetched.now) > fetched.now}
         if newer:
             items = [value for value in items if _artwork_id(value) not in newer]
+        # Read by a page of this run already (the overlap item): not "unchanged"
+        # again in the counts, which count artworks, not reads.
+        again = {artwork_id for artwork_id in ids if artwork_id in self._read_at}
         self._remember(ids, fetched.now)
         page = classify_page(items, fetched.now, stored, self.secrets)
         for rejection in page.rejected:
@@ -188,6 +191,7 @@ class _Pages:
             self.careful = True
             self.run.counts = self.run.committed.copy()
             raise _Rewind from None
+        written.unchanged -= sum(1 for artwork_id in page.unchanged_ids if artwork_id in again)
         if state is None:
             written.pages = 0  # not a page of the scan: the run's pages are the planner's
         else:
@@ -311,6 +315,15 @@ class Syncer:
             planner = self._list_loop(planner, run, started, full=full)
             if planner.scan_complete and planner.provably_complete:
                 self._settle_deletions(run, planner.state)
+        if not planner.provably_complete:
+            log.warning(
+                "run %d: the list shifted more than syncd can follow; nothing is marked deleted from "
+                "this run, %s",
+                run.id,
+                "and later scans fill any gap"
+                if planner.scan_complete
+                else "and the next run resumes from the last place it could prove",
+            )
         if run.counts.rejected:
             log.warning(
                 "run %d: %d records failed validation and are in rejected_records",
