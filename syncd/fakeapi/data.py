@@ -137,9 +137,11 @@ class FakeArtwork:
 
     def finish(self, rng: random.Random) -> None:
         """A pending artwork completes: terminal status and its results appear."""
-        if not self.pending or not isinstance(self.value, dict):
-            return
-        self.value = dict(self.value, status="done", results=_results(rng, self.value["id"]))
+        if not self.pending or not isinstance(self.value, dict) or self.malformed is not None:
+            return  # a malformed record stays as it is: finishing it would mend it
+        # A malformed record may lack its id: its results are named by its index.
+        results = _results(rng, str(self.value.get("id", self.index)))
+        self.value = dict(self.value, status="done", results=results)
         self.value["duration"] = round(rng.uniform(2, 40), 3)
         self.pending = False
         self._json = None

@@ -662,8 +662,13 @@ class Syncer:
             return
         if pages is not None:
             pages.commit()
-        with self._writer.begin() as conn:
-            store.save_rate_limit(conn, STREAM, deadline, self.now())
+            # On the loop's own connection: one taken from the pool beside it
+            # would stay there, a second SQLite connection for good.
+            with pages.conn.begin():
+                store.save_rate_limit(pages.conn, STREAM, deadline, self.now())
+        else:
+            with self._writer.begin() as conn:
+                store.save_rate_limit(conn, STREAM, deadline, self.now())
         self._saved_deadline = deadline
         log.warning(
             "rate limited by the API: no request before %s (Retry-After)",
