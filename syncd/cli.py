@@ -9,6 +9,7 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import signal
@@ -24,7 +25,7 @@ import orjson
 
 from syncd import __version__
 from syncd.config import Settings, load_settings
-from syncd.errors import SyncdError, one_line
+from syncd.errors import ConfigError, SyncdError, listen_reason, one_line
 from syncd.fakeapi.data import POISONS
 from syncd.signals import install_stop_signals
 
@@ -431,6 +432,7 @@ def status_command(as_json: bool, max_age: float | None, **kwargs: Any) -> None:
     type=int,
     help="Oldest artworks deleted before each list request.",
 )
+@handle_errors
 def mock_api_command(
     host: str,
     port: int,
@@ -489,11 +491,18 @@ def mock_api_command(
     )
     if poisons:
         dataset.poison(list(poisons), api_key)
-    server = FakeServer(
-        FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_key, faults=fault_config, seed=seed),
-        host,
-        port,
-    )
+    try:
+        server = FakeServer(
+            FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_key, faults=fault_config, seed=seed),
+            host,
+            port,
+        )
+    except OSError as exc:
+        port_at_fault = exc.errno in (errno.EADDRINUSE, errno.EACCES)
+        hint = "choose another --port (0 picks a free one)" if port_at_fault else "choose another --host"
+        raise ConfigError(
+            f"mock-api --host {host} --port {port}: {listen_reason(exc, host, port)}; {hint}"
+        ) from None
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     click.echo(
         f"fake Tengr.ai API on {server.url} with {count} artworks ({order}); key {api_key!r}", err=True

@@ -267,6 +267,15 @@ class Settings:
     def source_of(self, name: str) -> str:
         return self.sources.get(name, "default")
 
+    def told_by(self, name: str) -> str:
+        """Where a setting came from, as words for a message ("set in the environment")."""
+        source = self.source_of(name)
+        if source == "default":
+            return "the default"
+        if source == SPECS_BY_NAME[name].env:
+            return "set in the environment"
+        return f"set by {source}"
+
     def require_api(self) -> tuple[str, Secret]:
         """The URL and key needed to sync; a ConfigError naming what is missing."""
         if self.api_url is None:

@@ -160,3 +160,13 @@ def test_postgres_scheme_is_postgresql() -> None:
     url = "postgres://syncd@db.internal:5432/syncd"
     assert load({"SYNCD_DATABASE_URL": url}).database_url == url
     assert normalise_url(url) == "postgresql+psycopg://syncd@db.internal:5432/syncd"
+
+
+def test_messages_say_where_a_setting_came_from(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("interval = 60\n")
+    settings = load({"SYNCD_PAGE_SIZE": "9"}, config, log_level="debug")
+    assert settings.told_by("page_size") == "set in the environment"
+    assert settings.told_by("interval") == f"set by interval in {config}"
+    assert settings.told_by("log_level") == "set by --log-level"
+    assert settings.told_by("database_url") == "the default"

@@ -1,0 +1,65 @@
+"""Issue 14: every misconfiguration is one clear line and a documented exit code, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from syncd.fakeapi.server import FakeServer
+from tests.conftest import run_syncd, syncd_env
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("syncd: error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port something else listens on (on every address, as the metrics endpoint would)."""
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+# ---------------------------------------------------------------- busy ports
+
+
+@pytest.mark.parametrize("where", ["environment", "toml"])
+def test_a_busy_metrics_port_is_a_config_error_naming_the_setting_its_source_and_the_port(
+    where: str, busy_port: int, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    env = syncd_env(fake_api(5).url, f"sqlite:///{tmp_path / 'd.db'}", interval="60")
+    config = tmp_path / "syncd.toml"
+    if where == "environment":
+        env["SYNCD_METRICS_PORT"] = str(busy_port)
+        told_by = "set in the environment"
+    else:
+        config.write_text(f"metrics_port = {busy_port}\n")
+        told_by = f"set by metrics_port in {config}"
+    args = ["daemon"] if where == "environment" else ["daemon", "--config", str(config)]
+    result = run_syncd(args, env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert error_line(result.stderr) == (
+        f"syncd: error: SYNCD_METRICS_PORT: port {busy_port} is already in use ({told_by}); "
+        "choose another port"
+    )
+
+
+def test_mock_api_on_a_busy_port_is_one_line_and_exit_3(busy_port: int, tmp_path: Path) -> None:
+    env = syncd_env("http://x", "sqlite:///x.db")
+    result = run_syncd(["mock-api", "--port", str(busy_port)], env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 3
+    assert error_line(result.stderr) == (
+        f"syncd: error: mock-api --host 127.0.0.1 --port {busy_port}: port {busy_port} is already in use; "
+        "choose another --port (0 picks a free one)"
+    )
+    unknown = run_syncd(["mock-api", "--host", "no-such-host.invalid"], env, cwd=tmp_path, timeout=60)
+    assert unknown.returncode == 3
+    line = error_line(unknown.stderr)
+    assert "no-such-host.invalid is not a known host name; choose another --host" in line
