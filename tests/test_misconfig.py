@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from syncd.fakeapi.server import FakeServer
 from tests.conftest import run_syncd, syncd_env
@@ -63,3 +65,25 @@ def test_mock_api_on_a_busy_port_is_one_line_and_exit_3(busy_port: int, tmp_path
     assert unknown.returncode == 3
     line = error_line(unknown.stderr)
     assert "no-such-host.invalid is not a known host name; choose another --host" in line
+
+
+# ---------------------------------------------------------------- postgres:// URLs
+
+
+@pytest.mark.postgres
+def test_postgres_scheme_urls_work_end_to_end(
+    postgres_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    """Heroku, Docker and libpq write postgres://; SQLAlchemy alone no longer accepts it."""
+    url = make_url(postgres_url).set(drivername="postgres").render_as_string(hide_password=False)
+    assert url.startswith("postgres://")
+    env = syncd_env(fake_api(60).url, url, page_size="25")
+    current = run_syncd(["db", "current"], env, cwd=tmp_path)
+    assert current.returncode == 0 and current.stdout.startswith("empty"), current.stderr
+    upgraded = run_syncd(["db", "upgrade"], env, cwd=tmp_path)
+    assert upgraded.returncode == 0 and "(latest)" in upgraded.stdout, upgraded.stderr
+    synced = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr
+    report = json.loads(run_syncd(["status", "--json"], env, cwd=tmp_path).stdout)
+    assert report["database"].startswith("postgresql+psycopg://")
+    assert report["tables"]["artworks"] > 0 and report["last_success"]["mode"] == "backfill"
