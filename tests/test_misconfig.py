@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -87,3 +91,93 @@ def test_postgres_scheme_urls_work_end_to_end(
     report = json.loads(run_syncd(["status", "--json"], env, cwd=tmp_path).stdout)
     assert report["database"].startswith("postgresql+psycopg://")
     assert report["tables"]["artworks"] > 0 and report["last_success"]["mode"] == "backfill"
+
+
+# ---------------------------------------------------------------- SQLite files and directories
+
+
+def test_a_missing_directory_is_named_before_any_request(
+    fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(5)
+    env = syncd_env(server.url, f"sqlite:///{tmp_path / 'no' / 'such' / 's.db'}")
+    for command in (["run-once"], ["db", "upgrade"]):
+        result = run_syncd(command, env, cwd=tmp_path)
+        assert result.returncode == 6
+        assert error_line(result.stderr) == (
+            f"syncd: error: the directory {tmp_path / 'no' / 'such'} for the database does not exist: "
+            "create it, or correct the URL"
+        )
+    assert server.api.stats.requests == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def run_unprivileged(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user whom file permissions bind: root keeps its uid but loses
+    the capabilities that override them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH)."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: permissions cannot bind this test")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "syncd", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[Path]:
+    """A migrated SQLite database in a directory of its own; permissions restored afterwards."""
+    directory = tmp_path / "data"
+    directory.mkdir()
+    path = directory / "syncd.db"
+    env = syncd_env("http://127.0.0.1:9", f"sqlite:///{path}")
+    assert run_syncd(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
+    for leftover in directory.glob("syncd.db?*"):  # the -wal, -shm and .lock of that run
+        leftover.unlink()
+    yield path
+    directory.chmod(0o755)
+    path.chmod(0o644)
+
+
+def test_a_read_only_directory_is_told_apart_from_a_missing_one(
+    database: Path, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(5)
+    directory = database.parent
+    directory.chmod(0o555)
+    uid = os.geteuid()
+    expected = (
+        f"syncd: error: the directory {directory} for the database is not writable by this user "
+        f"(uid {uid}); SQLite keeps the database's -wal and -shm files beside it, and syncd its .lock file"
+    )
+    new = syncd_env(server.url, f"sqlite:///{directory / 'new.db'}")
+    existing = syncd_env(server.url, f"sqlite:///{database}")
+    for command, env in ((["run-once"], new), (["run-once"], existing), (["status"], existing)):
+        result = run_unprivileged(command, env, cwd=tmp_path)
+        assert result.returncode == 6, result.stderr
+        assert error_line(result.stderr) == expected
+    assert server.api.stats.requests == 0
+    assert sorted(p.name for p in directory.iterdir()) == ["syncd.db"]
+
+
+def test_a_read_only_file_stops_writers_before_any_request(
+    database: Path, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(5)
+    database.chmod(0o444)
+    env = syncd_env(server.url, f"sqlite:///{database}")
+    for command in (["run-once"], ["db", "upgrade"]):
+        result = run_unprivileged(command, env, cwd=tmp_path)
+        assert result.returncode == 6, result.stderr
+        assert error_line(result.stderr) == (
+            f"syncd: error: the database file {database} is read-only for this user (uid {os.geteuid()})"
+        )
+    assert server.api.stats.requests == 0
