@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncd import db
 from syncd.api.client import ApiClient, ClientOptions, RequestStats
 from syncd.config import Settings
-from syncd.errors import DatabaseError, Interrupted, database_reason
+from syncd.errors import DatabaseError, DatabaseUnreachable, Interrupted, database_reason
 from syncd.state import RunSummary
 from syncd.sync.engine import Progress, Syncer
 
@@ -40,14 +40,31 @@ def freeze_startup_objects() -> None:
 
 
 @contextmanager
-def open_engine(settings: Settings) -> Iterator[Engine]:
-    """An engine that has been connected once (one clear error when it cannot)."""
+def open_engine(settings: Settings, *, write: bool = True) -> Iterator[Engine]:
+    """An engine that has been connected once (one clear error when it cannot).
+
+    ``write=False`` is for commands that only read (``status``, ``db current``):
+    an SQLite file that does not exist is then an error, where connecting
+    would create an empty database (and its -wal, -shm) under a mistyped name.
+    """
+    if not write:
+        _require_sqlite_file(settings)
     engine = db.create_db_engine(settings.database_url)
     try:
-        db.check_connection(engine)
+        db.check_connection(engine, write=write)
         yield engine
     finally:
         engine.dispose()
+
+
+def _require_sqlite_file(settings: Settings) -> None:
+    path = db.sqlite_path(settings.database_url)
+    if path is not None and not path.exists():
+        told_by = settings.told_by("database_url")
+        raise DatabaseUnreachable(
+            f"the database file {path.absolute()} does not exist (SYNCD_DATABASE_URL, {told_by}: "
+            f"{db.safe_url(settings.database_url)}); run `syncd run-once` or `syncd db upgrade` to create it"
+        )
 
 
 @dataclass

@@ -261,7 +261,7 @@ def db_current(**kwargs: Any) -> None:
     from syncd.app import open_engine
 
     settings = _settings(kwargs)
-    with open_engine(settings) as engine:
+    with open_engine(settings, write=False) as engine:
         version = db.schema_version(engine)
     if version.current is None:
         click.echo(f"empty (no schema; latest is {version.head}: run `syncd db upgrade`)")
@@ -296,7 +296,7 @@ def status_command(as_json: bool, max_age: float | None, **kwargs: Any) -> None:
     from syncd.app import open_engine
 
     settings = _settings(kwargs)
-    with open_engine(settings) as engine:
+    with open_engine(settings, write=False) as engine:
         report = status.collect(engine)
     stale = False
     if max_age is not None:

@@ -96,6 +96,31 @@ def test_postgres_scheme_urls_work_end_to_end(
 # ---------------------------------------------------------------- SQLite files and directories
 
 
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["db", "current"]])
+def test_reading_commands_never_create_a_database_file(command: list[str], tmp_path: Path) -> None:
+    env = syncd_env("http://127.0.0.1:9", "sqlite:///typo.db")
+    result = run_syncd(command, env, cwd=tmp_path)
+    assert result.returncode == 6
+    assert error_line(result.stderr) == (
+        f"syncd: error: the database file {tmp_path / 'typo.db'} does not exist "
+        "(SYNCD_DATABASE_URL, set in the environment: sqlite:///typo.db); "
+        "run `syncd run-once` or `syncd db upgrade` to create it"
+    )
+    assert list(tmp_path.iterdir()) == []  # no file, no -wal, -shm or .lock
+
+
+def test_the_missing_file_message_names_the_default_and_writers_still_create_it(tmp_path: Path) -> None:
+    env = syncd_env("http://127.0.0.1:9", "unused")
+    del env["SYNCD_DATABASE_URL"]
+    status = run_syncd(["status"], env, cwd=tmp_path)
+    assert status.returncode == 6
+    assert "(SYNCD_DATABASE_URL, the default: sqlite:///syncd.db)" in error_line(status.stderr)
+    assert not (tmp_path / "syncd.db").exists()
+    assert run_syncd(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
+    assert (tmp_path / "syncd.db").is_file()
+    assert run_syncd(["status"], env, cwd=tmp_path).returncode == 0
+
+
 def test_a_missing_directory_is_named_before_any_request(
     fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
@@ -168,7 +193,7 @@ def test_a_read_only_directory_is_told_apart_from_a_missing_one(
     assert sorted(p.name for p in directory.iterdir()) == ["syncd.db"]
 
 
-def test_a_read_only_file_stops_writers_before_any_request(
+def test_a_read_only_file_stops_writers_before_any_request_and_still_serves_readers(
     database: Path, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
     server = fake_api(5)
@@ -181,3 +206,6 @@ def test_a_read_only_file_stops_writers_before_any_request(
             f"syncd: error: the database file {database} is read-only for this user (uid {os.geteuid()})"
         )
     assert server.api.stats.requests == 0
+    status = run_unprivileged(["status"], env, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "schema        0003" in status.stdout
