@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -85,8 +86,16 @@ def interruptible_sleep(stop: threading.Event) -> Callable[[float], None]:
     return sleep
 
 
+@functools.cache
+def _warn_once(message: str) -> None:
+    # The daemon makes a client every tick; one warning per process is enough.
+    log.warning("%s", message)
+
+
 def make_client(settings: Settings, stop: threading.Event | None = None) -> ApiClient:
     url, key = settings.require_api()
+    if warning := settings.cleartext_warning():
+        _warn_once(warning)
     return ApiClient(
         url,
         key,

@@ -129,5 +129,13 @@ def test_every_setting_is_documented() -> None:
             assert spec.name in example, f"{spec.name} missing from deploy/syncd.toml.example"
 
 
+def test_the_example_configuration_loads_without_a_warning() -> None:
+    from syncd.config import load_settings
+
+    settings = load_settings(env={}, config_path=REPO / "deploy" / "syncd.toml.example")
+    assert settings.warnings == () and settings.require_https
+    assert settings.source_of("api_url").startswith("api_url in ")
+
+
 def test_changelog_exists() -> None:
     assert (Path(REPO) / "CHANGELOG.md").read_text().startswith("# Changelog")

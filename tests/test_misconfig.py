@@ -209,3 +209,63 @@ def test_a_read_only_file_stops_writers_before_any_request_and_still_serves_read
     status = run_unprivileged(["status"], env, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert "schema        0003" in status.stdout
+
+
+# ---------------------------------------------------------------- the key in clear text
+
+
+def test_make_client_warns_of_a_key_in_clear_once_per_process(caplog: pytest.LogCaptureFixture) -> None:
+    from syncd import app
+    from tests.conftest import make_settings
+
+    # A port no other test uses: the warning is once per process and message.
+    settings = make_settings("http://api.example.com:61999", "sqlite://")
+    for _ in range(3):
+        app.make_client(settings).close()
+    warnings = [r.getMessage() for r in caplog.records if "sent in clear text" in r.getMessage()]
+    assert warnings == [settings.cleartext_warning()]
+
+
+def local_non_loopback_address() -> str:
+    """This machine's address on its default route (no packet is sent), or skip."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            pytest.skip("no network route: no address but loopback")
+        address = str(probe.getsockname()[0])
+    if address.startswith("127."):
+        pytest.skip("the default route leaves from a loopback address")
+    return address
+
+
+def test_plain_http_to_another_host_warns_once_and_require_https_refuses_it(tmp_path: Path) -> None:
+    from syncd.fakeapi.data import Dataset
+    from syncd.fakeapi.server import FakeApi
+
+    address = local_non_loopback_address()
+    server = FakeServer(FakeApi(Dataset(30, 1), api_key="test-key"), host="0.0.0.0").start()
+    try:
+        url = f"http://{address}:{server.server_address[1]}"
+        env = syncd_env(url, f"sqlite:///{tmp_path / 'c.db'}", page_size="10")
+        result = run_syncd(["run-once"], env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        warnings = [line for line in result.stderr.splitlines() if " WARNING " in line]
+        assert len(warnings) == 1 and "sent in clear text" in warnings[0], result.stderr
+        assert f"SYNCD_API_URL: {url} (set in the environment) is plain http://" in warnings[0]
+        served = server.api.stats.requests
+        assert served > 0
+        strict = run_syncd(["run-once"], {**env, "SYNCD_REQUIRE_HTTPS": "yes"}, cwd=tmp_path)
+        assert strict.returncode == 3
+        assert error_line(strict.stderr).startswith(f"syncd: error: SYNCD_API_URL: {url} ")
+        assert server.api.stats.requests == served  # refused before any request
+        assert "test-key" not in result.stderr + strict.stderr
+    finally:
+        server.stop()
+
+
+def test_require_https_leaves_loopback_alone(fake_api: Callable[..., FakeServer], tmp_path: Path) -> None:
+    env = syncd_env(fake_api(20).url, f"sqlite:///{tmp_path / 'l.db'}", require_https="true")
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "clear text" not in result.stderr
