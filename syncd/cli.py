@@ -37,29 +37,45 @@ STALE_EXIT = 8
 log = logging.getLogger("syncd")
 
 
-def settings_options(func: F) -> F:
-    """The flags every command that reads settings accepts (they override env and TOML)."""
-    options = [
-        click.option(
-            "--config",
-            "config_path",
-            type=click.Path(path_type=Path),
-            help="TOML settings file (default: /etc/syncd/syncd.toml when it exists).",
-        ),
-        click.option(
-            "--database-url", help="SQLAlchemy URL [env SYNCD_DATABASE_URL; default sqlite:///syncd.db]."
-        ),
-        click.option("--api-url", help="API base URL, before /v1/artworks [env SYNCD_API_URL]."),
-        click.option("--api-key-file", help="File holding the API key [env SYNCD_API_KEY_FILE]."),
-        click.option(
-            "--page-size", help="Records per list request, 1..500 [env SYNCD_PAGE_SIZE; default 500]."
-        ),
-        click.option("--log-format", help="text or json [env SYNCD_LOG_FORMAT]."),
-        click.option("--log-level", help="debug, info, warning or error [env SYNCD_LOG_LEVEL]."),
-    ]
+def _with_options(func: F, options: list[Callable[[F], F]]) -> F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def database_options(func: F) -> F:
+    """The flags of every command that reads settings (they override env and TOML)."""
+    return _with_options(
+        func,
+        [
+            click.option(
+                "--config",
+                "config_path",
+                type=click.Path(path_type=Path),
+                help="TOML settings file (default: /etc/syncd/syncd.toml when it exists).",
+            ),
+            click.option(
+                "--database-url",
+                help="SQLAlchemy URL [env SYNCD_DATABASE_URL; default sqlite:///syncd.db].",
+            ),
+            click.option("--log-format", help="text or json [env SYNCD_LOG_FORMAT]."),
+            click.option("--log-level", help="debug, info, warning or error [env SYNCD_LOG_LEVEL]."),
+        ],
+    )
+
+
+def api_options(func: F) -> F:
+    """The flags of the commands that call the API; the others would accept and ignore them."""
+    return _with_options(
+        func,
+        [
+            click.option("--api-url", help="API base URL, before /v1/artworks [env SYNCD_API_URL]."),
+            click.option("--api-key-file", help="File holding the API key [env SYNCD_API_KEY_FILE]."),
+            click.option(
+                "--page-size", help="Records per list request, 1..500 [env SYNCD_PAGE_SIZE; default 500]."
+            ),
+        ],
+    )
 
 
 def _settings(kwargs: dict[str, Any]) -> Settings:
@@ -103,7 +119,8 @@ def cli() -> None:
 
 
 @cli.command("run-once")
-@settings_options
+@database_options
+@api_options
 @click.option(
     "--full", is_flag=True, help="Read the whole list, refresh everything, mark artworks no longer listed."
 )
@@ -195,7 +212,8 @@ class ProgressReporter:
 
 
 @cli.command("daemon")
-@settings_options
+@database_options
+@api_options
 @click.option("--interval", help="Seconds between incremental syncs [env SYNCD_INTERVAL; default 300].")
 @click.option(
     "--full-sync-interval",
@@ -229,7 +247,7 @@ def db_group() -> None:
 
 
 @db_group.command("upgrade")
-@settings_options
+@database_options
 @handle_errors
 def db_upgrade(**kwargs: Any) -> None:
     """Bring the database schema to the latest revision.
@@ -248,7 +266,7 @@ def db_upgrade(**kwargs: Any) -> None:
 
 
 @db_group.command("current")
-@settings_options
+@database_options
 @handle_errors
 def db_current(**kwargs: Any) -> None:
     """Print the database's schema revision and whether it is the latest.
@@ -277,7 +295,7 @@ def db_current(**kwargs: Any) -> None:
 
 
 @cli.command("status")
-@settings_options
+@database_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
     "--max-age",

@@ -269,3 +269,32 @@ def test_require_https_leaves_loopback_alone(fake_api: Callable[..., FakeServer]
     result = run_syncd(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "clear text" not in result.stderr
+
+
+# ---------------------------------------------------------------- options where they apply
+
+API_FLAGS = ("--api-url", "--api-key-file", "--page-size")
+SHARED_FLAGS = ("--config", "--database-url", "--log-format", "--log-level")
+
+
+@pytest.mark.parametrize(
+    ("command", "calls_the_api"),
+    [
+        (["run-once"], True),
+        (["daemon"], True),
+        (["status"], False),
+        (["db", "upgrade"], False),
+        (["db", "current"], False),
+    ],
+)
+def test_api_flags_only_on_the_commands_that_call_the_api(command: list[str], calls_the_api: bool) -> None:
+    from click.testing import CliRunner
+
+    from syncd.cli import cli
+
+    shown = CliRunner().invoke(cli, [*command, "--help"]).output
+    assert all(flag in shown for flag in SHARED_FLAGS), shown
+    assert all((flag in shown) is calls_the_api for flag in API_FLAGS), shown
+    if not calls_the_api:
+        refused = CliRunner().invoke(cli, [*command, "--api-url", "https://x"])
+        assert refused.exit_code == 2 and "No such option '--api-url'" in refused.output
