@@ -112,6 +112,12 @@ def cli() -> None:
 
     Settings come from SYNCD_* environment variables, then a TOML file
     (--config, or /etc/syncd/syncd.toml), then flags. Start with `syncd demo`.
+
+    \b
+    Example:
+      syncd demo                      # a fake API synced into syncd-demo.db
+      SYNCD_API_URL=https://api.tengr.ai SYNCD_API_KEY_FILE=key syncd run-once
+      syncd status --max-age 900
     """
 
 
@@ -243,7 +249,16 @@ def daemon_command(**kwargs: Any) -> None:
 
 @cli.group("db")
 def db_group() -> None:
-    """Schema migrations (Alembic)."""
+    """Schema migrations (Alembic): print the revision, or upgrade by hand.
+
+    run-once and daemon migrate by themselves; upgrade by hand to choose
+    the moment (a long migration on a big database, before a restart).
+
+    \b
+    Example:
+      syncd db current --database-url postgresql://syncd@db/syncd
+      syncd db upgrade --database-url postgresql://syncd@db/syncd
+    """
 
 
 @db_group.command("upgrade")

@@ -83,7 +83,8 @@ def test_every_example_query_runs_and_means_the_same_on_both_databases(
 
 
 def all_commands() -> list[list[str]]:
-    paths = []
+    """The path of every command and group, `syncd` itself first."""
+    paths: list[list[str]] = [[]]
 
     def walk(group: Any, prefix: list[str]) -> None:
         for name, command in group.commands.items():
@@ -95,16 +96,18 @@ def all_commands() -> list[list[str]]:
     return paths
 
 
-@pytest.mark.parametrize("path", all_commands(), ids=" ".join)
-def test_every_command_has_help_with_an_example_and_is_in_the_readme(path: list[str]) -> None:
+@pytest.mark.parametrize("path", all_commands(), ids=lambda path: " ".join(["syncd", *path]))
+def test_every_command_and_group_has_help_with_an_example_and_is_in_the_readme(path: list[str]) -> None:
     result = CliRunner().invoke(cli, [*path, "--help"])
     assert result.exit_code == 0
     command = cli
     for name in path:
         command = command.commands[name]  # type: ignore[attr-defined]
     assert command.help and len(command.help.strip()) > 20
-    if not hasattr(command, "commands"):
-        assert "Example" in result.output, f"`syncd {' '.join(path)} --help` shows no example"
+    # An example block as click prints it: "Example" at the start of a line, commands indented below.
+    example = re.search(r"^  Example[^\n]*:\n((?:    \S.*\n)+)", result.output, re.MULTILINE)
+    assert example, f"`syncd {' '.join(path)} --help` shows no example:\n{result.output}"
+    assert all("syncd" in line for line in example.group(1).splitlines()), example.group(1)
     readme = (REPO / "README.md").read_text()
     assert f"syncd {' '.join(path)}" in readme, f"`syncd {' '.join(path)}` is not in the README"
 
