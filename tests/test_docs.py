@@ -140,5 +140,27 @@ def test_the_example_configuration_loads_without_a_warning() -> None:
     assert settings.source_of("api_url").startswith("api_url in ")
 
 
+def test_the_units_documentation_is_what_pip_installs_beside_syncd() -> None:
+    import tomllib
+
+    unit = (REPO / "deploy" / "syncd.service").read_text()
+    exec_start = re.search(r"^ExecStart=(/\S+)/bin/syncd ", unit, re.MULTILINE)
+    assert exec_start, "ExecStart= is not <venv>/bin/syncd"
+    venv = exec_start.group(1)
+    data_files = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    installed = {
+        f"{venv}/{target}/{Path(source).name}": REPO / source
+        for target, sources in data_files.items()
+        for source in sources
+    }
+    urls = " ".join(re.findall(r"^Documentation=(.*)$", unit, re.MULTILINE)).split()
+    assert urls
+    for url in urls:
+        assert url.startswith("file://"), url
+        path = url.removeprefix("file://")
+        assert path in installed, f"{url} is not installed with syncd (pyproject.toml data-files)"
+        assert installed[path].is_file()
+
+
 def test_changelog_exists() -> None:
     assert (Path(REPO) / "CHANGELOG.md").read_text().startswith("# Changelog")

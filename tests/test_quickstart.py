@@ -109,6 +109,9 @@ def test_quick_start_install_and_demo_work_on_a_fresh_copy(tmp_path: Path) -> No
     assert "syncd backfill run 1: success" in result.stdout
     assert "artwork_type" in result.stdout
     assert (copy / "syncd-demo.db").exists()
+    # The unit's Documentation= (deploy/syncd.service), installed with the package.
+    guide = copy / ".venv" / "share" / "doc" / "syncd" / "deploy.md"
+    assert guide.read_text() == (REPO / "docs" / "deploy.md").read_text()
     # The README's later commands: "Run .venv/bin/syncd demo again", and after activating.
     again = subprocess.run(
         ".venv/bin/syncd demo && . .venv/bin/activate && syncd db current --database-url sqlite:///syncd-demo.db",
