@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,9 +18,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncd import db
 from syncd.api.client import ApiClient, ClientOptions, RequestStats
 from syncd.config import Settings
-from syncd.errors import DatabaseError, DatabaseUnreachable, Interrupted, database_reason
+from syncd.errors import (
+    ConfigError,
+    DatabaseError,
+    DatabaseUnreachable,
+    Interrupted,
+    database_reason,
+    listen_reason,
+)
 from syncd.state import RunSummary
 from syncd.sync.engine import Progress, Syncer
+
+if TYPE_CHECKING:  # run-once need not import prometheus_client
+    from syncd.metrics import Metrics
 
 log = logging.getLogger("syncd")
 
@@ -38,6 +49,25 @@ def freeze_startup_objects() -> None:
         _startup_frozen = True
         gc.collect()
         gc.freeze()
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    # The daemon makes a client every tick; one warning per process is enough.
+    log.warning("%s", message)
+
+
+def serve_metrics(metrics: Metrics, settings: Settings) -> None:
+    """Serve the daemon's /metrics; a port that cannot be had is the operator's to fix."""
+    port = settings.metrics_port
+    assert port is not None
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        reason = listen_reason(exc, "0.0.0.0", port)  # noqa: S104 (where Metrics.serve listens)
+        raise ConfigError(
+            f"SYNCD_METRICS_PORT: {reason} ({settings.told_by('metrics_port')}); choose another port"
+        ) from None
 
 
 @contextmanager
@@ -84,12 +114,6 @@ def interruptible_sleep(stop: threading.Event) -> Callable[[float], None]:
             raise Interrupted("stopped by a signal while waiting to retry; committed pages are kept")
 
     return sleep
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    # The daemon makes a client every tick; one warning per process is enough.
-    log.warning("%s", message)
 
 
 def make_client(settings: Settings, stop: threading.Event | None = None) -> ApiClient:

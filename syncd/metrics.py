@@ -5,7 +5,6 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from syncd.api.client import RequestStats
-from syncd.errors import ConfigError, listen_reason
 from syncd.state import RunSummary
 
 
@@ -61,14 +60,8 @@ class Metrics:
             registry=self.registry,
         )
 
-    def serve(self, port: int, told_by: str, addr: str = "0.0.0.0") -> None:  # noqa: S104 (an operator's choice)
-        """Serve /metrics; a port that cannot be had is the operator's to fix (``told_by``: who chose it)."""
-        try:
-            start_http_server(port, addr=addr, registry=self.registry)
-        except OSError as exc:
-            raise ConfigError(
-                f"SYNCD_METRICS_PORT: {listen_reason(exc, addr, port)} ({told_by}); choose another port"
-            ) from None
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 (an operator's choice)
+        start_http_server(port, addr=addr, registry=self.registry)
 
     def record_run(self, summary: RunSummary, finished_at: float) -> None:
         self.runs.labels(summary.mode, summary.outcome).inc()
