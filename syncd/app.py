@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -9,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -16,9 +18,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncd import db
 from syncd.api.client import ApiClient, ClientOptions, RequestObserver, RequestStats
 from syncd.config import Settings
-from syncd.errors import DatabaseError, Interrupted, database_reason
+from syncd.errors import (
+    ConfigError,
+    DatabaseError,
+    DatabaseUnreachable,
+    Interrupted,
+    database_reason,
+    listen_reason,
+)
 from syncd.state import RunSummary
 from syncd.sync.engine import Progress, Syncer
+
+if TYPE_CHECKING:  # run-once need not import prometheus_client
+    from syncd.metrics import Metrics
 
 log = logging.getLogger("syncd")
 
@@ -39,15 +51,51 @@ def freeze_startup_objects() -> None:
         gc.freeze()
 
 
+@functools.cache
+def _warn_once(message: str) -> None:
+    # The daemon makes a client every tick; one warning per process is enough.
+    log.warning("%s", message)
+
+
+def serve_metrics(metrics: Metrics, settings: Settings) -> None:
+    """Serve the daemon's /metrics; a port that cannot be had is the operator's to fix."""
+    port = settings.metrics_port
+    assert port is not None
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        reason = listen_reason(exc, "0.0.0.0", port)  # noqa: S104 (where Metrics.serve listens)
+        raise ConfigError(
+            f"SYNCD_METRICS_PORT: {reason} ({settings.told_by('metrics_port')}); choose another port"
+        ) from None
+
+
 @contextmanager
-def open_engine(settings: Settings) -> Iterator[Engine]:
-    """An engine that has been connected once (one clear error when it cannot)."""
+def open_engine(settings: Settings, *, write: bool = True) -> Iterator[Engine]:
+    """An engine that has been connected once (one clear error when it cannot).
+
+    ``write=False`` is for commands that only read (``status``, ``db current``):
+    an SQLite file that does not exist is then an error, where connecting
+    would create an empty database (and its -wal, -shm) under a mistyped name.
+    """
+    if not write:
+        _require_sqlite_file(settings)
     engine = db.create_db_engine(settings.database_url)
     try:
-        db.check_connection(engine)
+        db.check_connection(engine, write=write)
         yield engine
     finally:
         engine.dispose()
+
+
+def _require_sqlite_file(settings: Settings) -> None:
+    path = db.sqlite_path(settings.database_url)
+    if path is not None and not path.exists():
+        told_by = settings.told_by("database_url")
+        raise DatabaseUnreachable(
+            f"the database file {path.absolute()} does not exist (SYNCD_DATABASE_URL, {told_by}: "
+            f"{db.safe_url(settings.database_url)}); run `syncd run-once` or `syncd db upgrade` to create it"
+        )
 
 
 @dataclass
@@ -72,6 +120,8 @@ def make_client(
     settings: Settings, stop: threading.Event | None = None, observer: RequestObserver | None = None
 ) -> ApiClient:
     url, key = settings.require_api()
+    if warning := settings.cleartext_warning():
+        _warn_once(warning)
     return ApiClient(
         url,
         key,

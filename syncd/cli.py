@@ -9,6 +9,7 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import signal
@@ -24,7 +25,7 @@ import orjson
 
 from syncd import __version__
 from syncd.config import Settings, load_settings
-from syncd.errors import SyncdError, one_line
+from syncd.errors import ConfigError, SyncdError, listen_reason, one_line
 from syncd.fakeapi.data import POISONS
 from syncd.signals import install_stop_signals
 
@@ -36,29 +37,45 @@ STALE_EXIT = 8
 log = logging.getLogger("syncd")
 
 
-def settings_options(func: F) -> F:
-    """The flags every command that reads settings accepts (they override env and TOML)."""
-    options = [
-        click.option(
-            "--config",
-            "config_path",
-            type=click.Path(path_type=Path),
-            help="TOML settings file (default: /etc/syncd/syncd.toml when it exists).",
-        ),
-        click.option(
-            "--database-url", help="SQLAlchemy URL [env SYNCD_DATABASE_URL; default sqlite:///syncd.db]."
-        ),
-        click.option("--api-url", help="API base URL, before /v1/artworks [env SYNCD_API_URL]."),
-        click.option("--api-key-file", help="File holding the API key [env SYNCD_API_KEY_FILE]."),
-        click.option(
-            "--page-size", help="Records per list request, 1..500 [env SYNCD_PAGE_SIZE; default 500]."
-        ),
-        click.option("--log-format", help="text or json [env SYNCD_LOG_FORMAT]."),
-        click.option("--log-level", help="debug, info, warning or error [env SYNCD_LOG_LEVEL]."),
-    ]
+def _with_options(func: F, options: list[Callable[[F], F]]) -> F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def database_options(func: F) -> F:
+    """The flags of every command that reads settings (they override env and TOML)."""
+    return _with_options(
+        func,
+        [
+            click.option(
+                "--config",
+                "config_path",
+                type=click.Path(path_type=Path),
+                help="TOML settings file (default: /etc/syncd/syncd.toml when it exists).",
+            ),
+            click.option(
+                "--database-url",
+                help="SQLAlchemy URL [env SYNCD_DATABASE_URL; default sqlite:///syncd.db].",
+            ),
+            click.option("--log-format", help="text or json [env SYNCD_LOG_FORMAT]."),
+            click.option("--log-level", help="debug, info, warning or error [env SYNCD_LOG_LEVEL]."),
+        ],
+    )
+
+
+def api_options(func: F) -> F:
+    """The flags of the commands that call the API; the others would accept and ignore them."""
+    return _with_options(
+        func,
+        [
+            click.option("--api-url", help="API base URL, before /v1/artworks [env SYNCD_API_URL]."),
+            click.option("--api-key-file", help="File holding the API key [env SYNCD_API_KEY_FILE]."),
+            click.option(
+                "--page-size", help="Records per list request, 1..500 [env SYNCD_PAGE_SIZE; default 500]."
+            ),
+        ],
+    )
 
 
 def _settings(kwargs: dict[str, Any]) -> Settings:
@@ -95,6 +112,12 @@ def cli() -> None:
 
     Settings come from SYNCD_* environment variables, then a TOML file
     (--config, or /etc/syncd/syncd.toml), then flags. Start with `syncd demo`.
+
+    \b
+    Example:
+      syncd demo                      # a fake API synced into syncd-demo.db
+      SYNCD_API_URL=https://api.tengr.ai SYNCD_API_KEY_FILE=key syncd run-once
+      syncd status --max-age 900
     """
 
 
@@ -102,7 +125,8 @@ def cli() -> None:
 
 
 @cli.command("run-once")
-@settings_options
+@database_options
+@api_options
 @click.option(
     "--full", is_flag=True, help="Read the whole list, refresh everything, mark artworks no longer listed."
 )
@@ -235,7 +259,8 @@ class _AroundTheBar:
 
 
 @cli.command("daemon")
-@settings_options
+@database_options
+@api_options
 @click.option("--interval", help="Seconds between incremental syncs [env SYNCD_INTERVAL; default 300].")
 @click.option(
     "--full-sync-interval",
@@ -265,11 +290,20 @@ def daemon_command(**kwargs: Any) -> None:
 
 @cli.group("db")
 def db_group() -> None:
-    """Schema migrations (Alembic)."""
+    """Schema migrations (Alembic): print the revision, or upgrade by hand.
+
+    run-once and daemon migrate by themselves; upgrade by hand to choose
+    the moment (a long migration on a big database, before a restart).
+
+    \b
+    Example:
+      syncd db current --database-url postgresql://syncd@db/syncd
+      syncd db upgrade --database-url postgresql://syncd@db/syncd
+    """
 
 
 @db_group.command("upgrade")
-@settings_options
+@database_options
 @handle_errors
 def db_upgrade(**kwargs: Any) -> None:
     """Bring the database schema to the latest revision.
@@ -288,7 +322,7 @@ def db_upgrade(**kwargs: Any) -> None:
 
 
 @db_group.command("current")
-@settings_options
+@database_options
 @handle_errors
 def db_current(**kwargs: Any) -> None:
     """Print the database's schema revision and whether it is the latest.
@@ -301,7 +335,7 @@ def db_current(**kwargs: Any) -> None:
     from syncd.app import open_engine
 
     settings = _settings(kwargs)
-    with open_engine(settings) as engine:
+    with open_engine(settings, write=False) as engine:
         version = db.schema_version(engine)
     if version.current is None:
         click.echo(f"empty (no schema; latest is {version.head}: run `syncd db upgrade`)")
@@ -317,7 +351,7 @@ def db_current(**kwargs: Any) -> None:
 
 
 @cli.command("status")
-@settings_options
+@database_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
     "--max-age",
@@ -336,7 +370,7 @@ def status_command(as_json: bool, max_age: float | None, **kwargs: Any) -> None:
     from syncd.app import open_engine
 
     settings = _settings(kwargs)
-    with open_engine(settings) as engine:
+    with open_engine(settings, write=False) as engine:
         report = status.collect(engine)
     stale = False
     if max_age is not None:
@@ -479,6 +513,7 @@ def status_command(as_json: bool, max_age: float | None, **kwargs: Any) -> None:
     type=int,
     help="Oldest artworks deleted before each list request.",
 )
+@handle_errors
 def mock_api_command(
     host: str,
     port: int,
@@ -538,11 +573,18 @@ def mock_api_command(
     )
     if poisons:
         dataset.poison(list(poisons), api_key)
-    server = FakeServer(
-        FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_key, faults=fault_config, seed=seed),
-        host,
-        port,
-    )
+    try:
+        server = FakeServer(
+            FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_key, faults=fault_config, seed=seed),
+            host,
+            port,
+        )
+    except OSError as exc:
+        port_at_fault = exc.errno in (errno.EADDRINUSE, errno.EACCES)
+        hint = "choose another --port (0 picks a free one)" if port_at_fault else "choose another --host"
+        raise ConfigError(
+            f"mock-api --host {host} --port {port}: {listen_reason(exc, host, port)}; {hint}"
+        ) from None
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     click.echo(
         f"fake Tengr.ai API on {server.url} with {count} artworks ({order}); key {api_key!r}", err=True

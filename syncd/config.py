@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -83,6 +84,17 @@ def _parse_float(low: float, *, inclusive: bool) -> Callable[[object], float]:
     return parse
 
 
+def _parse_bool(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower() if isinstance(raw, str | int) else None
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"expected true or false (or 1/0, yes/no), got {raw!r}")
+
+
 def _parse_str(raw: object) -> str:
     if not isinstance(raw, str):
         raise ValueError(f"expected a string, got {raw!r}")
@@ -108,6 +120,21 @@ def _parse_api_url(raw: object) -> str:
     except ValueError:
         raise ValueError(f"has an invalid port: {shown!r}") from None
     return text.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine by itself (localhost, 127.0.0.0/8, ::1):
+    a request to it never crosses a network."""
+    host = host.rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def _parse_api_key(raw: object) -> Secret:
@@ -228,6 +255,12 @@ SPECS: tuple[Spec, ...] = (
         "log level",
     ),
     Spec("metrics_port", _parse_optional_port, None, "Prometheus metrics port (off when unset)"),
+    Spec(
+        "require_https",
+        _parse_bool,
+        False,
+        "refuse a plain http:// API URL to a host that is not loopback (the key would cross in clear)",
+    ),
 )
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
 # Settings that existed once: still accepted, with a warning, so that an
@@ -266,6 +299,7 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     metrics_port: int | None = None
+    require_https: bool = False
     # Where each setting came from, for messages ("SYNCD_API_KEY", "--page-size", ...).
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     # What was ignored (unknown or retired settings), for the caller to log.
@@ -273,6 +307,15 @@ class Settings:
 
     def source_of(self, name: str) -> str:
         return self.sources.get(name, "default")
+
+    def told_by(self, name: str) -> str:
+        """Where a setting came from, as words for a message ("set in the environment")."""
+        source = self.source_of(name)
+        if source == "default":
+            return "the default"
+        if source == SPECS_BY_NAME[name].env:
+            return "set in the environment"
+        return f"set by {source}"
 
     def require_api(self) -> tuple[str, Secret]:
         """The URL and key needed to sync; a ConfigError naming what is missing."""
@@ -286,7 +329,26 @@ class Settings:
                 "SYNCD_API_KEY: not set; syncing needs an API key (SYNCD_API_KEY, "
                 "SYNCD_API_KEY_FILE, or $CREDENTIALS_DIRECTORY/api_key)"
             )
+        if self.require_https and self.cleartext_warning() is not None:
+            raise ConfigError(
+                f"SYNCD_API_URL: {self.api_url} ({self.told_by('api_url')}) is plain http:// to a host "
+                f"that is not loopback, and SYNCD_REQUIRE_HTTPS ({self.told_by('require_https')}) "
+                "forbids sending the API key in clear text: use https://"
+            )
         return self.api_url, self.api_key
+
+    def cleartext_warning(self) -> str | None:
+        """The warning for an API key sent unencrypted over a network; None when it is not."""
+        if self.api_url is None:
+            return None
+        parts = urlsplit(self.api_url)
+        if parts.scheme != "http" or is_loopback(parts.hostname or ""):
+            return None
+        return (
+            f"SYNCD_API_URL: {self.api_url} ({self.told_by('api_url')}) is plain http:// to a host that "
+            "is not loopback: the API key is sent in clear text; use https:// "
+            "(SYNCD_REQUIRE_HTTPS=true makes this an error)"
+        )
 
     def describe_key_source(self) -> str:
         return self.source_of("api_key")

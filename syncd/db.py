@@ -104,16 +104,61 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def check_connection(engine: Engine) -> None:
-    """Connect once; one clear DatabaseUnreachable when the database cannot be used."""
+def check_connection(engine: Engine, *, write: bool = True) -> None:
+    """Connect once; one clear DatabaseUnreachable when the database cannot be used.
+
+    ``write``: the caller will write. An SQLite file that opens but cannot be
+    written (a read-only file) would otherwise fail only at the first page,
+    after requests to the API.
+    """
+    path = sqlite_path(str(engine.url))
+    if write and path is not None and path.is_file() and not os.access(path, os.W_OK, effective_ids=True):
+        raise DatabaseUnreachable(
+            sqlite_problem(path, write=True) or f"the database file {path} is read-only"
+        )
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except (OperationalError, SAInterfaceError, SADatabaseError) as exc:  # "file is not a database", too
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        problem = sqlite_problem(path, write=write) if path is not None else None
         raise DatabaseUnreachable(
-            f"cannot connect to the database {safe_url(str(engine.url))}: {reason}"
+            problem or f"cannot connect to the database {safe_url(str(engine.url))}: {reason}"
         ) from None
+
+
+def sqlite_problem(database: Path, *, write: bool) -> str | None:
+    """What keeps this user from using the SQLite file ``database``, when it can be seen.
+
+    SQLite says only "unable to open database file" or "attempt to write a
+    readonly database", whether the directory is missing, read-only or the
+    file is. In WAL mode even a reader needs to write in the directory (the
+    -shm file); syncd's lock file is there too.
+    """
+    path = database.absolute()
+    directory = path.parent
+    user = f"this user (uid {os.geteuid()})"
+    if not directory.exists():
+        return f"the directory {directory} for the database does not exist: create it, or correct the URL"
+    if not directory.is_dir():
+        return f"{directory}, where the database should be, is not a directory"
+    if path.is_dir():
+        return f"the database path {path} is a directory, not a file"
+    if not os.access(directory, os.W_OK | os.X_OK, effective_ids=True):
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return (
+                f"the directory {directory} for the database is on a read-only file system "
+                "(under systemd's ProtectSystem=strict, allow it with ReadWritePaths=; see docs/deploy.md)"
+            )
+        return (
+            f"the directory {directory} for the database is not writable by {user}; SQLite keeps "
+            "the database's -wal and -shm files beside it, and syncd its .lock file"
+        )
+    if path.exists() and not os.access(path, os.R_OK, effective_ids=True):
+        return f"the database file {path} is not readable by {user}"
+    if write and path.exists() and not os.access(path, os.W_OK, effective_ids=True):
+        return f"the database file {path} is read-only for {user}"
+    return None
 
 
 # ------------------------------------------------------------------ migrations

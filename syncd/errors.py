@@ -1,7 +1,7 @@
 """The one exception hierarchy of syncd, grouped by what the caller does next.
 
     SyncdError                    base; every message is safe to log (no secrets)
-    ├── ConfigError               fix the configuration; nothing was contacted   -> exit 3
+    ├── ConfigError               fix the configuration; no API request was sent -> exit 3
     ├── ApiError                  the API could not be used
     │   ├── AuthError             401/403: the key was rejected; do not retry    -> exit 4
     │   ├── BadRequestError       400: syncd sent something wrong; do not retry  -> exit 5
@@ -20,6 +20,8 @@ quarantined (see ``syncd.records``) and the run goes on.
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Iterable
 from enum import IntEnum
 
@@ -159,3 +161,16 @@ def database_reason(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc
     lines = str(cause).strip().splitlines()
     return (lines[0] if lines else type(cause).__name__)[:300]
+
+
+def listen_reason(exc: OSError, host: str, port: int) -> str:
+    """Why a server could not listen on ``host:port``, in the words an operator acts on."""
+    if isinstance(exc, socket.gaierror):
+        return f"{host} is not a known host name"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is already in use"
+    if exc.errno == errno.EACCES and 0 < port < 1024:
+        return f"port {port} is below 1024, and this user may not listen on such ports"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine"
+    return f"cannot listen on {host}:{port} ({exc.strerror or type(exc).__name__})"

@@ -85,7 +85,7 @@ class Daemon:
             db.check_connection(engine)
             self._prepare_schema(engine)
             if self.metrics is not None and settings.metrics_port:
-                self.metrics.serve(settings.metrics_port)
+                app.serve_metrics(self.metrics, settings)
                 log.info("metrics on :%d/metrics", settings.metrics_port)
             scheduler = self._scheduler(engine)
             app.freeze_startup_objects()

@@ -119,6 +119,8 @@ def test_no_migrate_on_an_empty_database_names_the_fix(
 
 def test_db_upgrade_and_current(db_url: str, tmp_path: Path) -> None:
     env = syncd_env("http://127.0.0.1:9", db_url)
+    if db_url.startswith("sqlite"):
+        Path(db_url.removeprefix("sqlite:///")).touch()  # `db current` never creates the file
     before = run_syncd(["db", "current"], env, cwd=tmp_path)
     assert before.returncode == 0 and before.stdout.startswith("empty")
     upgraded = run_syncd(["db", "upgrade"], env, cwd=tmp_path)
@@ -141,6 +143,7 @@ def test_lock_held_exits_7(db_url: str, fake_api: Callable[..., FakeServer], tmp
 
 def test_status_json_and_max_age(db_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path) -> None:
     env = syncd_env(fake_api(120).url, db_url, page_size="50")
+    assert run_syncd(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
     never = run_syncd(["status", "--max-age", "60"], env, cwd=tmp_path)
     assert never.returncode == 8, never.stdout + never.stderr
     assert run_syncd(["run-once"], env, cwd=tmp_path).returncode == 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.config import DEFAULT_DATABASE_URL, Secret, load_settings
+from syncd.config import DEFAULT_DATABASE_URL, Secret, is_loopback, load_settings
 from syncd.errors import ConfigError
 
 NO_SYSTEM_FILE = Path("/nonexistent/syncd.toml")
@@ -63,6 +63,10 @@ def test_system_file_is_read_when_present_and_no_config_given(tmp_path: Path) ->
         (
             {"SYNCD_API_KEY_FILE": "/nonexistent/key"},
             "SYNCD_API_KEY_FILE: key file /nonexistent/key does not exist",
+        ),
+        (
+            {"SYNCD_REQUIRE_HTTPS": "maybe"},
+            "SYNCD_REQUIRE_HTTPS: expected true or false (or 1/0, yes/no), got 'maybe'",
         ),
     ],
 )
@@ -160,3 +164,82 @@ def test_postgres_scheme_is_postgresql() -> None:
     url = "postgres://syncd@db.internal:5432/syncd"
     assert load({"SYNCD_DATABASE_URL": url}).database_url == url
     assert normalise_url(url) == "postgresql+psycopg://syncd@db.internal:5432/syncd"
+
+
+def test_messages_say_where_a_setting_came_from(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("interval = 60\n")
+    settings = load({"SYNCD_PAGE_SIZE": "9"}, config, log_level="debug")
+    assert settings.told_by("page_size") == "set in the environment"
+    assert settings.told_by("interval") == f"set by interval in {config}"
+    assert settings.told_by("log_level") == "set by --log-level"
+    assert settings.told_by("database_url") == "the default"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("true", True), (" Yes ", True), ("1", True), ("FALSE", False), ("no", False), ("0", False)],
+)
+def test_require_https_is_a_boolean(raw: str, expected: bool, tmp_path: Path) -> None:
+    assert load({"SYNCD_REQUIRE_HTTPS": raw}).require_https is expected
+    config = tmp_path / "c.toml"
+    config.write_text(f"require_https = {str(expected).lower()}\n")
+    assert load(config=config).require_https is expected
+    config.write_text('require_https = "on"\n')
+    with pytest.raises(ConfigError, match=r"require_https in .*c.toml: expected true or false"):
+        load(config=config)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("LOCALHOST.", True),
+        ("127.0.0.1", True),
+        ("127.9.8.7", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("128.0.0.1", False),
+        ("10.0.0.1", False),
+        ("::2", False),
+        ("localhost.example.com", False),
+        ("api.tengr.ai", False),
+    ],
+)
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("url", "cleartext"),
+    [
+        ("http://api.example.com", True),
+        ("http://10.1.2.3:8080", True),
+        ("https://api.example.com", False),
+        ("http://127.0.0.1:8080", False),
+        ("http://[::1]:8080", False),
+        ("http://localhost", False),
+    ],
+)
+def test_a_key_in_clear_over_a_network_is_a_warning_or_with_require_https_an_error(
+    url: str, cleartext: bool
+) -> None:
+    env = {"SYNCD_API_URL": url, "SYNCD_API_KEY": "k"}
+    warning = load(env).cleartext_warning()
+    assert (warning is not None) is cleartext
+    strict = load({**env, "SYNCD_REQUIRE_HTTPS": "true"})
+    if not cleartext:
+        assert strict.require_api() == (url, Secret("k"))
+        return
+    assert warning == (
+        f"SYNCD_API_URL: {url} (set in the environment) is plain http:// to a host that is not loopback: "
+        "the API key is sent in clear text; use https:// (SYNCD_REQUIRE_HTTPS=true makes this an error)"
+    )
+    load(env).require_api()  # a warning only, unless required
+    with pytest.raises(ConfigError) as info:
+        strict.require_api()
+    assert str(info.value) == (
+        f"SYNCD_API_URL: {url} (set in the environment) is plain http:// to a host that is not loopback, "
+        "and SYNCD_REQUIRE_HTTPS (set in the environment) forbids sending the API key in clear text: "
+        "use https://"
+    )

@@ -83,7 +83,8 @@ def test_every_example_query_runs_and_means_the_same_on_both_databases(
 
 
 def all_commands() -> list[list[str]]:
-    paths = []
+    """The path of every command and group, `syncd` itself first."""
+    paths: list[list[str]] = [[]]
 
     def walk(group: Any, prefix: list[str]) -> None:
         for name, command in group.commands.items():
@@ -95,16 +96,18 @@ def all_commands() -> list[list[str]]:
     return paths
 
 
-@pytest.mark.parametrize("path", all_commands(), ids=" ".join)
-def test_every_command_has_help_with_an_example_and_is_in_the_readme(path: list[str]) -> None:
+@pytest.mark.parametrize("path", all_commands(), ids=lambda path: " ".join(["syncd", *path]))
+def test_every_command_and_group_has_help_with_an_example_and_is_in_the_readme(path: list[str]) -> None:
     result = CliRunner().invoke(cli, [*path, "--help"])
     assert result.exit_code == 0
     command = cli
     for name in path:
         command = command.commands[name]  # type: ignore[attr-defined]
     assert command.help and len(command.help.strip()) > 20
-    if not hasattr(command, "commands"):
-        assert "Example" in result.output, f"`syncd {' '.join(path)} --help` shows no example"
+    # An example block as click prints it: "Example" at the start of a line, commands indented below.
+    example = re.search(r"^  Example[^\n]*:\n((?:    \S.*\n)+)", result.output, re.MULTILINE)
+    assert example, f"`syncd {' '.join(path)} --help` shows no example:\n{result.output}"
+    assert all("syncd" in line for line in example.group(1).splitlines()), example.group(1)
     readme = (REPO / "README.md").read_text()
     assert f"syncd {' '.join(path)}" in readme, f"`syncd {' '.join(path)}` is not in the README"
 
@@ -127,6 +130,36 @@ def test_every_setting_is_documented() -> None:
         assert spec.env in readme, f"{spec.env} missing from the README"
         if spec.name != "api_key":
             assert spec.name in example, f"{spec.name} missing from deploy/syncd.toml.example"
+
+
+def test_the_example_configuration_loads_without_a_warning() -> None:
+    from syncd.config import load_settings
+
+    settings = load_settings(env={}, config_path=REPO / "deploy" / "syncd.toml.example")
+    assert settings.warnings == () and settings.require_https
+    assert settings.source_of("api_url").startswith("api_url in ")
+
+
+def test_the_units_documentation_is_what_pip_installs_beside_syncd() -> None:
+    import tomllib
+
+    unit = (REPO / "deploy" / "syncd.service").read_text()
+    exec_start = re.search(r"^ExecStart=(/\S+)/bin/syncd ", unit, re.MULTILINE)
+    assert exec_start, "ExecStart= is not <venv>/bin/syncd"
+    venv = exec_start.group(1)
+    data_files = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    installed = {
+        f"{venv}/{target}/{Path(source).name}": REPO / source
+        for target, sources in data_files.items()
+        for source in sources
+    }
+    urls = " ".join(re.findall(r"^Documentation=(.*)$", unit, re.MULTILINE)).split()
+    assert urls
+    for url in urls:
+        assert url.startswith("file://"), url
+        path = url.removeprefix("file://")
+        assert path in installed, f"{url} is not installed with syncd (pyproject.toml data-files)"
+        assert installed[path].is_file()
 
 
 def test_changelog_exists() -> None:
