@@ -80,13 +80,15 @@ class Daemon:
     def run(self) -> int:
         settings = self.settings
         settings.require_api()
+        # A port that cannot be had is a configuration error: said before the
+        # database is touched (or migrated).
+        if self.metrics is not None and settings.metrics_port:
+            app.serve_metrics(self.metrics, settings)
+            log.info("metrics on :%d/metrics", settings.metrics_port)
         engine = db.create_db_engine(settings.database_url)
         try:
             db.check_connection(engine)
             self._prepare_schema(engine)
-            if self.metrics is not None and settings.metrics_port:
-                app.serve_metrics(self.metrics, settings)
-                log.info("metrics on :%d/metrics", settings.metrics_port)
             scheduler = self._scheduler(engine)
             app.freeze_startup_objects()
             scheduler.start()
