@@ -288,33 +288,36 @@ def test_refresh_visits_every_unfinished_artwork_in_turn_and_the_syncs_keep_thei
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     api = server.api
-    # The interval kept: a sync at most 1 s + 10% jitter + the refresh's share
-    # (0.25 s) + 1 s of abandoned answers after the one before (and 0.5 s for the
-    # sync itself), though the refresh always had more to do.
+    # Counted, not timed (a loaded CI machine once stalled the daemon for 7 s
+    # with no run going): between two syncs, at most two refreshes' worth of
+    # re-checks (each sends for 0.25 s at 40/s, and up to 8 more are in flight),
+    # though the refresh always had more to do. Before, one refresh took them all.
     starts = api.list_times
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert len(starts) >= 8 and max(gaps) <= 1.1 + 0.25 + 1.0 + 0.5, gaps
+    syncs = len(starts)
+    gets_between = [
+        sum(1 for when, _ in api.get_log if before < when < after)
+        for before, after in itertools.pairwise(starts)
+    ]
+    assert syncs >= 8 and max(gets_between) <= 2 * (10 + 8), gets_between
+    # And the syncs come every interval (1 s + 10% jitter), as a rule.
+    gaps = sorted(b - a for a, b in itertools.pairwise(starts))
+    assert gaps[len(gaps) // 2] <= 1.1 + 0.25, gaps
     # The backlog visited in turn: never the same stuck artwork twice.
     stuck_checks = [artwork_id for _, artwork_id in api.get_log if artwork_id in stuck]
     assert len(stuck_checks) >= 50 and len(stuck_checks) == len(set(stuck_checks))
-    # Each young artwork: re-checked while young at least every back-off
-    # (0.5 s) + a refresh interval + the refresh's own time, and stored
-    # finished once the fake finished it.
-    young = [a for a in api.dataset.items if a.created_wall is not None]
-    assert len(young) >= 8
-    checks: dict[str, list[float]] = {}
-    for when, artwork_id in api.get_log:
-        checks.setdefault(artwork_id, []).append(when)
+    # Each young artwork (one made before each list request): re-checked while
+    # unfinished at least once between any two syncs (its back-off is 0.5 s, a
+    # refresh every 0.5 s), and stored finished a few syncs after it was made
+    # (it finishes 1 s old; the syncs are 1 s apart).
+    young = sorted((a for a in api.dataset.items if a.created_wall is not None), key=lambda a: a.index)
+    assert len(young) == syncs
     with engine.connect() as conn:
         statuses = dict(conn.execute(select(store.artworks.c.id, store.artworks.c.status)).all())
-    end = starts[-1]
-    for artwork in young:
-        assert artwork.created_wall is not None
-        if artwork.created_wall > end - 4:
-            continue  # made in the last seconds: maybe not seen finished yet
-        assert statuses[artwork.id] == "done", (artwork.id, checks.get(artwork.id))
-        times = checks.get(artwork.id, [])
-        assert all(b - a <= 0.5 + 0.5 + 0.25 + 1.0 for a, b in itertools.pairwise(times)), times
+    for made, artwork in enumerate(young[:-4]):
+        assert statuses[artwork.id] == "done", (artwork.id, made, syncs)
+        checks = [when for when, artwork_id in api.get_log if artwork_id == artwork.id]
+        for before, after in itertools.pairwise([starts[made], *checks]):
+            assert sum(1 for start in starts if before < start < after) <= 2, (artwork.id, checks)
 
 
 def test_metrics_move_during_a_run_and_the_gauges_show_it(

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
@@ -132,6 +132,31 @@ def syncing_held(db_url: str, engine: Engine) -> Iterator[None]:
         os.close(fd)
 
 
+class StallWatch:
+    """When this (test) process was not scheduled for over half a second: a
+    loaded machine stalls every process now and then (CI once saw 7 s). A
+    sync that waited through such a stall waited for the machine, not syncd."""
+
+    def __init__(self) -> None:
+        self.stalls: list[tuple[datetime, datetime]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            before = time.monotonic()
+            time.sleep(0.05)
+            overslept = time.monotonic() - before
+            if overslept > 0.5:
+                now = datetime.now(UTC)
+                self.stalls.append((now - timedelta(seconds=overslept), now))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_2000_daemon_ticks_against_a_faulty_changing_api(
@@ -185,6 +210,7 @@ def test_2000_daemon_ticks_against_a_faulty_changing_api(
 
     samples: dict[str, Sample] = {}
     held: list[tuple[datetime, datetime]] = []  # when the test held the lock: ticks skipped
+    stalls = StallWatch()
     started = time.monotonic()
     try:
         for name, target in (("warm", WARM), ("half", TICKS // 2), ("end", TICKS)):
@@ -220,6 +246,7 @@ def test_2000_daemon_ticks_against_a_faulty_changing_api(
         reader.join(timeout=10)
         assert process.stderr is not None
         process.stderr.close()
+        stalls.stop()
     seconds = time.monotonic() - started
     warm, half, end = samples["warm"], samples["half"], samples["end"]
     report = (
@@ -256,9 +283,14 @@ def test_2000_daemon_ticks_against_a_faulty_changing_api(
         for before, after in pairwise(runs)
         if after.mode == "incremental"
         and before.finished_at is not None
-        and not any(before.finished_at <= until and after.started_at >= since for since, until in held)
+        and not any(
+            before.finished_at <= until and after.started_at >= since for since, until in held + stalls.stalls
+        )
     ]
-    print(f"the longest wait for a sync after a run: {max(late):.3f}s (bound {LATE_BOUND:.2f}s)")
+    print(
+        f"the longest wait for a sync after a run: {max(late):.3f}s (bound {LATE_BOUND:.2f}s); "
+        f"machine stalls left out: {len(stalls.stalls)}"
+    )
     assert max(late) <= LATE_BOUND, sorted(late)[-10:]
 
     # Every artwork the fake ever listed is stored once, as the API has it now,
