@@ -202,6 +202,7 @@ class ProgressReporter:
         self.tty = tty
         self._last_log = time.monotonic()
         self._line = ""  # the bar as last drawn
+        self._redrawn = False  # drawn again under a log line since its last update
         self._lock = threading.Lock()
         self._handlers: list[tuple[logging.StreamHandler[Any], Any]] = []
         if tty:
@@ -214,7 +215,7 @@ class ProgressReporter:
         text = progress_line(progress)
         if self.tty:
             with self._lock:
-                self._line = text
+                self._line, self._redrawn = text, False
                 sys.stderr.write("\r\033[K" + text)
                 sys.stderr.flush()
         elif time.monotonic() - self._last_log >= 10:
@@ -229,6 +230,7 @@ class ProgressReporter:
             stream.write(text)
             if self._line and text.endswith("\n"):
                 stream.write(self._line)
+                self._redrawn = True
             stream.flush()
 
     def close(self) -> None:
@@ -236,7 +238,9 @@ class ProgressReporter:
             handler.setStream(stream)
         with self._lock:
             if self._line:
-                sys.stderr.write("\n")
+                # The bar ends on a line of its own; one drawn again under a log
+                # line (the run's summary) is stale: cleared.
+                sys.stderr.write("\r\033[K" if self._redrawn else "\n")
                 sys.stderr.flush()
             self._line = ""
 

@@ -370,9 +370,10 @@ def hold_file_lock(database: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def lock_held(engine: Engine) -> bool:
+def lock_held(engine: Engine) -> bool | None:
     """Whether some process holds the one-syncer lock now (for ``syncd status``;
-    takes nothing, creates nothing)."""
+    takes nothing, creates nothing). None: this user cannot tell (the lock
+    file is not readable)."""
     if engine.dialect.name == "postgresql":
         high, low = (LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF
         with engine.connect() as conn:
@@ -390,8 +391,10 @@ def lock_held(engine: Engine) -> bool:
         return False
     try:
         fd = os.open(lock_path_of(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False  # no syncd has synced here
     except OSError:
-        return False  # no lock file: no syncd has synced here, or it is not ours to read
+        return None  # not ours to read (another user's service): cannot tell
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -116,15 +116,19 @@ class Metrics:
         for name in RUN_MODES:
             self.run_in_progress.labels(name).set(1 if name == mode else 0)
         self.run_pages.set(counts.pages)
+        # Counted up to the most each field has reached in this run: a run that
+        # rolled back pages (a rewind) and writes them again counts them once.
         with self._lock:
             counted_id, counted = self._run_counted
             if counted_id != run_id:
                 counted = Counts()
-            self._run_counted = (run_id, counts.copy())
-        # A run that rolled back pages (a rewind) counts them once: counters never go down.
-        self.pages.inc(max(0, counts.pages - counted.pages))
+            most = Counts(
+                **{name: max(getattr(counts, name), getattr(counted, name)) for name in vars(counted)}
+            )
+            self._run_counted = (run_id, most)
+        self.pages.inc(most.pages - counted.pages)
         for result in ARTWORK_RESULTS:
-            self.artworks.labels(result).inc(max(0, getattr(counts, result) - getattr(counted, result)))
+            self.artworks.labels(result).inc(getattr(most, result) - getattr(counted, result))
 
     def run_ended(self) -> None:
         for mode in RUN_MODES:

@@ -106,7 +106,7 @@ def collect(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
         report["tables"] = store.table_counts(conn)
     if report["running"] is not None:
         # Counts as of its last commit; "running" without a lock holder: the
-        # process died, and the next run will record it as crashed.
+        # process died, and the next sync will record it as crashed.
         report["running"]["alive"] = db.lock_held(engine)
     return report
 
@@ -141,12 +141,18 @@ def render(report: dict[str, Any]) -> str:
     if run:
         started = f"run {run['id']} {run['mode']} started {run['started_at']}"
         done = f"{run['pages']} pages, {run['requests']} requests, +{run['inserted']} ~{run['updated']}"
-        lines.append(
-            f"running now   {started}: {done} so far"
-            if run["alive"]
-            else f"abandoned     {started}: its process ended without recording an outcome "
-            "(the next run records it as crashed)"
-        )
+        if run["alive"]:
+            lines.append(f"running now   {started}: {done} so far")
+        elif run["alive"] is None:
+            lines.append(
+                f"running?      {started}: {done} so far (whether its process lives cannot be told: "
+                "the lock file is not readable by this user)"
+            )
+        else:
+            lines.append(
+                f"abandoned     {started}: its process ended without recording an outcome "
+                "(the next sync records it as crashed)"
+            )
     bad = report.get("last_failure")
     if bad:
         lines.append(

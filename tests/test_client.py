@@ -451,3 +451,17 @@ def test_slots_go_to_requests_in_the_order_they_asked() -> None:
     for thread in threads:
         thread.join(10)
     assert sent == list(range(8))
+
+
+def test_a_request_no_longer_wanted_stops_waiting_between_attempts() -> None:
+    """A refresh past its deadline drops its requests: one asleep before a retry
+    (or its slot) looks up every NAP_STEP and stops, instead of sleeping on for
+    up to a minute and keeping its thread."""
+    from syncd.api.client import Unwanted
+
+    client, clock, seen = client_for(lambda r: json_response(503, {"message": "busy"}), max_attempts=20)
+    wanted_until = clock.now + 5.0
+    with pytest.raises(Unwanted):
+        client.get_artwork("a1", wanted=lambda: clock.now < wanted_until)
+    assert clock.now <= wanted_until + 0.2 + 1e-9  # not the rest of a backoff of up to 60 s
+    assert 1 < len(seen) < 20

@@ -39,6 +39,7 @@ REFRESH_INTERVAL = 0.1
 # unanswered requests get (README, "Unfinished artworks"), and half a second
 # for the scheduler on a loaded machine.
 LATE_BOUND = 1.1 * INTERVAL + 0.5 * min(INTERVAL, REFRESH_INTERVAL) + 1.0 + 0.5
+REFRESH_BOUND = 0.5 * min(INTERVAL, REFRESH_INTERVAL) + 1.0 + 0.5
 RUN_LINE = re.compile(r"syncd: run (\d+) (\w+) (\w+):")
 FAILED_LINE = re.compile(r"syncd.daemon: (\w+) run failed")
 
@@ -292,6 +293,16 @@ def test_2000_daemon_ticks_against_a_faulty_changing_api(
         f"machine stalls left out: {len(stalls.stalls)}"
     )
     assert max(late) <= LATE_BOUND, sorted(late)[-10:]
+    # And a refresh keeps to its share: sending for at most half the shorter
+    # interval, a second more for the answers on the wire, and the writes.
+    refreshes = [
+        (run.finished_at - run.started_at).total_seconds()
+        for run in runs
+        if run.mode == "refresh"
+        and run.finished_at is not None
+        and not any(run.started_at <= until and run.finished_at >= since for since, until in stalls.stalls)
+    ]
+    assert refreshes and max(refreshes) <= REFRESH_BOUND, sorted(refreshes)[-10:]
 
     # Every artwork the fake ever listed is stored once, as the API has it now,
     # after one more run: the stop may find a page answered (the fake counts it

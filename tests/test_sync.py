@@ -482,3 +482,27 @@ def test_a_list_that_grows_faster_than_it_is_read_is_said_in_the_log(
     assert result.returncode == 0, result.stderr
     assert "the list shifted more than syncd can follow; nothing is marked deleted" in result.stderr
     assert re.search(r"marked deleted +0\n", result.stdout), result.stdout
+
+
+def test_the_daemons_refresh_keeps_the_quiet_the_api_asked_for(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer]
+) -> None:
+    """A Retry-After persisted by an earlier run: the daemon's next refresh (a new
+    client each tick) sends nothing before it, and waits for its next tick."""
+    from syncd.app import sync_with
+    from syncd.state import STREAM
+
+    server = fake_api(300, pending_fraction=0.5, malformed_fraction=0)
+    settings = make_settings(server.url, db_url, page_size=str(L))
+    run_once(settings, refresh=False)
+    backdate_checks(engine)
+    now = datetime.now(UTC)
+    with db.writer(engine).begin() as conn:
+        store.save_rate_limit(conn, STREAM, now + timedelta(seconds=300), now)
+    server.api.reset_stats()
+    outcome = sync_with(settings, engine, list_run=False, refresh=True, refresh_seconds=5.0)
+    assert outcome.summaries == [] and server.api.stats.requests == 0
+    with db.writer(engine).begin() as conn:
+        store.save_rate_limit(conn, STREAM, None, now)
+    outcome = sync_with(settings, engine, list_run=False, refresh=True, refresh_seconds=5.0)
+    assert [s.mode for s in outcome.summaries] == ["refresh"] and server.api.stats.get_requests > 0

@@ -67,6 +67,7 @@ QUOTA_WAIT_LIMIT = 60.0
 # Seconds of the caller's pauses that requests queued ahead cover (see in_flight_target).
 IN_FLIGHT_SLACK = 0.5
 BACKOFF_BASE = 0.5
+NAP_STEP = 0.2  # seconds: how often a waiting request asks whether it is still wanted
 BACKOFF_CAP = 60.0
 # A page of 500 records of the 1 MB record limit would be 500 MB; real pages
 # are about 0.5 MB. A larger answer is a broken one.
@@ -229,7 +230,7 @@ class ApiClient:
             slot = self.limiter.reserve(now)
         while True:
             if slot > now:
-                self._sleep(slot - now)
+                self._nap(slot - now, wanted)
             if wanted is not None and not wanted():
                 raise Unwanted
             with self._pace_lock:
@@ -238,6 +239,18 @@ class ApiClient:
                     self.limiter.record_sent(now)
                     return now
                 slot = self.limiter.reserve(now)
+
+    def _nap(self, seconds: float, wanted: Callable[[], bool] | None) -> None:
+        """Sleep ``seconds``; a request nobody wants any more stops at once
+        (Unwanted), so that an abandoned one never sleeps on for minutes."""
+        if wanted is None:
+            self._sleep(seconds)
+            return
+        until = self._clock() + seconds
+        while (left := until - self._clock()) > 0:
+            if not wanted():
+                raise Unwanted
+            self._sleep(min(left, NAP_STEP))
 
     def _request(
         self,
@@ -299,7 +312,7 @@ class ApiClient:
                 if self.observer is not None:
                     self.observer.retry_wait(delay)
                 if not is_429:
-                    self._sleep(delay)
+                    self._nap(delay, wanted)
                 continue
             with self._pace_lock:
                 self.limiter.on_success(self._clock(), sent_at)

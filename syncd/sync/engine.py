@@ -82,6 +82,10 @@ class _Run:
     committed: Counts = field(default_factory=Counts)
 
 
+class _Abandoned(Exception):
+    """A request still unanswered a second after the refresh's deadline: left behind."""
+
+
 class _Rewind(Exception):
     """The database refused a record: the pages since the last commit were
     rolled back, and the list is read again from the committed cursor."""
@@ -350,6 +354,13 @@ class Syncer:
         due = backlog.due[: self.refresh_limit]
         if not due:
             return None
+        with self.engine.connect() as conn:
+            quiet_until = store.load_state(conn, STREAM).rate_limited_until
+        if quiet_until is not None and quiet_until > self.now():
+            if seconds is not None:  # the daemon: its next refresh comes soon enough
+                log.debug("refresh skipped: the API asked for quiet until %s", quiet_until.isoformat())
+                return None
+            self.client.wait_until(quiet_until)  # clamped to SYNCD_MAX_RETRY_WAIT
         started = time.monotonic()
         with self._writer.begin() as conn:
             run = self._start_run(conn, Mode.REFRESH)
@@ -564,10 +575,15 @@ class Syncer:
                     dropped.set()
                 queued = [] if dropped.is_set() else submit(next(batches, []))
                 fetched: list[tuple[str, Any]] = []
+                given_up: ApiError | None = None
                 for artwork_id, future in futures:
                     try:
-                        value = self._await(future, until=None if deadline is None else deadline + 1.0)
-                    except (Unwanted, FutureTimeout):  # past the deadline: the next refresh asks
+                        value = self._await_answer(future, deadline)
+                    except Unwanted:  # never sent: the next refresh asks
+                        continue
+                    except _Abandoned:  # on the wire past the deadline: to the back of the queue
+                        if failures is not None:
+                            failures[artwork_id] = self.now()
                         continue
                     except BadRequestError as exc:  # about this artwork only: the others go on
                         log.warning("artwork %s skipped: %s", artwork_id, exc)
@@ -575,20 +591,24 @@ class Syncer:
                     except AuthError:
                         raise
                     except ApiError as exc:
-                        failed_in_a_row += 1
-                        if failed_in_a_row >= FAILURES_IN_A_ROW:
-                            raise
-                        log.warning("artwork %s not re-checked (tried again later): %s", artwork_id, exc)
                         if failures is not None:
                             failures[artwork_id] = self.now()
+                        failed_in_a_row += 1
+                        if failed_in_a_row >= FAILURES_IN_A_ROW:
+                            given_up = exc
+                            break
+                        log.warning("artwork %s not re-checked (tried again later): %s", artwork_id, exc)
                         continue
                     finally:
                         if deadline is not None and time.monotonic() >= deadline:
                             dropped.set()
                     failed_in_a_row = 0
                     fetched.append((artwork_id, value))
-                self._store_fetched(fetched, run)
+                self._store_fetched(fetched, run)  # what came before the API gave up, too
                 self._report(run, started)
+                if given_up is not None:
+                    dropped.set()
+                    raise given_up
 
     def _store_fetched(self, fetched: list[tuple[str, Any]], run: _Run) -> None:
         """Artworks fetched by id, in one transaction: written like a list page
@@ -652,6 +672,15 @@ class Syncer:
                 continue
             self._save_rate_limit(pages)
             return result
+
+    def _await_answer(self, pending: Future[T], deadline: float | None) -> T:
+        """``_await``, giving up on a request unanswered a second after ``deadline`` (_Abandoned)."""
+        try:
+            return self._await(pending, until=None if deadline is None else deadline + 1.0)
+        except FutureTimeout:
+            if deadline is not None and not pending.done():
+                raise _Abandoned from None
+            raise
 
     def _save_rate_limit(self, pages: _Pages | None) -> None:
         """Persist a new Retry-After deadline (once each), so that a restarted

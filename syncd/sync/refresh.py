@@ -60,19 +60,19 @@ def plan_refresh(
 
     Urgency is lateness measured in the artwork's own back-off, and a whole
     back-off late is as late as any: among those, the shortest back-off (the
-    youngest) goes first. So after a pause, a backlog of artworks stuck for
-    days (hours overdue) cannot hold back one a minute old, which is due every
-    few seconds and is the one about to change; the stuck ones share what the
-    young leave, most overdue first.
+    youngest) goes first, then the longest overdue. So after a pause, a
+    backlog of artworks stuck for days (hours overdue) cannot hold back one a
+    minute old, which is due every few seconds and is the one about to
+    change; the stuck ones share what the young leave, most overdue first.
     """
     failed = failed or {}
-    due: list[tuple[float, timedelta, str]] = []
+    due: list[tuple[float, timedelta, timedelta, str]] = []
     for artwork in unfinished:
         failed_at = failed.get(artwork.id)
         checked = artwork.checked_at if failed_at is None else max(artwork.checked_at, failed_at)
         back_off = recheck_after(checked - artwork.created_at, floor)
         late = now - (checked + back_off)
         if late >= timedelta(0):
-            due.append((-min(1.0, late / back_off), back_off, artwork.id))
+            due.append((-min(1.0, late / back_off), back_off, -late, artwork.id))
     due.sort()
-    return [artwork_id for _, _, artwork_id in due]
+    return [artwork_id for *_, artwork_id in due]
