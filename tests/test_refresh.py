@@ -53,13 +53,13 @@ def test_only_what_is_due_most_urgent_first_and_a_failure_waits_its_back_off() -
 
 
 def test_a_backlog_larger_than_the_budget_is_visited_in_turn_and_young_ones_are_not_starved() -> None:
-    """13 hours of refreshes every 10 s, 6 re-checks each: 600 artworks stuck in
+    """13 hours of refreshes every 10 s, 4 re-checks each: 300 artworks stuck in
     `error` for a week, all due at once, and a young artwork every minute that
     finishes 3 minutes old. Refresh always taking the oldest N would never
     reach the stuck ones past N, nor the young ones behind them."""
-    budget, tick = 6, timedelta(seconds=10)
+    budget, tick = 4, timedelta(seconds=10)
     start = NOW - 13 * HOUR
-    stuck = {f"stuck-{n:04d}": Unfinished(f"stuck-{n:04d}", start - 7 * DAY, start - DAY) for n in range(600)}
+    stuck = {f"stuck-{n:04d}": Unfinished(f"stuck-{n:04d}", start - 7 * DAY, start - DAY) for n in range(300)}
     checks: dict[str, list[datetime]] = {artwork_id: [] for artwork_id in stuck}
     young: dict[str, Unfinished] = {}
     finishes: dict[str, datetime] = {}
@@ -81,7 +81,7 @@ def test_a_backlog_larger_than_the_budget_is_visited_in_turn_and_young_ones_are_
                 young[artwork_id] = Unfinished(artwork_id, young[artwork_id].created_at, now)
         now += tick
     # Every stuck artwork was re-checked within the first 200 ticks (the backlog
-    # drains at 6 a tick less what the young ones take), then every 6 h (its
+    # drains at 4 a tick less what the young ones take), then every 6 h (its
     # back-off) and a few ticks of queue, never starved by the others.
     for times in checks.values():
         assert len(times) == 3 and times[0] - start <= 200 * tick
