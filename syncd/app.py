@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import db
-from syncd.api.client import ApiClient, ClientOptions, RequestObserver, RequestStats
+from syncd.api.client import ApiClient, ClientOptions, RequestObserver
 from syncd.config import Settings
 from syncd.errors import (
     ConfigError,
@@ -100,10 +100,9 @@ def _require_sqlite_file(settings: Settings) -> None:
 
 @dataclass
 class SyncOutcome:
-    """What one sync did: its runs (list run, then refresh) and its HTTP traffic."""
+    """What one sync did: its runs (list run, then refresh)."""
 
     summaries: list[RunSummary] = field(default_factory=list)
-    http: RequestStats = field(default_factory=RequestStats)
 
 
 def interruptible_sleep(stop: threading.Event) -> Callable[[float], None]:
@@ -185,7 +184,6 @@ def sync_with(
     summaries = outcome.summaries
     stop = stop or threading.Event()
     with make_client(settings, stop, observer) as client:
-        outcome.http = client.stats
         syncer = Syncer(
             engine,
             client,
