@@ -29,7 +29,8 @@ from syncd.errors import (
 from syncd.state import RunSummary
 from syncd.sync.engine import Progress, Syncer
 
-if TYPE_CHECKING:  # run-once need not import prometheus_client
+if TYPE_CHECKING:  # run-once need not import prometheus_client (nor the archive)
+    from syncd.archive.job import ArchiveProgress, ArchiveResult, VerifyReport
     from syncd.metrics import Metrics
 
 log = logging.getLogger("syncd")
@@ -206,3 +207,93 @@ def sync_with(
     for summary in summaries:
         log.info("%s", summary.line())
     return outcome
+
+
+# ------------------------------------------------------------------ the image archive
+
+
+@dataclass
+class ArchiveOutcome:
+    result: ArchiveResult
+    verified: VerifyReport | None = None
+
+
+def archive(
+    settings: Settings,
+    *,
+    verify: bool = False,
+    retry_failed: bool = False,
+    migrate: bool = True,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[ArchiveProgress], None] | None = None,
+) -> ArchiveOutcome:
+    """``syncd archive``: archive what is due (after verifying, when asked)."""
+    settings.require_archive()  # a config error before the database is touched
+    freeze_startup_objects()
+    with open_engine(settings) as engine:
+        if not db.schema_version(engine).up_to_date:
+            with db.sync_lock(engine):
+                db.ensure_schema(engine, migrate=migrate)
+        return archive_with(
+            settings, engine, verify=verify, retry_failed=retry_failed, stop=stop, on_progress=on_progress
+        )
+
+
+def archive_with(
+    settings: Settings,
+    engine: Engine,
+    *,
+    verify: bool = False,
+    retry_failed: bool = False,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[ArchiveProgress], None] | None = None,
+) -> ArchiveOutcome:
+    """One archive run under the one-archiver lock (the daemon's job, and the CLI's)."""
+    from datetime import UTC
+
+    from syncd.archive import rows
+    from syncd.archive.fetch import FetchOptions, ImageFetcher
+    from syncd.archive.files import ContentStore
+    from syncd.archive.job import Archiver, verify_archive
+
+    store = ContentStore(
+        settings.require_archive(),
+        min_free_bytes=settings.archive_min_free_bytes,
+        max_file_bytes=settings.archive_max_file_bytes,
+    )
+    store.prepare()
+    stop = stop or threading.Event()
+    secrets = (settings.api_key.reveal(),) if settings.api_key else ()
+    fetcher = ImageFetcher(
+        store,
+        FetchOptions(
+            max_requests_per_second=settings.archive_max_requests_per_second,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        ),
+        sleep=interruptible_sleep(stop),
+    )
+    try:
+        with db.sync_lock(engine, job=db.ARCHIVE_LOCK), store.lock():
+            verified = None
+            if verify:
+                verified = verify_archive(engine, store, stop, lambda: datetime.now(UTC))
+                log.info("%s", verified.line())
+            if retry_failed:
+                with db.writer(engine).begin() as conn:
+                    log.info("%d failed images are due again", rows.retry_failed(conn, datetime.now(UTC)))
+            archiver = Archiver(
+                engine,
+                fetcher,
+                max_in_flight=settings.archive_max_in_flight,
+                stop=stop,
+                secrets=secrets,
+                on_progress=on_progress,
+            )
+            result = archiver.run()
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"database error during the archive run: {database_reason(exc)}") from None
+    finally:
+        fetcher.close()
+    log.info("%s", result.line())
+    return ArchiveOutcome(result, verified)

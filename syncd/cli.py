@@ -25,7 +25,7 @@ import orjson
 
 from syncd import __version__
 from syncd.config import Settings, load_settings
-from syncd.errors import ConfigError, SyncdError, listen_reason, one_line
+from syncd.errors import ConfigError, ExitCode, SyncdError, listen_reason, one_line
 from syncd.fakeapi.data import POISONS
 from syncd.signals import install_stop_signals
 
@@ -198,8 +198,9 @@ class ProgressReporter:
     lands at the end of the bar's line.
     """
 
-    def __init__(self, tty: bool) -> None:
+    def __init__(self, tty: bool, render: Callable[[Any], str] | None = None) -> None:
         self.tty = tty
+        self._render = render or progress_line
         self._last_log = time.monotonic()
         self._line = ""  # the bar as last drawn
         self._redrawn = False  # drawn again under a log line since its last update
@@ -211,8 +212,8 @@ class ProgressReporter:
                     self._handlers.append((handler, handler.stream))
                     handler.setStream(_AroundTheBar(self, handler.stream))
 
-    def __call__(self, progress: Progress) -> None:
-        text = progress_line(progress)
+    def __call__(self, progress: Any) -> None:
+        text = self._render(progress)
         if self.tty:
             with self._lock:
                 self._line, self._redrawn = text, False
@@ -257,6 +258,84 @@ class _AroundTheBar:
 
     def flush(self) -> None:
         self.stream.flush()
+
+
+# ---------------------------------------------------------------- archive
+
+
+@cli.command("archive")
+@database_options
+@click.option("--archive-dir", help="The archive folder [env SYNCD_ARCHIVE_DIR; required].")
+@click.option(
+    "--verify", is_flag=True, help="Re-hash every archived file first; fetch missing or corrupt ones again."
+)
+@click.option("--retry-failed", is_flag=True, help="Try every failed image again now, its attempts reset.")
+@click.option("--no-migrate", is_flag=True, help="Fail instead of upgrading an older schema.")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal)."
+)
+@handle_errors
+def archive_command(
+    verify: bool, retry_failed: bool, no_migrate: bool, progress: bool | None, **kwargs: Any
+) -> None:
+    """Download the images of the synced artworks before the API deletes them.
+
+    Every result image and every upscaling input image is kept once, by the
+    sha256 of its bytes, under the archive folder; the archived_files table
+    says where. Images whose artwork the API deletes soonest go first.
+
+    \b
+    Example:
+      SYNCD_ARCHIVE_DIR=/var/lib/syncd/images syncd archive
+      syncd archive --archive-dir ./images --verify
+    """
+    from syncd.app import archive
+
+    settings = _settings(kwargs)
+    settings.require_archive()
+    stop = threading.Event()
+    install_stop_signals(stop, "%s received: stopping the downloads in flight")
+    reporter = ProgressReporter(sys.stderr.isatty() if progress is None else progress, archive_progress_line)
+    try:
+        outcome = archive(
+            settings,
+            verify=verify,
+            retry_failed=retry_failed,
+            migrate=not no_migrate,
+            stop=stop,
+            on_progress=reporter,
+        )
+    finally:
+        reporter.close()
+    if outcome.verified is not None:
+        click.echo(f"syncd archive: {outcome.verified.line()}")
+    result = outcome.result
+    c = result.counts
+    rows = [
+        ("archived", c.archived),
+        ("new files", c.new_files),
+        ("bytes written", c.bytes_written),
+        ("gone", c.gone),
+        ("failed", c.failed),
+        ("discovered", c.discovered),
+    ]
+    click.echo(
+        "\n".join(
+            [f"syncd archive run: {result.outcome} in {result.seconds:.1f}s"]
+            + [f"  {name:<15}{value:>14,}" for name, value in rows]
+        )
+    )
+    if result.outcome == "interrupted":
+        sys.exit(int(ExitCode.INTERRUPTED))
+
+
+def archive_progress_line(progress: Any) -> str:
+    c = progress.counts
+    seconds = max(progress.seconds, 1e-9)
+    return (
+        f"archive: {c.archived:,} archived ({c.archived / seconds:,.1f}/s), {c.bytes_written / 1e6:,.1f} MB, "
+        f"{c.gone:,} gone, {c.failed:,} failed, rate {progress.request_rate:,.1f}/s, {progress.in_flight} in flight"
+    )
 
 
 # ---------------------------------------------------------------- daemon
@@ -362,13 +441,21 @@ def db_current(**kwargs: Any) -> None:
     type=float,
     help="Exit 8 when the last successful run finished longer ago than this many seconds.",
 )
+@click.option(
+    "--max-archive-lag",
+    type=float,
+    help="Exit 8 when an image not yet archived belongs to an artwork older than this many seconds.",
+)
 @handle_errors
-def status_command(as_json: bool, max_age: float | None, **kwargs: Any) -> None:
-    """Show the last runs, the sync state per stream and the row counts.
+def status_command(
+    as_json: bool, max_age: float | None, max_archive_lag: float | None, **kwargs: Any
+) -> None:
+    """Show the last runs, the sync state per stream, the image archive and the row counts.
 
     \b
     Example (a monitoring check):
       syncd status --max-age 900 || echo "syncd data is stale"
+      syncd status --max-archive-lag 172800 || echo "images are 2 days from being archived"
     """
     from syncd import status
     from syncd.app import open_engine
@@ -382,12 +469,23 @@ def status_command(as_json: bool, max_age: float | None, **kwargs: Any) -> None:
         age = success["age_seconds"] if success else None
         stale = age is None or age > max_age
         report["stale"] = stale
+    lagging = False
+    if max_archive_lag is not None:
+        lag = (report.get("archive") or {}).get("lag_seconds", 0.0)
+        lagging = lag > max_archive_lag
+        report["archive_lagging"] = lagging
     click.echo(
         orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if as_json else status.render(report)
     )
-    if stale:
-        if not as_json:
-            click.echo(f"STALE: no successful run in the last {max_age:g} seconds", err=True)
+    if stale and not as_json:
+        click.echo(f"STALE: no successful run in the last {max_age:g} seconds", err=True)
+    if lagging and not as_json:
+        click.echo(
+            f"ARCHIVE LAGGING: an image not yet archived belongs to an artwork "
+            f"{report['archive']['lag_seconds']:g} seconds old (limit {max_archive_lag:g})",
+            err=True,
+        )
+    if stale or lagging:
         sys.exit(STALE_EXIT)
 
 

@@ -189,6 +189,32 @@ def _parse_choice(*choices: str) -> Callable[[object], str]:
     return parse
 
 
+def _parse_optional_dir(raw: object) -> Path | None:
+    text = _parse_str(raw).strip()
+    if not text:
+        return None
+    if "\x00" in text:
+        raise ValueError("contains a NUL character")
+    return Path(text).expanduser()
+
+
+def _parse_bytes(raw: object) -> int:
+    """A byte count: an integer, or one with a K/M/G/T suffix (binary: 1K = 1024)."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return _parse_int(0, None)(raw)
+    text = _parse_str(raw).strip().upper().removesuffix("IB").removesuffix("B")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    scale = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"expected a byte count such as 1073741824, 512M or 1G, got {raw!r}") from None
+    if not 0 <= value * scale < 1 << 62:
+        raise ValueError(f"must be a byte count >= 0, got {raw!r}")
+    return int(value * scale)
+
+
 def _parse_optional_port(raw: object) -> int | None:
     if raw in ("", None, 0, "0"):
         return None
@@ -256,6 +282,42 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("metrics_port", _parse_optional_port, None, "Prometheus metrics port (off when unset)"),
     Spec(
+        "archive_dir",
+        _parse_optional_dir,
+        None,
+        "image archive: the folder of the content-addressed store (off when unset)",
+    ),
+    Spec(
+        "archive_max_requests_per_second",
+        _parse_float(0, inclusive=False),
+        10.0,
+        "image archive: request rate ceiling towards the image hosts (not the API's budget)",
+    ),
+    Spec(
+        "archive_max_in_flight",
+        _parse_int(1, 64),
+        8,
+        "image archive: most image downloads at once",
+    ),
+    Spec(
+        "archive_max_file_bytes",
+        _parse_bytes,
+        64 << 20,
+        "image archive: a larger image is not kept (failed, with the reason)",
+    ),
+    Spec(
+        "archive_min_free_bytes",
+        _parse_bytes,
+        1 << 30,
+        "image archive: free space the archive never goes below (the job stops there)",
+    ),
+    Spec(
+        "archive_interval",
+        _parse_float(0, inclusive=False),
+        60.0,
+        "daemon: seconds between looks for images to archive (also after every sync)",
+    ),
+    Spec(
         "require_https",
         _parse_bool,
         False,
@@ -299,6 +361,12 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     metrics_port: int | None = None
+    archive_dir: Path | None = None
+    archive_max_requests_per_second: float = 10.0
+    archive_max_in_flight: int = 8
+    archive_max_file_bytes: int = 64 << 20
+    archive_min_free_bytes: int = 1 << 30
+    archive_interval: float = 60.0
     require_https: bool = False
     # Where each setting came from, for messages ("SYNCD_API_KEY", "--page-size", ...).
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -336,6 +404,15 @@ class Settings:
                 "forbids sending the API key in clear text: use https://"
             )
         return self.api_url, self.api_key
+
+    def require_archive(self) -> Path:
+        """The archive folder; a ConfigError when the archive is off."""
+        if self.archive_dir is None:
+            raise ConfigError(
+                "SYNCD_ARCHIVE_DIR: not set; the image archive needs a folder to keep the images in "
+                "(environment, archive_dir in the config file, or --archive-dir)"
+            )
+        return self.archive_dir
 
     def cleartext_warning(self) -> str | None:
         """The warning for an API key sent unencrypted over a network; None when it is not."""

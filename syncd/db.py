@@ -258,9 +258,15 @@ def ensure_schema(engine: Engine, *, migrate: bool) -> SchemaVersion:
 # ------------------------------------------------------------------ the lock
 
 
+ARCHIVE_LOCK = "archive"
+
+
 @contextmanager
-def sync_lock(engine: Engine) -> Iterator[None]:
+def sync_lock(engine: Engine, job: str = "sync") -> Iterator[None]:
     """Hold the one-syncer lock for this database, or raise LockHeldError at once.
+
+    ``job="archive"``: the one-archiver lock instead (the image archive runs
+    beside the sync, never beside another archive job on the same database).
 
     PostgreSQL: a session-level advisory lock (two servers can share one
     database as active/standby; the lock dies with its connection). SQLite: an
@@ -268,31 +274,37 @@ def sync_lock(engine: Engine) -> Iterator[None]:
     when the process dies, even by SIGKILL).
     """
     if engine.dialect.name == "postgresql":
-        with _advisory_lock(engine):
+        with _advisory_lock(engine, job):
             yield
     else:
-        with _file_lock(engine):
+        with _file_lock(engine, job):
             yield
 
 
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"syncd:artworks").digest()[:8], "big", signed=True)
+ARCHIVE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"syncd:archive").digest()[:8], "big", signed=True)
+
+
+def _doing(job: str) -> str:
+    return "archiving images of" if job == ARCHIVE_LOCK else "syncing"
 
 
 @contextmanager
-def _advisory_lock(engine: Engine) -> Iterator[None]:
+def _advisory_lock(engine: Engine, job: str) -> Iterator[None]:
+    key = ARCHIVE_LOCK_KEY if job == ARCHIVE_LOCK else LOCK_KEY
     conn = engine.connect()
     try:
-        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar()
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
         conn.commit()
         if not got:
             raise LockHeldError(
-                "another syncd process is syncing this database (PostgreSQL advisory lock held)"
+                f"another syncd process is {_doing(job)} this database (PostgreSQL advisory lock held)"
             )
         try:
             yield
         finally:
             try:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
             except SQLAlchemyError:
                 pass  # the connection is gone, and the lock with it
@@ -312,22 +324,23 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
-def lock_path_of(database: Path) -> Path:
-    return database.with_name(database.name + ".lock")
+def lock_path_of(database: Path, job: str = "sync") -> Path:
+    suffix = ".archive.lock" if job == ARCHIVE_LOCK else ".lock"
+    return database.with_name(database.name + suffix)
 
 
 @contextmanager
-def _file_lock(engine: Engine) -> Iterator[None]:
+def _file_lock(engine: Engine, job: str) -> Iterator[None]:
     path = sqlite_path(str(engine.url))
     if path is None:  # an in-memory database is private to this process
         yield
         return
-    with hold_file_lock(path):
+    with hold_file_lock(path, job):
         yield
 
 
 @contextmanager
-def hold_file_lock(database: Path) -> Iterator[None]:
+def hold_file_lock(database: Path, job: str = "sync") -> Iterator[None]:
     """Hold an OS lock on ``<database>.lock``, or raise LockHeldError at once.
 
     The kernel releases it when the process dies, even by SIGKILL, so a crash
@@ -335,7 +348,7 @@ def hold_file_lock(database: Path) -> Iterator[None]:
     special file or a file with other names (hard links) there is refused
     rather than followed, truncated or written.
     """
-    lock_path = lock_path_of(database)
+    lock_path = lock_path_of(database, job)
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(lock_path, flags, 0o644)
@@ -357,7 +370,7 @@ def hold_file_lock(database: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LockHeldError(
-                f"another syncd process is syncing {database} (lock file {lock_path} is held)"
+                f"another syncd process is {_doing(job)} {database} (lock file {lock_path} is held)"
             ) from None
         # Our own plain file, locked: the holder's PID is there for an operator.
         os.ftruncate(fd, 0)

@@ -11,6 +11,8 @@
     │   ├── DatabaseUnreachable   cannot connect at all
     │   └── SchemaError           schema missing, older or newer than this syncd
     ├── LockHeldError             another syncd is syncing this database         -> exit 7
+    ├── ArchiveStorageError       the archive folder cannot take files (full,
+    │                             below SYNCD_ARCHIVE_MIN_FREE_BYTES, not writable) -> exit 9
     └── Interrupted               a signal asked the run to stop                 -> exit 130
 
 Third-party exceptions are converted at the boundary (``raise X(...) from exc``).
@@ -42,6 +44,8 @@ class ExitCode(IntEnum):
     API = 5
     DATABASE = 6
     LOCKED = 7
+    STALE = 8
+    ARCHIVE_STORAGE = 9
     INTERRUPTED = 130
 
 
@@ -121,6 +125,14 @@ class LockHeldError(SyncdError):
     """Another syncd process holds the sync lock for this database."""
 
     exit_code = ExitCode.LOCKED
+
+
+class ArchiveStorageError(SyncdError):
+    """The archive folder cannot take more files: the disk is full, the free
+    space floor is reached, or the folder is not writable. The archive job
+    stops; nothing is marked, so the files are fetched once there is room."""
+
+    exit_code = ExitCode.ARCHIVE_STORAGE
 
 
 class Interrupted(SyncdError):

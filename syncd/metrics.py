@@ -92,6 +92,29 @@ class Metrics:
             "Seconds until the rate limiter lets the next request go (its pace, or a Retry-After)",
             registry=self.registry,
         )
+        self.archive_lag = Gauge(
+            "syncd_archive_lag_seconds",
+            "Age of the oldest artwork with an image not yet archived (and still tried); the API "
+            "deletes images 8 days (691200 s) after their artwork's creation",
+            registry=self.registry,
+        )
+        self.archive_files = Gauge(
+            "syncd_archive_files_total",
+            "Images in archived_files, by status (pending, archived, gone, failed)",
+            ["status"],
+            registry=self.registry,
+        )
+        self.archive_bytes = Gauge(
+            "syncd_archive_bytes_total",
+            "Bytes of the images archived (as archived_files.size_bytes sums them)",
+            registry=self.registry,
+        )
+        self.archive_runs = Counter(
+            "syncd_archive_runs_total",
+            "Archive runs by outcome (success, interrupted, no_room, failed, crashed)",
+            ["outcome"],
+            registry=self.registry,
+        )
         for mode in RUN_MODES:
             self.run_in_progress.labels(mode).set(0)
         self._lock = threading.Lock()
@@ -152,6 +175,12 @@ class Metrics:
         self.request_rate.set(request_rate)
         self.in_flight.set(in_flight)
         self.limiter_wait.set(limiter_wait)
+
+    def record_archive(self, files: dict[str, int], bytes_archived: int, lag_seconds: float) -> None:
+        for status, count in files.items():
+            self.archive_files.labels(status).set(count)
+        self.archive_bytes.set(bytes_archived)
+        self.archive_lag.set(lag_seconds)
 
     # The client's RequestObserver: each answer as it comes.
 

@@ -217,3 +217,34 @@ class SyncState(Base):
     last_full_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     rate_limited_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ArchivedFile(Base):
+    """One image an artwork references (a result, or an upscaling input) and
+    what the archive holds of it (docs/schema.md, "archived_files")."""
+
+    __tablename__ = "archived_files"
+
+    artwork_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("artworks.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    discovered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    content_type: Mapped[str | None] = mapped_column(String(100))
+    path: Mapped[str | None] = mapped_column(Text)
+    fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index(None, "next_attempt_at"),
+        Index(None, "status"),
+        Index(None, "sha256"),
+    )

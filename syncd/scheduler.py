@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncd import app, db, store
 from syncd.config import Settings
 from syncd.errors import (
+    ArchiveStorageError,
     ExitCode,
     Interrupted,
     LockHeldError,
@@ -74,6 +75,9 @@ class Daemon:
         self.last_status = "starting"
         # Artworks whose last re-check failed, and when: they wait their back-off.
         self.refresh_failures: dict[str, datetime] = {}
+        self._scheduler_ref: BackgroundScheduler | None = None
+        self._archiving = threading.Event()  # an archive run is under way
+        self._archive_problem: str | None = None  # the last archive failure, logged once
 
     # ------------------------------------------------------------ lifecycle
 
@@ -149,6 +153,18 @@ class Daemon:
             next_run_time=now + timedelta(seconds=min(1.0, settings.refresh_interval)),
             args=[engine, "refresh"],
         )
+        if settings.archive_dir is not None:
+            # Its own thread: a backlog of downloads never delays a sync.
+            scheduler.add_executor(ThreadPoolExecutor(max_workers=1), "archive")
+            scheduler.add_job(
+                self._archive_tick,
+                IntervalTrigger(seconds=settings.archive_interval, timezone=UTC),
+                id="archive",
+                name="archive images",
+                executor="archive",
+                next_run_time=now + timedelta(seconds=min(2.0, settings.archive_interval)),
+                args=[engine],
+            )
         scheduler.add_job(
             self._tick,
             IntervalTrigger(
@@ -161,6 +177,7 @@ class Daemon:
             next_run_time=self._first_full_sync(engine, now),
             args=[engine, "full"],
         )
+        self._scheduler_ref = scheduler
         return scheduler
 
     def _first_full_sync(self, engine: Engine, now: datetime) -> datetime:
@@ -227,6 +244,72 @@ class Daemon:
         if self.metrics is not None:
             for summary in outcome.summaries:
                 self.metrics.record_run(summary, started + summary.seconds)
+        if any(s.counts.inserted or s.counts.updated for s in outcome.summaries):
+            self._archive_soon()
+
+    # ------------------------------------------------------------ the image archive
+
+    def _archive_soon(self) -> None:
+        """New or changed artworks: archive their images now, not at the next interval."""
+        scheduler = self._scheduler_ref
+        if scheduler is None or self.settings.archive_dir is None or self._archiving.is_set():
+            return  # a run under way picks them up (it looks again every 30 s)
+        try:
+            scheduler.modify_job("archive", next_run_time=datetime.now(UTC))
+        except Exception:
+            log.debug("archive job not rescheduled", exc_info=True)
+
+    def _archive_tick(self, engine: Engine) -> None:
+        if self.stop.is_set():
+            return
+        self._archiving.set()
+        outcome = "success"
+        try:
+            result = app.archive_with(self.settings, engine, stop=self.stop).result
+            outcome = result.outcome
+            if self._archive_problem is not None:
+                log.info("image archive working again")
+            self._archive_problem = None
+        except LockHeldError as exc:
+            log.debug("archive tick skipped: %s", exc)
+            outcome = "skipped"
+        except ArchiveStorageError as exc:
+            # Said once while it lasts (every tick would repeat it); the sync goes on.
+            outcome = "no_room"
+            self._archive_trouble(f"image archive stopped: {exc}")
+        except SyncdError as exc:
+            outcome = "failed"
+            self._archive_trouble(f"archive run failed ({type(exc).__name__}): {exc}")
+        except Exception:
+            outcome = "crashed"
+            log.exception("archive run crashed; the scheduler goes on")
+        finally:
+            self._archiving.clear()
+            self._archive_gauges(engine, outcome)
+
+    def _archive_trouble(self, message: str) -> None:
+        if message != self._archive_problem:
+            log.error("%s", message)
+        self._archive_problem = message
+
+    def _archive_gauges(self, engine: Engine, outcome: str) -> None:
+        if self.metrics is None:
+            return
+        from syncd.archive import rows
+        from syncd.archive.plan import lag_seconds
+
+        if outcome != "skipped":
+            self.metrics.archive_runs.labels(outcome).inc()
+        try:
+            now = datetime.now(UTC)
+            with engine.connect() as conn:
+                summary = rows.summary(conn, now)
+        except SQLAlchemyError as exc:
+            log.error("archive gauges not updated: database error: %s", database_reason(exc))
+            return
+        self.metrics.record_archive(
+            summary.files, summary.bytes_archived, lag_seconds(summary.oldest_waiting_expiry, now)
+        )
 
     def _refresh_due(self, engine: Engine) -> bool:
         """Whether any unfinished artwork is due a re-check (and the backlog gauges)."""

@@ -104,11 +104,29 @@ def collect(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
             select(func.count()).select_from(artworks).where(artworks.c.remote_deleted_at.is_not(None))
         ).scalar_one()
         report["tables"] = store.table_counts(conn)
+        report["archive"] = _archive(conn, now) if "archived_files" in report["tables"] else None
     if report["running"] is not None:
         # Counts as of its last commit; "running" without a lock holder: the
         # process died, and the next sync will record it as crashed.
         report["running"]["alive"] = db.lock_held(engine)
     return report
+
+
+def _archive(conn: Any, now: datetime) -> dict[str, Any]:
+    from syncd.archive import rows
+    from syncd.archive.plan import RETENTION, lag_seconds
+
+    summary = rows.summary(conn, now)
+    oldest = summary.oldest_waiting_expiry
+    return {
+        "files": summary.files,
+        "bytes_archived": summary.bytes_archived,
+        "lag_seconds": round(lag_seconds(oldest, now), 1),
+        "window_seconds": RETENTION.total_seconds(),
+        "oldest_waiting_created_at": _iso(oldest - RETENTION) if oldest else None,
+        "overdue": summary.overdue,
+        "given_up": summary.given_up,
+    }
 
 
 def _age(seconds: float | None) -> str:
@@ -185,6 +203,26 @@ def render(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"awaiting refresh  {report['awaiting_refresh']} artworks (status not terminal)")
         lines.append(f"marked deleted    {report['marked_deleted']} artworks (no longer listed by the API)")
+    archive = report.get("archive")
+    if archive and sum(archive["files"].values()):
+        files = archive["files"]
+        lines.append("")
+        lines.append(
+            "image archive     "
+            + ", ".join(f"{files[name]:,} {name}" for name in ("archived", "pending", "gone", "failed"))
+            + f" ({archive['bytes_archived'] / 1e6:,.1f} MB)"
+        )
+        window = _age(archive["window_seconds"])
+        lag = archive["lag_seconds"]
+        lines.append(
+            f"archive lag       {_age(lag)} (the API deletes images {window} after creation)"
+            + (f"; {archive['overdue']:,} images past it, likely lost" if archive["overdue"] else "")
+        )
+        if archive["given_up"]:
+            lines.append(
+                f"archive given up  {archive['given_up']:,} failed images are no longer tried "
+                "(`syncd archive --retry-failed` tries them again)"
+            )
     if report.get("tables"):
         lines.append("")
         lines.append("rows per table")

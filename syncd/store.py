@@ -57,6 +57,7 @@ DATA_TABLES = (
     "rejected_records",
     "sync_runs",
     "sync_state",
+    "archived_files",
 )
 
 
@@ -448,9 +449,13 @@ def close_abandoned_runs(conn: Connection, now: datetime) -> int:
 
 
 def table_counts(conn: Connection) -> dict[str, int]:
+    """Rows per table (of those the schema has: an older one lacks the newer tables)."""
+    from sqlalchemy import inspect
     from sqlalchemy import table as table_ref
 
+    present = set(inspect(conn).get_table_names())
     return {
         name: int(conn.execute(select(func.count()).select_from(table_ref(name))).scalar_one())
         for name in DATA_TABLES
+        if name in present
     }

@@ -19,6 +19,7 @@ TABLES = {
     "rejected_records",
     "sync_runs",
     "sync_state",
+    "archived_files",
 }
 
 

@@ -30,7 +30,6 @@ import logging
 import math
 import random
 import ssl
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from syncd import __version__
 from syncd.api.backoff import RateLimiter, backoff_delay, parse_rate_limit_headers, parse_retry_after
 from syncd.api.body import BrokenBody, parse_array, parse_object
 from syncd.api.deadline import install, request_deadline
+from syncd.api.pace import Pacer, Unwanted
 from syncd.config import Secret
 from syncd.errors import (
     ApiError,
@@ -67,7 +67,6 @@ QUOTA_WAIT_LIMIT = 60.0
 # Seconds of the caller's pauses that requests queued ahead cover (see in_flight_target).
 IN_FLIGHT_SLACK = 0.5
 BACKOFF_BASE = 0.5
-NAP_STEP = 0.2  # seconds: how often a waiting request asks whether it is still wanted
 BACKOFF_CAP = 60.0
 # A page of 500 records of the 1 MB record limit would be 500 MB; real pages
 # are about 0.5 MB. A larger answer is a broken one.
@@ -112,10 +111,6 @@ class RequestObserver(Protocol):
     def retry_wait(self, seconds: float) -> None: ...  # a wait before a retry begins
 
 
-class Unwanted(Exception):
-    """The caller no longer wants this answer: the request was not sent (again)."""
-
-
 class ApiClient:
     """Synchronous client; thread-safe pacing so a prefetch thread may share it."""
 
@@ -142,8 +137,11 @@ class ApiClient:
         # engine to persist: a restarted syncd must wait it out too.
         self.rate_limited_until: datetime | None = None
         self._rng = rng or random.Random()
-        self._pace_lock = threading.Lock()
-        self.limiter = RateLimiter(max_rate=self.options.max_requests_per_second)
+        self._pacer = Pacer(
+            RateLimiter(max_rate=self.options.max_requests_per_second), clock=clock, sleep=sleep
+        )
+        self._pace_lock = self._pacer.lock
+        self.limiter = self._pacer.limiter
         self.latency: float | None = None  # seconds an answer takes (moving average)
         self.stats = RequestStats()
         self._http = httpx.Client(
@@ -216,41 +214,10 @@ class ApiClient:
     # ------------------------------------------------------------ machinery
 
     def _pace(self, wanted: Callable[[], bool] | None = None) -> float:
-        """Wait for a slot of the limiter's pace; when the request may go.
-
-        Slots are claimed in the order requests ask, so that with several in
-        flight the pages go out in the order they are needed. A 429 that asks
-        for quiet while a request waits for its slot sends it to a new one
-        after the quiet.
-        """
-        if wanted is not None and not wanted():
-            raise Unwanted
-        with self._pace_lock:
-            now = self._clock()
-            slot = self.limiter.reserve(now)
-        while True:
-            if slot > now:
-                self._nap(slot - now, wanted)
-            if wanted is not None and not wanted():
-                raise Unwanted
-            with self._pace_lock:
-                now = self._clock()
-                if now >= self.limiter.quiet_until:
-                    self.limiter.record_sent(now)
-                    return now
-                slot = self.limiter.reserve(now)
+        return self._pacer.pace(wanted)
 
     def _nap(self, seconds: float, wanted: Callable[[], bool] | None) -> None:
-        """Sleep ``seconds``; a request nobody wants any more stops at once
-        (Unwanted), so that an abandoned one never sleeps on for minutes."""
-        if wanted is None:
-            self._sleep(seconds)
-            return
-        until = self._clock() + seconds
-        while (left := until - self._clock()) > 0:
-            if not wanted():
-                raise Unwanted
-            self._sleep(min(left, NAP_STEP))
+        self._pacer.nap(seconds, wanted)
 
     def _request(
         self,

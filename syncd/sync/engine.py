@@ -26,7 +26,8 @@ from typing import Any, NamedTuple, TypeVar
 from sqlalchemy import Connection, Engine, RootTransaction
 
 from syncd import store
-from syncd.api.client import ApiClient, Unwanted
+from syncd.api.client import ApiClient
+from syncd.api.pace import Unwanted
 from syncd.db import writer
 from syncd.errors import (
     ApiError,

@@ -1,0 +1,247 @@
+"""Image downloads: their own host, their own budget, never a credential.
+
+Image hosts are not the API. The fetcher has its own rate ceiling
+(SYNCD_ARCHIVE_MAX_REQUESTS_PER_SECOND, slowed by 429s as the API client is)
+and sends no Authorization header and no cookie, to any host. Redirects are
+followed by hand, at most MAX_REDIRECTS, only to http(s), and never from
+https to plain http. Every byte is streamed to the archive folder; a request
+has a deadline for the whole answer (connect + read timeouts, plus the time
+the largest file allowed takes at MIN_TRANSFER_RATE).
+
+What an answer means for the image (syncd.archive.plan.verdict_for_status):
+
+    200 image/*          kept (streamed, hashed, renamed into place)
+    404, 410             gone: no retry
+    5xx, 429, timeouts,  retried in this run with back-off (a 429's
+    resets, cut bodies   Retry-After heeded), then failed until a later run
+    other 4xx, a type    failed with the reason (a later run tries again)
+    that is no image, a
+    body over the limit
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from syncd import __version__
+from syncd.api.backoff import RateLimiter, backoff_delay, parse_retry_after
+from syncd.api.client import tls_context
+from syncd.api.deadline import install, request_deadline
+from syncd.api.pace import Pacer, Unwanted
+from syncd.archive.files import ContentStore, NotAnImage, Stored, TooLarge
+from syncd.archive.plan import Verdict, media_type, verdict_for_status
+from syncd.errors import one_line
+
+MAX_REDIRECTS = 5
+ATTEMPTS_PER_RUN = 3
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 8.0
+# A Retry-After longer than this ends the file's tries for this run (it is
+# failed, and tried again at a later run), rather than holding a worker.
+MAX_RETRY_AFTER = 60.0
+MIN_TRANSFER_RATE = 256 * 1024  # bytes per second a download must keep up, on average
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    max_requests_per_second: float = 10.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    attempts: int = ATTEMPTS_PER_RUN
+
+
+@dataclass(frozen=True)
+class Fetched:
+    stored: Stored
+    content_type: str
+
+
+class FetchFailure(Exception):
+    """The image could not be kept in this run; ``verdict`` says what follows."""
+
+    def __init__(self, verdict: Verdict, reason: str) -> None:
+        super().__init__(reason)
+        self.verdict = verdict
+        self.reason = reason
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None, throttled: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.retry_after, self.throttled = reason, retry_after, throttled
+
+
+class _NoCookies(DefaultCookiePolicy):
+    """Image hosts get nothing back from syncd: no cookie is ever stored."""
+
+    def set_ok(self, cookie: object, request: object) -> bool:
+        return False
+
+
+class ImageFetcher:
+    def __init__(
+        self,
+        store: ContentStore,
+        options: FetchOptions | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.options = options or FetchOptions()
+        self._rng = rng or random.Random()
+        self.pacer = Pacer(
+            RateLimiter(max_rate=self.options.max_requests_per_second), clock=clock, sleep=sleep
+        )
+        self.deadline = (
+            self.options.connect_timeout
+            + self.options.read_timeout
+            + store.max_file_bytes / MIN_TRANSFER_RATE
+        )
+        self._http = httpx.Client(
+            headers={"User-Agent": f"syncd/{__version__} (image archive)", "Accept": "image/*"},
+            timeout=httpx.Timeout(self.options.read_timeout, connect=self.options.connect_timeout),
+            transport=transport or install(httpx.HTTPTransport(verify=tls_context())),
+            follow_redirects=False,
+            cookies=CookieJar(policy=_NoCookies()),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def fetch(self, url: str, wanted: Callable[[], bool] | None = None) -> Fetched:
+        """Download ``url`` into the store; FetchFailure when it cannot be kept now.
+
+        ArchiveStorageError (no room) and Unwanted (the run stops) pass through.
+        """
+        for attempt in range(self.options.attempts):
+            sent_at = self.pacer.pace(wanted)
+            try:
+                fetched = self._follow(url, wanted)
+            except _Retry as exc:
+                delay = (
+                    exc.retry_after
+                    if exc.retry_after is not None
+                    else backoff_delay(attempt, base=BACKOFF_BASE, cap=BACKOFF_CAP, rng=self._rng)
+                )
+                if exc.throttled:
+                    self.pacer.throttled(sent_at, min(delay, MAX_RETRY_AFTER))
+                if attempt + 1 >= self.options.attempts or delay > MAX_RETRY_AFTER:
+                    raise FetchFailure(
+                        Verdict.RETRY, f"{exc.reason} (after {attempt + 1} attempts)"
+                    ) from None
+                if not exc.throttled:
+                    self.pacer.nap(delay, wanted)
+                continue
+            self.pacer.succeeded(sent_at)
+            return fetched
+        raise AssertionError("unreachable")
+
+    def _follow(self, url: str, wanted: Callable[[], bool] | None) -> Fetched:
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            self._check_url(current)
+            try:
+                with request_deadline(self.deadline), self._http.stream("GET", current) as response:
+                    status = response.status_code
+                    if status in (301, 302, 303, 307, 308):
+                        current = self._redirect(current, response.headers.get("Location"))
+                        continue
+                    if status == 200:
+                        return self._keep(response, wanted)
+                    verdict = verdict_for_status(status)
+                    reason = f"{status} {_phrase(status)}"
+                    if verdict is Verdict.RETRY:
+                        retry_after = parse_retry_after(
+                            response.headers.get("Retry-After"), datetime.now(UTC)
+                        )
+                        raise _Retry(reason, retry_after if status == 429 else None, throttled=status == 429)
+                    raise FetchFailure(verdict, reason)
+            except httpx.TimeoutException as exc:
+                raise _Retry(
+                    f"timed out ({type(exc).__name__}, the whole answer within {self.deadline:g}s)"
+                ) from None
+            except httpx.DecodingError:
+                raise _Retry("a body that cannot be decoded (a wrong Content-Encoding?)") from None
+            except (httpx.TransportError, httpx.StreamError) as exc:
+                raise _Retry(f"connection failed or cut short ({type(exc).__name__})") from None
+        raise FetchFailure(Verdict.FAILED, f"more than {MAX_REDIRECTS} redirects")
+
+    def _keep(self, response: httpx.Response, wanted: Callable[[], bool] | None) -> Fetched:
+        declared = media_type(response.headers.get("Content-Type"))
+        if declared is None or not declared.startswith("image/"):
+            shown = one_line((response.headers.get("Content-Type") or "none")[:60])
+            raise FetchFailure(Verdict.FAILED, f"the content type {shown!r} is not an image")
+        store = self.store
+        length = _content_length(response.headers.get("Content-Length"))
+        if length is not None and length > store.max_file_bytes:
+            raise FetchFailure(
+                Verdict.FAILED,
+                f"{length:,} bytes: larger than SYNCD_ARCHIVE_MAX_FILE_BYTES ({store.max_file_bytes:,})",
+            )
+        store.check_room(length or 0)
+        try:
+            with store.receive() as receiver:
+                for chunk in response.iter_bytes():
+                    if wanted is not None and not wanted():
+                        raise Unwanted
+                    receiver.write(chunk)
+                stored = receiver.finish()
+        except (NotAnImage, TooLarge) as exc:
+            raise FetchFailure(Verdict.FAILED, str(exc)) from None
+        return Fetched(stored, declared)
+
+    def _redirect(self, current: str, location: str | None) -> str:
+        if not location:
+            raise FetchFailure(Verdict.FAILED, "a redirect without a Location")
+        target = urljoin(current, location.strip())
+        if urlsplit(current).scheme == "https" and urlsplit(target).scheme == "http":
+            raise FetchFailure(Verdict.FAILED, "redirected from https to plain http: refused")
+        return target
+
+    def _check_url(self, url: str) -> None:
+        """Only http(s) URLs to a named or public host, without credentials."""
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            parts.port  # noqa: B018 (raises on a malformed port)
+        except ValueError:
+            raise FetchFailure(Verdict.FAILED, "not a valid URL") from None
+        if parts.scheme not in ("http", "https") or not host:
+            raise FetchFailure(Verdict.FAILED, "not an http(s) URL: not fetched")
+        if "@" in parts.netloc:
+            raise FetchFailure(Verdict.FAILED, "a URL with credentials (user@host): not fetched")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return
+        if address.is_link_local or address.is_multicast or address.is_unspecified or address.is_reserved:
+            # 169.254.169.254 is a cloud's metadata service: never where an image lives.
+            raise FetchFailure(
+                Verdict.FAILED, f"the address {host} is not one an image host has: not fetched"
+            )
+
+
+def _content_length(header: str | None) -> int | None:
+    if header is None or not header.strip().isdigit() or len(header) > 20:
+        return None
+    return int(header)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"

@@ -1,0 +1,147 @@
+"""Pure: the archive's decisions, apart from any I/O.
+
+- Order: the image whose artwork the API deletes soonest first (earliest
+  deadline first), so that under a backlog what would vanish first is saved
+  first. An image already past its deadline is most likely gone: it waits
+  behind every image still alive, the most recently expired first.
+- Retries: a failed image is tried again at a later run after a back-off
+  that doubles from RETRY_BASE up to RETRY_CAP; after MAX_ATTEMPTS runs it is
+  left failed (``next_attempt_at`` empty) until ``syncd archive --retry-failed``.
+- What a file is: its bytes, not its name or its Content-Type header. The
+  extension comes from the file's first bytes (a known image signature);
+  a body that is no known image is not kept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import PurePosixPath
+
+# The API deletes an artwork and its images this long after its creation
+# (API v2.2.0, "Defaults, Retention, and a Doc Refresh").
+RETENTION = timedelta(days=8)
+# Images are looked for among the artworks created this recently: older ones
+# were deleted by the API long since (a much older artwork's images are not
+# tried when the archive is first turned on).
+DISCOVERY_WINDOW = timedelta(days=30)
+RETRY_BASE = timedelta(minutes=1)
+RETRY_CAP = timedelta(hours=6)
+MAX_ATTEMPTS = 12  # runs; with the back-off above, more than two days of trying
+
+
+class FileStatus(StrEnum):
+    PENDING = "pending"  # not yet fetched (or to be fetched again)
+    ARCHIVED = "archived"  # in the archive folder, under its sha256
+    GONE = "gone"  # the host said 404/410: deleted, nothing to keep
+    FAILED = "failed"  # the last try failed (last_error); tried again at next_attempt_at
+
+
+class Role(StrEnum):
+    RESULT = "result"  # artwork_results.url
+    INPUT = "input"  # upscaling_parameters.image_url
+
+
+@dataclass(frozen=True)
+class Due:
+    """An image due a fetch, as the archive job sees it."""
+
+    artwork_id: str
+    role: str
+    position: int
+    url: str
+    expires_at: datetime
+    attempts: int
+
+
+def fetch_order(due: list[Due], now: datetime) -> list[Due]:
+    """Alive images by deadline (soonest first), then expired ones (latest first)."""
+    alive = sorted((d for d in due if d.expires_at > now), key=lambda d: (d.expires_at, d.artwork_id))
+    expired = sorted(
+        (d for d in due if d.expires_at <= now), key=lambda d: (d.expires_at, d.artwork_id), reverse=True
+    )
+    return alive + expired
+
+
+def retry_at(attempts: int, now: datetime) -> datetime | None:
+    """When a file that failed its ``attempts``-th run is tried again; None: no more."""
+    if attempts >= MAX_ATTEMPTS:
+        return None
+    delay: timedelta = min(RETRY_CAP, RETRY_BASE * (2 ** min(max(attempts - 1, 0), 20)))
+    return now + delay
+
+
+def expires_at(created_at: datetime) -> datetime:
+    return created_at + RETENTION
+
+
+def lag_seconds(oldest_waiting_expiry: datetime | None, now: datetime) -> float:
+    """The archive's lag: the age of the oldest artwork with an image not yet
+    archived (and still being tried); 0 when none waits."""
+    if oldest_waiting_expiry is None:
+        return 0.0
+    return max(0.0, (now - (oldest_waiting_expiry - RETENTION)).total_seconds())
+
+
+# ------------------------------------------------------------------ what a file is
+
+# (signature at offset 0, extension); WebP and AVIF are checked apart (their
+# signatures do not start at byte 0).
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"GIF87a", ".gif"),
+    (b"GIF89a", ".gif"),
+)
+SNIFF_BYTES = 16
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
+
+
+def sniff_extension(head: bytes) -> str | None:
+    """The extension for a file starting with ``head``; None: no known image."""
+    for signature, extension in _SIGNATURES:
+        if head.startswith(signature):
+            return extension
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return ".webp"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        return ".avif"
+    return None
+
+
+def media_type(header: str | None) -> str | None:
+    """The Content-Type's media type, lowercased and without parameters; None
+    when absent or not a well-formed type (a header is hostile until read)."""
+    if not header:
+        return None
+    value = header.split(";", 1)[0].strip().lower()
+    return value if _MEDIA_TYPE.fullmatch(value) else None
+
+
+def content_path(sha256: str, extension: str) -> PurePosixPath:
+    """Where a file lives in the archive: ``ab/cd/abcd...<ext>``, from its hash only."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256) or extension not in {
+        ".png",
+        ".jpg",
+        ".gif",
+        ".webp",
+        ".avif",
+    }:
+        raise ValueError("not a sha256 hex digest and a known image extension")
+    return PurePosixPath(sha256[:2], sha256[2:4], sha256 + extension)
+
+
+class Verdict(StrEnum):
+    GONE = "gone"  # 404/410: the host deleted it
+    RETRY = "retry"  # worth trying again soon (5xx, 429, 408, network)
+    FAILED = "failed"  # the answer will not change by itself soon (other 4xx)
+
+
+def verdict_for_status(status: int) -> Verdict:
+    if status in (404, 410):
+        return Verdict.GONE
+    if status >= 500 or status in (408, 425, 429):
+        return Verdict.RETRY
+    return Verdict.FAILED

@@ -1,0 +1,261 @@
+"""The archived_files statements: discovery, what is due, outcomes, summaries.
+
+Every function takes a Connection inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, and_, func, insert, literal, or_, select, union_all, update
+
+from syncd.archive.plan import DISCOVERY_WINDOW, Due, FileStatus, Role, expires_at, fetch_order
+from syncd.models import ArchivedFile, Artwork, ArtworkResult, UpscalingParameters
+from syncd.records import from_utc_text
+
+files: Table = ArchivedFile.__table__  # type: ignore[assignment]
+artworks: Table = Artwork.__table__  # type: ignore[assignment]
+results: Table = ArtworkResult.__table__  # type: ignore[assignment]
+upscaling: Table = UpscalingParameters.__table__  # type: ignore[assignment]
+WAITING = (FileStatus.PENDING, FileStatus.FAILED)
+
+
+@dataclass
+class Discovered:
+    new: int = 0
+    changed: int = 0  # an image whose URL changed: fetched again
+
+
+def discover(conn: Connection, now: datetime) -> Discovered:
+    """Add a pending row for every image of a recent artwork that has none, and
+    make a row whose URL changed pending again (the new URL is another file)."""
+    since = now - DISCOVERY_WINDOW
+    referenced = union_all(
+        select(
+            results.c.artwork_id,
+            literal(Role.RESULT.value).label("role"),
+            results.c.position,
+            results.c.url,
+        ),
+        select(
+            upscaling.c.artwork_id,
+            literal(Role.INPUT.value).label("role"),
+            literal(0).label("position"),
+            upscaling.c.image_url.label("url"),
+        ).where(upscaling.c.image_url.is_not(None)),
+    ).subquery("referenced")
+    query = (
+        select(
+            referenced.c.artwork_id,
+            referenced.c.role,
+            referenced.c.position,
+            referenced.c.url,
+            artworks.c.created_at,
+            files.c.url.label("archived_url"),
+        )
+        .join(artworks, artworks.c.id == referenced.c.artwork_id)
+        .outerjoin(
+            files,
+            and_(
+                files.c.artwork_id == referenced.c.artwork_id,
+                files.c.role == referenced.c.role,
+                files.c.position == referenced.c.position,
+            ),
+        )
+        .where(artworks.c.created_at >= since, or_(files.c.url.is_(None), files.c.url != referenced.c.url))
+    )
+    found = Discovered()
+    new: list[dict[str, Any]] = []
+    for row in conn.execute(query):
+        if row.archived_url is None:
+            new.append(
+                {
+                    "artwork_id": row.artwork_id,
+                    "role": row.role,
+                    "position": row.position,
+                    "url": row.url,
+                    "status": FileStatus.PENDING.value,
+                    "expires_at": expires_at(row.created_at),
+                    "discovered_at": now,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                }
+            )
+        else:
+            found.changed += 1
+            conn.execute(
+                update(files)
+                .where(_key(row.artwork_id, row.role, row.position))
+                .values(
+                    url=row.url,
+                    status=FileStatus.PENDING.value,
+                    sha256=None,
+                    size_bytes=None,
+                    content_type=None,
+                    path=None,
+                    fetched_at=None,
+                    attempts=0,
+                    last_error=None,
+                    next_attempt_at=now,
+                )
+            )
+    if new:
+        conn.execute(insert(files), new)
+    found.new = len(new)
+    return found
+
+
+def _key(artwork_id: str, role: str, position: int) -> Any:
+    return and_(files.c.artwork_id == artwork_id, files.c.role == role, files.c.position == position)
+
+
+def due(conn: Connection, now: datetime, limit: int) -> list[Due]:
+    """Up to ``limit`` images due a fetch, in the order to fetch them (plan.fetch_order)."""
+    columns = (
+        files.c.artwork_id,
+        files.c.role,
+        files.c.position,
+        files.c.url,
+        files.c.expires_at,
+        files.c.attempts,
+    )
+    ready = files.c.next_attempt_at <= now
+    alive = conn.execute(
+        select(*columns).where(ready, files.c.expires_at > now).order_by(files.c.expires_at).limit(limit)
+    ).all()
+    expired = conn.execute(
+        select(*columns)
+        .where(ready, files.c.expires_at <= now)
+        .order_by(files.c.expires_at.desc())
+        .limit(max(0, limit - len(alive)))
+    ).all()
+    return fetch_order([Due(*row) for row in (*alive, *expired)], now)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one fetch of ``due`` ended with, to record."""
+
+    due: Due
+    status: FileStatus
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    content_type: str | None = None
+    path: str | None = None
+
+
+def record(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> None:
+    """Write outcomes; a row whose URL changed meanwhile keeps its new URL's state."""
+    for outcome in outcomes:
+        d = outcome.due
+        archived = outcome.status is FileStatus.ARCHIVED
+        values: dict[str, Any] = {
+            "status": outcome.status.value,
+            "attempts": files.c.attempts + 1,
+            "last_error": outcome.error,
+            "next_attempt_at": outcome.next_attempt_at,
+        }
+        if archived:
+            values.update(
+                sha256=outcome.sha256,
+                size_bytes=outcome.size_bytes,
+                content_type=outcome.content_type,
+                path=outcome.path,
+                fetched_at=now,
+            )
+        conn.execute(
+            update(files).where(_key(d.artwork_id, d.role, d.position), files.c.url == d.url).values(values)
+        )
+
+
+def reopen(conn: Connection, paths: Sequence[str], now: datetime, why: str) -> int:
+    """Archived rows whose file is missing or corrupt become pending again."""
+    count = 0
+    for path in paths:
+        count += conn.execute(
+            update(files)
+            .where(files.c.path == path, files.c.status == FileStatus.ARCHIVED.value)
+            .values(
+                status=FileStatus.PENDING.value,
+                path=None,
+                sha256=None,
+                size_bytes=None,
+                content_type=None,
+                last_error=why,
+                next_attempt_at=now,
+            )
+        ).rowcount
+    return count
+
+
+def archived_paths(conn: Connection) -> list[tuple[str, str]]:
+    """(path, sha256) of every archived file, once each."""
+    rows = conn.execute(
+        select(files.c.path, files.c.sha256)
+        .where(files.c.status == FileStatus.ARCHIVED.value, files.c.path.is_not(None))
+        .distinct()
+        .order_by(files.c.path)
+    ).all()
+    return [(str(path), str(sha256)) for path, sha256 in rows]
+
+
+def retry_failed(conn: Connection, now: datetime) -> int:
+    """Every failed image is due again, with its attempts counted from zero."""
+    return int(
+        conn.execute(
+            update(files)
+            .where(files.c.status == FileStatus.FAILED.value)
+            .values(attempts=0, next_attempt_at=now)
+        ).rowcount
+    )
+
+
+@dataclass
+class Summary:
+    """The archive as status and metrics show it."""
+
+    files: dict[str, int] = field(default_factory=dict)  # by status
+    bytes_archived: int = 0
+    oldest_waiting_expiry: datetime | None = None  # of the images still being tried
+    overdue: int = 0  # waiting, and past the API's deletion
+    given_up: int = 0  # failed, and not tried again without --retry-failed
+
+
+def summary(conn: Connection, now: datetime) -> Summary:
+    result = Summary(files={status.value: 0 for status in FileStatus})
+    for status, count, size in conn.execute(
+        select(files.c.status, func.count(), func.coalesce(func.sum(files.c.size_bytes), 0)).group_by(
+            files.c.status
+        )
+    ):
+        result.files[str(status)] = int(count)
+        if status == FileStatus.ARCHIVED.value:
+            result.bytes_archived = int(size)
+    waiting = and_(files.c.status.in_([s.value for s in WAITING]), files.c.next_attempt_at.is_not(None))
+    oldest, overdue = conn.execute(
+        select(
+            func.min(files.c.expires_at), func.count(files.c.expires_at).filter(files.c.expires_at <= now)
+        ).where(waiting)
+    ).one()
+    result.oldest_waiting_expiry = _as_datetime(oldest)
+    result.overdue = int(overdue or 0)
+    result.given_up = int(
+        conn.execute(
+            select(func.count()).where(
+                files.c.status == FileStatus.FAILED.value, files.c.next_attempt_at.is_(None)
+            )
+        ).scalar_one()
+    )
+    return result
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    """min() over a UTCDateTime column comes back untyped on SQLite (text)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return from_utc_text(str(value))

@@ -1,0 +1,301 @@
+"""The image archive end to end: the fake serves images on a second origin,
+`syncd run-once` stores the artworks, `syncd archive` keeps their images."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import Engine, select, update
+
+from syncd import db
+from syncd.archive import rows
+from syncd.fakeapi.data import Dataset
+from syncd.fakeapi.images import ImageFaults, ImageServer, expected_sha256
+from syncd.fakeapi.server import FakeApi, FakeServer, Faults
+from tests.conftest import run_syncd, start_syncd, syncd_env, wait_for
+
+files = rows.files
+
+
+@dataclass
+class World:
+    api: FakeServer
+    images: ImageServer
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.api.api.dataset
+
+
+@pytest.fixture
+def world() -> Iterator[Callable[..., World]]:
+    """Factory: a fake API whose artworks are recent, and its image origin."""
+    started: list[World] = []
+
+    def start(
+        count: int = 60,
+        *,
+        seed: int = 5,
+        image_faults: ImageFaults | None = None,
+        faults: Faults | None = None,
+    ) -> World:
+        images = ImageServer(faults=image_faults)
+        now = datetime.now(UTC)
+        dataset = Dataset(
+            count,
+            seed,
+            start=now - timedelta(days=7),
+            end=now - timedelta(minutes=1),
+            image_origin=images.url,
+        )
+        api = FakeServer(FakeApi(dataset, api_key="test-key", faults=faults, seed=seed))
+        images.attach(api.api).start()
+        found = World(api.start(), images)
+        started.append(found)
+        return found
+
+    yield start
+    for w in started:
+        w.api.stop()
+        w.images.stop()
+
+
+def archive_env(w: World, database_url: str, archive: Path, **extra: str) -> dict[str, str]:
+    return syncd_env(
+        w.api.url,
+        database_url,
+        archive_dir=str(archive),
+        archive_min_free_bytes="0",
+        archive_max_requests_per_second="1000",
+        **extra,
+    )
+
+
+def sync_and_archive(env: dict[str, str], cwd: Path, *args: str) -> Any:
+    synced = run_syncd(["run-once"], env, cwd)
+    assert synced.returncode == 0, synced.stderr
+    done = run_syncd(["archive", *args], env, cwd)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def table(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(files).order_by(files.c.artwork_id, files.c.role, files.c.position)))
+
+
+def referenced_urls(w: World) -> set[str]:
+    """Every image URL the fake's valid artworks reference (results and upscaling inputs)."""
+    urls: set[str] = set()
+    for artwork in w.dataset.valid():
+        value = artwork.value
+        urls.update(value.get("results") or [])
+        if value.get("artworkType") == "upscaling" and value["parameters"].get("imageUrl"):
+            urls.add(value["parameters"]["imageUrl"])
+    return urls
+
+
+def test_every_image_is_archived_once_with_the_hash_of_the_bytes_served(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    w = world(80, image_faults=ImageFaults(gone=0.15))
+    archive = tmp_path / "images"
+    done = sync_and_archive(archive_env(w, db_url, archive), tmp_path)
+    assert "archive run: success" in done.stderr + done.stdout or "syncd archive run: success" in done.stdout
+
+    stored = table(engine)
+    assert {r.url for r in stored} == referenced_urls(w)
+    gone = {r.url for r in stored if r.status == "gone"}
+    archived = [r for r in stored if r.status == "archived"]
+    assert gone and archived and len(gone) + len(archived) == len(stored)
+    for row in archived:
+        assert row.sha256 == expected_sha256(row.url)
+        assert hashlib.sha256((archive / row.path).read_bytes()).hexdigest() == row.sha256
+        assert row.path.startswith(f"{row.sha256[:2]}/{row.sha256[2:4]}/{row.sha256}.")
+        assert row.size_bytes == (archive / row.path).stat().st_size and row.content_type.startswith("image/")
+        assert row.fetched_at is not None and row.next_attempt_at is None and row.attempts == 1
+    for row in stored:
+        if row.status == "gone":
+            assert row.last_error == "404 Not Found" and row.next_attempt_at is None
+    assert {r.role for r in stored} == {"result", "input"}
+    assert w.images.stats.authorization_seen == 0
+    assert not list((archive / "incoming").iterdir())
+
+    # A second run downloads nothing: every image is archived or gone.
+    requests = w.images.stats.requests
+    again = run_syncd(["archive"], archive_env(w, db_url, archive), tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert w.images.stats.requests == requests
+    assert table(engine) == stored
+
+
+def test_transient_failures_fail_then_are_archived_on_a_later_attempt(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    # Each image answers 503 to its first three requests: one run's attempts.
+    w = world(20, image_faults=ImageFaults(fail_first=3))
+    env = archive_env(w, db_url, tmp_path / "images")
+    sync_and_archive(env, tmp_path)
+    first = table(engine)
+    assert first and all(r.status == "failed" for r in first)
+    assert all(r.attempts == 1 and r.next_attempt_at is not None for r in first)
+    assert all("503 Service Unavailable (after 3 attempts)" in r.last_error for r in first)
+
+    # Not due yet: a run now fetches nothing.
+    requests = w.images.stats.requests
+    assert run_syncd(["archive"], env, tmp_path).returncode == 0
+    assert w.images.stats.requests == requests
+
+    with db.writer(engine).begin() as conn:  # as if the back-off had passed
+        conn.execute(update(files).values(next_attempt_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert run_syncd(["archive"], env, tmp_path).returncode == 0
+    later = table(engine)
+    assert all(r.status == "archived" and r.attempts == 2 and r.last_error is None for r in later)
+    assert all(r.sha256 == expected_sha256(r.url) for r in later)
+
+
+def test_bad_answers_fail_with_their_reason_and_redirects_are_followed(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    w = world(60, image_faults=ImageFaults(wrong_type=0.2, redirect=0.3, error_5xx=0.2))
+    sync_and_archive(archive_env(w, db_url, tmp_path / "images", archive_max_file_bytes="200K"), tmp_path)
+    stored = table(engine)
+    reasons = {r.last_error for r in stored if r.status == "failed"}
+    assert "the content type 'text/html; charset=utf-8' is not an image" in reasons or any(
+        "is not an image" in (reason or "") for reason in reasons
+    )
+    assert any("larger than SYNCD_ARCHIVE_MAX_FILE_BYTES" in (reason or "") for reason in reasons)
+    archived = [r for r in stored if r.status == "archived"]
+    assert archived and all(
+        r.sha256 == expected_sha256(r.url) and r.size_bytes <= 200 * 1024 for r in archived
+    )
+    assert w.images.stats.by_status[302] > 0  # some of those archived came through a redirect
+    assert w.images.stats.authorization_seen == 0
+
+
+def test_a_full_disk_stops_the_archive_with_one_line_and_loses_nothing(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    w = world(20)
+    env = archive_env(w, db_url, tmp_path / "images")
+    assert run_syncd(["run-once"], env, tmp_path).returncode == 0
+    env["SYNCD_ARCHIVE_MIN_FREE_BYTES"] = str(1 << 62)  # no disk has that much free
+    full = run_syncd(["archive"], env, tmp_path)
+    assert full.returncode == 9, full.stderr
+    errors = [line for line in full.stderr.splitlines() if line.startswith("syncd: error:")]
+    assert len(errors) == 1 and "SYNCD_ARCHIVE_MIN_FREE_BYTES" in errors[0]
+    assert w.images.stats.requests == 0
+    assert {r.status for r in table(engine)} == {"pending"}
+
+    # Room again: everything is archived.
+    env["SYNCD_ARCHIVE_MIN_FREE_BYTES"] = "0"
+    assert run_syncd(["archive"], env, tmp_path).returncode == 0
+    assert {r.status for r in table(engine)} == {"archived"}
+
+
+def test_verify_finds_missing_and_corrupt_files_and_mends_what_is_still_available(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    w = world(30)
+    archive = tmp_path / "images"
+    env = archive_env(w, db_url, archive)
+    sync_and_archive(env, tmp_path)
+    stored = [r for r in table(engine) if r.status == "archived" and r.role == "result"]
+    missing, corrupt, lost = stored[0], stored[1], stored[2]
+    (archive / missing.path).unlink()
+    (archive / corrupt.path).write_bytes(b"\x89PNG\r\n\x1a\nnot what was served")
+    (archive / lost.path).unlink()
+    w.dataset.delete(lost.artwork_id) if hasattr(w.dataset, "delete") else _delete(w, lost.artwork_id)
+
+    verified = run_syncd(["archive", "--verify"], env, tmp_path)
+    assert verified.returncode == 0, verified.stderr
+    assert "2 missing, 1 corrupt" in verified.stdout
+    after = {(r.artwork_id, r.role, r.position): r for r in table(engine)}
+    for mended in (missing, corrupt):
+        row = after[(mended.artwork_id, mended.role, mended.position)]
+        assert row.status == "archived" and row.sha256 == mended.sha256
+        assert hashlib.sha256((archive / row.path).read_bytes()).hexdigest() == row.sha256
+    assert after[(lost.artwork_id, lost.role, lost.position)].status == "gone"
+    assert list((archive / "corrupt").iterdir())  # the corrupt file is kept aside, not deleted
+
+
+def _delete(w: World, artwork_id: str) -> None:
+    with w.api.api.lock:
+        dataset = w.dataset
+        dataset.items = [a for a in dataset.items if a.id != artwork_id]
+        if hasattr(dataset, "_by_id"):
+            dataset._by_id.pop(artwork_id, None)
+
+
+def test_sigkill_while_archiving_leaves_no_partial_file_and_the_next_run_resumes(
+    sqlite_url: str, world: Callable[..., World], tmp_path: Path
+) -> None:
+    # Big files that arrive slowly: the kill lands mid-body.
+    w = world(12, image_faults=ImageFaults(size=400_000, dribble=0.002))
+    archive = tmp_path / "images"
+    env = archive_env(w, sqlite_url, archive, archive_max_in_flight="4")
+    assert run_syncd(["run-once"], env, tmp_path).returncode == 0
+    process = start_syncd(["archive"], env, tmp_path)
+    try:
+        wait_for(lambda: any((archive / "incoming").glob("*.part")), 30, "a download under way")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    for path in archive.glob("??/??/*"):
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name.split(".")[0]
+    w.images.update_faults({"dribble": 0.0})
+    resumed = run_syncd(["archive"], env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    engine = db.create_db_engine(sqlite_url)
+    try:
+        stored = table(engine)
+    finally:
+        engine.dispose()
+    assert stored and all(
+        r.status == "archived" and r.sha256 == expected_sha256(r.url, 400_000) for r in stored
+    )
+    assert not list((archive / "incoming").iterdir())
+
+
+def test_status_shows_the_archive_and_its_lag_and_exits_8_past_the_limit(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    w = world(20)
+    env = archive_env(w, db_url, tmp_path / "images")
+    assert run_syncd(["run-once"], env, tmp_path).returncode == 0
+    assert run_syncd(["archive"], env, tmp_path).returncode == 0  # discovers; all archived
+    with db.writer(engine).begin() as conn:  # one image back to pending: its artwork is old
+        key = conn.execute(select(files.c.artwork_id, files.c.expires_at).limit(1)).one()
+        conn.execute(
+            update(files)
+            .where(files.c.artwork_id == key.artwork_id)
+            .values(status="pending", next_attempt_at=datetime.now(UTC) + timedelta(hours=1))
+        )
+    status = run_syncd(["status", "--json"], env, tmp_path)
+    report = orjson.loads(status.stdout)["archive"]
+    age = (datetime.now(UTC) - (key.expires_at - timedelta(days=8))).total_seconds()
+    assert report["lag_seconds"] == pytest.approx(age, abs=5)
+    assert report["files"]["pending"] >= 1 and report["files"]["archived"] >= 1
+    text = run_syncd(["status"], env, tmp_path).stdout
+    assert "image archive" in text and "archive lag" in text
+    assert run_syncd(["status", "--max-archive-lag", str(age + 60)], env, tmp_path).returncode == 0
+    lagging = run_syncd(["status", "--max-archive-lag", str(age - 60)], env, tmp_path)
+    assert lagging.returncode == 8 and "ARCHIVE LAGGING" in lagging.stderr
+
+
+def test_archive_without_a_folder_is_a_configuration_error(tmp_path: Path, sqlite_url: str) -> None:
+    env = syncd_env("http://127.0.0.1:9", sqlite_url)
+    result = run_syncd(["archive"], env, tmp_path)
+    assert result.returncode == 3 and "SYNCD_ARCHIVE_DIR: not set" in result.stderr
+    assert not os.path.exists(tmp_path / "syncd.db")

@@ -1,0 +1,283 @@
+"""The archive's pure decisions, its folder and its fetcher, alone (no database, no server)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from syncd.archive.fetch import FetchFailure, FetchOptions, ImageFetcher
+from syncd.archive.files import ContentStore
+from syncd.archive.plan import (
+    MAX_ATTEMPTS,
+    RETRY_CAP,
+    Due,
+    Verdict,
+    content_path,
+    fetch_order,
+    lag_seconds,
+    media_type,
+    retry_at,
+    sniff_extension,
+)
+from syncd.errors import ArchiveStorageError, LockHeldError
+
+NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+
+
+def due(name: str, expires_in_hours: float) -> Due:
+    return Due(name, "result", 0, f"https://img/{name}.png", NOW + timedelta(hours=expires_in_hours), 0)
+
+
+# ------------------------------------------------------------------ plan
+
+
+def test_the_image_deleted_soonest_goes_first_and_expired_ones_wait_behind() -> None:
+    order = fetch_order([due("late", 100), due("dead-long", -50), due("soon", 1), due("dead-now", -1)], NOW)
+    assert [d.artwork_id for d in order] == ["soon", "late", "dead-now", "dead-long"]
+
+
+def test_retries_back_off_doubling_to_a_cap_then_stop() -> None:
+    delays = [retry_at(n, NOW) for n in range(1, MAX_ATTEMPTS + 1)]
+    assert delays[0] == NOW + timedelta(minutes=1) and delays[1] == NOW + timedelta(minutes=2)
+    assert max(d for d in delays if d is not None) == NOW + RETRY_CAP
+    assert delays[-1] is None
+
+
+def test_lag_is_the_age_of_the_oldest_waiting_artwork() -> None:
+    assert lag_seconds(None, NOW) == 0.0
+    created = NOW - timedelta(days=3)
+    assert lag_seconds(created + timedelta(days=8), NOW) == timedelta(days=3).total_seconds()
+
+
+def test_a_file_is_what_its_bytes_say() -> None:
+    assert sniff_extension(PNG[:16]) == ".png"
+    assert sniff_extension(b"\xff\xd8\xff\xe0\x00\x10JFIF") == ".jpg"
+    assert sniff_extension(b"RIFF\x10\x00\x00\x00WEBPVP8 ") == ".webp"
+    assert sniff_extension(b"<!DOCTYPE html>") is None
+    assert media_type("Image/PNG; charset=x") == "image/png"
+    assert media_type("image/png\r\nX-Evil: 1") is None and media_type(None) is None
+    sha = hashlib.sha256(b"x").hexdigest()
+    assert str(content_path(sha, ".png")) == f"{sha[:2]}/{sha[2:4]}/{sha}.png"
+    with pytest.raises(ValueError):
+        content_path("../../etc/passwd", ".png")
+
+
+# ------------------------------------------------------------------ the folder
+
+
+def test_a_file_appears_only_complete_and_identical_bytes_are_stored_once(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    store.prepare()
+    with store.receive() as receiver:
+        receiver.write(PNG[:100])
+        assert not list(tmp_path.glob("??/??/*"))  # only in incoming/ so far
+        receiver.write(PNG[100:])
+        first = receiver.finish()
+    with store.receive() as receiver:
+        receiver.write(PNG)
+        second = receiver.finish()
+    assert first.new and not second.new and first.path == second.path
+    assert (tmp_path / first.path).read_bytes() == PNG
+    assert not list((tmp_path / "incoming").iterdir())
+    assert store.verify(first.path, first.sha256) == "ok"
+    (tmp_path / first.path).write_bytes(PNG + b"!")
+    assert store.verify(first.path, first.sha256) == "corrupt"
+    assert store.verify("00/00/nothing.png", first.sha256) == "missing"
+
+
+def test_a_download_cut_off_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    store.prepare()
+    with pytest.raises(RuntimeError), store.receive() as receiver:
+        receiver.write(PNG)
+        raise RuntimeError("connection lost")
+    assert not list((tmp_path / "incoming").iterdir()) and not list(tmp_path.glob("??/??/*"))
+
+
+def test_a_full_disk_is_one_clear_error_and_removes_the_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ContentStore(tmp_path)
+    store.prepare()
+
+    class Full:
+        """The partial file, on a disk that just filled up."""
+
+        def __init__(self, real: object) -> None:
+            self.real = real
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:
+            self.real.close()  # type: ignore[attr-defined]
+
+    with pytest.raises(ArchiveStorageError, match="is full"), store.receive() as receiver:
+        receiver.write(PNG[:10])  # the file exists now
+        receiver._handle = Full(receiver._handle)  # type: ignore[assignment]
+        receiver.write(PNG[10:])
+    assert not list((tmp_path / "incoming").iterdir())
+
+
+def test_the_free_space_floor_stops_before_writing(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path, min_free_bytes=1 << 62)
+    with pytest.raises(ArchiveStorageError, match="SYNCD_ARCHIVE_MIN_FREE_BYTES"):
+        store.check_room()
+
+
+def test_one_job_per_folder_and_it_clears_what_a_dead_one_left(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    store.prepare()
+    (tmp_path / "incoming" / "dead.part").write_bytes(b"half")
+    with store.lock():
+        assert not (tmp_path / "incoming" / "dead.part").exists()
+        with pytest.raises(LockHeldError), ContentStore(tmp_path).lock():
+            pass
+
+
+# ------------------------------------------------------------------ the fetcher
+
+
+class Clock:
+    """Time that passes only when the fetcher sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+
+
+def fetcher(tmp_path: Path, handler: httpx.MockTransport, clock: Clock | None = None) -> ImageFetcher:
+    store = ContentStore(tmp_path, max_file_bytes=1 << 20)
+    store.prepare()
+    clock = clock or Clock()
+    return ImageFetcher(
+        store,
+        FetchOptions(max_requests_per_second=1000),
+        transport=handler,
+        clock=lambda: clock.now,
+        sleep=clock.sleep,
+    )
+
+
+def test_no_credential_ever_reaches_an_image_host_and_redirects_are_bounded(tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        hops = int(request.url.params.get("hop", "0"))
+        if hops < 3:
+            return httpx.Response(
+                302,
+                headers={
+                    "Location": f"https://other.example/x?hop={hops + 1}",
+                    "Set-Cookie": "s=1; Domain=example",
+                },
+            )
+        return httpx.Response(200, headers={"Content-Type": "image/png"}, content=PNG)
+
+    got = fetcher(tmp_path, httpx.MockTransport(answer)).fetch("https://cdn.example/a.png")
+    assert got.stored.sha256 == hashlib.sha256(PNG).hexdigest()
+    assert len(seen) == 4
+    assert all("authorization" not in r.headers and "cookie" not in r.headers for r in seen)
+
+
+def test_too_many_redirects_and_https_to_http_are_refused(tmp_path: Path) -> None:
+    loop = httpx.MockTransport(lambda r: httpx.Response(302, headers={"Location": "/again"}))
+    with pytest.raises(FetchFailure, match="more than 5 redirects") as caught:
+        fetcher(tmp_path, loop).fetch("https://cdn.example/a.png")
+    assert caught.value.verdict is Verdict.FAILED
+    down = httpx.MockTransport(
+        lambda r: httpx.Response(301, headers={"Location": "http://cdn.example/a.png"})
+    )
+    with pytest.raises(FetchFailure, match="https to plain http"):
+        fetcher(tmp_path, down).fetch("https://cdn.example/a.png")
+
+
+@pytest.mark.parametrize(
+    ("answer", "verdict", "reason"),
+    [
+        (httpx.Response(404), Verdict.GONE, "404 Not Found"),
+        (httpx.Response(410), Verdict.GONE, "410 Gone"),
+        (httpx.Response(503), Verdict.RETRY, "503 Service Unavailable (after 3 attempts)"),
+        (httpx.Response(403), Verdict.FAILED, "403 Forbidden"),
+        (
+            httpx.Response(200, headers={"Content-Type": "text/html"}, content=b"<html>"),
+            Verdict.FAILED,
+            "not an image",
+        ),
+        (
+            httpx.Response(200, headers={"Content-Type": "image/png"}, content=b"<html>"),
+            Verdict.FAILED,
+            "not an image",
+        ),
+        (
+            httpx.Response(
+                200, headers={"Content-Type": "image/png", "Content-Length": str(2 << 20)}, content=b""
+            ),
+            Verdict.FAILED,
+            "larger than SYNCD_ARCHIVE_MAX_FILE_BYTES",
+        ),
+        (
+            httpx.Response(200, headers={"Content-Type": "image/png"}, content=PNG * 400),
+            Verdict.FAILED,
+            "larger",
+        ),
+    ],
+)
+def test_what_each_answer_means(
+    tmp_path: Path, answer: httpx.Response, verdict: Verdict, reason: str
+) -> None:
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return answer
+
+    with pytest.raises(FetchFailure) as caught:
+        fetcher(tmp_path, httpx.MockTransport(handler)).fetch("https://cdn.example/a.png")
+    assert caught.value.verdict is verdict and reason in caught.value.reason
+    assert len(calls) == (3 if verdict is Verdict.RETRY else 1)  # no retry storm on a 404
+    assert not list((tmp_path / "incoming").iterdir())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "http://169.254.169.254/latest/meta-data",
+        "https://user:pw@cdn.example/a.png",
+        "ftp://x/a.png",
+        "not a url",
+    ],
+)
+def test_urls_that_are_no_image_host_are_not_fetched(tmp_path: Path, url: str) -> None:
+    sent: list[httpx.Request] = []
+    transport = httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200))  # type: ignore[func-returns-value]
+    with pytest.raises(FetchFailure) as caught:
+        fetcher(tmp_path, transport).fetch(url)
+    assert caught.value.verdict is Verdict.FAILED and not sent
+
+
+def test_a_429_is_waited_out_and_slows_the_pace(tmp_path: Path) -> None:
+    answers = iter(
+        [
+            httpx.Response(429, headers={"Retry-After": "2"}),
+            httpx.Response(200, headers={"Content-Type": "image/png"}, content=PNG),
+        ]
+    )
+    clock = Clock()
+    f = fetcher(tmp_path, httpx.MockTransport(lambda r: next(answers)), clock)
+    rate = f.pacer.limiter.rate
+    assert f.fetch("https://cdn.example/a.png").stored.size == len(PNG)
+    assert f.pacer.limiter.rate < rate
+    assert clock.slept >= 2.0  # the second request went after the Retry-After
