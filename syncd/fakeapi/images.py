@@ -312,7 +312,10 @@ class ImageServer(ThreadingHTTPServer):
 
     def start(self) -> ImageServer:
         """Serve in a background thread (for tests and the demo)."""
-        self._thread = threading.Thread(target=self.serve_forever, name="fake-images", daemon=True)
+        # A short poll: stop() waits for it, and tests stop a server each.
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-images", daemon=True
+        )
         self._thread.start()
         return self
 
