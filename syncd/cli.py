@@ -615,6 +615,71 @@ def status_command(
     type=int,
     help="Oldest artworks deleted before each list request.",
 )
+@click.option(
+    "--recent-days",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Spread createdAt over the last N days up to now (0: from 2024 on, 1-600 s apart).",
+)
+@click.option(
+    "--retention-seconds",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Delete artworks (and their images) this long after creation, as the API does after 8 days (0: never).",
+)
+@click.option(
+    "--images-port",
+    default=None,
+    type=int,
+    help="Serve the artworks' images on a second origin at this port (0 picks a free one); default: none.",
+)
+@click.option(
+    "--image-latency-ms",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Milliseconds before every image answer.",
+)
+@click.option(
+    "--image-error-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Share of image requests answered 5xx.",
+)
+@click.option(
+    "--image-gone-fraction",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Share of image URLs answered 404 every time, as if expired.",
+)
+@click.option(
+    "--image-wrong-type-fraction",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Share of image URLs answered 200 with an HTML page.",
+)
+@click.option(
+    "--image-redirect-fraction",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Share of image URLs answered 302 to another path of the image origin.",
+)
+@click.option(
+    "--image-size", default=0, show_default=True, type=int, help="Every image this many bytes (0: 2-256 KiB)."
+)
+@click.option(
+    "--image-rate-limit",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Image requests/s (token bucket, burst of one second) before 429 (0: none).",
+)
 @handle_errors
 def mock_api_command(
     host: str,
@@ -629,20 +694,56 @@ def mock_api_command(
     pending_fraction: float,
     hostile_fraction: float,
     poisons: tuple[str, ...],
+    recent_days: float,
+    retention_seconds: float,
+    images_port: int | None,
     **faults: Any,
 ) -> None:
     """Serve a fake Tengr.ai v1 API (with fault injection) until interrupted.
+
+    With --images-port, the artworks' images (results, upscaling inputs) are
+    served on a second origin, which the artworks' URLs name.
 
     \b
     Example:
       syncd mock-api --port 8080 --count 5000 --rate-limit 20 --error-rate 0.1
       syncd mock-api --poison surrogate --poison nul --content-encoding gzip --echo-key
       syncd mock-api --count 40000 --latency-ms 400 --rate-limit 10   # a remote, rate-limited API
+      syncd mock-api --images-port 8081 --recent-days 8 --retention-seconds 600 --image-error-rate 0.05
       SYNCD_API_URL=http://127.0.0.1:8080 SYNCD_API_KEY=demo-key syncd run-once
     """
-    from syncd.fakeapi.data import Dataset
+    from datetime import UTC, datetime, timedelta
+
+    from syncd.fakeapi.data import EPOCH, HORIZON, Dataset
+    from syncd.fakeapi.images import ImageFaults, ImageServer
     from syncd.fakeapi.server import FakeApi, FakeServer, Faults
 
+    image_faults = ImageFaults(
+        latency=faults.pop("image_latency_ms") / 1000,
+        error_5xx=faults.pop("image_error_rate"),
+        gone=faults.pop("image_gone_fraction"),
+        wrong_type=faults.pop("image_wrong_type_fraction"),
+        redirect=faults.pop("image_redirect_fraction"),
+        size=faults.pop("image_size"),
+        rate_limit=faults.pop("image_rate_limit"),
+    )
+    images = None
+    if images_port is not None:
+        # Bound before the dataset is made: the artworks' URLs name its port.
+        try:
+            images = ImageServer(host, images_port, image_faults, seed=seed)
+        except OSError as exc:
+            port_at_fault = exc.errno in (errno.EADDRINUSE, errno.EACCES)
+            hint = (
+                "choose another --images-port (0 picks a free one)"
+                if port_at_fault
+                else "choose another --host"
+            )
+            raise ConfigError(
+                f"mock-api --host {host} --images-port {images_port}: "
+                f"{listen_reason(exc, host, images_port)}; {hint}"
+            ) from None
+    now = datetime.now(UTC)
     dataset = Dataset(
         count,
         seed,
@@ -650,6 +751,9 @@ def mock_api_command(
         malformed_fraction=malformed_fraction,
         pending_fraction=pending_fraction,
         hostile_fraction=hostile_fraction,
+        image_origin=images.url if images is not None else None,
+        start=now - timedelta(days=recent_days) if recent_days > 0 else EPOCH,
+        end=now if recent_days > 0 else HORIZON,
     )
     fault_config = Faults(
         rate_limit=faults["rate_limit"],
@@ -672,16 +776,16 @@ def mock_api_command(
         latency=faults["latency_ms"] / 1000,
         rate_limit_headers=faults["rate_limit_headers"],
         rate_limit_blocks=faults["rate_limit_blocks"],
+        retention=retention_seconds,
     )
     if poisons:
         dataset.poison(list(poisons), api_key)
+    api = FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_key, faults=fault_config, seed=seed)
     try:
-        server = FakeServer(
-            FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_key, faults=fault_config, seed=seed),
-            host,
-            port,
-        )
+        server = FakeServer(api, host, port)
     except OSError as exc:
+        if images is not None:
+            images.server_close()
         port_at_fault = exc.errno in (errno.EADDRINUSE, errno.EACCES)
         hint = "choose another --port (0 picks a free one)" if port_at_fault else "choose another --host"
         raise ConfigError(
@@ -691,12 +795,17 @@ def mock_api_command(
     click.echo(
         f"fake Tengr.ai API on {server.url} with {count} artworks ({order}); key {api_key!r}", err=True
     )
+    if images is not None:
+        images.attach(api).start()
+        click.echo(f"fake images on {images.url}", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        if images is not None:
+            images.stop()
 
 
 # ---------------------------------------------------------------- demo

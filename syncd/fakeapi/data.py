@@ -3,10 +3,16 @@
 Records are created in time order (``createdAt`` strictly increasing with the
 creation index); the served list shows them newest-first, oldest-first or
 shuffled. Tests use the same dataset object as ground truth.
+
+With ``image_origin`` the image URLs (results, upscaling inputs) point at the
+fake image server (``syncd.fakeapi.images``) instead of hosts that do not
+exist. ``expire`` plays the API's retention: it deletes an artwork and its
+images a fixed time after creation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 import uuid
@@ -73,6 +79,28 @@ EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 # between EPOCH and HORIZON. Up to ~220,000 records the gaps are 1-600 s.
 HORIZON = datetime(2026, 6, 1, tzinfo=UTC)
 MAX_GAP_SECONDS = 600
+# Image formats of an image origin's URLs, as the real service mixes them:
+# mostly WebP results, some PNG and JPEG (uploads especially).
+IMAGE_EXTENSIONS = ("webp",) * 7 + ("png",) * 2 + ("jpg",)
+
+
+def image_extension(key: str) -> str:
+    """The extension of the image named ``key``: from a hash, not the dataset's
+    random generator, so that an image origin leaves every other value as it was."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return IMAGE_EXTENSIONS[int.from_bytes(digest[:4], "big") % len(IMAGE_EXTENSIONS)]
+
+
+def result_url(image_origin: str | None, artwork_id: str, n: int) -> str:
+    if image_origin is None:
+        return f"https://cdn.tengr.ai/artworks/{artwork_id}/{n}.webp"
+    return f"{image_origin}/artworks/{artwork_id}/{n}.{image_extension(f'artworks/{artwork_id}/{n}')}"
+
+
+def upload_url(image_origin: str | None, index: int) -> str:
+    if image_origin is None:
+        return f"https://uploads.example/{index}.png"
+    return f"{image_origin}/uploads/{index}.{image_extension(f'uploads/{index}')}"
 
 
 def _poisoned(kind: str, value: dict[str, Any], api_key: str) -> bytes:
@@ -135,20 +163,20 @@ class FakeArtwork:
             self._json = orjson.dumps(self.value)
         return self._json
 
-    def finish(self, rng: random.Random) -> None:
+    def finish(self, rng: random.Random, image_origin: str | None = None) -> None:
         """A pending artwork completes: terminal status and its results appear."""
         if not self.pending or not isinstance(self.value, dict) or self.malformed is not None:
             return  # a malformed record stays as it is: finishing it would mend it
         # A malformed record may lack its id: its results are named by its index.
-        results = _results(rng, str(self.value.get("id", self.index)))
+        results = _results(rng, str(self.value.get("id", self.index)), image_origin)
         self.value = dict(self.value, status="done", results=results)
         self.value["duration"] = round(rng.uniform(2, 40), 3)
         self.pending = False
         self._json = None
 
 
-def _results(rng: random.Random, artwork_id: str) -> list[str]:
-    return [f"https://cdn.tengr.ai/artworks/{artwork_id}/{n}.webp" for n in range(rng.choice((1, 1, 2, 4)))]
+def _results(rng: random.Random, artwork_id: str, image_origin: str | None = None) -> list[str]:
+    return [result_url(image_origin, artwork_id, n) for n in range(rng.choice((1, 1, 2, 4)))]
 
 
 def _prompt(rng: random.Random) -> str:
@@ -191,20 +219,50 @@ class Dataset:
         pending_fraction: float = 0.0,
         hostile_fraction: float = 0.0,
         start: datetime = EPOCH,
+        end: datetime = HORIZON,
+        image_origin: str | None = None,
     ) -> None:
+        """``end`` other than HORIZON makes a recent account: the ``count``
+        records are spread evenly over ``start``..``end`` (the newest close to
+        ``end``, none after it). At HORIZON they are 1-600 s apart from
+        ``start``, gaps shrinking only for accounts too large to fit.
+
+        ``image_origin`` ("http://host:port"): image URLs point there, with
+        extensions from a hash, and the random draws stay those of None."""
         self.rng = random.Random(seed)
         self.unknown_fraction = unknown_fraction
         self.malformed_fraction = malformed_fraction
         self.pending_fraction = pending_fraction
         self.hostile_fraction = hostile_fraction
+        self.image_origin = image_origin.rstrip("/") if image_origin else None
         self.next_time = start
-        room = (HORIZON - start).total_seconds()
+        room = (end - start).total_seconds()
+        if room <= 0:
+            raise ValueError(f"end {end} is not after start {start}")
         # The mean gap is about max_gap / 2: 1.8x room / count leaves 10% spare.
         self.max_gap = max(2, min(MAX_GAP_SECONDS, int(1.8 * room / max(count, 1))))
+        # A recent account: (start, window in ms, records) of the initial spread.
+        self._spread: tuple[datetime, int, int] | None = None
+        if end != HORIZON:
+            if room * 1000 < count:
+                raise ValueError(f"{count} artworks do not fit 1 ms apart between {start} and {end}")
+            self._spread = (start, int(room * 1000), count)
         self.created = 0
         self.items: list[FakeArtwork] = []  # live records, oldest first
         self.ever: dict[str, FakeArtwork] = {}  # every identifiable record ever created
         self._healthy: dict[int, Any] = {}  # poisoned artworks' values, by index
+        # The live records by id and by index: the image server looks one up per
+        # request. Tests also edit ``items`` directly, so a lookup rebuilds the
+        # index when the list is no longer the one indexed (see ``_index``).
+        self._by_id: dict[str, FakeArtwork] = {}
+        self._by_index: dict[int, FakeArtwork] = {}
+        self._shared_ids: set[str] = set()  # ids more than one live record carries
+        self._indexed: tuple[int, int] = (0, 0)
+        # Retention (``expire``): when it started (wall clock), and the place of
+        # each record then present among those made before it.
+        self.retention_started: float | None = None
+        self._retention_rank: dict[int, int] | None = None
+        self._added_at: dict[int, float] = {}  # historical records added after retention started
         self.add(count)
 
     # ------------------------------------------------------------ mutation
@@ -212,32 +270,105 @@ class Dataset:
     def add(self, count: int, *, pending: bool | None = None, live: bool = False) -> list[FakeArtwork]:
         """``live``: created now (``createdAt`` the wall clock, still after every
         earlier one), as artworks made while syncd runs; otherwise in the past."""
+        self._index()
         added = [self._make(pending, live) for _ in range(count)]
         self.items.extend(added)
         for artwork in added:
             if artwork.id is not None:
                 self.ever.setdefault(artwork.id, artwork)
+            self._index_one(artwork)
+            if not live and self.retention_started is not None:
+                self._added_at[artwork.index] = time.time()
+        self._indexed = (id(self.items), len(self.items))
         return added
 
     def delete_oldest(self, count: int) -> list[FakeArtwork]:
+        self._index()
         removed, self.items = self.items[:count], self.items[count:]
+        self._unindex(removed)
         return removed
+
+    def expire(self, now: float, retention: float) -> list[FakeArtwork]:
+        """Delete the records whose time is up, as the API does ``retention``
+        seconds after creation; returns them.
+
+        A live record (``created_wall``) lives ``retention`` seconds. Records
+        made before retention started (at the first call, or
+        ``retention_started``) die as if the account had always been served:
+        the i-th oldest of n at ``retention_started + retention * (i + 1) / n``,
+        over one retention window. Records leave oldest first: one whose time
+        is up waits behind an older one whose time is not (only a live record
+        made before retention started can find itself there)."""
+        if retention <= 0:
+            return []
+        if self.retention_started is None:
+            self.retention_started = now
+        if self._retention_rank is None:
+            self._retention_rank = {a.index: rank for rank, a in enumerate(self.items)}
+        due = 0
+        for artwork in self.items:
+            if self._expires_at(artwork, retention) > now:
+                break
+            due += 1
+        return self.delete_oldest(due) if due else []
+
+    def _expires_at(self, artwork: FakeArtwork, retention: float) -> float:
+        if artwork.created_wall is not None:
+            return artwork.created_wall + retention
+        assert self.retention_started is not None
+        assert self._retention_rank is not None
+        rank = self._retention_rank.get(artwork.index)
+        if rank is None:  # made in the past, but only after retention started
+            return self._added_at.get(artwork.index, self.retention_started) + retention
+        return self.retention_started + retention * (rank + 1) / len(self._retention_rank)
 
     def finish_due(self, artworks: list[FakeArtwork], after: float, now: float) -> None:
         """Live pending artworks at least ``after`` seconds old finish (the API's
         processing takes that long)."""
         for artwork in artworks:
             if artwork.pending and artwork.created_wall is not None and now - artwork.created_wall >= after:
-                artwork.finish(self.rng)
+                artwork.finish(self.rng, self.image_origin)
 
     def finish_pending(self) -> int:
         pending = [a for a in self.items if a.pending]
         for artwork in pending:
-            artwork.finish(self.rng)
+            artwork.finish(self.rng, self.image_origin)
         return len(pending)
 
     def find(self, artwork_id: str) -> FakeArtwork | None:
-        return next((a for a in self.items if a.id == artwork_id), None)
+        """The live record of this id (the oldest, should two share it)."""
+        self._index()
+        return self._by_id.get(artwork_id)
+
+    def find_index(self, index: int) -> FakeArtwork | None:
+        """The live record created ``index``-th."""
+        self._index()
+        return self._by_index.get(index)
+
+    def _index(self) -> None:
+        """Rebuild the lookup index if ``items`` was changed behind its back."""
+        if self._indexed == (id(self.items), len(self.items)):
+            return
+        self._by_id, self._by_index, self._shared_ids = {}, {}, set()
+        for artwork in self.items:
+            self._index_one(artwork)
+        self._indexed = (id(self.items), len(self.items))
+
+    def _index_one(self, artwork: FakeArtwork) -> None:
+        self._by_index[artwork.index] = artwork
+        artwork_id = artwork.id
+        if artwork_id is not None and self._by_id.setdefault(artwork_id, artwork) is not artwork:
+            self._shared_ids.add(artwork_id)
+
+    def _unindex(self, removed: list[FakeArtwork]) -> None:
+        for artwork in removed:
+            self._by_index.pop(artwork.index, None)
+            if artwork.id is not None and self._by_id.get(artwork.id) is artwork:
+                del self._by_id[artwork.id]
+        if any(a.id in self._shared_ids for a in removed):
+            self._indexed = (0, 0)  # another record may carry the id: rebuild (rare)
+        else:
+            self._indexed = (id(self.items), len(self.items))
 
     def poison(self, kinds: list[str], api_key: str) -> dict[str, FakeArtwork]:
         """Serve one artwork of the list as each kind of hostile record (see POISONS).
@@ -306,6 +437,14 @@ class Dataset:
             created_wall = time.time()
             now = datetime.fromtimestamp(created_wall, UTC)
             self.next_time = max(self.next_time + timedelta(milliseconds=1), now.replace(microsecond=0))
+        elif self._spread is not None and index < self._spread[2]:
+            # Slot ``index`` of ``count`` equal slots of the window, somewhere inside
+            # it: never before ``start``, never after ``end``, newest near ``end``.
+            start, window_ms, count = self._spread
+            offset_ms = int(window_ms * (index + rng.uniform(0.05, 0.95)) / count)
+            self.next_time = max(
+                self.next_time + timedelta(milliseconds=1), start + timedelta(milliseconds=offset_ms)
+            )
         else:
             self.next_time += timedelta(
                 seconds=rng.randint(1, self.max_gap), milliseconds=rng.randint(0, 999)
@@ -322,7 +461,7 @@ class Dataset:
             kind, parameters = "txt2img", _txt2img_parameters(rng)
         else:
             kind = "upscaling"
-            parameters = {"imageUrl": f"https://uploads.example/{index}.png"}
+            parameters = {"imageUrl": upload_url(self.image_origin, index)}
             if rng.random() < 0.9:
                 parameters["scaleFactor"] = rng.randint(2, 8)
         is_pending = (rng.random() < self.pending_fraction) if pending is None else pending
@@ -332,7 +471,9 @@ class Dataset:
             "artworkType": kind,
             "parameters": parameters,
             "duration": None if is_pending else round(rng.uniform(1, 60), 3),
-            "results": [] if is_pending or status == "failed" else _results(rng, artwork_id),
+            "results": []
+            if is_pending or status == "failed"
+            else _results(rng, artwork_id, self.image_origin),
             "status": status,
             "createdAt": iso(self.next_time),
         }

@@ -17,6 +17,13 @@ random generator, so a run is repeatable. Control endpoints under ``/_fake/``
     POST /_fake/heal                   serve them as they were again
     POST /_fake/hold                   API requests wait (unanswered) until released
     POST /_fake/release                answer the held requests, and hold no more
+
+Retention (``Faults.retention``, seconds; 0 off): the real API deletes an
+artwork, and its images, 8 days after creation. Before answering a list or get
+request (and the image server, ``syncd.fakeapi.images``, before each image
+request) the dataset deletes what is due (``Dataset.expire``): live artworks
+``retention`` seconds after creation, those made before serving spread over one
+retention window, oldest first. A few seconds of it stand for 8 days in tests.
 """
 
 from __future__ import annotations
@@ -79,6 +86,7 @@ class Faults:
     # The shape of a remote API:
     latency: float = 0.0  # seconds before every API answer (requests are served concurrently)
     rate_limit_headers: bool = False  # RateLimit-Limit/-Remaining/-Reset and RateLimit-Policy on answers
+    retention: float = 0.0  # seconds an artwork lives before the API deletes it (0: forever)
 
     def update(self, changes: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -142,6 +150,11 @@ class FakeApi:
         self._open.set()
         self.held = 0  # requests waiting at the gate now
         self.in_flight = 0  # API requests being answered now
+
+    def expire_due(self) -> None:
+        """Under the lock: delete the artworks whose retention is over."""
+        if self.faults.retention > 0:
+            self.dataset.expire(time.time(), self.faults.retention)
 
     def hold(self) -> None:
         """From now on, API requests hang unanswered until ``release`` (at most ``HOLD_LIMIT``)."""
@@ -498,6 +511,7 @@ class _Handler(BaseHTTPRequestHandler):
             return bad(
                 "limit must not be greater than 500" if limit > 500 else "limit must not be less than 1"
             )
+        api.expire_due()
         if faults.add_per_request:
             api.dataset.add(faults.add_per_request, live=True)
         if faults.delete_oldest_per_request:
@@ -515,6 +529,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _get(self, artwork_id: str) -> tuple[int, bytes]:
         api = self.server.api
         api.get_log.append((time.time(), artwork_id))
+        api.expire_due()
         artwork = api.dataset.find(artwork_id)
         if artwork is not None and api.faults.finish_after:
             api.dataset.finish_due([artwork], api.faults.finish_after, time.time())
