@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from sqlalchemy import Engine, select, update
@@ -188,7 +189,7 @@ def test_a_full_disk_stops_the_archive_with_one_line_and_loses_nothing(
     w = world(20)
     env = archive_env(w, db_url, tmp_path / "images")
     assert run_syncd(["run-once"], env, tmp_path).returncode == 0
-    env["SYNCD_ARCHIVE_MIN_FREE_BYTES"] = str(1 << 62)  # no disk has that much free
+    env["SYNCD_ARCHIVE_MIN_FREE_BYTES"] = "1000T"  # no disk here has that much free
     full = run_syncd(["archive"], env, tmp_path)
     assert full.returncode == 9, full.stderr
     errors = [line for line in full.stderr.splitlines() if line.startswith("syncd: error:")]
@@ -214,7 +215,8 @@ def test_verify_finds_missing_and_corrupt_files_and_mends_what_is_still_availabl
     (archive / missing.path).unlink()
     (archive / corrupt.path).write_bytes(b"\x89PNG\r\n\x1a\nnot what was served")
     (archive / lost.path).unlink()
-    w.dataset.delete(lost.artwork_id) if hasattr(w.dataset, "delete") else _delete(w, lost.artwork_id)
+    with w.api.api.lock:  # the API deleted its artwork meanwhile
+        w.dataset.items = [a for a in w.dataset.items if a.id != lost.artwork_id]
 
     verified = run_syncd(["archive", "--verify"], env, tmp_path)
     assert verified.returncode == 0, verified.stderr
@@ -226,14 +228,6 @@ def test_verify_finds_missing_and_corrupt_files_and_mends_what_is_still_availabl
         assert hashlib.sha256((archive / row.path).read_bytes()).hexdigest() == row.sha256
     assert after[(lost.artwork_id, lost.role, lost.position)].status == "gone"
     assert list((archive / "corrupt").iterdir())  # the corrupt file is kept aside, not deleted
-
-
-def _delete(w: World, artwork_id: str) -> None:
-    with w.api.api.lock:
-        dataset = w.dataset
-        dataset.items = [a for a in dataset.items if a.id != artwork_id]
-        if hasattr(dataset, "_by_id"):
-            dataset._by_id.pop(artwork_id, None)
 
 
 def test_sigkill_while_archiving_leaves_no_partial_file_and_the_next_run_resumes(
@@ -252,6 +246,7 @@ def test_sigkill_while_archiving_leaves_no_partial_file_and_the_next_run_resumes
     finally:
         if process.poll() is None:
             process.kill()
+        process.communicate()
     for path in archive.glob("??/??/*"):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name.split(".")[0]
     w.images.update_faults({"dribble": 0.0})
@@ -299,3 +294,81 @@ def test_archive_without_a_folder_is_a_configuration_error(tmp_path: Path, sqlit
     result = run_syncd(["archive"], env, tmp_path)
     assert result.returncode == 3 and "SYNCD_ARCHIVE_DIR: not set" in result.stderr
     assert not os.path.exists(tmp_path / "syncd.db")
+
+
+# ------------------------------------------------------------------ the daemon
+
+
+def archived_count(engine: Engine) -> int:
+    return sum(1 for r in table(engine) if r.status == "archived")
+
+
+def test_the_daemon_archives_new_images_after_each_sync_and_shows_it_in_metrics(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    from tests.test_daemon import daemon, free_port
+
+    w = world(30)
+    port = free_port()
+    # The archive's own interval is long: new images are archived because a sync found them.
+    env = archive_env(
+        w, db_url, tmp_path / "images", interval="1", archive_interval="3600", metrics_port=str(port)
+    )
+    with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
+        wait_for(lambda: archived_count(engine) == len(referenced_urls(w)), 30, "the first images archived")
+        with w.api.api.lock:
+            w.dataset.add(5, live=True)
+        wait_for(lambda: archived_count(engine) == len(referenced_urls(w)), 30, "the new artworks' images")
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    assert f'syncd_archive_files_total{{status="archived"}} {float(len(referenced_urls(w)))}' in metrics
+    assert "syncd_archive_lag_seconds 0.0" in metrics and "syncd_archive_bytes_total" in metrics
+    assert w.images.stats.authorization_seen == 0
+    assert all(r.sha256 == expected_sha256(r.url) for r in table(engine))
+
+
+def test_a_full_disk_stops_the_daemons_archive_with_one_line_and_the_sync_goes_on(
+    sqlite_url: str, world: Callable[..., World], tmp_path: Path
+) -> None:
+    from tests.test_daemon import count, daemon, free_port
+
+    w = world(30)
+    port = free_port()
+    env = archive_env(
+        w, sqlite_url, tmp_path / "images", interval="1", archive_interval="0.3", metrics_port=str(port)
+    )
+    env["SYNCD_ARCHIVE_MIN_FREE_BYTES"] = "1000T"
+    engine = db.create_db_engine(sqlite_url)
+    db.upgrade(engine)
+    try:
+        with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
+            wait_for(
+                lambda: count(engine) == len(w.dataset.valid()),
+                30,
+                "the backfill",
+            )
+            with w.api.api.lock:
+                w.dataset.add(3, live=True)
+            wait_for(lambda: count(engine) == len(w.dataset.valid()), 30, "the next sync")
+            wait_for(
+                lambda: b"archive tick" in (tmp_path / "daemon.log").read_bytes() or table(engine) != [],
+                10,
+                "an archive tick",
+            )
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+        log = (tmp_path / "daemon.log").read_text()
+        assert log.count("image archive stopped") == 1, log  # said once while it lasts
+        assert "SYNCD_ARCHIVE_MIN_FREE_BYTES" in log
+        assert w.images.stats.requests == 0
+        assert {r.status for r in table(engine)} == {"pending"}
+    finally:
+        engine.dispose()
+
+
+def no_room_runs(port: int) -> float:
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith('syncd_archive_runs_total{outcome="no_room"}'):
+            return float(line.split()[-1])
+    return 0.0

@@ -94,9 +94,14 @@ def test_a_file_appears_only_complete_and_identical_bytes_are_stored_once(tmp_pa
 def test_a_download_cut_off_leaves_nothing_behind(tmp_path: Path) -> None:
     store = ContentStore(tmp_path)
     store.prepare()
-    with pytest.raises(RuntimeError), store.receive() as receiver:
-        receiver.write(PNG)
-        raise RuntimeError("connection lost")
+
+    def cut_off() -> None:
+        with store.receive() as receiver:
+            receiver.write(PNG)
+            raise RuntimeError("connection lost")
+
+    with pytest.raises(RuntimeError):
+        cut_off()
     assert not list((tmp_path / "incoming").iterdir()) and not list(tmp_path.glob("??/??/*"))
 
 
@@ -118,10 +123,14 @@ def test_a_full_disk_is_one_clear_error_and_removes_the_partial_file(
         def close(self) -> None:
             self.real.close()  # type: ignore[attr-defined]
 
-    with pytest.raises(ArchiveStorageError, match="is full"), store.receive() as receiver:
-        receiver.write(PNG[:10])  # the file exists now
-        receiver._handle = Full(receiver._handle)  # type: ignore[assignment]
-        receiver.write(PNG[10:])
+    def fill_the_disk() -> None:
+        with store.receive() as receiver:
+            receiver.write(PNG[:10])  # the file exists now
+            receiver._handle = Full(receiver._handle)  # type: ignore[assignment]
+            receiver.write(PNG[10:])
+
+    with pytest.raises(ArchiveStorageError, match="is full"):
+        fill_the_disk()
     assert not list((tmp_path / "incoming").iterdir())
 
 

@@ -209,7 +209,7 @@ def test_a_read_only_file_stops_writers_before_any_request_and_still_serves_read
     assert server.api.stats.requests == 0
     status = run_unprivileged(["status"], env, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
-    assert "schema        0003" in status.stdout
+    assert "schema        0004" in status.stdout
 
 
 # ---------------------------------------------------------------- the key in clear text

@@ -112,6 +112,8 @@ class Archiver:
                     queue = self._due(exclude={_key(d) for d in in_flight.values()})
                     if not queue and not in_flight:
                         break
+                if queue and len(in_flight) < self.max_in_flight:
+                    self.store.check_room()  # no request for a file there is no room for
                 while queue and len(in_flight) < self.max_in_flight:
                     item = queue.pop(0)
                     in_flight[pool.submit(self.fetcher.fetch, item.url, self._wanted)] = item

@@ -31,7 +31,7 @@ class Discovered:
 
 def discover(conn: Connection, now: datetime) -> Discovered:
     """Add a pending row for every image of a recent artwork that has none, and
-    make a row whose URL changed pending again (the new URL is another file)."""
+    make a row not yet archived whose URL changed pending again, with the new URL."""
     since = now - DISCOVERY_WINDOW
     referenced = union_all(
         select(
@@ -65,7 +65,15 @@ def discover(conn: Connection, now: datetime) -> Discovered:
                 files.c.position == referenced.c.position,
             ),
         )
-        .where(artworks.c.created_at >= since, or_(files.c.url.is_(None), files.c.url != referenced.c.url))
+        .where(
+            artworks.c.created_at >= since,
+            or_(
+                files.c.url.is_(None),
+                # An archived image keeps its file: a URL that changes with every
+                # listing (a signed CDN URL) must not fetch the same image again.
+                and_(files.c.url != referenced.c.url, files.c.status != FileStatus.ARCHIVED.value),
+            ),
+        )
     )
     found = Discovered()
     new: list[dict[str, Any]] = []
