@@ -1,6 +1,7 @@
 """``syncd daemon``: APScheduler jobs, the one-syncer lock per tick, signals, sd_notify.
 
-Jobs (one worker thread, so they never overlap; each coalesced, one instance):
+Jobs (sync, refresh and full share one worker thread, so they never overlap;
+each coalesced, one instance):
 
     sync     every SYNCD_INTERVAL (+ up to 10% jitter, at most 30 s), first at once
     refresh  every SYNCD_REFRESH_INTERVAL: re-check the unfinished artworks whose
@@ -8,6 +9,10 @@ Jobs (one worker thread, so they never overlap; each coalesced, one instance):
              of the shorter of the two intervals, so that a sync due meanwhile
              starts at most that (and a second) late
     full     every SYNCD_FULL_SYNC_INTERVAL, counted from the last complete scan
+    archive  (with SYNCD_ARCHIVE_DIR) every SYNCD_ARCHIVE_INTERVAL and after every
+             sync that stored something, on a thread of its own, so that a
+             backlog of downloads never delays a sync; under the one-archiver
+             lock; no room on the disk is logged once while it lasts
 
 Every tick takes the one-syncer lock or skips (another process is syncing:
 two daemons on one PostgreSQL form an active/standby pair, and the standby

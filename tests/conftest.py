@@ -14,6 +14,8 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from sqlalchemy.pool import NullPool
 from syncd import db
 from syncd.config import Settings, load_settings
 from syncd.fakeapi.data import Dataset
+from syncd.fakeapi.images import ImageFaults, ImageServer
 from syncd.fakeapi.server import FakeApi, FakeServer, Faults
 
 PG_ENV = "SYNCD_TEST_POSTGRES_URL"
@@ -107,6 +110,51 @@ def fake_api() -> Iterator[Callable[..., FakeServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@dataclass
+class World:
+    api: FakeServer
+    images: ImageServer
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.api.api.dataset
+
+
+@pytest.fixture
+def world() -> Iterator[Callable[..., World]]:
+    """Factory: a fake API whose artworks are recent, and its image origin."""
+    started: list[World] = []
+
+    def start(
+        count: int = 60,
+        *,
+        seed: int = 5,
+        image_faults: ImageFaults | None = None,
+        faults: Faults | None = None,
+        **dataset_options: Any,
+    ) -> World:
+        images = ImageServer(faults=image_faults)
+        now = datetime.now(UTC)
+        dataset = Dataset(
+            count,
+            seed,
+            start=now - timedelta(days=7),
+            end=now - timedelta(minutes=1),
+            image_origin=images.url,
+            **dataset_options,
+        )
+        api = FakeServer(FakeApi(dataset, api_key="test-key", faults=faults, seed=seed))
+        images.attach(api.api).start()
+        found = World(api.start(), images)
+        started.append(found)
+        return found
+
+    yield start
+    for w in started:
+        w.api.stop()
+        w.images.stop()
 
 
 def make_settings(api_url: str, database_url: str, **extra: str) -> Settings:

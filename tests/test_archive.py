@@ -6,8 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,55 +18,10 @@ from sqlalchemy import Engine, select, update
 
 from syncd import db
 from syncd.archive import rows
-from syncd.fakeapi.data import Dataset
-from syncd.fakeapi.images import ImageFaults, ImageServer, expected_sha256
-from syncd.fakeapi.server import FakeApi, FakeServer, Faults
-from tests.conftest import run_syncd, start_syncd, syncd_env, wait_for
+from syncd.fakeapi.images import ImageFaults, expected_sha256
+from tests.conftest import World, run_syncd, start_syncd, syncd_env, wait_for
 
 files = rows.files
-
-
-@dataclass
-class World:
-    api: FakeServer
-    images: ImageServer
-
-    @property
-    def dataset(self) -> Dataset:
-        return self.api.api.dataset
-
-
-@pytest.fixture
-def world() -> Iterator[Callable[..., World]]:
-    """Factory: a fake API whose artworks are recent, and its image origin."""
-    started: list[World] = []
-
-    def start(
-        count: int = 60,
-        *,
-        seed: int = 5,
-        image_faults: ImageFaults | None = None,
-        faults: Faults | None = None,
-    ) -> World:
-        images = ImageServer(faults=image_faults)
-        now = datetime.now(UTC)
-        dataset = Dataset(
-            count,
-            seed,
-            start=now - timedelta(days=7),
-            end=now - timedelta(minutes=1),
-            image_origin=images.url,
-        )
-        api = FakeServer(FakeApi(dataset, api_key="test-key", faults=faults, seed=seed))
-        images.attach(api.api).start()
-        found = World(api.start(), images)
-        started.append(found)
-        return found
-
-    yield start
-    for w in started:
-        w.api.stop()
-        w.images.stop()
 
 
 def archive_env(w: World, database_url: str, archive: Path, **extra: str) -> dict[str, str]:

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
 from syncd import db
-from syncd.app import run_once
+from syncd.app import archive, run_once
 from syncd.cli import cli
-from syncd.fakeapi.server import FakeServer
-from tests.conftest import REPO, make_settings
+from syncd.fakeapi.images import ImageFaults
+from tests.conftest import REPO, World, make_settings
 
 BLOCK = re.compile(r"```sql( sqlite| postgresql)?\n(.*?)```", re.DOTALL)
 
@@ -53,12 +53,24 @@ def test_docs_have_at_least_five_portable_queries() -> None:
 
 
 def test_every_example_query_runs_and_means_the_same_on_both_databases(
-    sqlite_url: str, postgres_url: str, fake_api: Callable[..., FakeServer]
+    sqlite_url: str, postgres_url: str, world: Callable[..., World], tmp_path: Path
 ) -> None:
-    server = fake_api(800, seed=11, unknown_fraction=0.03, malformed_fraction=0.01)
+    # Some images are gone (expired); none waits, so the archive's lag is the same on both.
+    w = world(
+        800, seed=11, image_faults=ImageFaults(gone=0.1), unknown_fraction=0.03, malformed_fraction=0.01
+    )
     answers = {}
     for name, url in (("sqlite", sqlite_url), ("postgresql", postgres_url)):
-        run_once(make_settings(server.url, url, page_size="100"))
+        settings = make_settings(
+            w.api.url,
+            url,
+            page_size="100",
+            archive_dir=str(tmp_path / name),
+            archive_min_free_bytes="0",
+            archive_max_requests_per_second="1000",
+        )
+        run_once(settings)
+        archive(settings)
         engine = db.create_db_engine(url)
         try:
             answers[name] = run_queries(engine, name)
