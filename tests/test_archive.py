@@ -326,3 +326,42 @@ def no_room_runs(port: int) -> float:
         if line.startswith('syncd_archive_runs_total{outcome="no_room"}'):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_under_a_backlog_the_image_deleted_soonest_is_saved_first(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    w = world(40)
+    # One download at a time: the order of fetching is the order of recording.
+    env = archive_env(w, db_url, tmp_path / "images", archive_max_in_flight="1")
+    sync_and_archive(env, tmp_path)
+    stored = sorted(table(engine), key=lambda r: (r.fetched_at, r.expires_at))
+    assert all(r.status == "archived" for r in stored)
+    deadlines = [r.expires_at for r in stored]
+    assert deadlines == sorted(deadlines)
+
+
+def test_sigterm_stops_the_archive_at_once_and_keeps_what_it_archived(
+    sqlite_url: str, world: Callable[..., World], tmp_path: Path
+) -> None:
+    w = world(12, image_faults=ImageFaults(size=400_000, dribble=0.002))
+    archive = tmp_path / "images"
+    env = archive_env(w, sqlite_url, archive, archive_max_in_flight="2")
+    assert run_syncd(["run-once"], env, tmp_path).returncode == 0
+    process = start_syncd(["archive"], env, tmp_path)
+    try:
+        wait_for(lambda: any((archive / "incoming").glob("*.part")), 30, "a download under way")
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate()
+    assert code == 130, stderr
+    assert "SIGTERM received" in stderr
+    assert not list((archive / "incoming").iterdir())  # the partial files went with it
+    engine = db.create_db_engine(sqlite_url)
+    try:
+        assert {r.status for r in table(engine)} <= {"pending", "archived"}
+    finally:
+        engine.dispose()

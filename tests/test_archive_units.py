@@ -290,3 +290,10 @@ def test_a_429_is_waited_out_and_slows_the_pace(tmp_path: Path) -> None:
     assert f.fetch("https://cdn.example/a.png").stored.size == len(PNG)
     assert f.pacer.limiter.rate < rate
     assert clock.slept >= 2.0  # the second request went after the Retry-After
+
+
+def test_a_declared_type_always_fits_its_column() -> None:
+    longest = "image/" + "x" * 200
+    assert media_type(longest) is None
+    fits = "a" * 49 + "/" + "b" * 49
+    assert media_type(fits) == fits and len(fits) < 100

@@ -23,10 +23,10 @@ from pathlib import PurePosixPath
 # The API deletes an artwork and its images this long after its creation
 # (API v2.2.0, "Defaults, Retention, and a Doc Refresh").
 RETENTION = timedelta(days=8)
-# Images are looked for among the artworks created this recently: older ones
-# were deleted by the API long since (a much older artwork's images are not
-# tried when the archive is first turned on).
-DISCOVERY_WINDOW = timedelta(days=30)
+# Images are looked for among the artworks created this recently (the API's 8
+# days, and two for clocks and late listings): older ones were deleted by the
+# API, and each look reads every image of the window.
+DISCOVERY_WINDOW = timedelta(days=10)
 RETRY_BASE = timedelta(minutes=1)
 RETRY_CAP = timedelta(hours=6)
 MAX_ATTEMPTS = 12  # runs; with the back-off above, more than two days of trying
@@ -96,7 +96,8 @@ _SIGNATURES = (
     (b"GIF89a", ".gif"),
 )
 SNIFF_BYTES = 16
-_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
+# At most 99 characters: archived_files.content_type is varchar(100).
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,48}/[a-z0-9][a-z0-9!#$&^_.+-]{0,48}")
 
 
 def sniff_extension(head: bytes) -> str | None:
