@@ -185,12 +185,12 @@ def test_verify_finds_missing_and_corrupt_files_and_mends_what_is_still_availabl
 
 
 def test_sigkill_while_archiving_leaves_no_partial_file_and_the_next_run_resumes(
-    sqlite_url: str, world: Callable[..., World], tmp_path: Path
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
 ) -> None:
     # Big files that arrive slowly: the kill lands mid-body.
     w = world(12, image_faults=ImageFaults(size=400_000, dribble=0.002))
     archive = tmp_path / "images"
-    env = archive_env(w, sqlite_url, archive, archive_max_in_flight="4")
+    env = archive_env(w, db_url, archive, archive_max_in_flight="4")
     assert run_syncd(["run-once"], env, tmp_path).returncode == 0
     process = start_syncd(["archive"], env, tmp_path)
     try:
@@ -201,16 +201,13 @@ def test_sigkill_while_archiving_leaves_no_partial_file_and_the_next_run_resumes
         if process.poll() is None:
             process.kill()
         process.communicate()
+    assert list((archive / "incoming").glob("*.part"))  # killed mid-body: the partial file is only there
     for path in archive.glob("??/??/*"):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name.split(".")[0]
     w.images.update_faults({"dribble": 0.0})
     resumed = run_syncd(["archive"], env, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    engine = db.create_db_engine(sqlite_url)
-    try:
-        stored = table(engine)
-    finally:
-        engine.dispose()
+    stored = table(engine)
     assert stored and all(
         r.status == "archived" and r.sha256 == expected_sha256(r.url, 400_000) for r in stored
     )
