@@ -176,3 +176,18 @@ def test_the_units_documentation_is_what_pip_installs_beside_syncd() -> None:
 
 def test_changelog_exists() -> None:
     assert (Path(REPO) / "CHANGELOG.md").read_text().startswith("# Changelog")
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    """A package missing from pyproject.toml works in the editable install of
+    the tests and fails in a user's `pip install .` (the slow quick-start test
+    finds it too, but only in CI's slow suite)."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(REPO).parts)
+        for init in (REPO / "syncd").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert found <= listed, f"packages not in pyproject.toml: {sorted(found - listed)}"
