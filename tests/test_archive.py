@@ -184,6 +184,22 @@ def test_verify_finds_missing_and_corrupt_files_and_mends_what_is_still_availabl
     assert list((archive / "corrupt").iterdir())  # the corrupt file is kept aside, not deleted
 
 
+def signal_mid_download(env: dict[str, str], archive: Path, cwd: Path, signum: int) -> tuple[int, str]:
+    """Sync, start `syncd archive`, send ``signum`` while a download is under
+    way: its exit code and stderr."""
+    assert run_syncd(["run-once"], env, cwd).returncode == 0
+    process = start_syncd(["archive"], env, cwd)
+    try:
+        wait_for(lambda: any((archive / "incoming").glob("*.part")), 30, "a download under way")
+        process.send_signal(signum)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate()
+    return process.returncode, stderr
+
+
 def test_sigkill_while_archiving_leaves_no_partial_file_and_the_next_run_resumes(
     db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
 ) -> None:
@@ -191,16 +207,7 @@ def test_sigkill_while_archiving_leaves_no_partial_file_and_the_next_run_resumes
     w = world(12, image_faults=ImageFaults(size=400_000, dribble=0.002))
     archive = tmp_path / "images"
     env = archive_env(w, db_url, archive, archive_max_in_flight="4")
-    assert run_syncd(["run-once"], env, tmp_path).returncode == 0
-    process = start_syncd(["archive"], env, tmp_path)
-    try:
-        wait_for(lambda: any((archive / "incoming").glob("*.part")), 30, "a download under way")
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
+    signal_mid_download(env, archive, tmp_path, signal.SIGKILL)
     assert list((archive / "incoming").glob("*.part"))  # killed mid-body: the partial file is only there
     for path in archive.glob("??/??/*"):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name.split(".")[0]
@@ -344,16 +351,7 @@ def test_sigterm_stops_the_archive_at_once_and_keeps_what_it_archived(
     w = world(12, image_faults=ImageFaults(size=400_000, dribble=0.002))
     archive = tmp_path / "images"
     env = archive_env(w, sqlite_url, archive, archive_max_in_flight="2")
-    assert run_syncd(["run-once"], env, tmp_path).returncode == 0
-    process = start_syncd(["archive"], env, tmp_path)
-    try:
-        wait_for(lambda: any((archive / "incoming").glob("*.part")), 30, "a download under way")
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=5)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        _, stderr = process.communicate()
+    code, stderr = signal_mid_download(env, archive, tmp_path, signal.SIGTERM)
     assert code == 130, stderr
     assert "SIGTERM received" in stderr
     assert not list((archive / "incoming").iterdir())  # the partial files went with it

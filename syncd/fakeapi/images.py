@@ -27,7 +27,6 @@ import hashlib
 import posixpath
 import random
 import re
-import socket
 import struct
 import sys
 import threading
@@ -35,13 +34,13 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from syncd.fakeapi.server import FakeApi
+from syncd.fakeapi.server import FakeApi, QuietHandler
 
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp"}
 MIN_IMAGE_SIZE = 2 * 1024
@@ -158,27 +157,8 @@ class _Answer:
     delay: float = 0.0
 
 
-class _ImageHandler(BaseHTTPRequestHandler):
+class _ImageHandler(QuietHandler):
     server: ImageServer
-    protocol_version = "HTTP/1.1"
-
-    def setup(self) -> None:
-        super().setup()
-        # As the API server: headers and body in separate writes must not wait
-        # for delayed ACKs.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # quiet: tests read counters instead
-
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path

@@ -236,8 +236,9 @@ class FakeApi:
         }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: FakeServer
+class QuietHandler(BaseHTTPRequestHandler):
+    """What the fake's servers share: HTTP/1.1 keep-alive, no Nagle delay, no logging."""
+
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
@@ -248,8 +249,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests read counters instead
-
-    # ------------------------------------------------------------ plumbing
 
     def _send(
         self,
@@ -265,6 +264,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+
+class _Handler(QuietHandler):
+    server: FakeServer
+
+    # ------------------------------------------------------------ plumbing
 
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         phrase = HTTPStatus(status).phrase
