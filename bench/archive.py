@@ -41,6 +41,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -456,6 +458,13 @@ def week(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     checked = check_archive(workdir, report["images"], expected_sha256)
     with sqlite3.connect(workdir / "syncd.db") as conn:
         runs = conn.execute("SELECT COUNT(*) FROM sync_runs").fetchone()[0]
+        ages = [
+            (datetime.fromisoformat(fetched) - datetime.fromisoformat(created)).total_seconds()
+            for fetched, created in conn.execute(
+                "SELECT f.fetched_at, a.created_at FROM archived_files f JOIN artworks a ON a.id = f.artwork_id"
+                " WHERE f.status = 'archived'"
+            )
+        ]
     log_text = log_path.read_text(errors="replace")
     errors = sum(1 for line in log_text.splitlines() if " ERROR " in line or "Traceback" in line)
     shutil.rmtree(workdir)
@@ -474,6 +483,10 @@ def week(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "artworks_listed_with_results": report["listed_with_results"],
         "images_listed": len(report["images"]),
         **checked,
+        # How long after its artwork's creation an image was archived (createdAt
+        # has whole seconds): the margin left before the fake deleted it.
+        "archived_after_seconds_median": statistics.median(ages) if ages else None,
+        "archived_after_seconds_max": max(ages, default=None),
         "sync_runs": runs,
         "daemon_exit": daemon.returncode,
         "daemon_error_lines": errors,
@@ -487,6 +500,7 @@ def week(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         f"{checked['archived_ok']:,} archived with the right sha256, {checked['lost']} lost "
         f"({checked['gone']} gone, {checked['failed']} failed, {checked['pending']} pending, "
         f"{checked['missing']} never seen, {checked['bad_hash']} wrong hash, {checked['no_file']} no file); "
+        f"archived {result['archived_after_seconds_max'] or 0:.1f}s after creation at the latest; "
         f"{runs} syncs; host {host['requests']:,} requests {host['by_status']}",
         file=sys.stderr,
     )
@@ -609,6 +623,7 @@ def print_table(results: dict[str, Any]) -> None:
             (f"week: {k['simulated_days']:.0f} days in {k['week_seconds']:g}s: images listed", f"{k['images_listed']:,}", ""),
             ("week: archived with the right sha256", f"{k['archived_ok']:,}", ""),
             ("week: lost (gone, failed, missing, wrong)", f"{k['lost']}", "0"),
+            (f"week: latest archived, s after creation (of {k['retention_seconds']:g})", f"{k['archived_after_seconds_max'] or 0:.1f}", ""),
         ]  # fmt: skip
     for label, value, target in rows:
         print(f"| {label:<58} | {value:>10} | {target:>8} |")
