@@ -1,10 +1,13 @@
-"""The benchmark script runs (with a tiny N) so it cannot rot; its numbers are never asserted."""
+"""The benchmark scripts run (with tiny numbers) so they cannot rot; their timings are never asserted
+(the simulated week's correctness is: no image lost)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 from tests.conftest import REPO
 
@@ -32,3 +35,44 @@ def test_benchmark_runs_end_to_end_with_a_tiny_count() -> None:
     report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["count"] == 400 and report["median"]["noop_requests"] == 1
     assert set(report["ratios"]) >= {"syncd / (download + insert), SQLite", "RSS(N) / RSS(N/10)"}
+
+
+def run_archive_bench(*args: str, timeout: float = 180) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "archive.py"), *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(json.loads(result.stdout[result.stdout.index("{") :]))
+
+
+def test_archive_benchmark_runs_every_part_with_tiny_numbers(tmp_path: Path) -> None:
+    report = run_archive_bench(
+        "--images", "40", "--latency-ms", "50", "--rate", "200",
+        "--big-images", "20", "--image-size", "65536",
+        "--week-seconds", "3", "--retention", "6", "--arrivals", "2", "--initial", "5",
+        "--tmp", str(tmp_path),
+    )  # fmt: skip
+    assert set(report["wire"]) >= {"images", "floor_seconds", "run_seconds", "x_floor", "host_429"}
+    assert report["wire"]["archived"] == report["wire"]["images"] > 0
+    assert set(report["memory"]) >= {"rss_mib", "rss_ratio", "small", "big"}
+    assert report["memory"]["big"]["archived"] == report["memory"]["big"]["images"] > 0
+    assert set(report["week"]) >= {"images_listed", "archived_ok", "lost", "simulated_days"}
+    assert list(tmp_path.iterdir()) == []  # the images written are deleted
+
+
+def test_a_simulated_week_loses_no_image(tmp_path: Path) -> None:
+    """Accelerated retention (10 s for 8 days), artworks arriving, 5xx from the
+    image host: every image of every artwork the API listed is archived, with
+    the bytes it served. A correctness property: asserted; the times are not."""
+    week = run_archive_bench(
+        "--week", "--week-seconds", "8", "--retention", "10", "--arrivals", "3", "--initial", "20",
+        "--latency-ms", "100", "--image-error-rate", "0.02", "--tmp", str(tmp_path),
+    )["week"]  # fmt: skip
+    assert week["artworks_listed"] > 20 and week["images_listed"] > 20
+    assert week["lost"] == 0, week
+    assert week["archived_ok"] == week["images_listed"]
+    assert week["daemon_exit"] == 0 and week["daemon_error_lines"] == 0
