@@ -271,6 +271,7 @@ def archive_with(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
         ),
+        secrets=secrets,
         sleep=interruptible_sleep(stop),
     )
     try:

@@ -198,7 +198,17 @@ def _parse_optional_dir(raw: object) -> Path | None:
     return Path(text).expanduser()
 
 
-def _parse_bytes(raw: object) -> int:
+def _parse_bytes(low: int) -> Callable[[object], int]:
+    def parse(raw: object) -> int:
+        value = _byte_count(raw)
+        if value < low:
+            raise ValueError(f"must be at least {low:,} bytes, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _byte_count(raw: object) -> int:
     """A byte count: an integer, or one with a K/M/G/T suffix (binary: 1K = 1024)."""
     if isinstance(raw, int) and not isinstance(raw, bool):
         return _parse_int(0, None)(raw)
@@ -210,8 +220,10 @@ def _parse_bytes(raw: object) -> int:
         value = float(number)
     except ValueError:
         raise ValueError(f"expected a byte count such as 1073741824, 512M or 1G, got {raw!r}") from None
-    if not 0 <= value * scale < 1 << 62:
+    if value < 0:
         raise ValueError(f"must be a byte count >= 0, got {raw!r}")
+    if value * scale >= 1 << 62:
+        raise ValueError(f"is too large a byte count (at most about 4 EiB), got {raw!r}")
     return int(value * scale)
 
 
@@ -301,13 +313,13 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec(
         "archive_max_file_bytes",
-        _parse_bytes,
+        _parse_bytes(1024),
         64 << 20,
         "image archive: a larger image is not kept (failed, with the reason)",
     ),
     Spec(
         "archive_min_free_bytes",
-        _parse_bytes,
+        _parse_bytes(0),
         1 << 30,
         "image archive: free space the archive never goes below (the job stops there)",
     ),

@@ -40,8 +40,12 @@ def _run_dict(row: Any, now: datetime) -> dict[str, Any]:
     }
 
 
-def collect(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
-    """Everything `syncd status` shows, as JSON-ready data."""
+def collect(engine: Engine, now: datetime | None = None, *, archive_on: bool = False) -> dict[str, Any]:
+    """Everything `syncd status` shows, as JSON-ready data.
+
+    ``archive_on``: the image archive is configured (or asked about): images
+    no archive run has seen yet count in its lag.
+    """
     now = now or datetime.now(UTC)
     version = db.schema_version(engine)
     report: dict[str, Any] = {
@@ -104,7 +108,7 @@ def collect(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
             select(func.count()).select_from(artworks).where(artworks.c.remote_deleted_at.is_not(None))
         ).scalar_one()
         report["tables"] = store.table_counts(conn)
-        report["archive"] = _archive(conn, now) if "archived_files" in report["tables"] else None
+        report["archive"] = _archive(conn, now, archive_on) if "archived_files" in report["tables"] else None
     if report["running"] is not None:
         # Counts as of its last commit; "running" without a lock holder: the
         # process died, and the next sync will record it as crashed.
@@ -112,11 +116,11 @@ def collect(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
     return report
 
 
-def _archive(conn: Any, now: datetime) -> dict[str, Any]:
+def _archive(conn: Any, now: datetime, archive_on: bool) -> dict[str, Any]:
     from syncd.archive import rows
     from syncd.archive.plan import RETENTION, lag_seconds
 
-    summary = rows.summary(conn, now)
+    summary = rows.summary(conn, now, undiscovered_too=archive_on)
     oldest = summary.oldest_waiting_expiry
     return {
         "files": summary.files,
@@ -126,6 +130,7 @@ def _archive(conn: Any, now: datetime) -> dict[str, Any]:
         "oldest_waiting_created_at": _iso(oldest - RETENTION) if oldest else None,
         "overdue": summary.overdue,
         "given_up": summary.given_up,
+        "not_yet_seen": summary.undiscovered,
     }
 
 
@@ -204,13 +209,18 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"awaiting refresh  {report['awaiting_refresh']} artworks (status not terminal)")
         lines.append(f"marked deleted    {report['marked_deleted']} artworks (no longer listed by the API)")
     archive = report.get("archive")
-    if archive and sum(archive["files"].values()):
+    if archive and (sum(archive["files"].values()) or archive["not_yet_seen"]):
         files = archive["files"]
         lines.append("")
         lines.append(
             "image archive     "
             + ", ".join(f"{files[name]:,} {name}" for name in ("archived", "pending", "gone", "failed"))
             + f" ({archive['bytes_archived'] / 1e6:,.1f} MB)"
+            + (
+                f"; {archive['not_yet_seen']:,} images of recent artworks not yet seen by an archive run"
+                if archive["not_yet_seen"]
+                else ""
+            )
         )
         window = _age(archive["window_seconds"])
         lag = archive["lag_seconds"]

@@ -227,6 +227,9 @@ def test_status_shows_the_archive_and_its_lag_and_exits_8_past_the_limit(
     w = world(20)
     env = archive_env(w, db_url, tmp_path / "images")
     assert run_syncd(["run-once"], env, tmp_path).returncode == 0
+    # No archive run yet: the images of days-old artworks are late, not on time.
+    never = run_syncd(["status", "--max-archive-lag", "3600"], env, tmp_path)
+    assert never.returncode == 8 and "not yet seen by an archive run" in never.stdout
     assert run_syncd(["archive"], env, tmp_path).returncode == 0  # discovers; all archived
     with db.writer(engine).begin() as conn:  # one image back to pending: its artwork is old
         key = conn.execute(select(files.c.artwork_id, files.c.expires_at).limit(1)).one()
@@ -354,9 +357,44 @@ def test_sigterm_stops_the_archive_at_once_and_keeps_what_it_archived(
     code, stderr = signal_mid_download(env, archive, tmp_path, signal.SIGTERM)
     assert code == 130, stderr
     assert "SIGTERM received" in stderr
-    assert not list((archive / "incoming").iterdir())  # the partial files went with it
+    for path in archive.glob("??/??/*"):  # nothing partial under a final name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name.split(".")[0]
     engine = db.create_db_engine(sqlite_url)
     try:
         assert {r.status for r in table(engine)} <= {"pending", "archived"}
     finally:
         engine.dispose()
+
+
+def test_an_error_nobody_foresaw_fails_that_image_and_the_others_are_archived(
+    sqlite_url: str, world: Callable[..., World], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncd import app
+    from syncd.archive.fetch import ImageFetcher
+    from tests.conftest import make_settings
+
+    w = world(10)
+    settings = make_settings(
+        w.api.url, sqlite_url, archive_dir=str(tmp_path / "images"), archive_min_free_bytes="0"
+    )
+    app.run_once(settings)
+    cursed = sorted(referenced_urls(w))[0]
+    follow = ImageFetcher._follow
+
+    def surprise(self: ImageFetcher, url: str, wanted: Any) -> Any:
+        if url == cursed:
+            raise KeyError("a library's surprise")
+        return follow(self, url, wanted)
+
+    monkeypatch.setattr(ImageFetcher, "_follow", surprise)
+    for _ in range(2):  # and again: it never stops a later run
+        result = app.archive(settings).result
+        assert result.outcome == "success"
+    engine = db.create_db_engine(sqlite_url)
+    try:
+        stored = {r.url: r for r in table(engine)}
+    finally:
+        engine.dispose()
+    assert stored[cursed].status == "failed"
+    assert stored[cursed].last_error == "unexpected error while fetching (KeyError)"
+    assert all(r.status == "archived" for url, r in stored.items() if url != cursed)

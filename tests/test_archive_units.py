@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -153,6 +154,20 @@ def test_one_job_per_folder_and_it_clears_what_a_dead_one_left(tmp_path: Path) -
 # ------------------------------------------------------------------ the fetcher
 
 
+class Body(httpx.SyncByteStream):
+    """A body that arrives over the wire (a Response built with content= comes read already)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data
+
+
+def answer_with(status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> httpx.Response:
+    return httpx.Response(status, headers=headers, stream=Body(body))
+
+
 class Clock:
     """Time that passes only when the fetcher sleeps."""
 
@@ -165,7 +180,9 @@ class Clock:
         self.slept += seconds
 
 
-def fetcher(tmp_path: Path, handler: httpx.MockTransport, clock: Clock | None = None) -> ImageFetcher:
+def fetcher(
+    tmp_path: Path, handler: httpx.MockTransport, clock: Clock | None = None, secrets: tuple[str, ...] = ()
+) -> ImageFetcher:
     store = ContentStore(tmp_path, max_file_bytes=1 << 20)
     store.prepare()
     clock = clock or Clock()
@@ -173,6 +190,7 @@ def fetcher(tmp_path: Path, handler: httpx.MockTransport, clock: Clock | None = 
         store,
         FetchOptions(max_requests_per_second=1000),
         transport=handler,
+        secrets=secrets,
         clock=lambda: clock.now,
         sleep=clock.sleep,
     )
@@ -192,7 +210,7 @@ def test_no_credential_ever_reaches_an_image_host_and_redirects_are_bounded(tmp_
                     "Set-Cookie": "s=1; Domain=example",
                 },
             )
-        return httpx.Response(200, headers={"Content-Type": "image/png"}, content=PNG)
+        return answer_with(200, {"Content-Type": "image/png"}, PNG)
 
     got = fetcher(tmp_path, httpx.MockTransport(answer)).fetch("https://cdn.example/a.png")
     assert got.stored.sha256 == hashlib.sha256(PNG).hexdigest()
@@ -220,12 +238,12 @@ def test_too_many_redirects_and_https_to_http_are_refused(tmp_path: Path) -> Non
         (httpx.Response(503), Verdict.RETRY, "503 Service Unavailable (after 3 attempts)"),
         (httpx.Response(403), Verdict.FAILED, "403 Forbidden"),
         (
-            httpx.Response(200, headers={"Content-Type": "text/html"}, content=b"<html>"),
+            answer_with(200, {"Content-Type": "text/html"}, b"<html>"),
             Verdict.FAILED,
             "not an image",
         ),
         (
-            httpx.Response(200, headers={"Content-Type": "image/png"}, content=b"<html>"),
+            answer_with(200, {"Content-Type": "image/png"}, b"<html>"),
             Verdict.FAILED,
             "not an image",
         ),
@@ -237,7 +255,7 @@ def test_too_many_redirects_and_https_to_http_are_refused(tmp_path: Path) -> Non
             "larger than SYNCD_ARCHIVE_MAX_FILE_BYTES",
         ),
         (
-            httpx.Response(200, headers={"Content-Type": "image/png"}, content=PNG * 400),
+            answer_with(200, {"Content-Type": "image/png"}, PNG * 400),
             Verdict.FAILED,
             "larger",
         ),
@@ -281,14 +299,16 @@ def test_a_429_is_waited_out_and_slows_the_pace(tmp_path: Path) -> None:
     answers = iter(
         [
             httpx.Response(429, headers={"Retry-After": "2"}),
-            httpx.Response(200, headers={"Content-Type": "image/png"}, content=PNG),
+            answer_with(200, {"Content-Type": "image/png"}, PNG),
         ]
     )
     clock = Clock()
     f = fetcher(tmp_path, httpx.MockTransport(lambda r: next(answers)), clock)
-    rate = f.pacer.limiter.rate
+    host, other = f.host_pacer("https://cdn.example/a.png"), f.host_pacer("https://other.example/b.png")
+    rate = host.limiter.rate
     assert f.fetch("https://cdn.example/a.png").stored.size == len(PNG)
-    assert f.pacer.limiter.rate < rate
+    assert host.limiter.rate < rate  # that host's pace slowed...
+    assert other.limiter.rate == rate and f.pacer.limiter.rate == rate  # ...and no other's
     assert clock.slept >= 2.0  # the second request went after the Retry-After
 
 
@@ -297,3 +317,126 @@ def test_a_declared_type_always_fits_its_column() -> None:
     assert media_type(longest) is None
     fits = "a" * 49 + "/" + "b" * 49
     assert media_type(fits) == fits and len(fits) < 100
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://a..b/x.png",  # an IDNA error inside httpx
+        "http://xn--/x.png",
+        "http://cdn.example/a\tb.png",
+        "http://" + "x" * 70 + ".example/a.png",  # a DNS label over 63 characters
+        "http://☃.example/" + "a" * 70_000,
+    ],
+)
+def test_a_url_httpx_refuses_fails_that_image_and_nothing_else(tmp_path: Path, url: str) -> None:
+    # The real transport: these fail as httpx encodes the host, before any connection.
+    store = ContentStore(tmp_path)
+    store.prepare()
+    with pytest.raises(FetchFailure) as caught:
+        ImageFetcher(store, FetchOptions(max_requests_per_second=1000)).fetch(url)
+    assert caught.value.verdict is Verdict.FAILED
+
+
+@pytest.mark.parametrize("location", ["javascript:alert(1)", "http://xn--/x"])
+def test_a_redirect_httpx_refuses_fails_that_image(tmp_path: Path, location: str) -> None:
+    transport = httpx.MockTransport(lambda r: httpx.Response(302, headers={"Location": location}))
+    with pytest.raises(FetchFailure) as caught:
+        fetcher(tmp_path, transport).fetch("https://cdn.example/a.png")
+    assert caught.value.verdict is Verdict.FAILED
+
+
+def test_a_compressed_body_is_refused_never_inflated(tmp_path: Path) -> None:
+    import gzip
+
+    bomb = gzip.compress(bytes(64 << 20))  # 64 MiB of zeros in ~64 KiB
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return answer_with(200, {"Content-Type": "image/png", "Content-Encoding": "gzip, gzip"}, bomb)
+
+    with pytest.raises(FetchFailure, match="compressed body"):
+        fetcher(tmp_path, httpx.MockTransport(answer)).fetch("https://cdn.example/a.png")
+    assert seen[0].headers["Accept-Encoding"] == "identity"
+
+
+def test_a_url_that_carries_the_key_is_not_fetched_however_it_is_encoded(tmp_path: Path) -> None:
+    sent: list[httpx.Request] = []
+    transport = httpx.MockTransport(
+        lambda r: sent.append(r) or answer_with(200, {"Content-Type": "image/png"}, PNG)
+    )  # type: ignore[func-returns-value]
+    f = fetcher(tmp_path, transport, secrets=("demo-key-123",))
+    for url in ("https://cdn.example/a.png?k=demo-key-123", "https://cdn.example/a.png?k=demo%2Dkey%2D123"):
+        with pytest.raises(FetchFailure, match="carries the API key"):
+            f.fetch(url)
+    assert not sent
+
+
+def test_a_host_that_resolves_to_the_metadata_service_is_not_talked_to() -> None:
+    from syncd.archive.fetch import ForbiddenAddress, _PublicOnly
+
+    class Stream:
+        closed = False
+
+        def __init__(self, peer: str) -> None:
+            self.peer = peer
+
+        def get_extra_info(self, info: str) -> object:
+            return (self.peer, 80) if info == "server_addr" else None
+
+        def close(self) -> None:
+            self.closed = True
+
+    class Backend:
+        def __init__(self, peer: str) -> None:
+            self.stream = Stream(peer)
+
+        def connect_tcp(self, *args: object) -> Stream:
+            return self.stream
+
+    for peer in ("169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254", "224.0.0.1"):
+        backend = Backend(peer)
+        with pytest.raises(ForbiddenAddress):
+            _PublicOnly(backend).connect_tcp("2852039166", 80)  # type: ignore[arg-type]
+        assert backend.stream.closed
+    assert _PublicOnly(Backend("93.184.216.34")).connect_tcp("cdn.example", 80)  # type: ignore[arg-type]
+
+
+def test_links_planted_inside_the_folder_are_never_written_through(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "user-data.part").write_bytes(b"not syncd's")
+    root = tmp_path / "archive"
+    store = ContentStore(root)
+    store.prepare()
+    (root / "incoming").rmdir()
+    (root / "incoming").symlink_to(outside)
+    with pytest.raises(ArchiveStorageError, match="symbolic link"), store.lock():
+        pass
+    assert (outside / "user-data.part").exists()  # not cleared through the link
+
+    (root / "incoming").unlink()
+    store.prepare()
+    sha = hashlib.sha256(PNG).hexdigest()
+    (root / sha[:2]).symlink_to(outside)  # a shard folder leading out
+
+    def keep() -> None:
+        with store.receive() as receiver:
+            receiver.write(PNG)
+            receiver.finish()
+
+    with pytest.raises(ArchiveStorageError, match="symbolic link"):
+        keep()
+    assert list(outside.iterdir()) == [outside / "user-data.part"]
+
+    (root / sha[:2]).unlink()
+    victim = outside / "victim"
+    victim.write_bytes(b"x" * len(PNG))  # as large as the image: "already there" must not fool it
+    (root / sha[:2] / sha[2:4]).mkdir(parents=True)
+    (root / sha[:2] / sha[2:4] / f"{sha}.png").symlink_to(victim)
+    with store.receive() as receiver:
+        receiver.write(PNG)
+        stored = receiver.finish()
+    assert stored.new and not (root / stored.path).is_symlink()
+    assert (root / stored.path).read_bytes() == PNG and victim.read_bytes() == b"x" * len(PNG)

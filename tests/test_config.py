@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -243,3 +244,24 @@ def test_a_key_in_clear_over_a_network_is_a_warning_or_with_require_https_an_err
         "and SYNCD_REQUIRE_HTTPS (set in the environment) forbids sending the API key in clear text: "
         "use https://"
     )
+
+
+def test_byte_counts_take_suffixes_and_say_what_is_wrong() -> None:
+    from syncd.config import load_settings
+
+    def settings(**env: str) -> Any:
+        return load_settings(
+            env={f"SYNCD_{k.upper()}": v for k, v in env.items()}, system_config_path=Path("/nonexistent")
+        )
+
+    assert settings(archive_max_file_bytes="64M").archive_max_file_bytes == 64 << 20
+    assert settings(archive_min_free_bytes="1.5G").archive_min_free_bytes == 3 << 29
+    assert settings(archive_min_free_bytes="0").archive_min_free_bytes == 0
+    for value, words in (
+        ("0", "at least 1,024 bytes"),
+        ("lots", "byte count such as"),
+        ("9" * 30 + "G", "too large"),
+    ):
+        with pytest.raises(ConfigError, match=words) as caught:
+            settings(archive_max_file_bytes=value)
+        assert str(caught.value).startswith("SYNCD_ARCHIVE_MAX_FILE_BYTES: ")

@@ -1,12 +1,19 @@
 """Image downloads: their own host, their own budget, never a credential.
 
 Image hosts are not the API. The fetcher has its own rate ceiling
-(SYNCD_ARCHIVE_MAX_REQUESTS_PER_SECOND, slowed by 429s as the API client is)
-and sends no Authorization header and no cookie, to any host. Redirects are
+(SYNCD_ARCHIVE_MAX_REQUESTS_PER_SECOND, for all hosts together) and a pace
+per host that its 429s slow (as the API client's), so that one throttling
+host never slows the others. It sends no Authorization header and no
+cookie, to any host, and no URL that carries the API key. Redirects are
 followed by hand, at most MAX_REDIRECTS, only to http(s), and never from
-https to plain http. Every byte is streamed to the archive folder; a request
-has a deadline for the whole answer (connect + read timeouts, plus the time
-the largest file allowed takes at MIN_TRANSFER_RATE).
+https to plain http. A host name that resolves to a link-local, multicast
+or reserved address (a cloud's metadata service) is not connected to,
+however the URL spells it. Bodies are asked for and kept as they are
+(``Accept-Encoding: identity``; a compressed one is refused, never
+inflated: a small gzip can unpack to gigabytes). Every byte is streamed to
+the archive folder; a request has a deadline for the whole answer (connect
++ read timeouts, plus the time the largest file allowed takes at
+MIN_TRANSFER_RATE).
 
 What an answer means for the image (syncd.archive.plan.verdict_for_status):
 
@@ -16,21 +23,26 @@ What an answer means for the image (syncd.archive.plan.verdict_for_status):
     resets, cut bodies   Retry-After heeded), then failed until a later run
     other 4xx, a type    failed with the reason (a later run tries again)
     that is no image, a
-    body over the limit
+    body over the limit,
+    a compressed body,
+    a URL httpx refuses
 """
 
 from __future__ import annotations
 
 import ipaddress
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from urllib.parse import urljoin, urlsplit
+from typing import Any
+from urllib.parse import unquote, unquote_plus, urljoin, urlsplit
 
+import httpcore
 import httpx
 
 from syncd import __version__
@@ -40,7 +52,7 @@ from syncd.api.deadline import install, request_deadline
 from syncd.api.pace import Pacer, Unwanted
 from syncd.archive.files import ContentStore, NotAnImage, Stored, TooLarge
 from syncd.archive.plan import Verdict, media_type, verdict_for_status
-from syncd.errors import one_line
+from syncd.errors import one_line, redact
 
 MAX_REDIRECTS = 5
 ATTEMPTS_PER_RUN = 3
@@ -50,6 +62,9 @@ BACKOFF_CAP = 8.0
 # failed, and tried again at a later run), rather than holding a worker.
 MAX_RETRY_AFTER = 60.0
 MIN_TRANSFER_RATE = 256 * 1024  # bytes per second a download must keep up, on average
+MAX_HOSTS = 256  # per-host paces kept (the least recently added are forgotten)
+# AWS's IPv6 metadata service: a unique-local address, not link-local.
+METADATA_ADDRESSES = frozenset({ipaddress.ip_address("fd00:ec2::254")})
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,64 @@ class _Retry(Exception):
         self.reason, self.retry_after, self.throttled = reason, retry_after, throttled
 
 
+class ForbiddenAddress(Exception):
+    """The host resolved to an address no image lives at (link-local, multicast, ...)."""
+
+
+def forbidden_address(text: str) -> bool:
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (
+        address.is_link_local
+        or address.is_multicast
+        or address.is_unspecified
+        or address.is_reserved
+        or address in METADATA_ADDRESSES
+    )
+
+
+class _PublicOnly(httpcore.NetworkBackend):
+    """Connects, then refuses a peer at a forbidden address: the check sees the
+    address the name resolved to, whatever notation the URL used."""
+
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        peer = stream.get_extra_info("server_addr")
+        if isinstance(peer, tuple) and peer and forbidden_address(str(peer[0])):
+            stream.close()
+            raise ForbiddenAddress(f"the host resolves to {peer[0]}, where no image host is: not fetched")
+        return stream
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        raise ForbiddenAddress("not a network address")
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _guarded_transport() -> httpx.HTTPTransport:
+    transport = install(httpx.HTTPTransport(verify=tls_context()))
+    pool = transport._pool
+    pool._network_backend = _PublicOnly(pool._network_backend)
+    return transport
+
+
 class _NoCookies(DefaultCookiePolicy):
     """Image hosts get nothing back from syncd: no cookie is ever stored."""
 
@@ -94,6 +167,7 @@ class ImageFetcher:
         store: ContentStore,
         options: FetchOptions | None = None,
         *,
+        secrets: tuple[str, ...] = (),
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -102,18 +176,27 @@ class ImageFetcher:
         self.store = store
         self.options = options or FetchOptions()
         self._rng = rng or random.Random()
+        self._secrets = secrets
+        self._clock, self._sleep = clock, sleep
+        # The ceiling for all hosts together; never slowed by one host's 429s.
         self.pacer = Pacer(
             RateLimiter(max_rate=self.options.max_requests_per_second), clock=clock, sleep=sleep
         )
+        self._hosts: dict[str, Pacer] = {}
+        self._hosts_lock = threading.Lock()
         self.deadline = (
             self.options.connect_timeout
             + self.options.read_timeout
             + store.max_file_bytes / MIN_TRANSFER_RATE
         )
         self._http = httpx.Client(
-            headers={"User-Agent": f"syncd/{__version__} (image archive)", "Accept": "image/*"},
+            headers={
+                "User-Agent": f"syncd/{__version__} (image archive)",
+                "Accept": "image/*",
+                "Accept-Encoding": "identity",
+            },
             timeout=httpx.Timeout(self.options.read_timeout, connect=self.options.connect_timeout),
-            transport=transport or install(httpx.HTTPTransport(verify=tls_context())),
+            transport=transport or _guarded_transport(),
             follow_redirects=False,
             cookies=CookieJar(policy=_NoCookies()),
         )
@@ -121,13 +204,28 @@ class ImageFetcher:
     def close(self) -> None:
         self._http.close()
 
+    def host_pacer(self, url: str) -> Pacer:
+        """The pace of ``url``'s host (its 429s slow it, and only it)."""
+        host = urlsplit(url).hostname or ""
+        with self._hosts_lock:
+            pacer = self._hosts.get(host)
+            if pacer is None:
+                if len(self._hosts) >= MAX_HOSTS:
+                    del self._hosts[next(iter(self._hosts))]
+                limiter = RateLimiter(max_rate=self.options.max_requests_per_second)
+                pacer = self._hosts[host] = Pacer(limiter, clock=self._clock, sleep=self._sleep)
+            return pacer
+
     def fetch(self, url: str, wanted: Callable[[], bool] | None = None) -> Fetched:
         """Download ``url`` into the store; FetchFailure when it cannot be kept now.
 
         ArchiveStorageError (no room) and Unwanted (the run stops) pass through.
         """
+        self._check_url(url)
+        host = self.host_pacer(url)
         for attempt in range(self.options.attempts):
-            sent_at = self.pacer.pace(wanted)
+            sent_at = host.pace(wanted)
+            self.pacer.pace(wanted)
             try:
                 fetched = self._follow(url, wanted)
             except _Retry as exc:
@@ -137,7 +235,7 @@ class ImageFetcher:
                     else backoff_delay(attempt, base=BACKOFF_BASE, cap=BACKOFF_CAP, rng=self._rng)
                 )
                 if exc.throttled:
-                    self.pacer.throttled(sent_at, min(delay, MAX_RETRY_AFTER))
+                    host.throttled(sent_at, min(delay, MAX_RETRY_AFTER))
                 if attempt + 1 >= self.options.attempts or delay > MAX_RETRY_AFTER:
                     raise FetchFailure(
                         Verdict.RETRY, f"{exc.reason} (after {attempt + 1} attempts)"
@@ -145,7 +243,7 @@ class ImageFetcher:
                 if not exc.throttled:
                     self.pacer.nap(delay, wanted)
                 continue
-            self.pacer.succeeded(sent_at)
+            host.succeeded(sent_at)
             return fetched
         raise AssertionError("unreachable")
 
@@ -169,6 +267,14 @@ class ImageFetcher:
                         )
                         raise _Retry(reason, retry_after if status == 429 else None, throttled=status == 429)
                     raise FetchFailure(verdict, reason)
+            except ForbiddenAddress as exc:
+                raise FetchFailure(Verdict.FAILED, str(exc)) from None
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol, UnicodeError, ValueError) as exc:
+                # httpx refuses the URL (an IDNA error, a control character, ...):
+                # the same URL would be refused again.
+                raise FetchFailure(
+                    Verdict.FAILED, f"not a URL that can be fetched ({type(exc).__name__})"
+                ) from None
             except httpx.TimeoutException as exc:
                 raise _Retry(
                     f"timed out ({type(exc).__name__}, the whole answer within {self.deadline:g}s)"
@@ -184,6 +290,12 @@ class ImageFetcher:
         if declared is None or not declared.startswith("image/"):
             shown = one_line((response.headers.get("Content-Type") or "none")[:60])
             raise FetchFailure(Verdict.FAILED, f"the content type {shown!r} is not an image")
+        encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            # Images are compressed already; a compressed body could inflate to
+            # gigabytes from a few bytes (it is never inflated, only refused).
+            shown = one_line(encoding[:40])
+            raise FetchFailure(Verdict.FAILED, f"a compressed body (Content-Encoding: {shown}): refused")
         store = self.store
         length = _content_length(response.headers.get("Content-Length"))
         if length is not None and length > store.max_file_bytes:
@@ -194,7 +306,7 @@ class ImageFetcher:
         store.check_room(length or 0)
         try:
             with store.receive() as receiver:
-                for chunk in response.iter_bytes():
+                for chunk in response.iter_raw():
                     if wanted is not None and not wanted():
                         raise Unwanted
                     receiver.write(chunk)
@@ -212,22 +324,24 @@ class ImageFetcher:
         return target
 
     def _check_url(self, url: str) -> None:
-        """Only http(s) URLs to a named or public host, without credentials."""
+        """Only http(s) URLs to a named or public host, without credentials or the key."""
         try:
             parts = urlsplit(url)
             host = parts.hostname or ""
             parts.port  # noqa: B018 (raises on a malformed port)
-        except ValueError:
+            httpx.URL(url)
+        except (ValueError, UnicodeError, httpx.InvalidURL):
             raise FetchFailure(Verdict.FAILED, "not a valid URL") from None
+        decoded = unquote_plus(unquote(url))
+        if redact(decoded, self._secrets) != decoded:
+            raise FetchFailure(
+                Verdict.FAILED, "the URL carries the API key: not fetched (the key goes to the API only)"
+            )
         if parts.scheme not in ("http", "https") or not host:
             raise FetchFailure(Verdict.FAILED, "not an http(s) URL: not fetched")
         if "@" in parts.netloc:
             raise FetchFailure(Verdict.FAILED, "a URL with credentials (user@host): not fetched")
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return
-        if address.is_link_local or address.is_multicast or address.is_unspecified or address.is_reserved:
+        if forbidden_address(host):
             # 169.254.169.254 is a cloud's metadata service: never where an image lives.
             raise FetchFailure(
                 Verdict.FAILED, f"the address {host} is not one an image host has: not fetched"

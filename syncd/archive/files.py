@@ -13,6 +13,11 @@ second download of the same bytes finds its name taken and is dropped.
 Before each download, and as it is written, the free space must stay above
 SYNCD_ARCHIVE_MIN_FREE_BYTES; a full disk or the floor raises
 ArchiveStorageError, with the partial file removed.
+
+The folder itself may be a symbolic link (to another disk); inside it syncd
+follows none: a link planted at incoming/, at a shard folder or at a file's
+name is refused or replaced, never written through, so nothing outside the
+folder is written or removed.
 """
 
 from __future__ import annotations
@@ -91,9 +96,19 @@ class ContentStore:
             os.close(fd)
 
     def _clear_incoming(self) -> None:
+        self.inside(self.root / INCOMING)
         for leftover in (self.root / INCOMING).iterdir():
             if leftover.name.endswith(".part") and leftover.is_file() and not leftover.is_symlink():
                 leftover.unlink(missing_ok=True)
+
+    def inside(self, folder: Path) -> None:
+        """Refuse a folder of the archive that leads out of it (a symbolic link)."""
+        root = os.path.realpath(self.root)
+        if folder.is_symlink() or not os.path.realpath(folder).startswith(root + os.sep):
+            raise ArchiveStorageError(
+                f"{folder} is a symbolic link out of the archive folder; syncd does not follow it: "
+                "remove it (syncd creates its own folders)"
+            )
 
     # ------------------------------------------------------------ writing
 
@@ -105,10 +120,11 @@ class ContentStore:
             raise self._storage_error(exc, "cannot read the free space") from None
         free = info.f_bavail * info.f_frsize
         if free - expected < self.min_free_bytes:
+            coming = f" and the next image is {_size(expected)}" if expected else ""
             raise ArchiveStorageError(
-                f"the archive folder {self.root} has {_size(free)} free, and SYNCD_ARCHIVE_MIN_FREE_BYTES "
-                f"is {_size(self.min_free_bytes)}: archiving stopped until there is room "
-                "(pending images are fetched then)"
+                f"the archive folder {self.root} has {_size(free)} free{coming}, below "
+                f"SYNCD_ARCHIVE_MIN_FREE_BYTES ({_size(self.min_free_bytes)}): archiving stopped "
+                "until there is room (pending images are fetched then)"
             )
 
     @contextmanager
@@ -150,6 +166,7 @@ class ContentStore:
         full = self.root / path
         aside = self.root / "corrupt" / f"{full.name}.{uuid.uuid4().hex[:8]}"
         aside.parent.mkdir(exist_ok=True)
+        self.inside(aside.parent)
         try:
             os.rename(full, aside)
         except FileNotFoundError:
@@ -203,10 +220,13 @@ class Receiver:
             os.fsync(self._handle.fileno())
             self._handle.close()
             self._handle = None
-            if final.is_file() and final.stat().st_size == self.size:
+            for folder in (final.parent.parent, final.parent):  # ab/, then ab/cd/
+                folder.mkdir(exist_ok=True)
+                store.inside(folder)  # before anything is made in it
+            # The same bytes already there (a plain file, not a link planted at its name).
+            if not final.is_symlink() and final.is_file() and final.stat().st_size == self.size:
                 return Stored(sha256, self.size, str(relative), new=False)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._path, final)
+            os.replace(self._path, final)  # replaces a link itself, never its target
             _fsync_dir(final.parent)
         except OSError as exc:
             raise store._storage_error(exc, "cannot put a file in the archive folder") from None

@@ -1,11 +1,15 @@
 """One archive run: discover the images, fetch them in deadline order, record each.
 
 The loop's thread owns the database; downloads run on InFlight threads (at
-most SYNCD_ARCHIVE_MAX_IN_FLIGHT), paced by the fetcher's own limiter. Each
+most SYNCD_ARCHIVE_MAX_IN_FLIGHT), paced by the fetcher's own limiters. Each
 finished download is recorded in a short transaction with the others that
-finished meanwhile. A stop request ends the run within a fraction of a second:
-downloads in flight are abandoned (their partial files removed) and their
-images stay due. No room on the disk (ArchiveStorageError) stops the run the
+finished meanwhile. A run tries each image once (its 3 requests): one that
+fails waits for a later run, whatever its back-off says meanwhile. A stop
+request ends the run within a second or so: downloads in flight are
+abandoned (each removes its partial file at its next chunk; one stuck in a
+read leaves it for the next run to clear) and their images stay due. An
+error nobody foresaw while fetching one image fails that image, never the
+run. No room on the disk (ArchiveStorageError) stops the run the
 same way, then raises: nothing was marked for it, so the images are fetched
 once there is room.
 """
@@ -100,6 +104,7 @@ class Archiver:
         self._halt = threading.Event()
         pool = InFlight(self.max_in_flight, name="syncd-archive")
         in_flight: dict[Future[Fetched], Due] = {}
+        tried: set[tuple[str, str, int]] = set()  # this run's images: each once
         queue: list[Due] = []
         discovered_at = float("-inf")
         storage_error: ArchiveStorageError | None = None
@@ -109,13 +114,16 @@ class Archiver:
                     counts.discovered += self._discover()
                     discovered_at = time.monotonic()
                 if not queue and len(in_flight) < self.max_in_flight:
-                    queue = self._due(exclude={_key(d) for d in in_flight.values()})
+                    # Tried ones still due: those in flight, and failures whose
+                    # back-off passed during this run (they wait for the next).
+                    queue = self._due(tried, BATCH + len(in_flight) + counts.failed)
                     if not queue and not in_flight:
                         break
                 if queue and len(in_flight) < self.max_in_flight:
                     self.store.check_room()  # no request for a file there is no room for
                 while queue and len(in_flight) < self.max_in_flight:
                     item = queue.pop(0)
+                    tried.add(_key(item))
                     in_flight[pool.submit(self.fetcher.fetch, item.url, self._wanted)] = item
                 done, _ = wait(list(in_flight), timeout=WAIT_STEP, return_when=FIRST_COMPLETED)
                 outcomes: list[rows.Outcome] = []
@@ -167,10 +175,10 @@ class Archiver:
             log.info("%d archived images have a new URL: they are fetched again", found.changed)
         return found.new
 
-    def _due(self, exclude: set[tuple[str, str, int]]) -> list[Due]:
+    def _due(self, tried: set[tuple[str, str, int]], limit: int) -> list[Due]:
         with self.engine.connect() as conn:
-            due = rows.due(conn, self.clock(), BATCH + len(exclude))
-        return [d for d in due if _key(d) not in exclude][:BATCH]
+            due = rows.due(conn, self.clock(), limit)
+        return [d for d in due if _key(d) not in tried][:BATCH]
 
     def _outcome(self, item: Due, future: Future[Fetched]) -> rows.Outcome | None:
         """What to record for a finished download; None: nothing (abandoned)."""
@@ -191,6 +199,19 @@ class Archiver:
             )
         except Interrupted:
             return None
+        except Exception as exc:  # a bug, or a library's surprise: this image fails, the run goes on
+            log.warning(
+                "image %s %d of artwork %s: unexpected %s",
+                item.role,
+                item.position,
+                item.artwork_id,
+                type(exc).__name__,
+                exc_info=True,
+            )
+            error = self._clean(f"unexpected error while fetching ({type(exc).__name__})")
+            return rows.Outcome(
+                item, FileStatus.FAILED, error=error, next_attempt_at=retry_at(item.attempts + 1, now)
+            )
         stored = fetched.stored
         return rows.Outcome(
             item,

@@ -29,10 +29,9 @@ class Discovered:
     changed: int = 0  # an image whose URL changed: fetched again
 
 
-def discover(conn: Connection, now: datetime) -> Discovered:
-    """Add a pending row for every image of a recent artwork that has none, and
-    make a row not yet archived whose URL changed pending again, with the new URL."""
-    since = now - DISCOVERY_WINDOW
+def _unrecorded(now: datetime) -> Any:
+    """The images of recent artworks that have no row, or a row not yet
+    archived whose URL changed (``archived_url`` tells which)."""
     referenced = union_all(
         select(
             results.c.artwork_id,
@@ -47,7 +46,7 @@ def discover(conn: Connection, now: datetime) -> Discovered:
             upscaling.c.image_url.label("url"),
         ).where(upscaling.c.image_url.is_not(None)),
     ).subquery("referenced")
-    query = (
+    return (
         select(
             referenced.c.artwork_id,
             referenced.c.role,
@@ -66,7 +65,7 @@ def discover(conn: Connection, now: datetime) -> Discovered:
             ),
         )
         .where(
-            artworks.c.created_at >= since,
+            artworks.c.created_at >= now - DISCOVERY_WINDOW,
             or_(
                 files.c.url.is_(None),
                 # An archived image keeps its file: a URL that changes with every
@@ -75,6 +74,20 @@ def discover(conn: Connection, now: datetime) -> Discovered:
             ),
         )
     )
+
+
+def undiscovered(conn: Connection, now: datetime) -> tuple[int, datetime | None]:
+    """Images the archive has no row for yet (it adds them at its next run):
+    how many, and the oldest one's artwork creation. Read only, for status."""
+    query = _unrecorded(now).where(files.c.url.is_(None)).subquery()
+    count, oldest = conn.execute(select(func.count(), func.min(query.c.created_at))).one()
+    return int(count), _as_datetime(oldest)
+
+
+def discover(conn: Connection, now: datetime) -> Discovered:
+    """Add a pending row for every image of a recent artwork that has none, and
+    make a row not yet archived whose URL changed pending again, with the new URL."""
+    query = _unrecorded(now)
     found = Discovered()
     new: list[dict[str, Any]] = []
     for row in conn.execute(query):
@@ -229,12 +242,16 @@ class Summary:
 
     files: dict[str, int] = field(default_factory=dict)  # by status
     bytes_archived: int = 0
-    oldest_waiting_expiry: datetime | None = None  # of the images still being tried
+    oldest_waiting_expiry: datetime | None = None  # of the images still being tried (or not yet seen)
     overdue: int = 0  # waiting, and past the API's deletion
     given_up: int = 0  # failed, and not tried again without --retry-failed
+    undiscovered: int = 0  # referenced by a recent artwork, and not in the table yet
 
 
-def summary(conn: Connection, now: datetime) -> Summary:
+def summary(conn: Connection, now: datetime, *, undiscovered_too: bool = False) -> Summary:
+    """Counts and the oldest waiting image; ``undiscovered_too`` counts the
+    images no archive run has seen yet as waiting (``syncd status``: an archive
+    that never ran must not look on time)."""
     result = Summary(files={status.value: 0 for status in FileStatus})
     for status, count, size in conn.execute(
         select(files.c.status, func.count(), func.coalesce(func.sum(files.c.size_bytes), 0)).group_by(
@@ -251,6 +268,12 @@ def summary(conn: Connection, now: datetime) -> Summary:
         ).where(waiting)
     ).one()
     result.oldest_waiting_expiry = _as_datetime(oldest)
+    if undiscovered_too:
+        result.undiscovered, first_created = undiscovered(conn, now)
+        if first_created is not None:
+            first = expires_at(first_created)
+            if result.oldest_waiting_expiry is None or first < result.oldest_waiting_expiry:
+                result.oldest_waiting_expiry = first
     result.overdue = int(overdue or 0)
     result.given_up = int(
         conn.execute(
