@@ -308,7 +308,7 @@ class Daemon:
         try:
             now = datetime.now(UTC)
             with engine.connect() as conn:
-                summary = rows.summary(conn, now)
+                summary = rows.summary(conn, now, undiscovered_too=True)
         except SQLAlchemyError as exc:
             log.error("archive gauges not updated: database error: %s", database_reason(exc))
             return

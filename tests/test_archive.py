@@ -312,11 +312,11 @@ def test_a_full_disk_stops_the_daemons_archive_with_one_line_and_the_sync_goes_o
             with w.api.api.lock:
                 w.dataset.add(3, live=True)
             wait_for(lambda: count(engine) == len(w.dataset.valid()), 30, "the next sync")
-            wait_for(
-                lambda: b"archive tick" in (tmp_path / "daemon.log").read_bytes() or table(engine) != [],
-                10,
-                "an archive tick",
-            )
+            wait_for(lambda: no_room_runs(port) >= 3, 20, "three archive ticks without room")
+            # The images wait: the lag is the age of the oldest artwork (days: the fake's week).
+            oldest = min(datetime.fromisoformat(a.value["createdAt"]) for a in w.dataset.valid())
+            lag = metric(port, "syncd_archive_lag_seconds")
+            assert lag == pytest.approx((datetime.now(UTC) - oldest).total_seconds(), abs=30)
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=20) == 0
         log = (tmp_path / "daemon.log").read_text()
@@ -328,11 +328,15 @@ def test_a_full_disk_stops_the_daemons_archive_with_one_line_and_the_sync_goes_o
         engine.dispose()
 
 
-def no_room_runs(port: int) -> float:
+def metric(port: int, name: str) -> float:
     for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
-        if line.startswith('syncd_archive_runs_total{outcome="no_room"}'):
+        if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def no_room_runs(port: int) -> float:
+    return metric(port, 'syncd_archive_runs_total{outcome="no_room"}')
 
 
 def test_under_a_backlog_the_image_deleted_soonest_is_saved_first(

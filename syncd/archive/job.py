@@ -172,7 +172,7 @@ class Archiver:
         with db.writer(self.engine).begin() as conn:
             found = rows.discover(conn, self.clock())
         if found.changed:
-            log.info("%d archived images have a new URL: they are fetched again", found.changed)
+            log.info("%d images not yet archived have a new URL: it is the one fetched", found.changed)
         return found.new
 
     def _due(self, tried: set[tuple[str, str, int]], limit: int) -> list[Due]:
