@@ -484,7 +484,8 @@ def status_command(
     if lagging and not as_json:
         click.echo(
             f"ARCHIVE LAGGING: an image not yet archived belongs to an artwork "
-            f"{report['archive']['lag_seconds']:g} seconds old (limit {max_archive_lag:g})",
+            f"{status.age_text(report['archive']['lag_seconds'])} old (limit {status.age_text(max_archive_lag)}; "
+            "the API deletes images 8 days after creation)",
             err=True,
         )
     if stale or lagging:

@@ -134,7 +134,7 @@ def _archive(conn: Any, now: datetime, archive_on: bool) -> dict[str, Any]:
     }
 
 
-def _age(seconds: float | None) -> str:
+def age_text(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     s = int(seconds)
@@ -156,7 +156,7 @@ def render(report: dict[str, Any]) -> str:
     )
     ok = report.get("last_success")
     lines.append(
-        f"last success  {ok['finished_at']} ({_age(ok['age_seconds'])} ago), run {ok['id']} {ok['mode']}"
+        f"last success  {ok['finished_at']} ({age_text(ok['age_seconds'])} ago), run {ok['id']} {ok['mode']}"
         if ok
         else "last success  never"
     )
@@ -222,10 +222,10 @@ def render(report: dict[str, Any]) -> str:
                 else ""
             )
         )
-        window = _age(archive["window_seconds"])
+        window = age_text(archive["window_seconds"])
         lag = archive["lag_seconds"]
         lines.append(
-            f"archive lag       {_age(lag)} (the API deletes images {window} after creation)"
+            f"archive lag       {age_text(lag)} (the API deletes images {window} after creation)"
             + (f"; {archive['overdue']:,} images past it, likely lost" if archive["overdue"] else "")
         )
         if archive["given_up"]:
