@@ -247,4 +247,5 @@ class ArchivedFile(Base):
         Index(None, "next_attempt_at"),
         Index(None, "status"),
         Index(None, "sha256"),
+        Index(None, "url"),
     )

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select, update
 
 from syncd import db
 from syncd.archive import rows
-from syncd.fakeapi.images import ImageFaults, expected_sha256
+from syncd.fakeapi.images import ImageFaults, expected_sha256, image_path
 from tests.conftest import World, run_syncd, start_syncd, syncd_env, wait_for
 
 files = rows.files
@@ -402,3 +402,23 @@ def test_an_error_nobody_foresaw_fails_that_image_and_the_others_are_archived(
     assert stored[cursed].status == "failed"
     assert stored[cursed].last_error == "unexpected error while fetching (KeyError)"
     assert all(r.status == "archived" for url, r in stored.items() if url != cursed)
+
+
+def test_an_image_two_artworks_name_is_fetched_once(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    w = world(30)
+    with w.api.api.lock:  # an upscaling of a generated image names that image as its input
+        upscaling = next(a for a in w.dataset.valid() if a.value["artworkType"] == "upscaling")
+        generated = next(a for a in w.dataset.valid() if a.value.get("results") and a is not upscaling)
+        shared = generated.value["results"][0]
+        upscaling.value = {
+            **upscaling.value,
+            "parameters": {**upscaling.value["parameters"], "imageUrl": shared},
+        }
+        upscaling._json = None
+    sync_and_archive(archive_env(w, db_url, tmp_path / "images"), tmp_path)
+    same = [r for r in table(engine) if r.url == shared]
+    assert {r.role for r in same} == {"result", "input"}
+    assert all(r.status == "archived" for r in same) and len({r.path for r in same}) == 1
+    assert w.images.stats.served[image_path(shared)] == 1

@@ -55,6 +55,9 @@ def upgrade() -> None:
     op.create_index("ix_archived_files_next_attempt_at", "archived_files", ["next_attempt_at"])
     op.create_index("ix_archived_files_status", "archived_files", ["status"])
     op.create_index("ix_archived_files_sha256", "archived_files", ["sha256"])
+    # An image another artwork names too (an upscaling's input is often a
+    # generated image) is found archived by its URL, not fetched again.
+    op.create_index("ix_archived_files_url", "archived_files", ["url"])
 
 
 def downgrade() -> None:

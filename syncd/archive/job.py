@@ -116,7 +116,7 @@ class Archiver:
                 if not queue and len(in_flight) < self.max_in_flight:
                     # Tried ones still due: those in flight, and failures whose
                     # back-off passed during this run (they wait for the next).
-                    queue = self._due(tried, BATCH + len(in_flight) + counts.failed)
+                    queue = self._due(tried, BATCH + len(in_flight) + counts.failed, in_flight)
                     if not queue and not in_flight:
                         break
                 if queue and len(in_flight) < self.max_in_flight:
@@ -175,10 +175,20 @@ class Archiver:
             log.info("%d images not yet archived have a new URL: it is the one fetched", found.changed)
         return found.new
 
-    def _due(self, tried: set[tuple[str, str, int]], limit: int) -> list[Due]:
+    def _due(
+        self, tried: set[tuple[str, str, int]], limit: int, in_flight: dict[Future[Fetched], Due]
+    ) -> list[Due]:
+        """Due images not yet tried in this run, none at a URL being fetched (or
+        twice in the batch): once it is archived, its other rows are too."""
         with self.engine.connect() as conn:
             due = rows.due(conn, self.clock(), limit)
-        return [d for d in due if _key(d) not in tried][:BATCH]
+        busy = {d.url for d in in_flight.values()}
+        batch: list[Due] = []
+        for d in due:
+            if _key(d) not in tried and d.url not in busy:
+                busy.add(d.url)
+                batch.append(d)
+        return batch[:BATCH]
 
     def _outcome(self, item: Due, future: Future[Fetched]) -> rows.Outcome | None:
         """What to record for a finished download; None: nothing (abandoned)."""

@@ -26,7 +26,8 @@ WAITING = (FileStatus.PENDING, FileStatus.FAILED)
 @dataclass
 class Discovered:
     new: int = 0
-    changed: int = 0  # an image whose URL changed: fetched again
+    changed: int = 0  # an image not yet archived whose URL changed: the new one is fetched
+    known: int = 0  # of the new, those whose URL is archived already (one file, no request)
 
 
 def _unrecorded(now: datetime) -> Any:
@@ -86,7 +87,11 @@ def undiscovered(conn: Connection, now: datetime) -> tuple[int, datetime | None]
 
 def discover(conn: Connection, now: datetime) -> Discovered:
     """Add a pending row for every image of a recent artwork that has none, and
-    make a row not yet archived whose URL changed pending again, with the new URL."""
+    make a row not yet archived whose URL changed pending again, with the new URL.
+
+    A new image whose URL is archived already (an upscaling of a generated
+    image names that image) is recorded archived at once, with the same file.
+    """
     query = _unrecorded(now)
     found = Discovered()
     new: list[dict[str, Any]] = []
@@ -103,6 +108,11 @@ def discover(conn: Connection, now: datetime) -> Discovered:
                     "discovered_at": now,
                     "attempts": 0,
                     "next_attempt_at": now,
+                    "sha256": None,
+                    "size_bytes": None,
+                    "content_type": None,
+                    "path": None,
+                    "fetched_at": None,
                 }
             )
         else:
@@ -123,9 +133,32 @@ def discover(conn: Connection, now: datetime) -> Discovered:
                     next_attempt_at=now,
                 )
             )
+    archived = _archived_by_url(conn, sorted({image["url"] for image in new}))
+    for image in new:
+        same = archived.get(image["url"])
+        if same is not None:
+            found.known += 1
+            image.update(same, status=FileStatus.ARCHIVED.value, next_attempt_at=None)
     if new:
         conn.execute(insert(files), new)
     found.new = len(new)
+    return found
+
+
+LOOKUP_CHUNK = 500  # far below SQLite's limit on bound variables
+
+
+def _archived_by_url(conn: Connection, urls: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The file of each of ``urls`` that some row has archived already."""
+    columns = (files.c.sha256, files.c.size_bytes, files.c.content_type, files.c.path, files.c.fetched_at)
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(urls), LOOKUP_CHUNK):
+        chunk = urls[start : start + LOOKUP_CHUNK]
+        query = select(files.c.url, *columns).where(
+            files.c.url.in_(chunk), files.c.status == FileStatus.ARCHIVED.value
+        )
+        for row in conn.execute(query):
+            found.setdefault(row.url, {column.name: getattr(row, column.name) for column in columns})
     return found
 
 
@@ -171,7 +204,8 @@ class Outcome:
 
 
 def record(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> None:
-    """Write outcomes; a row whose URL changed meanwhile keeps its new URL's state."""
+    """Write outcomes; a row whose URL changed meanwhile keeps its new URL's state.
+    An archived URL archives every row waiting with it (one file, one request)."""
     for outcome in outcomes:
         d = outcome.due
         archived = outcome.status is FileStatus.ARCHIVED
@@ -192,6 +226,13 @@ def record(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> None
         conn.execute(
             update(files).where(_key(d.artwork_id, d.role, d.position), files.c.url == d.url).values(values)
         )
+        if archived:
+            # Other images at the same URL waiting their turn: the same file.
+            conn.execute(
+                update(files)
+                .where(files.c.url == d.url, files.c.status.in_([s.value for s in WAITING]))
+                .values({**values, "attempts": files.c.attempts, "last_error": None})
+            )
 
 
 def reopen(conn: Connection, paths: Sequence[str], now: datetime, why: str) -> int:
