@@ -30,6 +30,7 @@ from syncd.state import RunSummary
 from syncd.sync.engine import Progress, Syncer
 
 if TYPE_CHECKING:  # run-once need not import prometheus_client (nor the archive)
+    from syncd.archive.files import ContentStore
     from syncd.archive.job import ArchiveProgress, ArchiveResult, VerifyReport
     from syncd.metrics import Metrics
 
@@ -222,6 +223,7 @@ def archive(
     settings: Settings,
     *,
     verify: bool = False,
+    accept_missing: bool = False,
     retry_failed: bool = False,
     migrate: bool = True,
     stop: threading.Event | None = None,
@@ -235,7 +237,13 @@ def archive(
             with db.sync_lock(engine):
                 db.ensure_schema(engine, migrate=migrate)
         return archive_with(
-            settings, engine, verify=verify, retry_failed=retry_failed, stop=stop, on_progress=on_progress
+            settings,
+            engine,
+            verify=verify,
+            accept_missing=accept_missing,
+            retry_failed=retry_failed,
+            stop=stop,
+            on_progress=on_progress,
         )
 
 
@@ -244,6 +252,7 @@ def archive_with(
     engine: Engine,
     *,
     verify: bool = False,
+    accept_missing: bool = False,
     retry_failed: bool = False,
     stop: threading.Event | None = None,
     on_progress: Callable[[ArchiveProgress], None] | None = None,
@@ -276,9 +285,12 @@ def archive_with(
     )
     try:
         with db.sync_lock(engine, job=db.ARCHIVE_LOCK), store.lock():
+            _check_marker(engine, store)
             verified = None
             if verify:
-                verified = verify_archive(engine, store, stop, lambda: datetime.now(UTC))
+                verified = verify_archive(
+                    engine, store, stop, lambda: datetime.now(UTC), accept_missing=accept_missing
+                )
                 log.info("%s", verified.line())
             if retry_failed:
                 with db.writer(engine).begin() as conn:
@@ -298,3 +310,25 @@ def archive_with(
         fetcher.close()
     log.info("%s", result.line())
     return ArchiveOutcome(result, verified)
+
+
+def _check_marker(engine: Engine, store: ContentStore) -> None:
+    """A folder without the archive's marker, while images are archived: an
+    unmounted disk, or another server's folder. Refused, or every image would
+    look missing (and be fetched again, or marked gone)."""
+    from syncd.archive import rows
+    from syncd.archive.files import MARKER
+    from syncd.errors import ArchiveStorageError
+
+    if store.marked():
+        return
+    with engine.connect() as conn:
+        held = rows.archived_count(conn)
+    if held:
+        raise ArchiveStorageError(
+            f"{store.root} is not the archive the database knows ({MARKER} is not in it, yet "
+            f"{held:,} images are archived): is its disk mounted, or is this another server's "
+            f"folder? To make this folder the archive, create {store.root / MARKER} and run "
+            "`syncd archive --verify --accept-missing`"
+        )
+    store.mark()

@@ -270,13 +270,23 @@ class _AroundTheBar:
     "--verify", is_flag=True, help="Re-hash every archived file first; fetch missing or corrupt ones again."
 )
 @click.option("--retry-failed", is_flag=True, help="Try every failed image again now, its attempts reset.")
+@click.option(
+    "--accept-missing",
+    is_flag=True,
+    help="With --verify: go on when most files are missing (they are lost: fetch again what the API has).",
+)
 @click.option("--no-migrate", is_flag=True, help="Fail instead of upgrading an older schema.")
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal)."
 )
 @handle_errors
 def archive_command(
-    verify: bool, retry_failed: bool, no_migrate: bool, progress: bool | None, **kwargs: Any
+    verify: bool,
+    retry_failed: bool,
+    accept_missing: bool,
+    no_migrate: bool,
+    progress: bool | None,
+    **kwargs: Any,
 ) -> None:
     """Download the images of the synced artworks before the API deletes them.
 
@@ -300,6 +310,7 @@ def archive_command(
         outcome = archive(
             settings,
             verify=verify,
+            accept_missing=accept_missing,
             retry_failed=retry_failed,
             migrate=not no_migrate,
             stop=stop,

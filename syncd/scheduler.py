@@ -82,6 +82,7 @@ class Daemon:
         self.refresh_failures: dict[str, datetime] = {}
         self._scheduler_ref: BackgroundScheduler | None = None
         self._archiving = threading.Event()  # an archive run is under way
+        self._archive_again = threading.Event()  # a sync stored something during it
         self._archive_problem: str | None = None  # the last archive failure, logged once
 
     # ------------------------------------------------------------ lifecycle
@@ -257,8 +258,11 @@ class Daemon:
     def _archive_soon(self) -> None:
         """New or changed artworks: archive their images now, not at the next interval."""
         scheduler = self._scheduler_ref
-        if scheduler is None or self.settings.archive_dir is None or self._archiving.is_set():
-            return  # a run under way picks them up (it looks again every 30 s)
+        if scheduler is None or self.settings.archive_dir is None:
+            return
+        if self._archiving.is_set():
+            self._archive_again.set()  # the run under way may end before it looks again
+            return
         try:
             scheduler.modify_job("archive", next_run_time=datetime.now(UTC))
         except Exception:
@@ -291,6 +295,9 @@ class Daemon:
         finally:
             self._archiving.clear()
             self._archive_gauges(engine, outcome)
+            if self._archive_again.is_set() and not self.stop.is_set():
+                self._archive_again.clear()
+                self._archive_soon()
 
     def _archive_trouble(self, message: str) -> None:
         if message != self._archive_problem:

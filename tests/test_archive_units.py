@@ -292,7 +292,7 @@ def test_urls_that_are_no_image_host_are_not_fetched(tmp_path: Path, url: str) -
     transport = httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200))  # type: ignore[func-returns-value]
     with pytest.raises(FetchFailure) as caught:
         fetcher(tmp_path, transport).fetch(url)
-    assert caught.value.verdict is Verdict.FAILED and not sent
+    assert caught.value.verdict is Verdict.REFUSED and not sent
 
 
 def test_a_429_is_waited_out_and_slows_the_pace(tmp_path: Path) -> None:
@@ -335,7 +335,7 @@ def test_a_url_httpx_refuses_fails_that_image_and_nothing_else(tmp_path: Path, u
     store.prepare()
     with pytest.raises(FetchFailure) as caught:
         ImageFetcher(store, FetchOptions(max_requests_per_second=1000)).fetch(url)
-    assert caught.value.verdict is Verdict.FAILED
+    assert caught.value.verdict is Verdict.REFUSED
 
 
 @pytest.mark.parametrize("location", ["javascript:alert(1)", "http://xn--/x"])
@@ -343,7 +343,7 @@ def test_a_redirect_httpx_refuses_fails_that_image(tmp_path: Path, location: str
     transport = httpx.MockTransport(lambda r: httpx.Response(302, headers={"Location": location}))
     with pytest.raises(FetchFailure) as caught:
         fetcher(tmp_path, transport).fetch("https://cdn.example/a.png")
-    assert caught.value.verdict is Verdict.FAILED
+    assert caught.value.verdict is Verdict.REFUSED
 
 
 def test_a_compressed_body_is_refused_never_inflated(tmp_path: Path) -> None:

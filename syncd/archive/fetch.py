@@ -24,8 +24,9 @@ What an answer means for the image (syncd.archive.plan.verdict_for_status):
     other 4xx, a type    failed with the reason (a later run tries again)
     that is no image, a
     body over the limit,
-    a compressed body,
-    a URL httpx refuses
+    a compressed body
+    a URL syncd never    failed and given up at once (not http(s), the key in
+    fetches              it, credentials, a forbidden address, one httpx refuses)
 """
 
 from __future__ import annotations
@@ -268,12 +269,12 @@ class ImageFetcher:
                         raise _Retry(reason, retry_after if status == 429 else None, throttled=status == 429)
                     raise FetchFailure(verdict, reason)
             except ForbiddenAddress as exc:
-                raise FetchFailure(Verdict.FAILED, str(exc)) from None
+                raise FetchFailure(Verdict.REFUSED, str(exc)) from None
             except (httpx.InvalidURL, httpx.UnsupportedProtocol, UnicodeError, ValueError) as exc:
                 # httpx refuses the URL (an IDNA error, a control character, ...):
                 # the same URL would be refused again.
                 raise FetchFailure(
-                    Verdict.FAILED, f"not a URL that can be fetched ({type(exc).__name__})"
+                    Verdict.REFUSED, f"not a URL that can be fetched ({type(exc).__name__})"
                 ) from None
             except httpx.TimeoutException as exc:
                 raise _Retry(
@@ -331,20 +332,20 @@ class ImageFetcher:
             parts.port  # noqa: B018 (raises on a malformed port)
             httpx.URL(url)
         except (ValueError, UnicodeError, httpx.InvalidURL):
-            raise FetchFailure(Verdict.FAILED, "not a valid URL") from None
+            raise FetchFailure(Verdict.REFUSED, "not a valid URL") from None
         decoded = unquote_plus(unquote(url))
         if redact(decoded, self._secrets) != decoded:
             raise FetchFailure(
-                Verdict.FAILED, "the URL carries the API key: not fetched (the key goes to the API only)"
+                Verdict.REFUSED, "the URL carries the API key: not fetched (the key goes to the API only)"
             )
         if parts.scheme not in ("http", "https") or not host:
-            raise FetchFailure(Verdict.FAILED, "not an http(s) URL: not fetched")
+            raise FetchFailure(Verdict.REFUSED, "not an http(s) URL: not fetched")
         if "@" in parts.netloc:
-            raise FetchFailure(Verdict.FAILED, "a URL with credentials (user@host): not fetched")
+            raise FetchFailure(Verdict.REFUSED, "a URL with credentials (user@host): not fetched")
         if forbidden_address(host):
             # 169.254.169.254 is a cloud's metadata service: never where an image lives.
             raise FetchFailure(
-                Verdict.FAILED, f"the address {host} is not one an image host has: not fetched"
+                Verdict.REFUSED, f"the address {host} is not one an image host has: not fetched"
             )
 
 

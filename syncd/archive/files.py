@@ -3,6 +3,7 @@
     <dir>/ab/cd/abcd...ef.webp   a file, named by the sha256 of its bytes
     <dir>/incoming/              downloads in progress (same file system)
     <dir>/.lock                  held by the one archive job working here
+    <dir>/.syncd-archive         says this folder is the archive (see MARKER)
 
 A download is written to ``incoming/``, fsynced, then renamed to its final
 name and the folder fsynced: a crash (even SIGKILL) never leaves a partial
@@ -38,6 +39,10 @@ from syncd.errors import ArchiveStorageError, LockHeldError
 
 INCOMING = "incoming"
 LOCK_NAME = ".lock"
+# Written when a folder becomes an archive: a folder without it, while the
+# database says images are archived, is an unmounted disk or another
+# server's folder, not an empty archive.
+MARKER = ".syncd-archive"
 HASH_CHUNK = 1 << 20
 
 
@@ -94,6 +99,15 @@ class ContentStore:
             yield
         finally:
             os.close(fd)
+
+    def marked(self) -> bool:
+        return (self.root / MARKER).is_file()
+
+    def mark(self) -> None:
+        try:
+            (self.root / MARKER).write_text("syncd's image archive: see archived_files.path\n")
+        except OSError as exc:
+            raise self._storage_error(exc, "cannot write to the archive folder") from None
 
     def _clear_incoming(self) -> None:
         self.inside(self.root / INCOMING)

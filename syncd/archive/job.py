@@ -107,18 +107,21 @@ class Archiver:
         tried: set[tuple[str, str, int]] = set()  # this run's images: each once
         queue: list[Due] = []
         discovered_at = float("-inf")
+        exhausted = False  # nothing due but what is in flight: look again when one ends
         storage_error: ArchiveStorageError | None = None
         try:
             while not self.stop.is_set() and storage_error is None:
                 if time.monotonic() - discovered_at >= REDISCOVER_EVERY:
                     counts.discovered += self._discover()
                     discovered_at = time.monotonic()
-                if not queue and len(in_flight) < self.max_in_flight:
+                    exhausted = False
+                if not queue and not exhausted and len(in_flight) < self.max_in_flight:
                     # Tried ones still due: those in flight, and failures whose
                     # back-off passed during this run (they wait for the next).
                     queue = self._due(tried, BATCH + len(in_flight) + counts.failed, in_flight)
                     if not queue and not in_flight:
                         break
+                    exhausted = not queue
                 if queue and len(in_flight) < self.max_in_flight:
                     self.store.check_room()  # no request for a file there is no room for
                 while queue and len(in_flight) < self.max_in_flight:
@@ -126,6 +129,8 @@ class Archiver:
                     tried.add(_key(item))
                     in_flight[pool.submit(self.fetcher.fetch, item.url, self._wanted)] = item
                 done, _ = wait(list(in_flight), timeout=WAIT_STEP, return_when=FIRST_COMPLETED)
+                if done:
+                    exhausted = False
                 outcomes: list[rows.Outcome] = []
                 for future in done:
                     item = in_flight.pop(future)
@@ -169,8 +174,13 @@ class Archiver:
         wait(list(in_flight), timeout=WAIT_STEP * 5)
 
     def _discover(self) -> int:
+        now = self.clock()
+        with self.engine.connect() as conn:  # read first: the write lock only when there is news
+            news = rows.unrecorded(conn, now)
+        if not news:
+            return 0
         with db.writer(self.engine).begin() as conn:
-            found = rows.discover(conn, self.clock())
+            found = rows.discover(conn, now, news)
         if found.changed:
             log.info("%d images not yet archived have a new URL: it is the one fetched", found.changed)
         return found.new
@@ -203,6 +213,8 @@ class Archiver:
             error = self._clean(exc.reason)
             if exc.verdict is Verdict.GONE:
                 return rows.Outcome(item, FileStatus.GONE, error=error)
+            if exc.verdict is Verdict.REFUSED:  # never fetchable: given up at once
+                return rows.Outcome(item, FileStatus.FAILED, error=error)
             log.debug("image %s of %s failed: %s", item.role, item.artwork_id, error)
             return rows.Outcome(
                 item, FileStatus.FAILED, error=error, next_attempt_at=retry_at(item.attempts + 1, now)
@@ -269,30 +281,55 @@ class VerifyReport:
         )
 
 
+# More than this share of the archived files missing (of at least a few) is
+# a folder not mounted, or another server's, not a loss: verify changes nothing.
+MOSTLY_MISSING = 0.5
+
+
 def verify_archive(
-    engine: Engine, store: ContentStore, stop: threading.Event, clock: Callable[[], datetime]
+    engine: Engine,
+    store: ContentStore,
+    stop: threading.Event,
+    clock: Callable[[], datetime],
+    *,
+    accept_missing: bool = False,
 ) -> VerifyReport:
     """Re-hash every archived file; a missing or corrupt one (set aside in
-    corrupt/) makes its images pending again, for the run that follows."""
+    corrupt/) makes its images pending again, for the run that follows.
+
+    When most files are missing, nothing is changed (ArchiveStorageError)
+    unless ``accept_missing``: their rows would lose where their files are.
+    """
     report = VerifyReport()
     with engine.connect() as conn:
         archived = rows.archived_paths(conn)
     for path, sha256 in archived:
         if stop.is_set():
-            raise Interrupted("stopped by a signal while verifying; nothing was changed for the files left")
+            raise Interrupted("stopped by a signal while verifying; nothing was changed")
         report.checked += 1
         verdict = store.verify(path, sha256)
         if verdict == "ok":
             report.ok += 1
-            continue
-        if verdict == "corrupt":
-            report.corrupt.append(path)
-            store.set_aside(path)
-            why = "corrupt in the archive folder (found by verify): fetched again"
         else:
-            report.missing.append(path)
-            why = "missing from the archive folder (found by verify): fetched again"
-        log.warning("archive file %s is %s", path, verdict)
+            (report.corrupt if verdict == "corrupt" else report.missing).append(path)
+    if (
+        not accept_missing
+        and len(report.missing) >= 10
+        and len(report.missing) > MOSTLY_MISSING * report.checked
+    ):
+        raise ArchiveStorageError(
+            f"{len(report.missing):,} of the {report.checked:,} archived files are missing from "
+            f"{store.root}: is it the right folder, on its disk (mounted)? Nothing was changed. "
+            "If they are lost, `syncd archive --verify --accept-missing` fetches again what the "
+            "API still has"
+        )
+    for path in report.corrupt:
+        store.set_aside(path)
+    for path, why in [
+        *((p, "corrupt in the archive folder (found by verify): fetched again") for p in report.corrupt),
+        *((p, "missing from the archive folder (found by verify): fetched again") for p in report.missing),
+    ]:
+        log.warning("archive file %s: %s", path, why.split(" (")[0])
         with db.writer(engine).begin() as conn:
             report.reopened += rows.reopen(conn, [path], clock(), why)
     return report

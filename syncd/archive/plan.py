@@ -137,7 +137,8 @@ def content_path(sha256: str, extension: str) -> PurePosixPath:
 class Verdict(StrEnum):
     GONE = "gone"  # 404/410: the host deleted it
     RETRY = "retry"  # worth trying again soon (5xx, 429, 408, network)
-    FAILED = "failed"  # the answer will not change by itself soon (other 4xx)
+    FAILED = "failed"  # the answer will not change by itself soon (other 4xx): a later run
+    REFUSED = "refused"  # syncd will never fetch it (not http(s), the key in it, ...): given up
 
 
 def verdict_for_status(status: int) -> Verdict:

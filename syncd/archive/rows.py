@@ -31,32 +31,43 @@ class Discovered:
 
 
 def _unrecorded(now: datetime) -> Any:
-    """The images of recent artworks that have no row, or a row not yet
-    archived whose URL changed (``archived_url`` tells which)."""
+    """The images of recent artworks that have no row, or a row still waiting
+    (pending, or failed and to be tried again) whose URL changed
+    (``recorded_url`` tells which). Each branch reads only the window's
+    artworks (by the created_at index), never all history."""
+    recent = (
+        select(artworks.c.id, artworks.c.created_at)
+        .where(artworks.c.created_at >= now - DISCOVERY_WINDOW)
+        .subquery("recent")
+    )
     referenced = union_all(
         select(
             results.c.artwork_id,
             literal(Role.RESULT.value).label("role"),
             results.c.position,
             results.c.url,
-        ),
+            recent.c.created_at,
+        ).join(recent, recent.c.id == results.c.artwork_id),
         select(
             upscaling.c.artwork_id,
             literal(Role.INPUT.value).label("role"),
             literal(0).label("position"),
             upscaling.c.image_url.label("url"),
-        ).where(upscaling.c.image_url.is_not(None)),
+            recent.c.created_at,
+        )
+        .join(recent, recent.c.id == upscaling.c.artwork_id)
+        .where(upscaling.c.image_url.is_not(None)),
     ).subquery("referenced")
+    waiting = and_(files.c.status.in_([s.value for s in WAITING]), files.c.next_attempt_at.is_not(None))
     return (
         select(
             referenced.c.artwork_id,
             referenced.c.role,
             referenced.c.position,
             referenced.c.url,
-            artworks.c.created_at,
-            files.c.url.label("archived_url"),
+            referenced.c.created_at,
+            files.c.url.label("recorded_url"),
         )
-        .join(artworks, artworks.c.id == referenced.c.artwork_id)
         .outerjoin(
             files,
             and_(
@@ -66,12 +77,12 @@ def _unrecorded(now: datetime) -> Any:
             ),
         )
         .where(
-            artworks.c.created_at >= now - DISCOVERY_WINDOW,
             or_(
                 files.c.url.is_(None),
-                # An archived image keeps its file: a URL that changes with every
-                # listing (a signed CDN URL) must not fetch the same image again.
-                and_(files.c.url != referenced.c.url, files.c.status != FileStatus.ARCHIVED.value),
+                # Only a waiting image takes a new URL (a signed CDN URL changes with
+                # every listing): an archived one keeps its file, a gone one stays
+                # gone, one given up stays given up, and none starts its back-off again.
+                and_(files.c.url != referenced.c.url, waiting),
             ),
         )
     )
@@ -85,18 +96,22 @@ def undiscovered(conn: Connection, now: datetime) -> tuple[int, datetime | None]
     return int(count), _as_datetime(oldest)
 
 
-def discover(conn: Connection, now: datetime) -> Discovered:
-    """Add a pending row for every image of a recent artwork that has none, and
-    make a row not yet archived whose URL changed pending again, with the new URL.
+def unrecorded(conn: Connection, now: datetime) -> list[Any]:
+    """What ``discover`` would write (read first, outside a write transaction)."""
+    return list(conn.execute(_unrecorded(now)))
+
+
+def discover(conn: Connection, now: datetime, found_rows: Sequence[Any]) -> Discovered:
+    """Add a pending row for every image in ``found_rows`` (``unrecorded``) that
+    has none, and give a waiting row whose URL changed the new URL.
 
     A new image whose URL is archived already (an upscaling of a generated
     image names that image) is recorded archived at once, with the same file.
     """
-    query = _unrecorded(now)
     found = Discovered()
     new: list[dict[str, Any]] = []
-    for row in conn.execute(query):
-        if row.archived_url is None:
+    for row in found_rows:
+        if row.recorded_url is None:
             new.append(
                 {
                     "artwork_id": row.artwork_id,
@@ -104,7 +119,7 @@ def discover(conn: Connection, now: datetime) -> Discovered:
                     "position": row.position,
                     "url": row.url,
                     "status": FileStatus.PENDING.value,
-                    "expires_at": expires_at(row.created_at),
+                    "expires_at": expires_at(_as_datetime(row.created_at) or now),
                     "discovered_at": now,
                     "attempts": 0,
                     "next_attempt_at": now,
@@ -118,20 +133,7 @@ def discover(conn: Connection, now: datetime) -> Discovered:
         else:
             found.changed += 1
             conn.execute(
-                update(files)
-                .where(_key(row.artwork_id, row.role, row.position))
-                .values(
-                    url=row.url,
-                    status=FileStatus.PENDING.value,
-                    sha256=None,
-                    size_bytes=None,
-                    content_type=None,
-                    path=None,
-                    fetched_at=None,
-                    attempts=0,
-                    last_error=None,
-                    next_attempt_at=now,
-                )
+                update(files).where(_key(row.artwork_id, row.role, row.position)).values(url=row.url)
             )
     archived = _archived_by_url(conn, sorted({image["url"] for image in new}))
     for image in new:
@@ -204,12 +206,13 @@ class Outcome:
 
 
 def record(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> None:
-    """Write outcomes; a row whose URL changed meanwhile keeps its new URL's state.
-    An archived URL archives every row waiting with it (one file, one request)."""
+    """Write outcomes, by image (its URL is the one tried). An archived URL
+    archives every row waiting with it (one file, one request)."""
     for outcome in outcomes:
         d = outcome.due
         archived = outcome.status is FileStatus.ARCHIVED
         values: dict[str, Any] = {
+            "url": d.url,  # the URL tried (a newer one from a listing meanwhile is the same image)
             "status": outcome.status.value,
             "attempts": files.c.attempts + 1,
             "last_error": outcome.error,
@@ -223,9 +226,7 @@ def record(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> None
                 path=outcome.path,
                 fetched_at=now,
             )
-        conn.execute(
-            update(files).where(_key(d.artwork_id, d.role, d.position), files.c.url == d.url).values(values)
-        )
+        conn.execute(update(files).where(_key(d.artwork_id, d.role, d.position)).values(values))
         if archived:
             # Other images at the same URL waiting their turn: the same file.
             conn.execute(
@@ -244,15 +245,21 @@ def reopen(conn: Connection, paths: Sequence[str], now: datetime, why: str) -> i
             .where(files.c.path == path, files.c.status == FileStatus.ARCHIVED.value)
             .values(
                 status=FileStatus.PENDING.value,
-                path=None,
-                sha256=None,
+                path=None,  # sha256 stays: what the file was, should it be gone now
                 size_bytes=None,
                 content_type=None,
+                fetched_at=None,
                 last_error=why,
                 next_attempt_at=now,
             )
         ).rowcount
     return count
+
+
+def archived_count(conn: Connection) -> int:
+    return int(
+        conn.execute(select(func.count()).where(files.c.status == FileStatus.ARCHIVED.value)).scalar_one()
+    )
 
 
 def archived_paths(conn: Connection) -> list[tuple[str, str]]:
