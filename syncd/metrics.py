@@ -111,7 +111,7 @@ class Metrics:
         )
         self.archive_runs = Counter(
             "syncd_archive_runs_total",
-            "Archive runs by outcome (success, interrupted, no_room, failed, crashed)",
+            "Archive runs by outcome (success, interrupted, storage, failed, crashed)",
             ["outcome"],
             registry=self.registry,
         )

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -61,6 +62,7 @@ log = logging.getLogger("syncd.daemon")
 
 # The share of its interval a refresh may take: the rest is the syncs'.
 REFRESH_SHARE = 0.5
+ARCHIVE_GAUGES_EVERY = 30.0  # seconds between gauge updates during an archive run
 
 
 def jitter_for(interval: float) -> float:
@@ -274,7 +276,9 @@ class Daemon:
         self._archiving.set()
         outcome = "success"
         try:
-            result = app.archive_with(self.settings, engine, stop=self.stop).result
+            result = app.archive_with(
+                self.settings, engine, stop=self.stop, on_progress=self._archive_progress(engine)
+            ).result
             outcome = result.outcome
             if self._archive_problem is not None:
                 log.info("image archive working again")
@@ -284,7 +288,7 @@ class Daemon:
             outcome = "skipped"
         except ArchiveStorageError as exc:
             # Said once while it lasts (every tick would repeat it); the sync goes on.
-            outcome = "no_room"
+            outcome = "storage"
             self._archive_trouble(f"image archive stopped: {exc}")
         except SyncdError as exc:
             outcome = "failed"
@@ -299,18 +303,32 @@ class Daemon:
                 self._archive_again.clear()
                 self._archive_soon()
 
+    def _archive_progress(self, engine: Engine) -> Callable[[object], None]:
+        """During a long run, the gauges every ARCHIVE_GAUGES_EVERY seconds (not
+        frozen at their value from before a backlog of hours)."""
+        last = time.monotonic()
+
+        def progress(_: object) -> None:
+            nonlocal last
+            if time.monotonic() - last >= ARCHIVE_GAUGES_EVERY:
+                last = time.monotonic()
+                self._archive_gauges(engine, None)
+
+        return progress
+
     def _archive_trouble(self, message: str) -> None:
         if message != self._archive_problem:
             log.error("%s", message)
         self._archive_problem = message
 
-    def _archive_gauges(self, engine: Engine, outcome: str) -> None:
+    def _archive_gauges(self, engine: Engine, outcome: str | None) -> None:
+        """The archive's gauges; ``outcome``: a run ended so (counted)."""
         if self.metrics is None:
             return
         from syncd.archive import rows
         from syncd.archive.plan import lag_seconds
 
-        if outcome != "skipped":
+        if outcome not in (None, "skipped"):
             self.metrics.archive_runs.labels(outcome).inc()
         try:
             now = datetime.now(UTC)

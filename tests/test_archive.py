@@ -318,7 +318,7 @@ def test_a_full_disk_stops_the_daemons_archive_with_one_line_and_the_sync_goes_o
             with w.api.api.lock:
                 w.dataset.add(3, live=True)
             wait_for(lambda: count(engine) == len(w.dataset.valid()), 30, "the next sync")
-            wait_for(lambda: no_room_runs(port) >= 3, 20, "three archive ticks without room")
+            wait_for(lambda: storage_runs(port) >= 3, 20, "three archive ticks without room")
             # The images wait: the lag is the age of the oldest artwork (days: the fake's week).
             oldest = min(datetime.fromisoformat(a.value["createdAt"]) for a in w.dataset.valid())
             lag = metric(port, "syncd_archive_lag_seconds")
@@ -341,8 +341,8 @@ def metric(port: int, name: str) -> float:
     return 0.0
 
 
-def no_room_runs(port: int) -> float:
-    return metric(port, 'syncd_archive_runs_total{outcome="no_room"}')
+def storage_runs(port: int) -> float:
+    return metric(port, 'syncd_archive_runs_total{outcome="storage"}')
 
 
 def test_under_a_backlog_the_image_deleted_soonest_is_saved_first(
