@@ -365,7 +365,8 @@ def daemon_command(**kwargs: Any) -> None:
     """Run the sync service in the foreground (for systemd, see docs/deploy.md).
 
     Syncs at once, then every interval; refreshes unfinished artworks; runs a
-    full reconciliation on its slower schedule. SIGTERM stops it gracefully.
+    full reconciliation on its slower schedule; with SYNCD_ARCHIVE_DIR set,
+    archives the images on a thread of its own. SIGTERM stops it gracefully.
 
     \b
     Example:
