@@ -56,8 +56,13 @@ def test_every_example_query_runs_and_means_the_same_on_both_databases(
     sqlite_url: str, postgres_url: str, world: Callable[..., World], tmp_path: Path
 ) -> None:
     # Some images are gone (expired); none waits, so the archive's lag is the same on both.
+    # Small images: the queries need rows, not bytes.
     w = world(
-        800, seed=11, image_faults=ImageFaults(gone=0.1), unknown_fraction=0.03, malformed_fraction=0.01
+        800,
+        seed=11,
+        image_faults=ImageFaults(gone=0.1, size=2048),
+        unknown_fraction=0.03,
+        malformed_fraction=0.01,
     )
     answers = {}
     for name, url in (("sqlite", sqlite_url), ("postgresql", postgres_url)):
