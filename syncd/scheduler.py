@@ -29,6 +29,7 @@ even while a request hangs. Later signals change nothing.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -317,9 +318,12 @@ class Daemon:
         return progress
 
     def _archive_trouble(self, message: str) -> None:
-        if message != self._archive_problem:
+        """Log ``message`` unless the same problem was logged last; "the same"
+        ignores its numbers and sizes (the free space moves from tick to tick)."""
+        problem = re.sub(r"\d[\d.,]*( ?(GiB|MiB|KiB|bytes))?", "#", message)
+        if problem != self._archive_problem:
             log.error("%s", message)
-        self._archive_problem = message
+        self._archive_problem = problem
 
     def _archive_gauges(self, engine: Engine, outcome: str | None) -> None:
         """The archive's gauges; ``outcome``: a run ended so (counted)."""

@@ -440,3 +440,20 @@ def test_links_planted_inside_the_folder_are_never_written_through(tmp_path: Pat
         stored = receiver.finish()
     assert stored.new and not (root / stored.path).is_symlink()
     assert (root / stored.path).read_bytes() == PNG and victim.read_bytes() == b"x" * len(PNG)
+
+
+def test_the_daemon_says_a_lasting_archive_problem_once_though_its_numbers_move(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from syncd.config import Settings
+    from syncd.scheduler import Daemon
+
+    daemon = Daemon(Settings())
+    with caplog.at_level("ERROR", logger="syncd.daemon"):
+        for free in ("77.1 GiB", "77.2 GiB", "1,024 bytes"):
+            daemon._archive_trouble(f"image archive stopped: the folder has {free} free")
+        daemon._archive_trouble("image archive stopped: the folder is not the archive")
+    assert [r.getMessage() for r in caplog.records] == [
+        "image archive stopped: the folder has 77.1 GiB free",
+        "image archive stopped: the folder is not the archive",
+    ]
