@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -68,9 +68,13 @@ class _Stream(httpcore.NetworkStream):
         return self._stream.get_extra_info(info)
 
 
+PeerCheck = Callable[[str], None]  # raises when a connected peer's address is refused
+
+
 class _Backend(httpcore.NetworkBackend):
-    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+    def __init__(self, backend: httpcore.NetworkBackend, check_peer: PeerCheck | None = None) -> None:
         self._backend = backend
+        self._check_peer = check_peer
 
     def connect_tcp(
         self,
@@ -81,11 +85,22 @@ class _Backend(httpcore.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         bounded = _bounded(timeout, httpcore.ConnectTimeout)
-        return _Stream(self._backend.connect_tcp(host, port, bounded, local_address, socket_options))
+        stream = self._backend.connect_tcp(host, port, bounded, local_address, socket_options)
+        if self._check_peer is not None:
+            # The address the name resolved to, whatever notation the URL used.
+            peer = stream.get_extra_info("server_addr")
+            try:
+                self._check_peer(str(peer[0]) if isinstance(peer, tuple) and peer else "")
+            except BaseException:
+                stream.close()
+                raise
+        return _Stream(stream)
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore.NetworkStream:
+        if self._check_peer is not None:
+            self._check_peer(path)  # no network address: whatever it says, refused
         bounded = _bounded(timeout, httpcore.ConnectTimeout)
         return _Stream(self._backend.connect_unix_socket(path, bounded, socket_options))
 
@@ -93,8 +108,9 @@ class _Backend(httpcore.NetworkBackend):
         self._backend.sleep(seconds)
 
 
-def install(transport: httpx.HTTPTransport) -> httpx.HTTPTransport:
-    """Bound ``transport``'s socket operations by the thread's request deadline.
+def install(transport: httpx.HTTPTransport, *, check_peer: PeerCheck | None = None) -> httpx.HTTPTransport:
+    """Bound ``transport``'s socket operations by the thread's request deadline;
+    ``check_peer`` is given each connection's peer address and may refuse it.
 
     httpx does not take a network backend; its pool (httpcore) does, so the
     pool's is wrapped. tests/test_client.py holds this to a real socket.
@@ -102,5 +118,5 @@ def install(transport: httpx.HTTPTransport) -> httpx.HTTPTransport:
     pool = transport._pool
     if not isinstance(pool, httpcore.ConnectionPool):  # pragma: no cover (httpx changed)
         raise TypeError("httpx's transport has no httpcore connection pool to bound")
-    pool._network_backend = _Backend(pool._network_backend)
+    pool._network_backend = _Backend(pool._network_backend, check_peer)
     return transport

@@ -35,15 +35,13 @@ import ipaddress
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
 from urllib.parse import unquote, unquote_plus, urljoin, urlsplit
 
-import httpcore
 import httpx
 
 from syncd import __version__
@@ -117,42 +115,16 @@ def forbidden_address(text: str) -> bool:
     )
 
 
-class _PublicOnly(httpcore.NetworkBackend):
-    """Connects, then refuses a peer at a forbidden address: the check sees the
-    address the name resolved to, whatever notation the URL used."""
-
-    def __init__(self, backend: httpcore.NetworkBackend) -> None:
-        self._backend = backend
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        peer = stream.get_extra_info("server_addr")
-        if isinstance(peer, tuple) and peer and forbidden_address(str(peer[0])):
-            stream.close()
-            raise ForbiddenAddress(f"the host resolves to {peer[0]}, where no image host is: not fetched")
-        return stream
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.NetworkStream:
-        raise ForbiddenAddress("not a network address")
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
+def refuse_forbidden(address: str) -> None:
+    """The peer check of image connections (syncd.api.deadline.install)."""
+    if not address or forbidden_address(address):
+        raise ForbiddenAddress(
+            f"the host resolves to {address or 'no network address'}, where no image host is: not fetched"
+        )
 
 
 def _guarded_transport() -> httpx.HTTPTransport:
-    transport = install(httpx.HTTPTransport(verify=tls_context()))
-    pool = transport._pool
-    pool._network_backend = _PublicOnly(pool._network_backend)
-    return transport
+    return install(httpx.HTTPTransport(verify=tls_context()), check_peer=refuse_forbidden)
 
 
 class _NoCookies(DefaultCookiePolicy):
