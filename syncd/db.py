@@ -24,7 +24,7 @@ from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from syncd import SCHEMA_REVISION
-from syncd.errors import DatabaseError, DatabaseUnreachable, LockHeldError, SchemaError
+from syncd.errors import DatabaseError, DatabaseUnreachable, LockHeldError, SchemaError, SyncdError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 16_384
@@ -341,37 +341,44 @@ def _file_lock(engine: Engine, job: str) -> Iterator[None]:
 
 @contextmanager
 def hold_file_lock(database: Path, job: str = "sync") -> Iterator[None]:
-    """Hold an OS lock on ``<database>.lock``, or raise LockHeldError at once.
+    """Hold an OS lock on ``<database>.lock``, or raise LockHeldError at once."""
+    lock_path = lock_path_of(database, job)
+    with lock_file(
+        lock_path, f"another syncd process is {_doing(job)} {database} (lock file {lock_path} is held)"
+    ):
+        yield
+
+
+@contextmanager
+def lock_file(lock_path: Path, held: str, error: type[SyncdError] = DatabaseError) -> Iterator[None]:
+    """Hold an OS lock on ``lock_path``, or raise LockHeldError(``held``) at once.
 
     The kernel releases it when the process dies, even by SIGKILL, so a crash
     never leaves a stale lock. The lock file is syncd's own: a symlink, a
     special file or a file with other names (hard links) there is refused
-    rather than followed, truncated or written.
+    (``error``) rather than followed, truncated or written.
     """
-    lock_path = lock_path_of(database, job)
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(lock_path, flags, 0o644)
     except OSError as exc:
         if os.path.islink(lock_path):
-            raise DatabaseError(
+            raise error(
                 f"the lock file {lock_path} is a symbolic link; syncd does not follow it: "
                 "remove it (syncd creates its own)"
             ) from None
-        raise DatabaseError(f"cannot create the lock file {lock_path}: {exc.strerror}") from None
+        raise error(f"cannot create the lock file {lock_path}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            raise DatabaseError(
+            raise error(
                 f"the lock file {lock_path} is not a plain file (a special file, or one with other "
                 "names: hard links); syncd does not write to it: remove it"
             )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockHeldError(
-                f"another syncd process is {_doing(job)} {database} (lock file {lock_path} is held)"
-            ) from None
+            raise LockHeldError(held) from None
         # Our own plain file, locked: the holder's PID is there for an operator.
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -461,3 +461,14 @@ def test_the_daemon_says_a_lasting_archive_problem_once_though_its_numbers_move(
         "image archive stopped: the folder has 77.1 GiB free",
         "image archive stopped: the folder is not the archive",
     ]
+
+
+def test_a_lock_file_that_is_a_link_is_refused_not_followed(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path / "archive")
+    store.prepare()
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    (tmp_path / "archive" / ".lock").symlink_to(target)
+    with pytest.raises(ArchiveStorageError, match="symbolic link"), store.lock():
+        pass
+    assert target.read_text() == "keep me"

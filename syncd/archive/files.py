@@ -24,7 +24,6 @@ folder is written or removed.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import os
 import uuid
@@ -35,7 +34,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from syncd.archive.plan import SNIFF_BYTES, content_path, sniff_extension
-from syncd.errors import ArchiveStorageError, LockHeldError
+from syncd.db import lock_file
+from syncd.errors import ArchiveStorageError
 
 INCOMING = "incoming"
 LOCK_NAME = ".lock"
@@ -84,21 +84,11 @@ class ContentStore:
         """The one archive job working in this folder, or LockHeldError at once;
         then clear what a dead job left in incoming/."""
         path = self.root / LOCK_NAME
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise self._storage_error(exc, f"cannot open the archive lock {path}") from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LockHeldError(
-                    f"another syncd is archiving into {self.root} (lock {path} is held)"
-                ) from None
+        with lock_file(
+            path, f"another syncd is archiving into {self.root} (lock {path} is held)", ArchiveStorageError
+        ):
             self._clear_incoming()
             yield
-        finally:
-            os.close(fd)
 
     def marked(self) -> bool:
         return (self.root / MARKER).is_file()
