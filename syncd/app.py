@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -258,8 +258,6 @@ def archive_with(
     on_progress: Callable[[ArchiveProgress], None] | None = None,
 ) -> ArchiveOutcome:
     """One archive run under the one-archiver lock (the daemon's job, and the CLI's)."""
-    from datetime import UTC
-
     from syncd.archive import rows
     from syncd.archive.fetch import FetchOptions, ImageFetcher
     from syncd.archive.files import ContentStore

@@ -337,7 +337,9 @@ class Daemon:
         try:
             now = datetime.now(UTC)
             with engine.connect() as conn:
-                summary = rows.summary(conn, now, undiscovered_too=True)
+                # A run that succeeded has just looked for new images (the same
+                # read); otherwise those no run has seen count in the lag.
+                summary = rows.summary(conn, now, undiscovered_too=outcome != "success")
         except SQLAlchemyError as exc:
             log.error("archive gauges not updated: database error: %s", database_reason(exc))
             return

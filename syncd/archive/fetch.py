@@ -223,7 +223,6 @@ class ImageFetcher:
     def _follow(self, url: str, wanted: Callable[[], bool] | None) -> Fetched:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
-            self._check_url(current)
             try:
                 with request_deadline(self.deadline), self._http.stream("GET", current) as response:
                     status = response.status_code
@@ -294,6 +293,7 @@ class ImageFetcher:
         target = urljoin(current, location.strip())
         if urlsplit(current).scheme == "https" and urlsplit(target).scheme == "http":
             raise FetchFailure(Verdict.FAILED, "redirected from https to plain http: refused")
+        self._check_url(target)  # as the first URL was, before it was paced
         return target
 
     def _check_url(self, url: str) -> None:

@@ -218,8 +218,7 @@ class Receiver:
         relative = content_path(sha256, extension)
         final = store.root / relative
         try:
-            if self._handle is None:
-                self._handle = open(self._path, "xb")
+            assert self._handle is not None  # a body that starts like an image was written
             self._handle.flush()
             os.fsync(self._handle.fileno())
             self._handle.close()
