@@ -43,6 +43,15 @@ def sync_and_archive(env: dict[str, str], cwd: Path, *args: str) -> Any:
     return done
 
 
+def synced_and_archived(w: World, database_url: str, cwd: Path) -> tuple[Path, dict[str, str]]:
+    """``w``'s artworks synced and their images archived into ``cwd``/images:
+    the archive folder and the environment used."""
+    archive = cwd / "images"
+    env = archive_env(w, database_url, archive)
+    sync_and_archive(env, cwd)
+    return archive, env
+
+
 def table(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(select(files).order_by(files.c.artwork_id, files.c.role, files.c.position)))
@@ -162,9 +171,7 @@ def test_verify_finds_missing_and_corrupt_files_and_mends_what_is_still_availabl
     db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
 ) -> None:
     w = world(30)
-    archive = tmp_path / "images"
-    env = archive_env(w, db_url, archive)
-    sync_and_archive(env, tmp_path)
+    archive, env = synced_and_archived(w, db_url, tmp_path)
     stored = [r for r in table(engine) if r.status == "archived" and r.role == "result"]
     missing, corrupt, lost = stored[0], stored[1], stored[2]
     (archive / missing.path).unlink()
@@ -434,9 +441,7 @@ def test_a_folder_that_is_not_the_archive_is_refused_and_nothing_changes(
     db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
 ) -> None:
     w = world(20)
-    archive = tmp_path / "images"
-    env = archive_env(w, db_url, archive)
-    sync_and_archive(env, tmp_path)
+    archive, env = synced_and_archived(w, db_url, tmp_path)
     before = table(engine)
     archive.rename(tmp_path / "elsewhere")  # as if its disk were not mounted
     archive.mkdir()
@@ -451,9 +456,7 @@ def test_verify_changes_nothing_when_most_files_are_missing_unless_told_they_are
     db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
 ) -> None:
     w = world(20)
-    archive = tmp_path / "images"
-    env = archive_env(w, db_url, archive)
-    sync_and_archive(env, tmp_path)
+    archive, env = synced_and_archived(w, db_url, tmp_path)
     before = table(engine)
     for path in archive.glob("??/??/*"):
         path.unlink()
