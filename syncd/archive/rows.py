@@ -14,7 +14,6 @@ from sqlalchemy import Connection, Table, and_, func, insert, literal, or_, sele
 
 from syncd.archive.plan import DISCOVERY_WINDOW, Due, FileStatus, Role, expires_at, fetch_order
 from syncd.models import ArchivedFile, Artwork, ArtworkResult, UpscalingParameters
-from syncd.records import from_utc_text
 
 files: Table = ArchivedFile.__table__  # type: ignore[assignment]
 artworks: Table = Artwork.__table__  # type: ignore[assignment]
@@ -93,7 +92,7 @@ def undiscovered(conn: Connection, now: datetime) -> tuple[int, datetime | None]
     how many, and the oldest one's artwork creation. Read only, for status."""
     query = _unrecorded(now).where(files.c.url.is_(None)).subquery()
     count, oldest = conn.execute(select(func.count(), func.min(query.c.created_at))).one()
-    return int(count), _as_datetime(oldest)
+    return int(count), oldest
 
 
 def unrecorded(conn: Connection, now: datetime) -> list[Any]:
@@ -119,7 +118,7 @@ def discover(conn: Connection, now: datetime, found_rows: Sequence[Any]) -> Disc
                     "position": row.position,
                     "url": row.url,
                     "status": FileStatus.PENDING.value,
-                    "expires_at": expires_at(_as_datetime(row.created_at) or now),
+                    "expires_at": expires_at(row.created_at),
                     "discovered_at": now,
                     "attempts": 0,
                     "next_attempt_at": now,
@@ -315,7 +314,7 @@ def summary(conn: Connection, now: datetime, *, undiscovered_too: bool = False) 
             func.min(files.c.expires_at), func.count(files.c.expires_at).filter(files.c.expires_at <= now)
         ).where(waiting)
     ).one()
-    result.oldest_waiting_expiry = _as_datetime(oldest)
+    result.oldest_waiting_expiry = oldest  # min() keeps the column's type: a UTC datetime
     if undiscovered_too:
         result.undiscovered, first_created = undiscovered(conn, now)
         if first_created is not None:
@@ -331,10 +330,3 @@ def summary(conn: Connection, now: datetime, *, undiscovered_too: bool = False) 
         ).scalar_one()
     )
     return result
-
-
-def _as_datetime(value: Any) -> datetime | None:
-    """min() over a UTCDateTime column comes back untyped on SQLite (text)."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return from_utc_text(str(value))
