@@ -557,7 +557,34 @@ def status_command(
 @click.option("--bom", is_flag=True, help="A UTF-8 byte-order mark before every 200 body.")
 @click.option("--retry-after", default="", help="Every 429's Retry-After header, verbatim (e.g. inf).")
 @click.option("--dribble", default=0.0, type=float, help="Seconds between the bytes of every 200 body.")
-@click.option("--echo-key", is_flag=True, help="Answers repeat the key they were sent.")
+@click.option(
+    "--echo-key",
+    is_flag=True,
+    help="Answers repeat the key they were sent (as is, percent-encoded, base64, hex).",
+)
+@click.option(
+    "--compressed",
+    default="",
+    help="200 bodies really encoded: gzip, deflate, 'gzip, gzip', br; 'bomb:gzip' or 'bomb:gzip, gzip' "
+    "for 1 GiB of spaces gzip'ed once or twice.",
+)
+@click.option(
+    "--short-pages",
+    default="",
+    metavar="FROM-TO:BY",
+    help="At most limit - BY items for any skip in FROM..TO (a short page mid-list), e.g. 300-349:7.",
+)
+@click.option(
+    "--hidden", default=0, show_default=True, type=int, help="Leave the N oldest out of every list answer."
+)
+@click.option(
+    "--wrong-artwork", is_flag=True, help="GET /v1/artworks/{id} answers with another artwork's record."
+)
+@click.option(
+    "--spent-quota-header",
+    is_flag=True,
+    help="'RateLimit-Remaining: 0' and 'RateLimit-Reset: 60' on every 200 (a header the answers contradict).",
+)
 @click.option(
     "--message-suffix", default="", help="Appended to every error message (e.g. a forged log line)."
 )
@@ -731,7 +758,7 @@ def mock_api_command(
 
     from syncd.fakeapi.data import EPOCH, HORIZON, Dataset
     from syncd.fakeapi.images import ImageFaults, ImageServer
-    from syncd.fakeapi.server import FakeApi, FakeServer, Faults
+    from syncd.fakeapi.server import FakeApi, FakeServer, Faults, encoded_body
 
     image_faults = ImageFaults(
         latency=faults.pop("image_latency_ms") / 1000,
@@ -792,7 +819,29 @@ def mock_api_command(
         rate_limit_headers=faults["rate_limit_headers"],
         rate_limit_blocks=faults["rate_limit_blocks"],
         retention=retention_seconds,
+        compressed=faults["compressed"],
+        hidden=faults["hidden"],
+        wrong_artwork=faults["wrong_artwork"],
+        spent_quota_header=faults["spent_quota_header"],
     )
+    if faults["compressed"]:
+        try:
+            encoded_body(b"[]", faults["compressed"])
+        except ValueError as exc:
+            raise ConfigError(f"mock-api --compressed {faults['compressed']!r}: {exc}") from None
+    if faults["short_pages"]:
+        try:
+            span, by = faults["short_pages"].split(":")
+            low, high = span.split("-")
+            fault_config.short_from, fault_config.short_to, fault_config.short_by = (
+                int(low),
+                int(high),
+                int(by),
+            )
+        except ValueError:
+            raise ConfigError(
+                f"mock-api --short-pages {faults['short_pages']!r}: expected FROM-TO:BY, e.g. 300-349:7"
+            ) from None
     if poisons:
         dataset.poison(list(poisons), api_key)
     api = FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_key, faults=fault_config, seed=seed)

@@ -6,6 +6,8 @@
     │   ├── AuthError             401/403: the key was rejected; do not retry    -> exit 4
     │   ├── BadRequestError       400: syncd sent something wrong; do not retry  -> exit 5
     │   ├── RetriableApiError     429/5xx/timeouts/broken bodies: retry later
+    │   ├── WrongAnswerError      an answer contradicts the request (another
+    │   │                         artwork's record): not used, not retried
     │   └── RetriesExhaustedError a retriable fault outlasted the retry budget   -> exit 5
     ├── DatabaseError             the database could not be used                 -> exit 6
     │   ├── DatabaseUnreachable   cannot connect at all
@@ -24,13 +26,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterable
 from enum import IntEnum
-
-REDACTED = "[REDACTED]"
-# A "secret" this short would garble every message it was masked in; real API
-# keys are far longer.
-MIN_SECRET_LENGTH = 6
 
 
 class ExitCode(IntEnum):
@@ -103,6 +99,11 @@ class RetriableApiError(ApiError):
         self.retry_after = retry_after
 
 
+class WrongAnswerError(ApiError):
+    """The API answered, but not what was asked (GET /v1/artworks/A with B's
+    record). Nothing of the answer is used; the request is not retried."""
+
+
 class RetriesExhaustedError(ApiError):
     """A transient fault persisted past the configured attempts or total wait."""
 
@@ -154,18 +155,6 @@ def one_line(text: str) -> str:
     """``text`` with control characters escaped (``\\n``, ``\\x1b``...): a line of
     syncd's can never be split, or a terminal driven, by what the API sent."""
     return text.translate(_CONTROLS)
-
-
-def maskable(secrets: Iterable[str]) -> tuple[str, ...]:
-    """The secrets long enough to look for (MIN_SECRET_LENGTH or more)."""
-    return tuple(secret for secret in secrets if len(secret) >= MIN_SECRET_LENGTH)
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every maskable secret replaced by [REDACTED]."""
-    for secret in maskable(secrets):
-        text = text.replace(secret, REDACTED)
-    return text
 
 
 def database_reason(exc: BaseException) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from syncd.errors import maskable, one_line, redact
+from syncd.errors import one_line
+from syncd.redaction import maskable, redact
 
 
 class RedactFilter(logging.Filter):

@@ -62,6 +62,13 @@ class Metrics:
             registry=self.registry,
         )
         self.pages = Counter("syncd_pages_total", "List pages written", registry=self.registry)
+        self.deletions_withheld = Counter(
+            "syncd_deletions_withheld_total",
+            "Complete scans whose missed artworks were not marked deleted, by why "
+            "(incomplete: some answered by id; shrank: more gone than retention explains)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.run_in_progress = Gauge(
             "syncd_run_in_progress",
             "1 for the mode of the run going on now (0 for the others, and between runs)",
@@ -165,6 +172,8 @@ class Metrics:
         self.record_progress(summary.run_id, summary.mode, summary.counts)
         self.runs.labels(summary.mode, summary.outcome).inc()
         self.duration.labels(summary.mode).observe(summary.seconds)
+        if summary.deletions_withheld is not None:
+            self.deletions_withheld.labels(summary.deletions_withheld).inc()
         if summary.outcome == "success":
             self.last_success.set(finished_at)
 

@@ -29,6 +29,7 @@ Rules (documented in docs/schema.md, "What syncd accepts"):
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +51,8 @@ from pydantic import (
 )
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from syncd.errors import maskable, redact
+from syncd.redaction import contains as contains_secret
+from syncd.redaction import redact
 
 MAX_PIXELS = 1_478_656
 MAX_RECORD_BYTES = 1_000_000
@@ -109,8 +111,22 @@ def from_utc_text(text: str) -> datetime:
 
 
 def canonical_json(record: object) -> bytes:
-    """The record as JSON with its keys sorted: what ``raw`` stores and the hash digests."""
-    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    """The record as JSON with its keys sorted: what ``raw`` stores and the hash digests.
+
+    An integer beyond 64 bits (which orjson does not write) is written
+    exactly by the standard library instead: ``raw`` keeps every digit sent.
+    Raises orjson.JSONEncodeError when neither can write the value.
+    """
+    try:
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        try:
+            text = json.dumps(
+                record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
+        except (TypeError, ValueError, RecursionError):
+            raise exc from None
+        return text.encode("utf-8", "surrogatepass")
 
 
 def content_hash(record: object, canonical: bytes | None = None) -> str:
@@ -138,21 +154,23 @@ def list_key(value: object, now: datetime) -> tuple[str | None, datetime | None]
 
 
 def checked_id(value: object) -> str | None:
-    """``value`` if it is an artwork id: exactly 8-4-4-4-12 hexadecimal digits.
+    """``value`` as an artwork id, if it is one: exactly 8-4-4-4-12 hexadecimal
+    digits, in lower case (the canonical form: a UUID's case carries nothing,
+    and an upper-case copy must not be a second row for the same artwork).
 
-    Nothing around them: an id with whitespace (a trailing newline too) is
-    another string, and would be a second row for the same artwork. Kept as
-    sent (GET /v1/artworks/{id} is asked with it).
+    Nothing around the digits: an id with whitespace (a trailing newline too)
+    is refused, not mended.
     """
     if not isinstance(value, str) or not _UUID_RE.fullmatch(value):
         return None
-    return value
+    return value.lower()
 
 
 def _check_id(value: str) -> str:
-    if checked_id(value) is None:
+    canonical = checked_id(value)
+    if canonical is None:
         raise ValueError("not a UUID (expected exactly 8-4-4-4-12 hexadecimal digits, nothing around them)")
-    return value
+    return canonical
 
 
 def _parse_created_at(value: object, info: ValidationInfo) -> datetime:
@@ -414,7 +432,8 @@ def reject(value: object, reason: str, payload: str | None = None, secrets: Sequ
         text = text[:MAX_QUARANTINE_PAYLOAD] + f"... [cut: {len(text):,} characters in all]"
     artwork_id = None
     if isinstance(value, dict) and isinstance(value.get("id"), str):
-        artwork_id = storable_text(redact(value["id"], secrets))[:LABEL_LENGTH]
+        given = checked_id(value["id"]) or value["id"]
+        artwork_id = storable_text(redact(given, secrets))[:LABEL_LENGTH]
     reason = storable_text(redact(reason, secrets))
     return Rejection(reason=reason, payload=text, payload_hash=digest, artwork_id=artwork_id)
 
@@ -451,9 +470,8 @@ def classify(value: object, now: datetime, secrets: Sequence[str] = ()) -> Artwo
     size = len(dumped)
     if size > MAX_RECORD_BYTES:
         return rejected(f"record: {size:,} bytes, over the {MAX_RECORD_BYTES:,}-byte limit")
-    for secret in maskable(secrets):
-        if secret.encode() in dumped or orjson.dumps(secret)[1:-1] in dumped:
-            return rejected("record: contains the API key (redacted here)", dumped.decode())
+    if secrets and contains_secret(dumped, secrets):  # in any form: percent-encoded, base64, hex...
+        return rejected("record: contains the API key (redacted here)", dumped.decode())
     if b"\\u0000" in dumped and _NUL_ESCAPE.search(dumped):
         return rejected("record: contains the character U+0000, which PostgreSQL cannot store")
     try:

@@ -110,6 +110,17 @@ class Counts:
         return self.inserted + self.updated + self.unchanged
 
 
+@dataclass(frozen=True)
+class Misses:
+    """What a complete scan missed: stored artworks not marked deleted (``live``),
+    those of them it did not see (``missed``), and the latest moment any of
+    those had been seen (None when none was missed)."""
+
+    live: int
+    missed: int
+    last_seen: datetime | None
+
+
 @dataclass
 class RunSummary:
     run_id: int
@@ -120,6 +131,9 @@ class RunSummary:
     list_order: str
     error: str | None = None
     stream: str = STREAM
+    # Why the artworks a complete scan missed were not marked deleted
+    # (syncd.sync.deletions.Withheld), if they were not.
+    deletions_withheld: str | None = None
 
     def line(self) -> str:
         c = self.counts
@@ -129,4 +143,6 @@ class RunSummary:
             f"{c.rejected} rejected, {c.unknown_type} unknown type, "
             f"{c.marked_deleted} marked deleted, {self.seconds:.1f}s"
         )
+        if self.deletions_withheld:
+            text += f" (deletions withheld: {self.deletions_withheld})"
         return text + (f" ({self.error})" if self.error else "")

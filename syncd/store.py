@@ -37,7 +37,7 @@ from syncd.records import (
     refusal,
     utc_text,
 )
-from syncd.state import STREAM, Counts, StreamState
+from syncd.state import STREAM, Counts, Misses, StreamState
 from syncd.sync.refresh import Unfinished
 
 artworks: Table = Artwork.__table__  # type: ignore[assignment]
@@ -292,6 +292,27 @@ def unlisted(conn: Connection, since: datetime, limit: int) -> list[str]:
         .limit(limit)
     )
     return list(conn.execute(query).scalars())
+
+
+def scan_misses(conn: Connection, since: datetime) -> Misses:
+    """The stored artworks not marked deleted, how many of them were not seen
+    since ``since`` (a scan's start), and when the latest of those was seen."""
+    live = artworks.c.remote_deleted_at.is_(None)
+    total = conn.execute(select(func.count()).select_from(artworks).where(live)).scalar_one()
+    missed, last_seen = conn.execute(
+        select(func.count(), func.max(artworks.c.last_seen_at)).where(live, artworks.c.last_seen_at < since)
+    ).one()
+    return Misses(int(total), int(missed), last_seen)
+
+
+def forget_scan(conn: Connection, stream: str) -> None:
+    """The last scan proved nothing about deletions: the next one compares with
+    the complete scan before it (``previous_scan_started_at``), not with it."""
+    conn.execute(
+        update(state_table)
+        .where(state_table.c.stream == stream)
+        .values(scan_started_at=state_table.c.previous_scan_started_at)
+    )
 
 
 def unfinished(conn: Connection) -> list[Unfinished]:

@@ -196,6 +196,43 @@ def run_syncd(
     )
 
 
+# Runs syncd's CLI and, at exit, writes the process's peak resident memory
+# (VmHWM: the high-water mark of its own address space) to the file named by
+# the first argument. Not ru_maxrss: that keeps the forked test process's size
+# across the exec, so a child of a large pytest worker looks large.
+_MEASURED_SYNCD = """
+import atexit, runpy, sys
+peak_file = sys.argv.pop(1)
+def report():
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(peak_file, "w") as out:
+        out.write(peak)
+atexit.register(report)
+sys.argv[0] = "syncd"
+runpy.run_module("syncd", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_syncd_measured(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run the real CLI in a child process; also its peak resident memory, in bytes."""
+    peak_file = cwd / f"peak-rss-{uuid.uuid4().hex}.txt"
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURED_SYNCD, str(peak_file), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    peak_kib = int(peak_file.read_text())
+    peak_file.unlink()
+    return result, peak_kib * 1024
+
+
 def start_syncd(
     args: list[str], env: dict[str, str], cwd: Path, *, new_session: bool = False
 ) -> subprocess.Popen[str]:

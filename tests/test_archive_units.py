@@ -366,8 +366,15 @@ def test_a_url_that_carries_the_key_is_not_fetched_however_it_is_encoded(tmp_pat
     transport = httpx.MockTransport(
         lambda r: sent.append(r) or answer_with(200, {"Content-Type": "image/png"}, PNG)
     )  # type: ignore[func-returns-value]
+    from syncd.fakeapi.server import encoded_forms
+
     f = fetcher(tmp_path, transport, secrets=("demo-key-123",))
-    for url in ("https://cdn.example/a.png?k=demo-key-123", "https://cdn.example/a.png?k=demo%2Dkey%2D123"):
+    urls = [f"https://cdn.example/a.png?k={form}" for form in encoded_forms("demo-key-123")]
+    urls += [
+        "https://cdn.example/a.png?k=demo%2Dkey%2D123",
+        "https://cdn.example/a.png?k=demo%252Dkey%252D123",
+    ]
+    for url in urls:
         with pytest.raises(FetchFailure, match="carries the API key"):
             f.fetch(url)
     assert not sent

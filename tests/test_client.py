@@ -285,10 +285,16 @@ def test_the_clients_rate_climbs_back_to_the_ceiling_after_a_429() -> None:
     assert clock.now - started < 10  # a guess is probed up quickly: 5% more every half second
 
 
-def test_the_server_stated_limit_and_quota_are_heeded() -> None:
+def test_the_server_stated_limit_and_quota_are_heeded_once_it_has_answered_429() -> None:
     headers = {"RateLimit-Policy": "4;w=1", "RateLimit-Remaining": "0", "RateLimit-Reset": "3"}
-    client, clock, _ = client_for(lambda r: json_response(200, [], headers), max_requests_per_second=10.0)
+    throttled = json_response(429, {"message": "slow down"}, {**headers, "Retry-After": "1"})
+    client, clock, _ = client_for(
+        sequence(json_response(200, [], headers), throttled, json_response(200, [], headers)),
+        max_requests_per_second=10.0,
+    )
     client.fetch_list_page(0, 10)
+    assert client.limiter.max_rate == 10.0  # a header alone: not yet believed
+    client.fetch_list_page(0, 10)  # a 429, then the retry's 200
     assert client.limiter.max_rate == 4.0
     sent = clock.now
     client.fetch_list_page(0, 10)
@@ -378,16 +384,30 @@ def test_an_answer_trickling_in_byte_by_byte_is_cut_off_at_the_requests_deadline
 
 def test_a_spent_quota_is_waited_for_only_when_its_reset_is_plausible() -> None:
     spent = {"RateLimit-Remaining": "0", "RateLimit-Reset": "5"}
-    client, clock, _ = client_for(lambda r: json_response(200, [], spent))
+    first_429 = json_response(429, {"message": "slow down"}, {"Retry-After": "0"})
+    client, clock, _ = client_for(sequence(first_429, json_response(200, [], spent)))
     client.fetch_list_page(0, 10)
     sent = clock.now
     client.fetch_list_page(0, 10)
     assert clock.now - sent >= 5.0
     absurd = {"RateLimit-Remaining": "0", "RateLimit-Reset": "999999"}
-    client, clock, _ = client_for(lambda r: json_response(200, [], absurd))
+    client, clock, _ = client_for(sequence(first_429, json_response(200, [], absurd)))
     for _ in range(3):
         client.fetch_list_page(0, 10)
     assert clock.now - 1000.0 < 1.0  # a server saying so on every answer cannot stall syncd
+
+
+def test_rate_limit_headers_its_own_answers_contradict_never_slow_syncd() -> None:
+    """RateLimit-Remaining: 0 with a minute's reset on every 200 (and a stated
+    limit of one request a minute) held syncd to a request a minute: without a
+    429 the server has not shown that it limits anything, so no header slows syncd."""
+    lying = {"RateLimit-Remaining": "0", "RateLimit-Reset": "60", "RateLimit-Policy": "1;w=60"}
+    client, clock, seen = client_for(lambda r: json_response(200, [], lying), max_requests_per_second=5.0)
+    for _ in range(50):
+        client.fetch_list_page(0, 10)
+    assert len(seen) == 50
+    assert clock.now - 1000.0 < 11.0  # 50 requests at the ceiling's 5/s, not 50 minutes
+    assert client.limiter.max_rate == 5.0
 
 
 def test_a_429s_retry_after_holds_every_request_from_its_headers_on() -> None:

@@ -24,9 +24,9 @@ from sqlalchemy import Engine, select, text
 from syncd import db, store
 from syncd.app import run_once
 from syncd.errors import SyncdError
-from syncd.fakeapi.data import POISONS
-from syncd.fakeapi.server import FakeServer, Faults
-from tests.conftest import backdate_checks, make_settings, run_syncd, syncd_env
+from syncd.fakeapi.data import POISONS, VALID_POISONS
+from syncd.fakeapi.server import FakeServer, Faults, encoded_forms
+from tests.conftest import backdate_checks, make_settings, run_syncd, run_syncd_measured, syncd_env
 
 KEY = "sk-live-7f3a9c2e1b8d4f60a5e2"
 REASONS = {
@@ -40,6 +40,7 @@ REASONS = {
     "id_newline": "id: not a UUID",
     "long_id": "id: not a UUID",
     "key_echo": "contains the API key",
+    "key_encoded": "contains the API key",
 }
 
 
@@ -47,6 +48,15 @@ def hostile_env(server: FakeServer, database_url: str, **extra: str) -> dict[str
     env = syncd_env(server.url, database_url, **{"page_size": "100", **extra})
     env["SYNCD_API_KEY"] = KEY
     return env
+
+
+def raw_text(engine: Engine, artwork_id: str) -> str:
+    """``raw`` as the database holds it (the text, not what a JSON reader makes of it)."""
+    column = "raw::text" if engine.dialect.name == "postgresql" else "raw"
+    with engine.connect() as conn:
+        return str(
+            conn.execute(text(f"SELECT {column} FROM artworks WHERE id = :id"), {"id": artwork_id}).scalar()
+        )
 
 
 def rows(engine: Engine) -> dict[str, Any]:
@@ -94,14 +104,24 @@ def test_a_poisoned_record_is_quarantined_and_every_later_run_succeeds(
     assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
     assert_clean(run_syncd(["run-once", "--full"], env, cwd=tmp_path))  # reads the poisoned page again
     stored = rows(engine)
-    well_formed = {a.id: a.value for a in server.api.dataset.valid()}
+    # Ids are stored in lower case: an upper-case copy is the same artwork.
+    well_formed = {a.id.lower(): a.value for a in server.api.dataset.valid() if a.id}
     assert set(stored) == set(well_formed)
     for artwork_id, value in well_formed.items():
-        assert stored[artwork_id].raw == value  # stored exactly
+        assert stored[artwork_id].raw == value  # stored exactly (integers of any size too)
     quarantined = rejected(engine)
-    if kind == "control":  # valid, if hostile to a log: stored exactly
+    if kind in VALID_POISONS:  # valid, if hostile: stored exactly
         assert quarantined == []
-        assert stored[poisoned.id].raw is not None
+        assert poisoned.id is not None and stored[poisoned.id.lower()].raw is not None
+        if kind == "big_integer":  # every digit, in the database's own text
+            assert '"seed":1180591620717411303425' in raw_text(engine, poisoned.id.lower()).replace(" ", "")
+        if kind == "id_upper":
+            assert stored[poisoned.id.lower()].raw["id"] == poisoned.id  # raw keeps what was sent
+            server.api.dataset.heal()  # served in lower case again: the same row, not a second one
+            assert_clean(run_syncd(["run-once", "--full"], env, cwd=tmp_path))
+            assert set(rows(engine)) == set(well_formed)
+        if kind != "control":
+            return
         params = store.PARAMETER_TABLES["txt2img_parameters"]
         with engine.connect() as conn:
             prompt = conn.execute(select(params.c.prompt).where(params.c.artwork_id == poisoned.id)).scalar()
@@ -111,14 +131,21 @@ def test_a_poisoned_record_is_quarantined_and_every_later_run_succeeds(
     assert len(quarantined) == 1, [(r.reason, r.raw[:80]) for r in quarantined]
     assert REASONS[kind] in quarantined[0].reason
     assert quarantined[0].times_seen == 2  # seen by both runs, stored once
+    for form in (KEY, *encoded_forms(KEY)):  # the key in no form, in the payload kept
+        assert form not in quarantined[0].raw
 
 
-def test_the_key_echoed_by_the_api_reaches_no_output_log_or_database(
+def test_the_key_echoed_by_the_api_reaches_no_output_log_or_database_in_any_form(
     db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
+    """The API's messages echo the key as is, percent-encoded (both cases of
+    hex), base64 and base64url (with and without "Bearer ", padded or not) and
+    hex; records carry it as is, base64'ed and as hex. No form of it reaches
+    stdout, the text or JSON log, status (--json), sync_runs or any table."""
     faults = Faults(echo_key=True, error_5xx=0.3, rate_limit=50)
     server = fake_api(400, faults=faults, api_key=KEY, malformed_fraction=0.02)
-    server.api.dataset.poison(["key_echo"], KEY)
+    server.api.dataset.poison(["key_echo", "key_encoded"], KEY)
+    forms = [KEY, *encoded_forms(KEY)]
     outputs: list[str] = []
     for log_format in ("text", "json"):
         env = hostile_env(server, db_url, log_level="debug", log_format=log_format, max_attempts="20")
@@ -137,16 +164,23 @@ def test_the_key_echoed_by_the_api_reaches_no_output_log_or_database(
     assert result.returncode == 5
     outputs += [result.stdout, result.stderr, run_syncd(["status"], env, cwd=tmp_path).stdout]
     assert any("[REDACTED]" in out for out in outputs)
+    with engine.connect() as conn:
+        error = conn.execute(text("SELECT error FROM sync_runs WHERE outcome = 'auth_failed'")).scalar()
+    assert error is not None and "[REDACTED]" in error  # the 401's words are kept, the key is not
     for out in outputs:
-        assert KEY not in out
+        for form in forms:
+            assert form not in out, form
     with engine.connect() as conn:  # every value of every table, as text
         for table in store.DATA_TABLES:
             for row in conn.execute(text(f"SELECT * FROM {table}")):
-                assert KEY not in str(tuple(row)), table
+                for form in forms:
+                    assert form not in str(tuple(row)), (table, form)
     if engine.dialect.name == "sqlite":  # and every byte of the file, WAL included
         database = Path(str(engine.url.database))
         for path in database.parent.glob(database.name + "*"):
-            assert KEY.encode() not in path.read_bytes(), path
+            content = path.read_bytes()
+            for form in forms:
+                assert form.encode() not in content, (path, form)
 
 
 @pytest.mark.parametrize(
@@ -173,6 +207,78 @@ def test_broken_transport_is_retried_then_fails_in_bounded_time_and_heals(
     assert why in result.stderr and "Traceback" not in result.stderr
     server.api.faults.content_encoding, server.api.faults.dribble = "", 0.0
     assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    assert set(rows(engine)) == {a.id for a in server.api.dataset.valid()}
+
+
+@pytest.mark.parametrize("compressed", ["bomb:gzip", "bomb:gzip, gzip", "gzip, gzip", "br"])
+def test_a_body_encoded_as_syncd_did_not_ask_cannot_take_its_memory(
+    compressed: str, db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    """gzip of gzip of 1 GiB of spaces (1,828 bytes) took syncd to 2,118 MiB,
+    one layer of it to 197 MiB. syncd asks for identity, refuses stacked and
+    unknown encodings unread, and inflates one layer within the page cap."""
+    server = fake_api(300, faults=Faults(compressed=compressed), api_key=KEY, malformed_fraction=0)
+    env = hostile_env(server, db_url, max_attempts="2")
+    result, peak = run_syncd_measured(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 5, result.stderr[-2000:]
+    why = "a body over" if compressed == "bomb:gzip" else "syncd asks for identity"
+    assert why in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert peak < 200 * 2**20, f"peak RSS {peak / 2**20:.0f} MiB"
+    server.api.faults.compressed = ""
+    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    assert set(rows(engine)) == {a.id for a in server.api.dataset.valid()}
+
+
+@pytest.mark.parametrize("compressed", ["gzip", "deflate"])
+def test_one_honest_layer_of_compression_is_read(
+    compressed: str, db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(300, faults=Faults(compressed=compressed), api_key=KEY, malformed_fraction=0)
+    assert_clean(run_syncd(["run-once"], hostile_env(server, db_url), cwd=tmp_path))
+    assert set(rows(engine)) == {a.id for a in server.api.dataset.valid()}
+
+
+def test_an_answer_with_another_artworks_record_is_not_believed(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    """GET /v1/artworks/A answered with B's record: B (never listed) was
+    inserted and A counted as seen. Now it is a failed check of A."""
+    server = fake_api(200, api_key=KEY, malformed_fraction=0, unknown_fraction=0, pending_fraction=0.2)
+    env = hostile_env(server, db_url)
+    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    server.api.faults.wrong_artwork = True
+    backdate_checks(engine)  # the unfinished artworks are due a re-check by id
+    before = {row.id: row.last_seen_at for row in rows(engine).values()}
+    result = run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path)  # the list alone: fine
+    assert_clean(result)
+    server.api.reset_stats()
+    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    # Three answers in a row not for what was asked: the API is not answering
+    # the question; the run stops, and says why.
+    assert result.returncode == 5, result.stderr[-2000:]
+    assert "answered with the record of another artwork" in result.stderr
+    assert server.api.stats.get_requests >= 3
+    after = rows(engine)
+    assert set(after) == set(before)  # no artwork the list never showed
+    pending = {a.id for a in server.api.dataset.items if a.pending}
+    newest_page = {a.id for a in server.api.dataset.items[-100:]}  # read again by the list run
+    for artwork_id in pending - newest_page:
+        assert after[artwork_id].last_seen_at == before[artwork_id]  # not counted as seen
+
+
+def test_a_spent_quota_that_every_answer_claims_does_not_hold_syncd_back(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    """ "RateLimit-Remaining: 0" and "RateLimit-Reset: 60" on every 200 held
+    syncd to about a request a minute; the answers contradict the header (no
+    429 ever came), so it slows nothing."""
+    server = fake_api(1500, faults=Faults(spent_quota_header=True), api_key=KEY, malformed_fraction=0)
+    env = hostile_env(server, db_url, max_requests_per_second="5")
+    started = time.monotonic()
+    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    # 17 requests at 5/s take seconds; believed, the header would take 16 minutes.
+    assert time.monotonic() - started < 120
+    assert server.api.stats.list_requests >= 16
     assert set(rows(engine)) == {a.id for a in server.api.dataset.valid()}
 
 

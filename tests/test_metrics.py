@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from syncd.metrics import Metrics
-from syncd.state import Counts
+from syncd.state import Counts, RunSummary
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float:
@@ -25,3 +25,16 @@ def test_progress_counts_each_page_once_even_after_a_rewind() -> None:
     assert value(metrics, "syncd_pages_total") == 4
     metrics.run_ended()
     assert value(metrics, "syncd_run_in_progress", mode="incremental") == 0
+
+
+def test_a_withheld_deletion_is_counted_by_why() -> None:
+    metrics = Metrics()
+    withheld = RunSummary(
+        3, "full", "success", Counts(pages=9), 1.0, "newest_first", deletions_withheld="shrank"
+    )
+    metrics.record_run(withheld, 1000.0)
+    metrics.record_run(RunSummary(4, "full", "success", Counts(pages=9), 1.0, "newest_first"), 1001.0)
+    assert value(metrics, "syncd_deletions_withheld_total", reason="shrank") == 1
+    assert (
+        metrics.registry.get_sample_value("syncd_deletions_withheld_total", {"reason": "incomplete"}) is None
+    )

@@ -12,6 +12,7 @@ text. A UTF-8 byte-order mark before the array is skipped.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -19,30 +20,64 @@ import orjson
 from syncd.records import Unparseable
 
 UTF8_BOM = b"\xef\xbb\xbf"
+# orjson reads an integer beyond 64 bits as a float, rounded; such an integer
+# has at least 19 digits in a row. Mapping every digit to "0" lets a plain
+# substring search (C speed, unlike a regular expression) look for them.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
 
 
 class BrokenBody(Exception):
     """The body is not one complete JSON value of the expected kind."""
 
 
-def parse_array(content: bytes) -> list[Any]:
-    content = content.removeprefix(UTF8_BOM)
+def loads(content: bytes | bytearray) -> Any:
+    """One JSON value, integers exactly whatever their size (``raw`` keeps
+    what the API sent; orjson alone would round a 22-digit seed to a float).
+    Raises orjson.JSONDecodeError when the text is not valid JSON."""
+    value = orjson.loads(content)
+    if _has_long_digit_run(content):
+        # Rare (19 digits in a row, maybe inside a string): the standard
+        # library reads the same text with exact integers; orjson accepted
+        # it, so it is strict JSON (no NaN, no lone surrogate) either way.
+        try:
+            return json.loads(bytes(content))
+        except (ValueError, RecursionError):
+            return value
+    return value
+
+
+def _has_long_digit_run(content: bytes | bytearray, window: int = 1 << 20) -> bool:
+    """Whether 19 digits stand in a row (a window at a time: no copy of a large body)."""
+    overlap = len(_LONG_RUN) - 1
+    for start in range(0, max(len(content), 1), window):
+        if _LONG_RUN in content[max(0, start - overlap) : start + window].translate(_DIGITS_TO_ZERO):
+            return True
+    return False
+
+
+def _without_bom(content: bytes | bytearray) -> bytes | bytearray:
+    return content[len(UTF8_BOM) :] if content.startswith(UTF8_BOM) else content
+
+
+def parse_array(content: bytes | bytearray) -> list[Any]:
+    body = _without_bom(content)
     try:
-        value = orjson.loads(content)
+        value = loads(body)
     except orjson.JSONDecodeError:
         # Not valid JSON as a whole: one hostile element, or a broken body.
-        return [_parse_element(raw) for raw in split_top_level_array(content)]
+        return [_parse_element(raw) for raw in split_top_level_array(body)]
     if not isinstance(value, list):
         raise BrokenBody(f"JSON {type(value).__name__}, not an array")
     return value
 
 
-def parse_object(content: bytes) -> Any:
+def parse_object(content: bytes | bytearray) -> Any:
     """One artwork's body: its JSON value, or ``Unparseable`` when it is one
     complete JSON object that the parser refuses (validation quarantines it)."""
-    content = content.removeprefix(UTF8_BOM)
+    content = _without_bom(content)
     try:
-        return orjson.loads(content)
+        return loads(content)
     except orjson.JSONDecodeError:
         text = content.strip()
         if (
@@ -54,14 +89,14 @@ def parse_object(content: bytes) -> Any:
         return _parse_element(text)
 
 
-def _parse_element(raw: bytes) -> Any:
+def _parse_element(raw: bytes | bytearray) -> Any:
     try:
-        return orjson.loads(raw)
+        return loads(raw)
     except orjson.JSONDecodeError as exc:
         return Unparseable(raw.decode("utf-8", "replace"), str(exc).split(":")[0])
 
 
-def split_top_level_array(content: bytes) -> list[bytes]:
+def split_top_level_array(content: bytes | bytearray) -> list[bytes]:
     """The raw bytes of each element of a top-level JSON array.
 
     Tracks only strings and bracket depth, so it never recurses however deep
@@ -70,7 +105,7 @@ def split_top_level_array(content: bytes) -> list[bytes]:
     text = content.strip()
     if not text.startswith(b"[") or not text.endswith(b"]"):
         raise BrokenBody("not valid JSON (cut short, or not JSON at all)")
-    elements: list[bytes] = []
+    elements: list[bytes | bytearray] = []
     depth = 0
     in_string = False
     escaped = False
@@ -103,4 +138,4 @@ def split_top_level_array(content: bytes) -> list[bytes]:
         elements.append(last)
     elif elements:  # "[1,]": a trailing comma is not an array's end
         raise BrokenBody("not valid JSON (an element is missing)")
-    return [element.strip() for element in elements]
+    return [bytes(element.strip()) for element in elements]

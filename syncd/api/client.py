@@ -32,7 +32,7 @@ import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
@@ -47,6 +47,7 @@ from syncd import __version__
 from syncd.api.backoff import RateLimiter, backoff_delay, parse_rate_limit_headers, parse_retry_after
 from syncd.api.body import BrokenBody, parse_array, parse_object
 from syncd.api.deadline import install, request_deadline
+from syncd.api.encoding import BodyTooLarge, BoundedBody, CorruptBody, EncodingRefused
 from syncd.api.pace import Pacer, Unwanted
 from syncd.config import Secret
 from syncd.errors import (
@@ -55,9 +56,10 @@ from syncd.errors import (
     BadRequestError,
     RetriableApiError,
     RetriesExhaustedError,
-    maskable,
-    redact,
+    WrongAnswerError,
 )
+from syncd.records import checked_id
+from syncd.redaction import maskable, redact
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +70,12 @@ QUOTA_WAIT_LIMIT = 60.0
 IN_FLIGHT_SLACK = 0.5
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 60.0
-# A page of 500 records of the 1 MB record limit would be 500 MB; real pages
-# are about 0.5 MB. A larger answer is a broken one.
-MAX_BODY_BYTES = 64 * 1024 * 1024
+# Real pages are about 0.5 MB (500 records); the largest a record of the
+# longest prompt and many signed result URLs could make is about 3 MB. A
+# larger answer is a broken one. The cap bounds memory too: a body is held
+# once (decoded into one buffer, never joined from pieces), and however it is
+# encoded it never grows past the cap (syncd.api.encoding).
+MAX_BODY_BYTES = 16 * 1024 * 1024
 ERROR_BODY_BYTES = 64 * 1024  # of a non-200 answer, for its message
 
 
@@ -143,12 +148,16 @@ class ApiClient:
         self._pace_lock = self._pacer.lock
         self.limiter = self._pacer.limiter
         self.latency: float | None = None  # seconds an answer takes (moving average)
+        self._limit_enforced = False  # a 429 came: the server's rate-limit headers are believed
         self.stats = RequestStats()
         self._http = httpx.Client(
             base_url=base_url,
             headers={
                 "Authorization": f"Bearer {api_key.reveal()}",
                 "Accept": "application/json",
+                # Compressed answers are refused or inflated within the cap
+                # (syncd.api.encoding): none is wanted.
+                "Accept-Encoding": "identity",
                 "User-Agent": f"syncd/{__version__}",
             },
             timeout=httpx.Timeout(
@@ -178,17 +187,28 @@ class ApiClient:
         request is abandoned (``Unwanted``) instead of sent or retried.
         """
         page = self._request("/v1/artworks", {"skip": skip, "limit": limit}, expect="array", wanted=wanted)
-        assert isinstance(page, list)
+        assert isinstance(page, list)  # of at most ``limit`` elements (judged in _parse, so retried)
         return page
 
     def get_artwork(self, artwork_id: str, wanted: Callable[[], bool] | None = None) -> Any:
         """One artwork's JSON value as received (validation judges it), or None on 404.
 
+        Another artwork's record (an object whose id is a different one, as a
+        cache mixing answers up would send) contradicts what was asked:
+        WrongAnswerError, nothing of it is used. Any other value (no id, not
+        an object, a body the parser refuses) is a bad record, for validation
+        to quarantine.
+
         ``wanted``: as for ``fetch_list_page``.
         """
-        return self._request(
-            f"/v1/artworks/{quote(artwork_id, safe='')}", None, expect="object", wanted=wanted
-        )
+        path = f"/v1/artworks/{quote(artwork_id, safe='')}"
+        value = self._request(path, None, expect="object", wanted=wanted)
+        answered = checked_id(value.get("id")) if isinstance(value, dict) else None
+        if answered is not None and answered != checked_id(artwork_id):
+            raise WrongAnswerError(
+                f"GET {path} answered with the record of another artwork ({answered}): not used"
+            )
+        return value
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -299,6 +319,7 @@ class ApiClient:
                 status = response.status_code
                 retry_after = response.headers.get("Retry-After")
                 if status == 429:
+                    self._limit_enforced = True
                     self._quiet_at_once(retry_after)
                 content = self._read(response, MAX_BODY_BYTES if status == 200 else ERROR_BODY_BYTES)
                 self._heed(response.headers, self._clock() - started)
@@ -308,11 +329,12 @@ class ApiClient:
                 f"timed out ({type(exc).__name__}; an answer must be complete within {deadline:g}s, "
                 "SYNCD_CONNECT_TIMEOUT + SYNCD_READ_TIMEOUT)"
             ) from None
-        except httpx.DecodingError:
+        except (EncodingRefused, CorruptBody) as exc:
             self._count("undecodable")
-            raise RetriableApiError(
-                "200 with a body that cannot be decoded (a wrong Content-Encoding?)"
-            ) from None
+            raise RetriableApiError(f"200 with a body that cannot be decoded: {exc}") from None
+        except BodyTooLarge as exc:
+            self._count("undecodable")
+            raise RetriableApiError(f"200 with {exc}") from None
         except (httpx.TransportError, httpx.StreamError) as exc:
             self._count("network")
             raise RetriableApiError(
@@ -323,7 +345,7 @@ class ApiClient:
                 self.stats.in_flight -= 1
         self._count(str(status))
         if status == 200:
-            return self._parse(content, expect)
+            return self._parse(content, expect, None if params is None else params["limit"])
         if status == 404 and expect == "object":
             return None
         message = self._api_message(content)
@@ -362,12 +384,17 @@ class ApiClient:
         with self._pace_lock:
             self.latency = seconds if self.latency is None else 0.8 * self.latency + 0.2 * seconds
             self.limiter.reach = self.options.max_in_flight / max(self.latency, 1e-3)
-            if limits.per_second is not None:
+            # Rate-limit headers slow syncd only once the server has shown that it
+            # enforces a limit (a 429): a header that its own answers contradict
+            # ("RateLimit-Remaining: 0, Reset: 60" on every 200) must not throttle
+            # harder than the 429s do. Before that, the limiter finds the pace.
+            believed = self._limit_enforced
+            if believed and limits.per_second is not None:
                 self.limiter.cap(limits.per_second)
             # A spent quota: wait for its reset, if that is a plausible window. A
             # longer one is not believed (a 429 with Retry-After will say so, logged,
             # persisted and bounded): a server repeating it must not stall syncd.
-            quota_wait = limits.reset if limits.remaining == 0 else None
+            quota_wait = limits.reset if limits.remaining == 0 and believed else None
             if quota_wait is not None and 0 < quota_wait <= QUOTA_WAIT_LIMIT:
                 self.limiter.not_before(self._clock() + quota_wait)
         if quota_wait is not None and quota_wait > 1:
@@ -401,24 +428,44 @@ class ApiClient:
             wanted = math.ceil(rate * (latency + IN_FLIGHT_SLACK)) + 1
         return max(1, min(self.options.max_in_flight, wanted))
 
-    def _read(self, response: httpx.Response, limit: int) -> bytes:
-        """The body, up to ``limit`` bytes (an error body is cut there; a page over it is broken)."""
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_bytes():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= limit:
-                if response.status_code == 200:
-                    raise RetriableApiError(f"200 with a body over {limit:,} bytes")
-                break
-        return b"".join(chunks)[:limit]
-
-    def _parse(self, content: bytes, expect: str) -> Any:
+    def _read(self, response: httpx.Response, limit: int) -> bytearray:
+        """The body, decoded, up to ``limit`` bytes: a page over it is broken
+        (BodyTooLarge), an error's body is cut there (it is read for its message)."""
+        is_page = response.status_code == 200
+        encoding = response.headers.get("Content-Encoding")
+        if response.is_stream_consumed:  # a body read already (a test's transport): decoded by httpx
+            return self._read_chunks(BoundedBody(None, limit, truncate=not is_page), [response.content])
         try:
-            return parse_array(content) if expect == "array" else parse_object(content)
+            body = BoundedBody(encoding, limit, truncate=not is_page)
+        except EncodingRefused:
+            if is_page:
+                raise
+            return bytearray()  # an error's message in an encoding syncd does not read: without it
+        try:
+            return self._read_chunks(body, response.iter_raw())
+        except CorruptBody:
+            if is_page:
+                raise
+            return bytearray()
+
+    @staticmethod
+    def _read_chunks(body: BoundedBody, chunks: Iterable[bytes]) -> bytearray:
+        for chunk in chunks:
+            body.feed(chunk)
+            if body.full:
+                break
+        return body.finish()
+
+    def _parse(self, content: bytearray, expect: str, most: int | None) -> Any:
+        try:
+            value = parse_array(content) if expect == "array" else parse_object(content)
         except BrokenBody as exc:
             raise RetriableApiError(f"200 with a broken body: {exc}") from None
+        if most is not None and isinstance(value, list) and len(value) > most:
+            raise RetriableApiError(
+                f"200 with {len(value):,} elements for limit={most}: not the page asked for"
+            )
+        return value
 
     def _count(self, key: str) -> None:
         with self._pace_lock:
@@ -430,7 +477,7 @@ class ApiClient:
         text = self.redact(str(exc)).strip()
         return text.splitlines()[0][:200] if text else "no details"
 
-    def _api_message(self, content: bytes) -> str:
+    def _api_message(self, content: bytearray) -> str:
         """The error body's ``message`` (string or list), or a short note on the body;
         the API's words, with the key redacted should they echo it."""
         try:

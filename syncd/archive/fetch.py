@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from urllib.parse import unquote, unquote_plus, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -51,7 +51,8 @@ from syncd.api.deadline import install, request_deadline
 from syncd.api.pace import Pacer, Unwanted
 from syncd.archive.files import ContentStore, NotAnImage, Stored, TooLarge
 from syncd.archive.plan import Verdict, media_type, verdict_for_status
-from syncd.errors import one_line, redact
+from syncd.errors import one_line
+from syncd.redaction import contains as contains_secret
 
 MAX_REDIRECTS = 5
 ATTEMPTS_PER_RUN = 3
@@ -305,8 +306,7 @@ class ImageFetcher:
             httpx.URL(url)
         except (ValueError, UnicodeError, httpx.InvalidURL):
             raise FetchFailure(Verdict.REFUSED, "not a valid URL") from None
-        decoded = unquote_plus(unquote(url))
-        if redact(decoded, self._secrets) != decoded:
+        if contains_secret(url, self._secrets):  # in any form: percent-encoded, base64, hex...
             raise FetchFailure(
                 Verdict.REFUSED, "the URL carries the API key: not fetched (the key goes to the API only)"
             )

@@ -32,7 +32,8 @@ from syncd.archive import rows
 from syncd.archive.fetch import Fetched, FetchFailure, ImageFetcher
 from syncd.archive.files import ContentStore
 from syncd.archive.plan import Due, FileStatus, Verdict, retry_at
-from syncd.errors import ArchiveStorageError, Interrupted, one_line, redact
+from syncd.errors import ArchiveStorageError, Interrupted, one_line
+from syncd.redaction import redact
 from syncd.sync.inflight import InFlight
 
 log = logging.getLogger("syncd.archive")

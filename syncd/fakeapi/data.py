@@ -12,7 +12,9 @@ images a fixed time after creation.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import random
 import time
 import uuid
@@ -66,8 +68,13 @@ POISONS = (
     "id_newline",  # the id with a trailing newline: a second row for one artwork
     "long_id",  # an id of 200 characters: longer than any id column
     "key_echo",  # the API key inside the record
+    "key_encoded",  # the API key inside the record, base64'ed with "Bearer " and as hex
     "control",  # a prompt that forges a log line: valid, stored exactly
+    "big_integer",  # a 22-digit seed among the parameters: valid, its digits kept exactly
+    "id_upper",  # the id in upper case: valid, the same artwork (one row)
 )
+# Poisons that leave the record valid: stored, not quarantined.
+VALID_POISONS = ("control", "big_integer", "id_upper")
 MALFORMED_KINDS = (
     "missing_id", "bad_uuid", "bad_created_at", "parameters_not_object",
     "creativity_out_of_range", "results_not_list", "scale_factor_out_of_range",
@@ -128,6 +135,17 @@ def _poisoned(kind: str, value: dict[str, Any], api_key: str) -> bytes:
         record["id"] = record["id"].replace("-", "") * 6 + "x" * 8
     elif kind == "key_echo":
         record["parameters"] = {**record["parameters"], "prompt": f"the key is {api_key}"}
+    elif kind == "key_encoded":
+        bearer = base64.b64encode(f"Bearer {api_key}".encode()).decode()
+        record["parameters"] = {
+            **record["parameters"],
+            "prompt": f"auth {bearer} sig {api_key.encode().hex()}",
+        }
+    elif kind == "big_integer":
+        record["parameters"] = {**record["parameters"], "seed": 123456789}
+        return orjson.dumps(record).replace(b'"seed":123456789', b'"seed":1180591620717411303425')
+    elif kind == "id_upper":
+        record["id"] = record["id"].upper()
     elif kind == "control":
         forged = "\n2026-01-01T00:00:00Z ERROR   syncd: forged line\r\x1b[2K"
         record["parameters"] = {
@@ -160,7 +178,10 @@ class FakeArtwork:
 
     def json(self) -> bytes:
         if self._json is None:
-            self._json = orjson.dumps(self.value)
+            try:
+                self._json = orjson.dumps(self.value)
+            except orjson.JSONEncodeError:  # an integer beyond 64 bits (a "big_integer" poison)
+                self._json = json.dumps(self.value, separators=(",", ":")).encode()
         return self._json
 
     def finish(self, rng: random.Random, image_origin: str | None = None) -> None:
@@ -338,7 +359,7 @@ class Dataset:
     def find(self, artwork_id: str) -> FakeArtwork | None:
         """The live record of this id (the oldest, should two share it)."""
         self._index()
-        return self._by_id.get(artwork_id)
+        return self._by_id.get(artwork_id.lower())  # a UUID's case carries nothing
 
     def find_index(self, index: int) -> FakeArtwork | None:
         """The live record created ``index``-th."""
@@ -356,16 +377,16 @@ class Dataset:
 
     def _index_one(self, artwork: FakeArtwork) -> None:
         self._by_index[artwork.index] = artwork
-        artwork_id = artwork.id
+        artwork_id = artwork.id.lower() if artwork.id is not None else None
         if artwork_id is not None and self._by_id.setdefault(artwork_id, artwork) is not artwork:
             self._shared_ids.add(artwork_id)
 
     def _unindex(self, removed: list[FakeArtwork]) -> None:
         for artwork in removed:
             self._by_index.pop(artwork.index, None)
-            if artwork.id is not None and self._by_id.get(artwork.id) is artwork:
-                del self._by_id[artwork.id]
-        if any(a.id in self._shared_ids for a in removed):
+            if artwork.id is not None and self._by_id.get(artwork.id.lower()) is artwork:
+                del self._by_id[artwork.id.lower()]
+        if any(a.id is not None and a.id.lower() in self._shared_ids for a in removed):
             self._indexed = (0, 0)  # another record may carry the id: rebuild (rare)
         else:
             self._indexed = (id(self.items), len(self.items))
@@ -385,8 +406,8 @@ class Dataset:
             artwork = candidates[(number * 7 + 3) % len(candidates)]
             self._healthy.setdefault(artwork.index, artwork.value)
             artwork._json = _poisoned(kind, self._healthy[artwork.index], api_key)
-            if kind == "control":
-                artwork.value = orjson.loads(artwork._json)
+            if kind in VALID_POISONS:
+                artwork.value = json.loads(artwork._json)  # exact integers, as the record says
             else:
                 artwork.malformed = f"poison:{kind}"
             poisoned[kind] = artwork

@@ -28,20 +28,25 @@ retention window, oldest first. A few seconds of it stand for 8 days in tests.
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import functools
+import gzip
 import math
 import random
 import socket
 import sys
 import threading
 import time
+import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import orjson
 
@@ -81,12 +86,28 @@ class Faults:
     bom: bool = False  # a UTF-8 byte-order mark before every 200 body
     retry_after: str = ""  # every 429's Retry-After, verbatim ("inf", "31536000", ...); not enforced
     dribble: float = 0.0  # seconds between the bytes of every 200 body
-    echo_key: bool = False  # answers repeat the key they were sent: error messages and a header
+    # Answers repeat the key they were sent: error messages (as is, and
+    # percent-encoded, base64, base64url and hex, with and without "Bearer ")
+    # and a header.
+    echo_key: bool = False
     message_suffix: str = ""  # appended to every error message (newlines, escapes: log forgery)
     # The shape of a remote API:
     latency: float = 0.0  # seconds before every API answer (requests are served concurrently)
     rate_limit_headers: bool = False  # RateLimit-Limit/-Remaining/-Reset and RateLimit-Policy on answers
     retention: float = 0.0  # seconds an artwork lives before the API deletes it (0: forever)
+    # Misbehaving answers (what a real server does on a bad day):
+    # At most ``limit - short_by`` items for any skip in short_from..short_to: a
+    # page answered short mid-list (items filtered after paging, a replica behind).
+    short_from: int = -1
+    short_to: int = -1
+    short_by: int = 0
+    hidden: int = 0  # the N oldest artworks are left out of every list answer (GET by id still has them)
+    wrong_artwork: bool = False  # GET /v1/artworks/{id} answers with another, never listed, artwork's record
+    # 200 bodies really encoded, with that Content-Encoding: "gzip", "deflate",
+    # "gzip, gzip" (stacked), "br" (not encoded: the header is the test); with
+    # "bomb:" before it, the body is 1 GiB of spaces instead, gzip'ed once or twice.
+    compressed: str = ""
+    spent_quota_header: bool = False  # "RateLimit-Remaining: 0, RateLimit-Reset: 60" on every 200: a lie
 
     def update(self, changes: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -234,6 +255,82 @@ class FakeApi:
             # Whole requests per window: a window of 10 s states fractional rates too.
             "RateLimit-Policy": f"{round(rate * 10)};w=10",
         }
+
+
+def encoded_forms(secret: str) -> list[str]:
+    """``secret`` as a server or proxy that echoes a request may write it:
+    percent-encoded (upper and lower hex), base64 and base64url (with and
+    without "Bearer ", with and without padding), and hex."""
+    raw = secret.encode()
+    bearer = b"Bearer " + raw
+    forms = [
+        "".join(f"%{byte:02X}" for byte in raw),
+        "".join(f"%{byte:02x}" for byte in raw),
+        quote(secret, safe=""),
+        base64.b64encode(raw).decode(),
+        base64.b64encode(bearer).decode(),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
+        base64.urlsafe_b64encode(bearer).decode().rstrip("="),
+        raw.hex(),
+        raw.hex().upper(),
+    ]
+    return list(dict.fromkeys(forms))
+
+
+# gzip of gzip of 1 GiB of spaces (zlib level 9): 1,828 bytes. Inflated once,
+# it is the single-layer bomb (1 MB of gzip).
+_GZIP_GZIP_BOMB = base64.b64decode(
+    """
+H4sIAAAAAAACA+3cIW7TYRjA4Y52CUHAEMsEgloOQDJDUswyxwTTC3JiZ2gJQaExOwBJD4BAkiB2g22OA1QhpiCFNrsDyf/3POZ7
+9SvffPk9//RwtPFgvPr+fjMspp//vDhYPhoBAAAAA7e4/TDe2QzT9fXRySkAAAAwdO+ePJ5sjwK/z569tg4AAAAYvI+vDve2PwR+
+zS8m1gEAAACDt3/3c7a9BVytvz59ax8AAAAweDeCAQAAAJAiGAAAAAAtggEAAADQIhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAAANAi
+GAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAAANAiGAAAAAAtggEAAADQIhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAA
+ANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAAANAiGAAAAAAtggEAAADQIhgAAAAAMYIBAAAA0CIYAAAAAC2C
+AQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAAANAiGAAAAAAtggEAAADQIhgAAAAAMYIBAAAA0CIYAAAA
+AC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAAANAiGAAAAAAtggEAAADQIhgAAAAAMYIBAAAA0CIY
+AAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAAANAiGAAAAAAtggEAAADQIhgAAAAAMYIBAAAA
+0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAAANAiGAAAAAAtggEAAADQIhgAAAAAMYIB
+AAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAAANAiGAAAAAAtggEAAADQIhgAAAAA
+MYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAAANAiGAAAAAAtggEAAADQIhgA
+AAAAMYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAAANAiGAAAAAAtggEAAADQ
+IhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAAANAiGAAAAAAtggEA
+AADQIhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAAANAiGAAAAAAt
+ggEAAADQIhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAAANAiGAAA
+AAAtggEAAADQIhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAAANAi
+GAAAAAAtggEAAADQIhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGCAQAA
+ANAiGAAAAAAtggEAAADQIhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAAADGC
+AQAAANAiGAAAAAAtggEAAADQIhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIYAAAA
+ADGCAQAAANAiGAAAAAAtggEAAADQIhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA0CIY
+AAAAADGCAQAAANAiGAAAAAAtggEAAADQIhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIBAAAA
+0CIYAAAAADGCAQAAANAiGAAAAAAtggEAAADQIhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAALYIB
+AAAA0CIYAAAAADGCAQAAANAiGAAAAAAtggEAAADQIhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQIhgAAAAA
+LYIBAAAA0CIYAAAAADGCAQAAANAiGAAAAAAtggEAAADQIhgAAAAAMYIBAAAA0CIYAAAAAC2CAQAAANAiGAAAAAAxggEAAADQcn4f
+DJgsV2++He+O/q+XX+Y/Lv+9s78mCHezyuwPAA==
+""".replace("\n", "")
+)
+
+
+@functools.cache
+def _bomb(layers: int) -> bytes:
+    return _GZIP_GZIP_BOMB if layers == 2 else zlib.decompress(_GZIP_GZIP_BOMB, zlib.MAX_WBITS | 16)
+
+
+def encoded_body(body: bytes, how: str) -> tuple[bytes, str]:
+    """``body`` encoded as ``how`` says (see Faults.compressed), and its Content-Encoding."""
+    bomb = how.startswith("bomb:")
+    encoding = how.removeprefix("bomb:").strip()
+    layers = [part.strip() for part in encoding.split(",")]
+    if bomb:
+        if set(layers) != {"gzip"} or len(layers) > 2:
+            raise ValueError(f"a bomb is gzip once or twice, not {encoding!r}")
+        return _bomb(len(layers)), encoding
+    for layer in layers:
+        if layer == "gzip":
+            body = gzip.compress(body, mtime=0)
+        elif layer == "deflate":
+            body = zlib.compress(body)
+        # anything else (br, zstd): the header alone, which syncd must refuse unread
+    return body, encoding
 
 
 class QuietHandler(BaseHTTPRequestHandler):
@@ -395,6 +492,10 @@ class _Handler(QuietHandler):
                 body = b"\xef\xbb\xbf" + body
             if faults.content_encoding:
                 headers["Content-Encoding"] = faults.content_encoding
+            if faults.compressed:
+                body, headers["Content-Encoding"] = encoded_body(body, faults.compressed)
+            if faults.spent_quota_header:
+                headers.update({"RateLimit-Remaining": "0", "RateLimit-Reset": "60"})
             if faults.dribble:
                 self._dribble(body, content_type, headers, faults.dribble)
                 return
@@ -431,7 +532,8 @@ class _Handler(QuietHandler):
             status: int, message: str, headers: dict[str, str] | None = None
         ) -> tuple[int, bytes, dict[str, str], str | None]:
             if faults.echo_key:
-                message = f"{message} (request: Authorization {auth})"
+                forms = "; ".join(encoded_forms(key or auth))
+                message = f"{message} (request: Authorization {auth}; as logged: {forms})"
             message += faults.message_suffix
             body = orjson.dumps(
                 {"message": message, "statusCode": status, "error": HTTPStatus(status).phrase}
@@ -525,7 +627,14 @@ class _Handler(QuietHandler):
             api.before_list(api.stats.list_requests)
         api.list_log.append((skip, limit))
         api.list_times.append(time.time())
-        listed = api.dataset.page(faults.order, skip, limit)
+        if faults.hidden:
+            oldest = {a.id for a in api.dataset.items[: faults.hidden]}
+            visible = [a for a in api.dataset.ordered(faults.order) if a.id not in oldest]
+            listed = visible[skip : skip + limit]
+        else:
+            listed = api.dataset.page(faults.order, skip, limit)
+        if faults.short_from <= skip <= faults.short_to:
+            listed = listed[: max(0, limit - faults.short_by)]
         if faults.finish_after:
             api.dataset.finish_due(listed, faults.finish_after, time.time())
         api.served.update(a.id for a in listed if a.id is not None)
@@ -542,6 +651,10 @@ class _Handler(QuietHandler):
             return 404, orjson.dumps(
                 {"message": "Artwork not found", "statusCode": 404, "error": "Not Found"}
             )
+        if api.faults.wrong_artwork and isinstance(artwork.value, dict):
+            # Another artwork's record, one the list never showed (a cache mix-up).
+            other = dict(artwork.value, id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"other:{artwork_id}")))
+            return 200, orjson.dumps(other)
         return 200, artwork.json()
 
 

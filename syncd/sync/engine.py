@@ -39,6 +39,7 @@ from syncd.errors import (
 )
 from syncd.records import PageResult, classify_page, list_key, page_ids, storable_text
 from syncd.state import STREAM, Counts, Mode, RunSummary, StreamState
+from syncd.sync.deletions import Checks, Verdict, judge
 from syncd.sync.inflight import InFlight
 from syncd.sync.planner import Item, Planner, Request
 from syncd.sync.refresh import plan_refresh
@@ -81,6 +82,14 @@ class _Run:
     requests_before: int
     counts: Counts = field(default_factory=Counts)
     committed: Counts = field(default_factory=Counts)
+
+
+@dataclass
+class _Checked:
+    """By-id checks of artworks a scan missed: the ids answered with a record, and with 404."""
+
+    alive: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
 
 
 class _Abandoned(Exception):
@@ -141,6 +150,7 @@ class _Pages:
         # flight, and one more).
         self._read_at: dict[str, datetime] = {}
         self._recent: deque[tuple[list[str], datetime]] = deque()
+        self._rejected: set[str] = set()  # payload hashes quarantined by this run
 
     @property
     def uncommitted(self) -> bool:
@@ -164,6 +174,11 @@ class _Pages:
         items = fetched.items
         if state is None:
             items = [value for value in items if _not_stored(value, stored)]
+            # What it writes is all it is remembered for: an artwork it left
+            # alone must not count as read at its time, or the page before
+            # it, when its turn comes, would skip it as superseded, and the
+            # artwork would go unseen by this scan.
+            ids = page_ids(items)
         # Pages in flight are answered in any order: a page read before one
         # already written must not write its older copy of an artwork over the
         # newer one that page carried (the overlap item, or one shifted along).
@@ -175,6 +190,10 @@ class _Pages:
         again = {artwork_id for artwork_id in ids if artwork_id in self._read_at}
         self._remember(ids, fetched.now)
         page = classify_page(items, fetched.now, stored, self.secrets)
+        # A record read twice by this run (the overlap, the page that confirms
+        # the end) is quarantined, and counted, once.
+        page.rejected = [r for r in page.rejected if r.payload_hash not in self._rejected]
+        self._rejected.update(r.payload_hash for r in page.rejected)
         for rejection in page.rejected:
             log.debug("rejected record %s: %s", rejection.artwork_id or "(no id)", rejection.reason)
         try:
@@ -192,6 +211,7 @@ class _Pages:
             self._state = None
             self._read_at.clear()
             self._recent.clear()
+            self._rejected.clear()
             self._written = Counts()
             self.careful = True
             self.run.counts = self.run.committed.copy()
@@ -316,10 +336,15 @@ class Syncer:
                 state.rate_limited_until.isoformat(timespec="seconds"),
             )
             self.client.wait_until(state.rate_limited_until)
+        withheld: str | None = None
         with self._recorded(run):
             planner = self._list_loop(planner, run, started, full=full)
             if planner.scan_complete and planner.provably_complete:
-                self._settle_deletions(run, planner.state)
+                withheld = self._settle_deletions(run, planner.state).withheld
+            if planner.scan_complete and (withheld is not None or not planner.provably_complete):
+                # Not the complete scan the next one compares with.
+                with self._writer.begin() as conn:
+                    store.forget_scan(conn, STREAM)
         if not planner.provably_complete:
             log.warning(
                 "run %d: the list shifted more than syncd can follow; nothing is marked deleted from "
@@ -339,7 +364,13 @@ class Syncer:
             log.warning("the list is %s: every run reads it in full", planner.state.list_order)
         seconds = time.monotonic() - started
         return RunSummary(
-            run.id, str(run.mode), "success", run.counts, seconds, str(planner.state.list_order)
+            run.id,
+            str(run.mode),
+            "success",
+            run.counts,
+            seconds,
+            str(planner.state.list_order),
+            deletions_withheld=withheld,
         )
 
     def refresh(self, *, seconds: float | None = None) -> RunSummary | None:
@@ -511,25 +542,36 @@ class Syncer:
 
     # ------------------------------------------------------------ artworks by id
 
-    def _settle_deletions(self, run: _Run, state: StreamState) -> None:
-        """After a scan proven to have missed nothing: which artworks it missed are gone.
+    def _settle_deletions(self, run: _Run, state: StreamState) -> Verdict:
+        """After a complete scan: mark deleted what it missed, if it may be believed.
 
-        Missed by the complete scan before it too (not seen since that one
-        began): marked deleted. Missed by this one only (it may have moved
-        ahead of the scan while the list shifted): asked for by id, and marked
-        only when the API answers 404, at most DELETION_CHECKS per scan; the
-        rest wait for the next scan.
+        The artworks it missed are asked for by id first (at most
+        DELETION_CHECKS, those unseen longest first): one answered with its
+        record is stored, and means the scan did not see the whole list. Then
+        syncd.sync.deletions judges. Believed: those answered 404 are marked,
+        and so are those the complete scan before it missed too (not seen
+        since that one began). Withheld: nothing is marked (said once, and
+        counted in the metrics).
         """
         assert state.scan_started_at is not None
+        with self.engine.connect() as conn:
+            misses = store.scan_misses(conn, state.scan_started_at)
+            missed = store.unlisted(conn, state.scan_started_at, DELETION_CHECKS)
+        checked = _Checked()
+        self._fetch_and_store(missed, run, checked=checked)
+        verdict = judge(misses, Checks(len(missed), len(checked.alive), len(checked.gone)), self.now())
+        if not verdict.believed:
+            log.warning("run %d: nothing is marked deleted from this scan: %s", run.id, verdict.reason)
+            return verdict
         now = self.now()
         counts = run.counts.copy()
         with self._writer.begin() as conn:
+            counts.marked_deleted += store.mark_remote_deleted(conn, checked.gone, now)
             if state.previous_scan_started_at is not None:
                 counts.marked_deleted += store.mark_unlisted(conn, state.previous_scan_started_at, now)
-            missed = store.unlisted(conn, state.scan_started_at, DELETION_CHECKS)
             store.update_run(conn, run.id, counts)
         run.counts, run.committed = counts, counts.copy()
-        self._fetch_and_store(missed, run)
+        return verdict
 
     def _fetch_and_store(
         self,
@@ -538,8 +580,10 @@ class Syncer:
         *,
         deadline: float | None = None,
         failures: dict[str, datetime] | None = None,
+        checked: _Checked | None = None,
     ) -> None:
-        """GET each artwork: store what the API returns, mark deleted what it answers 404 for.
+        """GET each artwork: store what the API returns, mark deleted what it answers 404 for
+        (or, with ``checked``, note which were answered and which were 404, and mark nothing).
 
         Requests run concurrently, paced by the client (its rate, and the
         request workers bound how many are in flight); the next batch is
@@ -605,21 +649,26 @@ class Syncer:
                             dropped.set()
                     failed_in_a_row = 0
                     fetched.append((artwork_id, value))
-                self._store_fetched(fetched, run)  # what came before the API gave up, too
+                self._store_fetched(fetched, run, checked)  # what came before the API gave up, too
                 self._report(run, started)
                 if given_up is not None:
                     dropped.set()
                     raise given_up
 
-    def _store_fetched(self, fetched: list[tuple[str, Any]], run: _Run) -> None:
+    def _store_fetched(self, fetched: list[tuple[str, Any]], run: _Run, checked: _Checked | None) -> None:
         """Artworks fetched by id, in one transaction: written like a list page
         (later duplicates win, what is invalid or refused is quarantined), the
-        404s marked deleted, every id answered counted as seen."""
+        404s marked deleted (or, with ``checked``, noted there), every id
+        answered counted as seen."""
         now = self.now()
         gone = [artwork_id for artwork_id, value in fetched if value is None]
         answered = [artwork_id for artwork_id, value in fetched if value is not None]
         values = [value for _, value in fetched if value is not None]
         counts = run.counts.copy()
+        if checked is not None:
+            checked.gone += gone
+            checked.alive += answered
+            gone = []
         with self._writer.begin() as conn:
             counts.marked_deleted += store.mark_remote_deleted(conn, gone, now)
             stored = store.stored_hashes(conn, page_ids(values))

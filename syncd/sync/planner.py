@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from syncd.state import ListOrder, Mode, Phase, StreamState
 
@@ -77,6 +77,35 @@ def _sorts_before(order: ListOrder, a: datetime, b: datetime) -> bool:
     return a > b if order == ListOrder.NEWEST_FIRST else a < b
 
 
+# A list that keeps growing at its end while the scan reaches it (an
+# oldest-first list with artworks created about as fast as requests go) shows
+# more items past its end to every request. After this many pages in a row
+# that found the list longer only by artworks created since the run began, the
+# scan has read the list it set out to read: the end stands, and the next run
+# reads on from it, as it does for artworks created after a scan. Older
+# artworks past a short page mean a page that hid the rest of the list, and
+# the scan goes on.
+GROWTH_CLAIMS = 8
+# Artworks created since a run began, by the server's clock: what may differ
+# from syncd's is allowed for.
+GROWTH_TOLERANCE = timedelta(minutes=1)
+MAX_LIMIT = 500  # the API's largest page
+
+
+@dataclass(frozen=True, slots=True)
+class _EndClaim:
+    """What a short page claimed: the list's end (its offset), and how many
+    items follow the page's last identified item (None: it had none)."""
+
+    end: int
+    past_anchor: int | None
+    # The request that can confirm it: the next one, asked from near the
+    # page's last identified item (see Planner._proof_request). Not one from
+    # further back, such as a search's: ending at the anchor, a page that
+    # hides its last items would show no more than the short page did.
+    proof: Request
+
+
 @dataclass(frozen=True, slots=True)
 class _Anchor:
     position: int
@@ -113,6 +142,13 @@ class Planner:
         self._clean_pages = 0
         self._step = max(page_size - 1, 1)  # contiguous step-back when order is unknown
         self._head_scan = False
+        # A short page claims the list ends at its last position: the end this
+        # claim names, until a later page that reaches it confirms it (or the
+        # list goes on past it). Servers answer short pages mid-list (items
+        # filtered after paging, a replica behind), so one claim is not proof.
+        self._end_claim: _EndClaim | None = None
+        self._next_limit: int | None = None  # another page size, for one request only
+        self._growth = 0  # pages in a row that found the list longer by new artworks only (GROWTH_CLAIMS)
         self._first_page = True
         self._new_head: Item | None = None  # first item of this run's offset-0 page
         self._order_guided = False  # a decision relied on the list's order
@@ -139,6 +175,9 @@ class Planner:
             else:
                 self._anchor = _Anchor(total - 1, st.tail_id, st.tail_created_at)
                 self._next_skip = total - 1
+                # The last run proved the list ended there: a first page that
+                # reaches that end and goes no further confirms nothing was added.
+                self._end_claim = _EndClaim(total, 0, Request(total - 1, self.page_size))
         self.mode = {
             Phase.BACKFILL: Mode.BACKFILL,
             Phase.FULL: Mode.FULL,
@@ -158,7 +197,7 @@ class Planner:
                 return Request(lo + self._forward_step, self.page_size)
             skip = lo if hi - lo <= self.page_size - 1 else (lo + hi) // 2
             return Request(skip, self.page_size)
-        return Request(self._next_skip, self.page_size)
+        return Request(self._next_skip, self._next_limit or self.page_size)
 
     def lookahead(self, count: int) -> list[Request]:
         """Up to ``count`` requests likely to follow ``next_request()``: the pages
@@ -173,6 +212,7 @@ class Planner:
             or self._search is not None
             or self._probe is not None
             or self._plain_offsets
+            or self._end_claim is not None  # the next page likely confirms the end: none past it
         ):
             return []
         step = max(1, self.page_size - 1 - self._margin)
@@ -180,24 +220,19 @@ class Planner:
 
     def observe(self, request: Request, items: Sequence[Item]) -> None:
         """Take in one page (every element, in list order) and plan the next."""
+        self._next_limit = None
+        if self._confirms_end(request, items):
+            if items:
+                self._advance(request, items)
+            self._finish(request.skip + len(items))
+            return
         if not self._plain_offsets and not self._connects(request, items):
             if self._search_budget > 0:
                 self._search_budget -= 1
                 self._search_back(request, items)
                 return
-            self.provably_complete = False
-            if self._order().is_sorted:
-                # A sorted list that moves faster than we can find our place in
-                # it: end this run without moving the cursor (the page read is
-                # still stored); the next run resumes from the last proven place.
-                self.done = True
+            if self._lost_track():
                 return
-            # No order to steer by and the anchor keeps moving (a list that
-            # reshuffles): read on by plain offsets rather than stall. What is
-            # seen is stored; nothing is marked deleted; later scans fill gaps.
-            self._plain_offsets = True
-            self._search = None
-            self._anchor = None
         self._search = None
         self._probe = None
         self._forward_step = max(self.page_size - 1, 1)
@@ -213,12 +248,93 @@ class Planner:
         if self._head_scan and self._reached_head(items):
             self._finish_head_scan()
             return
+        anchor_before = self._anchor.id if self._anchor is not None else None
         self._advance(request, items)
-        if len(items) < request.limit:
-            if self._head_scan:  # read the whole list without meeting the old head
-                self._finish_head_scan()
-            else:
-                self._finish_scan(request.skip + len(items))
+        self._growth = self._growth + 1 if self._grew(items, anchor_before) else 0
+        if self._growth >= GROWTH_CLAIMS:
+            self._finish(request.skip + len(items))
+            return
+        if len(items) == request.limit:
+            # A full page: whatever end was claimed before, the list goes on.
+            self._end_claim = None
+            if anchor_before is not None and self._anchor is not None and self._anchor.id == anchor_before:
+                # The whole page slid in before the anchor: the list grows at
+                # least a page a request, faster than it can be read.
+                if self._search_budget > 0:
+                    self._search_budget -= 1
+                else:
+                    self._lost_track()
+            return
+        end = request.skip + len(items)
+        if self._end_claim is not None and end <= self._end_claim.end:
+            # A claimed end neither confirmed nor moved on (a list replaced as
+            # fast as it is read): as a search that does not find its place.
+            if self._search_budget <= 0:
+                self.provably_complete = False  # the end stands, proving nothing
+                self._finish(end)
+                return
+            self._search_budget -= 1
+        proof = self._proof_request(request)
+        self._next_skip = proof.skip
+        self._next_limit = proof.limit if proof.limit != self.page_size else None
+        self._end_claim = _EndClaim(end, self._items_past_anchor(items), proof)
+
+    def _proof_request(self, short: Request) -> Request:
+        """The request that can confirm the end a ``short`` page claimed.
+
+        From a quarter page before the anchor (or the overlap kept, if wider):
+        the last artworks of a list are where deletions happen (a newest-first
+        list loses its oldest), and should the anchor be gone by then, the
+        page still shows its place. A quarter page is also what a page that
+        hides a few of its last items leaves to be seen past the anchor.
+        Never the short request itself again: the same words prove nothing.
+        """
+        if self._anchor is None:  # no identified item: by offsets, right after the page
+            skip = self._next_skip
+        else:
+            skip = max(0, self._anchor.position - max(self._margin, self.page_size // 4))
+        limit = self.page_size
+        if Request(skip, limit) == short:
+            # One item more (one less at the API's largest page): another request.
+            limit = limit + 1 if limit < MAX_LIMIT else limit - 1
+        return Request(skip, limit)
+
+    def _grew(self, items: Sequence[Item], anchor_before: str | None) -> bool:
+        """Did this page find the list longer only by artworks created since
+        the run began (the scan has reached the end the list had then, and
+        reads what grows behind it; not a short page that hid the rest)?
+        Never in a newest-first list, which grows at its head."""
+        if anchor_before is None or self._order() == ListOrder.NEWEST_FIRST:
+            return False
+        index = next((i for i, item in enumerate(items) if item.id == anchor_before), None)
+        if index is None or index == len(items) - 1:
+            return False
+        recent = self.now - GROWTH_TOLERANCE
+        return all(item.created_at is not None and item.created_at >= recent for item in items[index + 1 :])
+
+    def _lost_track(self) -> bool:
+        """The search budget is spent: say this scan proves nothing; True to stop here."""
+        self.provably_complete = False
+        if self._order().is_sorted:
+            # A sorted list that moves faster than we can find our place in
+            # it: end this run without moving the cursor (the page read is
+            # still stored); the next run resumes from the last proven place.
+            self.done = True
+            return True
+        # No order to steer by and the anchor keeps moving (a list that
+        # reshuffles): read on by plain offsets rather than stall. What is
+        # seen is stored; nothing is marked deleted; later scans fill gaps.
+        self._plain_offsets = True
+        self._search = None
+        self._anchor = None
+        return False
+
+    def _finish(self, end: int) -> None:
+        """The end of the list is proven: ``end`` is its length as last read."""
+        if self._head_scan:  # read the whole list without meeting the old head
+            self._finish_head_scan()
+        else:
+            self._finish_scan(end)
 
     # ------------------------------------------------------------ scans
 
@@ -233,6 +349,7 @@ class Planner:
         self._anchor = None
         self._next_skip = 0
         self._head_scan = False
+        self._end_claim, self._growth = None, 0
 
     def _resume_cursor(self) -> None:
         st = self.state
@@ -266,6 +383,55 @@ class Planner:
             # oldest-first incremental: everything up to the anchor is stored
             st.tail_id, st.tail_created_at = self._anchor.id, self._anchor.created_at
             st.listed_total = self._anchor.position + 1
+
+    def _confirms_end(self, request: Request, items: Sequence[Item]) -> bool:
+        """Does this page prove that the list ends where a short page said?
+
+        A short page only claims an end (``_EndClaim``): servers answer short
+        pages mid-list. The request planned to confirm it (``proof``), asked
+        from near the claim's last identified item and answered short too,
+        confirms it when it holds nothing past that item's place that the
+        claim had not shown: the place right after the list, asked for by two
+        different requests, answered empty both times. Should the list have
+        shifted meanwhile (artworks created before the anchor, or the anchor
+        deleted), offsets moved but the anchor's place tells the same. Only a
+        page that shows the anchor's place can: an empty page after it may be
+        empty because the list moved up. Without an anchor to go by, the
+        offsets must say it. An empty page at offset 0 needs no second word:
+        there is no list before it to skip.
+        """
+        if not items and request.skip == 0:
+            # No list before it to skip. (Should the answer be wrong, nothing is
+            # lost: an empty scan marks nothing deleted, see the deletion
+            # rules, and the next run reads the list again.)
+            return True
+        claim = self._end_claim
+        if claim is None or request != claim.proof or len(items) >= request.limit:
+            return False
+        if self._anchor is None or claim.past_anchor is None:
+            return request.skip + len(items) <= claim.end
+        past = self._items_past_anchor(items)
+        return past is not None and past <= claim.past_anchor
+
+    def _items_past_anchor(self, items: Sequence[Item]) -> int | None:
+        """How many items of a short page follow the anchor's place: after the
+        anchor itself, or, when it is gone (deleted meanwhile) from a sorted
+        list, after the last item that sorts at or before it (the page ends
+        the list, so it reaches that place). None: the page cannot tell."""
+        anchor = self._anchor
+        if anchor is None:
+            return None
+        for index in range(len(items) - 1, -1, -1):
+            if items[index].id == anchor.id:
+                return len(items) - 1 - index
+        order = self._order()
+        if anchor.created_at is None or not order.is_sorted:
+            return None
+        for index in range(len(items) - 1, -1, -1):
+            created_at = items[index].created_at
+            if created_at is not None and not _sorts_before(order, anchor.created_at, created_at):
+                return len(items) - 1 - index
+        return None
 
     def _finish_scan(self, total: int) -> None:
         st = self.state
