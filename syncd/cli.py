@@ -9,103 +9,52 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
-import errno
-import functools
+import importlib
 import logging
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 import orjson
 
 from syncd import __version__
-from syncd.config import Settings, load_settings
-from syncd.errors import ConfigError, ExitCode, SyncdError, listen_reason, one_line
-from syncd.fakeapi.data import POISONS
+from syncd.clitools import api_options, command_settings, database_options, handle_errors, summary_screen
+from syncd.errors import ExitCode, SyncdError, one_line
 from syncd.signals import install_stop_signals
 
 if TYPE_CHECKING:
     from syncd.sync.engine import Progress
 
-F = TypeVar("F", bound=Callable[..., Any])
-STALE_EXIT = 8
 log = logging.getLogger("syncd")
 
 
-def _with_options(func: F, options: list[Callable[[F], F]]) -> F:
-    for option in reversed(options):
-        func = option(func)
-    return func
+class _Commands(click.Group):
+    """The ``syncd`` group: the commands that need the fake API (``mock-api``,
+    ``demo``) are imported only when one of them runs (or help lists them)."""
+
+    LAZY: ClassVar[dict[str, str]] = {
+        "demo": "syncd.demo:demo_command",
+        "mock-api": "syncd.fakeapi.cli:mock_api_command",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            module, name = self.LAZY[cmd_name].split(":")
+            command = getattr(importlib.import_module(module), name)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
 
 
-def database_options(func: F) -> F:
-    """The flags of every command that reads settings (they override env and TOML)."""
-    return _with_options(
-        func,
-        [
-            click.option(
-                "--config",
-                "config_path",
-                type=click.Path(path_type=Path),
-                help="TOML settings file (default: /etc/syncd/syncd.toml when it exists).",
-            ),
-            click.option(
-                "--database-url",
-                help="SQLAlchemy URL [env SYNCD_DATABASE_URL; default sqlite:///syncd.db].",
-            ),
-            click.option("--log-format", help="text or json [env SYNCD_LOG_FORMAT]."),
-            click.option("--log-level", help="debug, info, warning or error [env SYNCD_LOG_LEVEL]."),
-        ],
-    )
-
-
-def api_options(func: F) -> F:
-    """The flags of the commands that call the API; the others would accept and ignore them."""
-    return _with_options(
-        func,
-        [
-            click.option("--api-url", help="API base URL, before /v1/artworks [env SYNCD_API_URL]."),
-            click.option("--api-key-file", help="File holding the API key [env SYNCD_API_KEY_FILE]."),
-            click.option(
-                "--page-size", help="Records per list request, 1..500 [env SYNCD_PAGE_SIZE; default 500]."
-            ),
-        ],
-    )
-
-
-def _settings(kwargs: dict[str, Any]) -> Settings:
-    """Pop the settings flags from ``kwargs`` and load settings; configure logging."""
-    from syncd.config import SPECS_BY_NAME
-    from syncd.log import setup_logging
-
-    config_path = kwargs.pop("config_path", None)
-    overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in SPECS_BY_NAME}
-    settings = load_settings(config_path=config_path, overrides=overrides)
-    secrets = [settings.api_key.reveal()] if settings.api_key else []
-    setup_logging(settings.log_level, settings.log_format, secrets)
-    for warning in settings.warnings:
-        log.warning("%s", warning)
-    return settings
-
-
-def handle_errors(func: F) -> F:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except SyncdError as exc:
-            click.echo(f"syncd: error: {one_line(str(exc))}", err=True)
-            sys.exit(int(exc.exit_code))
-
-    return wrapper  # type: ignore[return-value]
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="syncd")
 def cli() -> None:
     """Keep a local SQL database in step with the Tengr.ai artworks API.
@@ -147,7 +96,7 @@ def run_once_command(
     """
     from syncd.app import run_once
 
-    settings = _settings(kwargs)
+    settings = command_settings(kwargs)
     settings.require_api()
     stop = threading.Event()
     install_stop_signals(stop, "%s received: stopping after the page in flight")
@@ -159,25 +108,7 @@ def run_once_command(
     finally:
         reporter.close()
     for summary in outcome.summaries:
-        click.echo(_summary_screen(summary))
-
-
-def _summary_screen(summary: Any) -> str:
-    c = summary.counts
-    rows = [
-        ("pages", c.pages),
-        ("requests", c.requests),
-        ("inserted", c.inserted),
-        ("updated", c.updated),
-        ("unchanged", c.unchanged),
-        ("rejected", c.rejected),
-        ("unknown type", c.unknown_type),
-        ("marked deleted", c.marked_deleted),
-    ]
-    head = f"syncd {summary.mode} run {summary.run_id}: {summary.outcome} in {summary.seconds:.1f}s"
-    if summary.list_order:
-        head += f" (list order: {summary.list_order})"
-    return "\n".join([head] + [f"  {name:<15}{value:>10,}" for name, value in rows])
+        click.echo(summary_screen(summary))
 
 
 def progress_line(progress: Progress) -> str:
@@ -301,7 +232,7 @@ def archive_command(
     """
     from syncd.app import archive
 
-    settings = _settings(kwargs)
+    settings = command_settings(kwargs)
     settings.require_archive()
     stop = threading.Event()
     install_stop_signals(stop, "%s received: stopping the downloads in flight")
@@ -374,7 +305,7 @@ def daemon_command(**kwargs: Any) -> None:
     """
     from syncd.scheduler import Daemon
 
-    settings = _settings(kwargs)
+    settings = command_settings(kwargs)
     stop = threading.Event()
     install_stop_signals(stop, "%s received: stopping")
     sys.exit(Daemon(settings, stop).run())
@@ -410,7 +341,7 @@ def db_upgrade(**kwargs: Any) -> None:
     from syncd import db
     from syncd.app import open_engine
 
-    settings = _settings(kwargs)
+    settings = command_settings(kwargs)
     with open_engine(settings) as engine, db.sync_lock(engine):
         version = db.ensure_schema(engine, migrate=True)
     click.echo(f"schema at revision {version.current} (latest)")
@@ -429,7 +360,7 @@ def db_current(**kwargs: Any) -> None:
     from syncd import db
     from syncd.app import open_engine
 
-    settings = _settings(kwargs)
+    settings = command_settings(kwargs)
     with open_engine(settings, write=False) as engine:
         version = db.schema_version(engine)
     if version.current is None:
@@ -472,7 +403,7 @@ def status_command(
     from syncd import status
     from syncd.app import open_engine
 
-    settings = _settings(kwargs)
+    settings = command_settings(kwargs)
     with open_engine(settings, write=False) as engine:
         report = status.collect(
             engine, archive_on=settings.archive_dir is not None or max_archive_lag is not None
@@ -501,476 +432,7 @@ def status_command(
             err=True,
         )
     if stale or lagging:
-        sys.exit(STALE_EXIT)
-
-
-# ---------------------------------------------------------------- mock-api
-
-
-@cli.command("mock-api")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--count", default=1000, show_default=True, type=int, help="Artworks to start with.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same data.")
-@click.option("--api-key", default="demo-key", show_default=True, help="The Bearer key it accepts.")
-@click.option("--forbidden-key", multiple=True, help="A key answered with 403.")
-@click.option(
-    "--order",
-    type=click.Choice(["newest_first", "oldest_first", "random"]),
-    default="newest_first",
-    show_default=True,
-)
-@click.option(
-    "--unknown-fraction",
-    default=0.01,
-    show_default=True,
-    type=float,
-    help="Share of artworks of a type syncd does not know.",
-)
-@click.option(
-    "--malformed-fraction", default=0.005, show_default=True, type=float, help="Share of malformed records."
-)
-@click.option(
-    "--pending-fraction",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Share of artworks still processing.",
-)
-@click.option(
-    "--hostile-fraction",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Share of hostile records (huge, deeply nested, odd dates, reused ids).",
-)
-@click.option(
-    "--poison",
-    "poisons",
-    multiple=True,
-    type=click.Choice(POISONS),
-    help="Serve one artwork as this kind of hostile record (repeatable).",
-)
-@click.option(
-    "--content-encoding", default="", help="This Content-Encoding on 200 answers (body left plain)."
-)
-@click.option("--bom", is_flag=True, help="A UTF-8 byte-order mark before every 200 body.")
-@click.option("--retry-after", default="", help="Every 429's Retry-After header, verbatim (e.g. inf).")
-@click.option("--dribble", default=0.0, type=float, help="Seconds between the bytes of every 200 body.")
-@click.option(
-    "--echo-key",
-    is_flag=True,
-    help="Answers repeat the key they were sent (as is, percent-encoded, base64, hex).",
-)
-@click.option(
-    "--compressed",
-    default="",
-    help="200 bodies really encoded: gzip, deflate, 'gzip, gzip', br; 'bomb:gzip' or 'bomb:gzip, gzip' "
-    "for 1 GiB of spaces gzip'ed once or twice.",
-)
-@click.option(
-    "--short-pages",
-    default="",
-    metavar="FROM-TO:BY",
-    help="At most limit - BY items for any skip in FROM..TO (a short page mid-list), e.g. 300-349:7.",
-)
-@click.option(
-    "--hidden", default=0, show_default=True, type=int, help="Leave the N oldest out of every list answer."
-)
-@click.option(
-    "--wrong-artwork", is_flag=True, help="GET /v1/artworks/{id} answers with another artwork's record."
-)
-@click.option(
-    "--spent-quota-header",
-    is_flag=True,
-    help="'RateLimit-Remaining: 0' and 'RateLimit-Reset: 60' on every 200 (a header the answers contradict).",
-)
-@click.option(
-    "--message-suffix", default="", help="Appended to every error message (e.g. a forged log line)."
-)
-@click.option(
-    "--rate-limit",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Server-side limit: requests/s (token bucket, burst of one second) before 429 with Retry-After (0: none).",
-)
-@click.option(
-    "--latency-ms",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Milliseconds before every API answer, as from a remote server (requests served concurrently).",
-)
-@click.option(
-    "--rate-limit-headers", is_flag=True, help="Send RateLimit-Limit/-Remaining/-Reset/-Policy headers."
-)
-@click.option(
-    "--rate-limit-blocks",
-    is_flag=True,
-    help="After a 429, refuse every request until its Retry-After elapses (a penalty box).",
-)
-@click.option(
-    "--error-rate", default=0.0, show_default=True, type=float, help="Share of 500/502/503/504 answers."
-)
-@click.option(
-    "--truncate-rate", default=0.0, show_default=True, type=float, help="Share of bodies cut short."
-)
-@click.option(
-    "--non-json-rate",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Share of 200 answers with an HTML body.",
-)
-@click.option(
-    "--reset-rate",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Share of connections closed without answer.",
-)
-@click.option(
-    "--slow-rate", default=0.0, show_default=True, type=float, help="Share of answers delayed by --delay."
-)
-@click.option(
-    "--delay", default=0.0, show_default=True, type=float, help="Seconds of delay for slow answers."
-)
-@click.option(
-    "--add-per-request",
-    default=0,
-    show_default=True,
-    type=int,
-    help="Artworks created before each list request.",
-)
-@click.option(
-    "--finish-after",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Seconds after which a pending artwork created while serving finishes (0: never).",
-)
-@click.option(
-    "--delete-oldest-per-request",
-    default=0,
-    show_default=True,
-    type=int,
-    help="Oldest artworks deleted before each list request.",
-)
-@click.option(
-    "--recent-days",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Spread createdAt over the last N days up to now (0: from 2024 on, 1-600 s apart).",
-)
-@click.option(
-    "--retention-seconds",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Delete artworks (and their images) this long after creation, as the API does after 8 days (0: never).",
-)
-@click.option(
-    "--images-port",
-    default=None,
-    type=int,
-    help="Serve the artworks' images on a second origin at this port (0 picks a free one); default: none.",
-)
-@click.option(
-    "--image-latency-ms",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Milliseconds before every image answer.",
-)
-@click.option(
-    "--image-error-rate",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Share of image requests answered 5xx.",
-)
-@click.option(
-    "--image-gone-fraction",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Share of image URLs answered 404 every time, as if expired.",
-)
-@click.option(
-    "--image-wrong-type-fraction",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Share of image URLs answered 200 with an HTML page.",
-)
-@click.option(
-    "--image-redirect-fraction",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Share of image URLs answered 302 to another path of the image origin.",
-)
-@click.option(
-    "--image-size", default=0, show_default=True, type=int, help="Every image this many bytes (0: 2-256 KiB)."
-)
-@click.option(
-    "--image-rate-limit",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Image requests/s (token bucket, burst of one second) before 429 (0: none).",
-)
-@handle_errors
-def mock_api_command(
-    host: str,
-    port: int,
-    count: int,
-    seed: int,
-    api_key: str,
-    forbidden_key: tuple[str, ...],
-    order: str,
-    unknown_fraction: float,
-    malformed_fraction: float,
-    pending_fraction: float,
-    hostile_fraction: float,
-    poisons: tuple[str, ...],
-    recent_days: float,
-    retention_seconds: float,
-    images_port: int | None,
-    **faults: Any,
-) -> None:
-    """Serve a fake Tengr.ai v1 API (with fault injection) until interrupted.
-
-    With --images-port, the artworks' images (results, upscaling inputs) are
-    served on a second origin, which the artworks' URLs name.
-
-    \b
-    Example:
-      syncd mock-api --port 8080 --count 5000 --rate-limit 20 --error-rate 0.1
-      syncd mock-api --poison surrogate --poison nul --content-encoding gzip --echo-key
-      syncd mock-api --count 40000 --latency-ms 400 --rate-limit 10   # a remote, rate-limited API
-      syncd mock-api --images-port 8081 --recent-days 8 --retention-seconds 600 --image-error-rate 0.05
-      SYNCD_API_URL=http://127.0.0.1:8080 SYNCD_API_KEY=demo-key syncd run-once
-    """
-    from datetime import UTC, datetime, timedelta
-
-    from syncd.fakeapi.data import EPOCH, HORIZON, Dataset
-    from syncd.fakeapi.images import ImageFaults, ImageServer
-    from syncd.fakeapi.server import FakeApi, FakeServer, Faults, encoded_body
-
-    image_faults = ImageFaults(
-        latency=faults.pop("image_latency_ms") / 1000,
-        error_5xx=faults.pop("image_error_rate"),
-        gone=faults.pop("image_gone_fraction"),
-        wrong_type=faults.pop("image_wrong_type_fraction"),
-        redirect=faults.pop("image_redirect_fraction"),
-        size=faults.pop("image_size"),
-        rate_limit=faults.pop("image_rate_limit"),
-    )
-    images = None
-    if images_port is not None:
-        # Bound before the dataset is made: the artworks' URLs name its port.
-        try:
-            images = ImageServer(host, images_port, image_faults, seed=seed)
-        except OSError as exc:
-            port_at_fault = exc.errno in (errno.EADDRINUSE, errno.EACCES)
-            hint = (
-                "choose another --images-port (0 picks a free one)"
-                if port_at_fault
-                else "choose another --host"
-            )
-            raise ConfigError(
-                f"mock-api --host {host} --images-port {images_port}: "
-                f"{listen_reason(exc, host, images_port)}; {hint}"
-            ) from None
-    now = datetime.now(UTC)
-    dataset = Dataset(
-        count,
-        seed,
-        unknown_fraction=unknown_fraction,
-        malformed_fraction=malformed_fraction,
-        pending_fraction=pending_fraction,
-        hostile_fraction=hostile_fraction,
-        image_origin=images.url if images is not None else None,
-        start=now - timedelta(days=recent_days) if recent_days > 0 else EPOCH,
-        end=now if recent_days > 0 else HORIZON,
-    )
-    fault_config = Faults(
-        rate_limit=faults["rate_limit"],
-        error_5xx=faults["error_rate"],
-        truncated=faults["truncate_rate"],
-        non_json=faults["non_json_rate"],
-        reset=faults["reset_rate"],
-        slow=faults["slow_rate"],
-        delay=faults["delay"],
-        add_per_request=faults["add_per_request"],
-        finish_after=faults["finish_after"],
-        delete_oldest_per_request=faults["delete_oldest_per_request"],
-        order=order,
-        content_encoding=faults["content_encoding"],
-        bom=faults["bom"],
-        retry_after=faults["retry_after"],
-        dribble=faults["dribble"],
-        echo_key=faults["echo_key"],
-        message_suffix=faults["message_suffix"],
-        latency=faults["latency_ms"] / 1000,
-        rate_limit_headers=faults["rate_limit_headers"],
-        rate_limit_blocks=faults["rate_limit_blocks"],
-        retention=retention_seconds,
-        compressed=faults["compressed"],
-        hidden=faults["hidden"],
-        wrong_artwork=faults["wrong_artwork"],
-        spent_quota_header=faults["spent_quota_header"],
-    )
-    if faults["compressed"]:
-        try:
-            encoded_body(b"[]", faults["compressed"])
-        except ValueError as exc:
-            raise ConfigError(f"mock-api --compressed {faults['compressed']!r}: {exc}") from None
-    if faults["short_pages"]:
-        try:
-            span, by = faults["short_pages"].split(":")
-            low, high = span.split("-")
-            fault_config.short_from, fault_config.short_to, fault_config.short_by = (
-                int(low),
-                int(high),
-                int(by),
-            )
-        except ValueError:
-            raise ConfigError(
-                f"mock-api --short-pages {faults['short_pages']!r}: expected FROM-TO:BY, e.g. 300-349:7"
-            ) from None
-    if poisons:
-        dataset.poison(list(poisons), api_key)
-    api = FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_key, faults=fault_config, seed=seed)
-    try:
-        server = FakeServer(api, host, port)
-    except OSError as exc:
-        if images is not None:
-            images.server_close()
-        port_at_fault = exc.errno in (errno.EADDRINUSE, errno.EACCES)
-        hint = "choose another --port (0 picks a free one)" if port_at_fault else "choose another --host"
-        raise ConfigError(
-            f"mock-api --host {host} --port {port}: {listen_reason(exc, host, port)}; {hint}"
-        ) from None
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    click.echo(
-        f"fake Tengr.ai API on {server.url} with {count} artworks ({order}); key {api_key!r}", err=True
-    )
-    if images is not None:
-        images.attach(api).start()
-        click.echo(f"fake images on {images.url}", err=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        if images is not None:
-            images.stop()
-
-
-# ---------------------------------------------------------------- demo
-
-
-DEMO_QUERY = """
-SELECT artwork_type, status, COUNT(*) AS artworks
-FROM artworks
-GROUP BY artwork_type, status
-ORDER BY artworks DESC
-LIMIT 8
-""".strip()
-
-
-ARCHIVE_QUERY = """
-SELECT role, status, COUNT(*) AS images, COALESCE(SUM(size_bytes), 0) AS bytes
-FROM archived_files
-GROUP BY role, status
-ORDER BY role, status
-""".strip()
-DEMO_IMAGE_BYTES = 4096  # per image: the demo's archive stays small (~40 MB for 5,000 artworks)
-
-
-@cli.command("demo")
-@click.option("--count", default=5000, show_default=True, type=int, help="Artworks in the fake API.")
-@click.option("--database-url", default="sqlite:///syncd-demo.db", show_default=True)
-@click.option(
-    "--archive-dir",
-    default="syncd-demo-images",
-    show_default=True,
-    help="Where the demo archives the artworks' images ('' to skip the archive).",
-)
-@handle_errors
-def demo_command(count: int, database_url: str, archive_dir: str) -> None:
-    """Start the fake API (and its image host) in-process, sync it into SQLite,
-    archive the images, and query the result.
-
-    \b
-    Example:
-      syncd demo && sqlite3 syncd-demo.db 'SELECT COUNT(*) FROM artworks'
-    """
-    from datetime import UTC, datetime, timedelta
-
-    from sqlalchemy import text
-
-    from syncd.app import archive, open_engine, run_once
-    from syncd.fakeapi.data import Dataset
-    from syncd.fakeapi.images import ImageFaults, ImageServer
-    from syncd.fakeapi.server import FakeApi, FakeServer
-
-    # A week of artworks up to the start of today: the API keeps 8 days, and
-    # the same data all day, so that a second demo's sync is incremental.
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    images = ImageServer(faults=ImageFaults(size=DEMO_IMAGE_BYTES))
-    dataset = Dataset(count, seed=42, start=today - timedelta(days=7), end=today, image_origin=images.url)
-    server = FakeServer(FakeApi(dataset)).start()
-    images.attach(server.api).start()
-    try:
-        env = {
-            "SYNCD_API_URL": server.url,
-            "SYNCD_API_KEY": "demo-key",
-            "SYNCD_DATABASE_URL": database_url,
-            "SYNCD_MAX_REQUESTS_PER_SECOND": "1000",
-            "SYNCD_ARCHIVE_DIR": archive_dir,
-            "SYNCD_ARCHIVE_MAX_REQUESTS_PER_SECOND": "1000",
-            "SYNCD_ARCHIVE_MIN_FREE_BYTES": "0",
-        }
-        settings = load_settings(env=env, system_config_path=Path("/nonexistent"))
-        from syncd.log import setup_logging
-
-        setup_logging("warning", "text")
-        click.echo(f"fake API with {count} artworks on {server.url}; syncing into {database_url}")
-        for summary in run_once(settings).summaries:
-            click.echo(_summary_screen(summary))
-        if archive_dir:
-            click.echo(f"\narchiving their images from {images.url} into {archive_dir}/")
-            click.echo(archive(settings).result.line())
-        with open_engine(settings) as engine, engine.connect() as conn:
-            rows = conn.execute(text(DEMO_QUERY)).all()
-            archived = conn.execute(text(ARCHIVE_QUERY)).all() if archive_dir else []
-    finally:
-        server.stop()
-        images.stop()
-    click.echo(
-        "\nAn analyst's query:\n\n" + "\n".join("    " + line for line in DEMO_QUERY.splitlines()) + "\n"
-    )
-    click.echo(f"    {'artwork_type':<20}{'status':<10}{'artworks':>9}")
-    for artwork_type, status, artworks in rows:
-        click.echo(f"    {artwork_type:<20}{status:<10}{artworks:>9}")
-    if archive_dir:
-        click.echo(
-            "\nThe image archive:\n\n"
-            + "\n".join("    " + line for line in ARCHIVE_QUERY.splitlines())
-            + "\n"
-        )
-        click.echo(f"    {'role':<10}{'status':<10}{'images':>8}{'bytes':>14}")
-        for role, status, count_, size in archived:
-            click.echo(f"    {role:<10}{status:<10}{count_:>8}{size:>14,}")
-    click.echo(
-        "\nRun it again: the second sync is incremental and costs one request; no image is fetched twice."
-    )
+        sys.exit(int(ExitCode.STALE))
 
 
 def main() -> None:

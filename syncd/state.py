@@ -110,6 +110,15 @@ class Counts:
         return self.inserted + self.updated + self.unchanged
 
 
+@dataclass(frozen=True, slots=True)
+class Unfinished:
+    """A stored artwork whose status is not terminal (syncd.sync.refresh plans its re-checks)."""
+
+    id: str
+    created_at: datetime
+    checked_at: datetime  # when an answer last carried it (last_seen_at)
+
+
 @dataclass(frozen=True)
 class Misses:
     """What a complete scan missed: stored artworks not marked deleted (``live``),

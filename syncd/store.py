@@ -37,8 +37,7 @@ from syncd.records import (
     refusal,
     utc_text,
 )
-from syncd.state import STREAM, Counts, Misses, StreamState
-from syncd.sync.refresh import Unfinished
+from syncd.state import STREAM, Counts, Misses, StreamState, Unfinished
 
 artworks: Table = Artwork.__table__  # type: ignore[assignment]
 results_table: Table = ArtworkResult.__table__  # type: ignore[assignment]

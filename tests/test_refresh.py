@@ -8,7 +8,8 @@ from itertools import pairwise
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.sync.refresh import RECHECK_MAX, Unfinished, plan_refresh, recheck_after
+from syncd.state import Unfinished
+from syncd.sync.refresh import RECHECK_MAX, plan_refresh, recheck_after
 
 NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
 FLOOR = timedelta(seconds=10)

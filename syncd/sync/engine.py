@@ -152,10 +152,6 @@ class _Pages:
         self._recent: deque[tuple[list[str], datetime]] = deque()
         self._rejected: set[str] = set()  # payload hashes quarantined by this run
 
-    @property
-    def uncommitted(self) -> bool:
-        return self._transaction is not None
-
     def write(self, fetched: Fetched, state: StreamState | None) -> None:
         """Write a page; ``state`` is the planner's after it.
 

@@ -20,23 +20,15 @@ holding its head.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from syncd.state import Unfinished
 
 # Re-check after this share of the artwork's age at its last check ...
 RECHECK_FRACTION = 0.05
 # ... and at most this long after it: even an artwork unfinished for days is
 # looked at a few times a day (the API deletes artworks 8 days after creation).
 RECHECK_MAX = timedelta(hours=6)
-
-
-@dataclass(frozen=True, slots=True)
-class Unfinished:
-    """A stored artwork whose status is not terminal."""
-
-    id: str
-    created_at: datetime
-    checked_at: datetime  # when an answer last carried it (last_seen_at)
 
 
 def recheck_after(age: timedelta, floor: timedelta) -> timedelta:

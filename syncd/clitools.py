@@ -1,0 +1,110 @@
+"""What every ``syncd`` command shares: its option groups, settings, error
+handling (a SyncdError is one line and its exit code) and the run summary.
+
+The commands themselves live where their subject does: ``syncd.cli`` (the
+group and the operator's commands), ``syncd.demo``, ``syncd.fakeapi.cli``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from syncd.config import Settings, load_settings
+from syncd.errors import SyncdError, one_line
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("syncd")
+
+
+def _with_options(func: F, options: list[Callable[[F], F]]) -> F:
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def database_options(func: F) -> F:
+    """The flags of every command that reads settings (they override env and TOML)."""
+    return _with_options(
+        func,
+        [
+            click.option(
+                "--config",
+                "config_path",
+                type=click.Path(path_type=Path),
+                help="TOML settings file (default: /etc/syncd/syncd.toml when it exists).",
+            ),
+            click.option(
+                "--database-url",
+                help="SQLAlchemy URL [env SYNCD_DATABASE_URL; default sqlite:///syncd.db].",
+            ),
+            click.option("--log-format", help="text or json [env SYNCD_LOG_FORMAT]."),
+            click.option("--log-level", help="debug, info, warning or error [env SYNCD_LOG_LEVEL]."),
+        ],
+    )
+
+
+def api_options(func: F) -> F:
+    """The flags of the commands that call the API; the others would accept and ignore them."""
+    return _with_options(
+        func,
+        [
+            click.option("--api-url", help="API base URL, before /v1/artworks [env SYNCD_API_URL]."),
+            click.option("--api-key-file", help="File holding the API key [env SYNCD_API_KEY_FILE]."),
+            click.option(
+                "--page-size", help="Records per list request, 1..500 [env SYNCD_PAGE_SIZE; default 500]."
+            ),
+        ],
+    )
+
+
+def command_settings(kwargs: dict[str, Any]) -> Settings:
+    """Pop the settings flags from ``kwargs`` and load settings; configure logging."""
+    from syncd.config import SPECS_BY_NAME
+    from syncd.log import setup_logging
+
+    config_path = kwargs.pop("config_path", None)
+    overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in SPECS_BY_NAME}
+    settings = load_settings(config_path=config_path, overrides=overrides)
+    secrets = [settings.api_key.reveal()] if settings.api_key else []
+    setup_logging(settings.log_level, settings.log_format, secrets)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    return settings
+
+
+def handle_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SyncdError as exc:
+            click.echo(f"syncd: error: {one_line(str(exc))}", err=True)
+            sys.exit(int(exc.exit_code))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def summary_screen(summary: Any) -> str:
+    """A run's outcome as the commands print it: a head line, then one count a line."""
+    c = summary.counts
+    rows = [
+        ("pages", c.pages),
+        ("requests", c.requests),
+        ("inserted", c.inserted),
+        ("updated", c.updated),
+        ("unchanged", c.unchanged),
+        ("rejected", c.rejected),
+        ("unknown type", c.unknown_type),
+        ("marked deleted", c.marked_deleted),
+    ]
+    head = f"syncd {summary.mode} run {summary.run_id}: {summary.outcome} in {summary.seconds:.1f}s"
+    if summary.list_order:
+        head += f" (list order: {summary.list_order})"
+    return "\n".join([head] + [f"  {name:<15}{value:>10,}" for name, value in rows])
