@@ -27,7 +27,8 @@ from syncd.errors import (
     listen_reason,
 )
 from syncd.state import RunSummary
-from syncd.sync.engine import Progress, Syncer
+from syncd.sync.engine import Syncer
+from syncd.sync.runs import Progress
 
 if TYPE_CHECKING:  # run-once need not import prometheus_client (nor the archive)
     from syncd.archive.files import ContentStore

@@ -26,7 +26,7 @@ from syncd.errors import ExitCode, SyncdError, one_line
 from syncd.signals import install_stop_signals
 
 if TYPE_CHECKING:
-    from syncd.sync.engine import Progress
+    from syncd.sync.runs import Progress
 
 log = logging.getLogger("syncd")
 

@@ -481,20 +481,13 @@ def classify(value: object, now: datetime, secrets: Sequence[str] = ()) -> Artwo
     return to_rows(value, artwork, dumped)
 
 
-def page_ids(items: Sequence[object]) -> list[str]:
-    """The ids of a page's records that can be stored (what the store looks up)."""
-    ids = (checked_id(value.get("id")) for value in items if isinstance(value, dict))
-    return [artwork_id for artwork_id in ids if artwork_id is not None]
-
-
 _UNCHANGED = object()
 
 
-def _stored_unchanged(value: object, stored_hashes: Mapping[str, str]) -> str | None:
-    """The id of a record stored earlier with exactly this content, else None."""
+def _stored_unchanged(value: object, artwork_id: str | None, stored_hashes: Mapping[str, str]) -> str | None:
+    """The id of a record (whose id is ``artwork_id``) stored earlier with exactly this content, else None."""
     if not isinstance(value, dict):
         return None
-    artwork_id = checked_id(value.get("id"))
     if artwork_id is None or artwork_id not in stored_hashes:
         return None
     try:
@@ -509,19 +502,24 @@ def classify_page(
     now: datetime | None = None,
     stored_hashes: Mapping[str, str] | None = None,
     secrets: Sequence[str] = (),
+    *,
+    ids: Sequence[str | None] | None = None,
 ) -> PageResult:
     """Classify every element of one page; later duplicates of an id win.
 
     A record whose id and content hash are in ``stored_hashes`` was valid when
     it was stored and has not changed: it is not validated again, only listed
     in ``unchanged_ids`` (a full reconciliation then costs little more than
-    the download).
+    the download). ``ids``: each element's id as ``list_key`` judged it, when
+    the caller has them (else judged here).
     """
     now = now or datetime.now(UTC)
     result = PageResult()
     by_id: dict[str, ArtworkRows | object] = {}
-    for value in items:
-        unchanged = _stored_unchanged(value, stored_hashes) if stored_hashes else None
+    if ids is None:
+        ids = [checked_id(value.get("id")) if isinstance(value, dict) else None for value in items]
+    for value, artwork_id in zip(items, ids, strict=True):
+        unchanged = _stored_unchanged(value, artwork_id, stored_hashes) if stored_hashes else None
         if unchanged is not None:
             if unchanged in by_id:
                 result.duplicates += 1

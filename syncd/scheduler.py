@@ -56,7 +56,8 @@ from syncd.errors import (
 from syncd.metrics import Metrics
 from syncd.notify import notify, watchdog_interval
 from syncd.state import STREAM
-from syncd.sync.engine import Progress, refresh_backlog
+from syncd.sync.byid import refresh_backlog
+from syncd.sync.runs import Progress
 
 log = logging.getLogger("syncd.daemon")
 

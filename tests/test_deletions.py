@@ -34,9 +34,11 @@ from syncd.fakeapi.data import Dataset
 from syncd.fakeapi.server import FakeServer
 from syncd.records import classify_page
 from syncd.state import Misses, Mode, StreamState
-from syncd.sync import engine as sync_engine
+from syncd.sync import context as sync_context
 from syncd.sync.deletions import Checks, Withheld, believed_share, judge
-from syncd.sync.engine import Fetched, Syncer, _Pages, _Run
+from syncd.sync.engine import Syncer
+from syncd.sync.pages import ListedPage, PageWriter
+from syncd.sync.runs import RunRecord
 from tests.conftest import make_settings
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -175,7 +177,7 @@ def scrambled(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], list[int]]:
                 future.cancel()
             self.pending.clear()
 
-    monkeypatch.setattr(sync_engine, "InFlight", Scrambled)
+    monkeypatch.setattr(sync_context, "InFlight", Scrambled)
 
     def seed(value: int) -> list[int]:
         state["rng"] = random.Random(value)
@@ -269,13 +271,13 @@ def test_a_page_fetched_ahead_does_not_hide_an_artwork_from_the_page_before_it(e
     stored_one = artwork("00000000-0000-4000-8000-000000000001", NOW - timedelta(days=30))
     with db.writer(engine).begin() as conn:
         store.write_page(conn, classify_page([stored_one], seen_before), {}, now=seen_before, run_id=0)
-    run = _Run(store_run(engine), Mode.FULL, 0)
-    pages = _Pages(db.writer(engine), run, lambda: 0, ())
+    run = RunRecord(store_run(engine), Mode.FULL, 0)
+    pages = PageWriter(db.writer(engine), run, lambda: 0, ())
     try:
         read_first, read_later = NOW, NOW + timedelta(seconds=1)
         newcomer = artwork("00000000-0000-4000-8000-000000000002", NOW - timedelta(days=1))
-        pages.write(Fetched([newcomer, stored_one], read_later), None)  # the stray, written first
-        pages.write(Fetched([stored_one], read_first), StreamState("artworks"))  # its turn now
+        pages.write(ListedPage.read([newcomer, stored_one], read_later), None)  # the stray, written first
+        pages.write(ListedPage.read([stored_one], read_first), StreamState("artworks"))  # its turn now
         pages.commit()
     finally:
         pages.close()
@@ -319,7 +321,7 @@ def sync_engine_for(
 ) -> Iterator[Syncer]:
     """A Syncer on the settings' API and ``engine``, with an optional clock."""
     with make_client(settings_) as client:
-        syncer = Syncer(engine, client, settings_.page_size)
-        if now is not None:
-            syncer.now = now
-        yield syncer
+        if now is None:
+            yield Syncer(engine, client, settings_.page_size)
+        else:
+            yield Syncer(engine, client, settings_.page_size, now=now)

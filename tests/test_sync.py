@@ -22,7 +22,9 @@ from syncd.errors import DatabaseError, Interrupted
 from syncd.fakeapi.data import Dataset
 from syncd.fakeapi.server import FakeServer, Faults
 from syncd.state import Counts, Mode, RunSummary
-from syncd.sync.engine import Fetched, Syncer, _Pages, _Run
+from syncd.sync.engine import Syncer
+from syncd.sync.pages import ListedPage, PageWriter
+from syncd.sync.runs import RunRecord
 from tests.conftest import backdate_checks, make_settings, run_syncd, start_syncd, syncd_env, wait_for
 
 L = 100
@@ -306,15 +308,15 @@ def test_the_runs_counts_are_what_was_committed(
         # Commits every 4th page: the failure finds pages written and not committed.
         syncer = Syncer(engine, client, L, commit_seconds=3600)
         commits: list[int] = []
-        original = _Pages.write
+        original = PageWriter.write
 
-        def write_and_commit_every_fourth(self: _Pages, *args: Any, **kwargs: Any) -> None:
+        def write_and_commit_every_fourth(self: PageWriter, *args: Any, **kwargs: Any) -> None:
             original(self, *args, **kwargs)
             if self.run.counts.pages % 4 == 0:
                 self.commit()
                 commits.append(self.run.counts.pages)
 
-        monkeypatch.setattr(_Pages, "write", write_and_commit_every_fourth)
+        monkeypatch.setattr(PageWriter, "write", write_and_commit_every_fourth)
         with pytest.raises(type(error)):
             syncer.sync()
     assert commits == [4, 8]
@@ -456,12 +458,16 @@ def test_a_page_fetched_ahead_and_not_used_adds_only_artworks_not_stored(engine:
     older = dict(known, status="processing")  # what the stray saw, before the list moved
     fresh_at = datetime(2026, 12, 1, 12, tzinfo=UTC)
     with db.writer(engine).begin() as conn:
-        run = _Run(store.start_run(conn, stream="artworks", mode="backfill", now=fresh_at), Mode.BACKFILL, 0)
-    pages = _Pages(db.writer(engine), run, lambda: 0, ())
+        run = RunRecord(
+            store.start_run(conn, stream="artworks", mode="backfill", now=fresh_at), Mode.BACKFILL, 0
+        )
+    pages = PageWriter(db.writer(engine), run, lambda: 0, ())
     try:
-        pages.write(Fetched([known, updated_elsewhere], fresh_at), None)  # as if written by a wanted page
+        pages.write(
+            ListedPage.read([known, updated_elsewhere], fresh_at), None
+        )  # as if written by a wanted page
         pages.commit()
-        pages.write(Fetched([older, new], fresh_at - timedelta(seconds=1)), None)
+        pages.write(ListedPage.read([older, new], fresh_at - timedelta(seconds=1)), None)
         pages.commit()
     finally:
         pages.close()
