@@ -5,10 +5,11 @@
     ├── ApiError                  the API could not be used
     │   ├── AuthError             401/403: the key was rejected; do not retry    -> exit 4
     │   ├── BadRequestError       400: syncd sent something wrong; do not retry  -> exit 5
-    │   ├── RetriableApiError     429/5xx/timeouts/broken bodies: retry later
     │   ├── WrongAnswerError      an answer contradicts the request (another
     │   │                         artwork's record): not used, not retried
-    │   └── RetriesExhaustedError a retriable fault outlasted the retry budget   -> exit 5
+    │   └── RetriesExhaustedError 429/5xx/timeouts/broken bodies, retried within
+    │                             the request (syncd.net.retry), outlasted the
+    │                             retry budget                                   -> exit 5
     ├── DatabaseError             the database could not be used                 -> exit 6
     │   ├── DatabaseUnreachable   cannot connect at all
     │   └── SchemaError           schema missing, older or newer than this syncd
@@ -79,24 +80,6 @@ class BadRequestError(ApiError):
     def __init__(self, message: str, *, status_code: int) -> None:
         super().__init__(message)
         self.status_code = status_code
-
-
-class RetriableApiError(ApiError):
-    """A transient fault: 429, 5xx, timeout, reset connection, broken body.
-
-    ``retry_after`` is the delay the server asked for (seconds), when it said.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.retry_after = retry_after
 
 
 class WrongAnswerError(ApiError):

@@ -381,8 +381,8 @@ def test_a_url_that_carries_the_key_is_not_fetched_however_it_is_encoded(tmp_pat
 
 
 def test_a_host_that_resolves_to_the_metadata_service_is_not_talked_to() -> None:
-    from syncd.api.deadline import _Backend
     from syncd.archive.fetch import ForbiddenAddress, refuse_forbidden
+    from syncd.net.deadline import _Backend
 
     def _PublicOnly(backend: object) -> _Backend:
         return _Backend(backend, refuse_forbidden)  # type: ignore[arg-type]

@@ -15,9 +15,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from syncd.api.backoff import RateLimiter, parse_rate_limit_headers
+from syncd.net.limiter import RateLimiter, parse_rate_limit_headers
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def send(limiter: RateLimiter, now: float) -> None:
+    """A request sent at ``now``, as the client's pacer sends it: its slot claimed, then recorded."""
+    limiter.reserve(now)
+    limiter.record_sent(now)
 
 
 def accept(limiter: RateLimiter, count: int, rate: float, start: float = 0.0) -> float:
@@ -25,7 +31,7 @@ def accept(limiter: RateLimiter, count: int, rate: float, start: float = 0.0) ->
     the time after the last."""
     t = start
     for _ in range(count):
-        limiter.sent(t)
+        send(limiter, t)
         limiter.on_success(t + 0.1, t)
         t += 1 / rate
     return t
@@ -47,15 +53,15 @@ def test_429s_to_requests_already_in_flight_are_one_episode() -> None:
     for late in (0.1, 0.2, 0.3):  # sent before that 429 came back: they could not know
         limiter.on_throttled(t + late, sent_at=t - 0.2 + late / 10)
     assert limiter.rate == settled
-    limiter.sent(t + 0.5)
+    send(limiter, t + 0.5)
     limiter.on_throttled(t + 1.0, sent_at=t + 0.5)  # sent after the slowdown: a new episode
     assert limiter.rate < settled
 
 
 def test_a_429_with_too_little_history_halves_the_rate_it_was_sending() -> None:
     limiter = RateLimiter(max_rate=8.0)
-    limiter.sent(0.0)
-    limiter.sent(0.125)
+    send(limiter, 0.0)
+    send(limiter, 0.125)
     limiter.on_throttled(0.3, 0.125)
     assert limiter.rate == 4.0
 
@@ -229,7 +235,7 @@ def simulate(
             if wait > 0:
                 heapq.heappush(events, (now + wait, serial, "pace", 0.0))
                 continue
-            limiter.sent(now)
+            send(limiter, now)
             outstanding += 1
             wanted += 1
             retry_after = bucket.arrive(now) if bucket else None

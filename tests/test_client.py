@@ -11,12 +11,12 @@ import httpx
 import orjson
 import pytest
 
-from syncd.api.backoff import backoff_delay, parse_retry_after
 from syncd.api.body import BrokenBody, parse_array, split_top_level_array
 from syncd.api.client import ApiClient, ClientOptions
-from syncd.api.pace import Unwanted
 from syncd.config import Secret
 from syncd.errors import ApiError, AuthError, BadRequestError, RetriesExhaustedError
+from syncd.net.pace import Unwanted
+from syncd.net.retry import backoff_delay, parse_retry_after
 from syncd.records import Unparseable
 
 KEY = "sk-test-DO-NOT-LEAK-42"
@@ -478,7 +478,7 @@ def test_a_request_no_longer_wanted_stops_waiting_between_attempts() -> None:
     """A refresh past its deadline drops its requests: one asleep before a retry
     (or its slot) looks up every NAP_STEP and stops, instead of sleeping on for
     up to a minute and keeping its thread."""
-    from syncd.api.pace import Unwanted
+    from syncd.net.pace import Unwanted
 
     client, clock, seen = client_for(lambda r: json_response(503, {"message": "busy"}), max_attempts=20)
     wanted_until = clock.now + 5.0

@@ -7,8 +7,8 @@ import zlib
 
 import pytest
 
-from syncd.api.encoding import BodyTooLarge, BoundedBody, CorruptBody, EncodingRefused, layers
 from syncd.fakeapi.server import encoded_body
+from syncd.net.encoding import BodyTooLarge, BoundedBody, CorruptBody, EncodingRefused, layers
 
 PAGE = b'[{"id": "x"}]' * 1000
 

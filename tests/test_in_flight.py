@@ -136,7 +136,7 @@ def test_request_threads_are_started_only_when_none_is_free() -> None:
     needs one thread, four at once need four, and never more than allowed."""
     import threading
 
-    from syncd.sync.inflight import InFlight
+    from syncd.net.inflight import InFlight
 
     pool = InFlight(4)
     try:

@@ -1,7 +1,10 @@
-"""The artworks API client: auth, timeouts, pacing, retries, status -> error.
+"""The artworks API client: the key, the paths, what an answer means.
 
-All HTTP I/O of syncd happens here. Status codes map to errors by what the
-caller does next (see syncd.errors):
+Requests go through the one request core (``syncd.net.core``: the pace,
+the attempts, the deadline of each whole answer, httpx's exceptions). What
+is the API's own is here: the Bearer key, the list and by-id paths, how a
+page is read and judged, and the status table, by what the caller does next
+(see syncd.errors):
 
     200        parsed body (a JSON array for the list, an object for one artwork)
     404        (one artwork) None; (the list) ApiError: the base URL is wrong
@@ -25,39 +28,36 @@ API's own words with the key redacted: they are safe to log and to store.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import random
-import ssl
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http import HTTPStatus
 from typing import Any, Protocol
 from urllib.parse import quote
 
-import certifi
 import httpx
 import orjson
 
 from syncd import __version__
-from syncd.api.backoff import RateLimiter, backoff_delay, parse_rate_limit_headers, parse_retry_after
 from syncd.api.body import BrokenBody, parse_array, parse_object
-from syncd.api.deadline import install, request_deadline
-from syncd.api.encoding import BodyTooLarge, BoundedBody, CorruptBody, EncodingRefused
-from syncd.api.pace import Pacer, Unwanted
 from syncd.config import Secret
 from syncd.errors import (
     ApiError,
     AuthError,
     BadRequestError,
-    RetriableApiError,
     RetriesExhaustedError,
     WrongAnswerError,
 )
+from syncd.net.core import Exhausted, RequestCore, phrase
+from syncd.net.encoding import BodyTooLarge, BoundedBody, CorruptBody, EncodingRefused
+from syncd.net.limiter import RateLimiter, parse_rate_limit_headers
+from syncd.net.pace import Pacer
+from syncd.net.retry import Retriable, RetryPolicy, parse_retry_after
 from syncd.records import checked_id
 from syncd.redaction import maskable, redact
 
@@ -74,7 +74,7 @@ BACKOFF_CAP = 60.0
 # longest prompt and many signed result URLs could make is about 3 MB. A
 # larger answer is a broken one. The cap bounds memory too: a body is held
 # once (decoded into one buffer, never joined from pieces), and however it is
-# encoded it never grows past the cap (syncd.api.encoding).
+# encoded it never grows past the cap (syncd.net.encoding).
 MAX_BODY_BYTES = 16 * 1024 * 1024
 ERROR_BODY_BYTES = 64 * 1024  # of a non-200 answer, for its message
 
@@ -101,13 +101,6 @@ class RequestStats:
     in_flight: int = 0  # requests sent and not yet answered, now
 
 
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """One TLS context per process: loading the CA bundle takes ~40 ms, and the
-    daemon makes a client for every run (a refresh every 10 s)."""
-    return ssl.create_default_context(cafile=certifi.where())
-
-
 class RequestObserver(Protocol):
     """Told of each answer as it comes (the daemon's metrics move during a run)."""
 
@@ -117,7 +110,7 @@ class RequestObserver(Protocol):
 
 
 class ApiClient:
-    """Synchronous client; thread-safe pacing so a prefetch thread may share it."""
+    """Synchronous client; thread-safe, so that request threads may share it."""
 
     def __init__(
         self,
@@ -133,44 +126,49 @@ class ApiClient:
         rng: random.Random | None = None,
         observer: RequestObserver | None = None,
     ) -> None:
-        self.options = options or ClientOptions()
+        self.options = options = options or ClientOptions()
         self.observer = observer
         self.key_source = key_source
         self._secrets = maskable([api_key.reveal()])
-        self._clock, self._sleep, self._wall = clock, sleep, wall
+        self._clock, self._wall = clock, wall
         # The latest deadline a 429's Retry-After set (wall clock), for the
         # engine to persist: a restarted syncd must wait it out too.
         self.rate_limited_until: datetime | None = None
-        self._rng = rng or random.Random()
-        self._pacer = Pacer(
-            RateLimiter(max_rate=self.options.max_requests_per_second), clock=clock, sleep=sleep
-        )
-        self._pace_lock = self._pacer.lock
-        self.limiter = self._pacer.limiter
+        self._pacer = Pacer(RateLimiter(max_rate=options.max_requests_per_second), clock=clock, sleep=sleep)
+        self.limiter = self._pacer.limiter  # to read (the pacer alone changes it)
         self.latency: float | None = None  # seconds an answer takes (moving average)
         self._limit_enforced = False  # a 429 came: the server's rate-limit headers are believed
         self.stats = RequestStats()
-        self._http = httpx.Client(
+        self._stats_lock = threading.Lock()
+        deadline = options.connect_timeout + options.read_timeout
+        self._core = RequestCore(
             base_url=base_url,
             headers={
                 "Authorization": f"Bearer {api_key.reveal()}",
                 "Accept": "application/json",
-                # Compressed answers are refused or inflated within the cap
-                # (syncd.api.encoding): none is wanted.
-                "Accept-Encoding": "identity",
                 "User-Agent": f"syncd/{__version__}",
             },
-            timeout=httpx.Timeout(
-                self.options.read_timeout,
-                connect=self.options.connect_timeout,
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            deadline=deadline,
+            timeout_hint=(
+                f"an answer must be complete within {deadline:g}s, SYNCD_CONNECT_TIMEOUT + SYNCD_READ_TIMEOUT"
             ),
-            # Each socket operation within the request's deadline (syncd.api.deadline).
-            transport=transport or install(httpx.HTTPTransport(verify=tls_context())),
-            follow_redirects=False,
+            policy=RetryPolicy(
+                attempts=options.max_attempts,
+                backoff_base=BACKOFF_BASE,
+                backoff_cap=BACKOFF_CAP,
+                max_retry_after=options.max_retry_wait,
+                total_wait=options.max_retry_wait,
+                total_wait_name="SYNCD_MAX_RETRY_WAIT",
+            ),
+            transport=transport,
+            wall=wall,
+            rng=rng,
         )
 
     def close(self) -> None:
-        self._http.close()
+        self._core.close()
 
     def __enter__(self) -> ApiClient:
         return self
@@ -216,194 +214,19 @@ class ApiClient:
         return self._secrets
 
     def redact(self, text: str) -> str:
-        """``text`` without the key: for anything that may carry the API's words."""
+        """``text`` without the key, in any form: for anything that may carry the API's words."""
         return redact(text, self._secrets)
 
     def limiter_wait(self) -> float:
         """Seconds until the limiter lets the next request go (its pace, or a Retry-After)."""
-        with self._pace_lock:
-            return self.limiter.wait_time(self._clock())
+        return self._pacer.wait()
 
     def wait_until(self, moment: datetime) -> None:
         """Honour a Retry-After deadline persisted by an earlier process (at most
         SYNCD_MAX_RETRY_WAIT from now, whatever an older syncd persisted)."""
         seconds = min((moment - self._wall()).total_seconds(), self.options.max_retry_wait)
         if seconds > 0:
-            self.limiter.not_before(self._clock() + seconds)
-
-    # ------------------------------------------------------------ machinery
-
-    def _pace(self, wanted: Callable[[], bool] | None = None) -> float:
-        return self._pacer.pace(wanted)
-
-    def _nap(self, seconds: float, wanted: Callable[[], bool] | None) -> None:
-        self._pacer.nap(seconds, wanted)
-
-    def _request(
-        self,
-        path: str,
-        params: dict[str, int] | None,
-        *,
-        expect: str,
-        wanted: Callable[[], bool] | None = None,
-    ) -> Any:
-        what = f"GET {path}" + (f"?skip={params['skip']}&limit={params['limit']}" if params else "")
-        waited = 0.0
-        options = self.options
-        for attempt in range(options.max_attempts):
-            sent_at = self._pace(wanted)
-            try:
-                answer = self._attempt(path, params, what, expect=expect)
-            except RetriableApiError as exc:
-                is_429 = exc.status_code == 429
-                delay = (
-                    min(exc.retry_after, options.max_retry_wait)
-                    if exc.retry_after is not None
-                    else backoff_delay(attempt, base=BACKOFF_BASE, cap=BACKOFF_CAP, rng=self._rng)
-                )
-                if is_429:
-                    if self.observer is not None:
-                        self.observer.throttled()
-                    with self._pace_lock:
-                        self.stats.throttled += 1
-                        self.limiter.on_throttled(self._clock(), sent_at)
-                        # Never send anything before the server's deadline.
-                        self.limiter.not_before(self._clock() + delay)
-                        if exc.retry_after is not None:
-                            until = self._wall() + timedelta(seconds=delay)
-                            if self.rate_limited_until is None or until > self.rate_limited_until:
-                                self.rate_limited_until = until
-                if wanted is not None and not wanted():
-                    raise Unwanted from None  # no retry for an answer nobody waits for
-                last_try = attempt + 1 >= options.max_attempts
-                if last_try or waited + delay > options.max_retry_wait:
-                    why = (
-                        f"after {attempt + 1} attempts"
-                        if last_try
-                        else f"the next wait ({delay:.0f}s) would pass SYNCD_MAX_RETRY_WAIT "
-                        f"({options.max_retry_wait:g}s)"
-                    )
-                    raise RetriesExhaustedError(f"{what} kept failing; gave up {why}: {exc}") from None
-                log.warning(
-                    "%s: %s; retrying in %.1fs (attempt %d of %d)%s",
-                    what,
-                    exc,
-                    delay,
-                    attempt + 1,
-                    options.max_attempts,
-                    f"; pace now {self.limiter.rate:.3g} requests/s" if is_429 else "",
-                )
-                waited += delay
-                with self._pace_lock:
-                    self.stats.retry_wait_seconds += delay
-                if self.observer is not None:
-                    self.observer.retry_wait(delay)
-                if not is_429:
-                    self._nap(delay, wanted)
-                continue
-            with self._pace_lock:
-                self.limiter.on_success(self._clock(), sent_at)
-            return answer
-        raise AssertionError("unreachable")
-
-    def _attempt(self, path: str, params: dict[str, int] | None, what: str, *, expect: str) -> Any:
-        with self._pace_lock:
-            self.stats.requests += 1
-            if params is not None:
-                self.stats.list_requests += 1
-            self.stats.in_flight += 1
-        deadline = self.options.connect_timeout + self.options.read_timeout
-        started = self._clock()
-        try:
-            with request_deadline(deadline), self._http.stream("GET", path, params=params) as response:
-                status = response.status_code
-                retry_after = response.headers.get("Retry-After")
-                if status == 429:
-                    self._limit_enforced = True
-                    self._quiet_at_once(retry_after)
-                content = self._read(response, MAX_BODY_BYTES if status == 200 else ERROR_BODY_BYTES)
-                self._heed(response.headers, self._clock() - started)
-        except httpx.TimeoutException as exc:
-            self._count("timeout")
-            raise RetriableApiError(
-                f"timed out ({type(exc).__name__}; an answer must be complete within {deadline:g}s, "
-                "SYNCD_CONNECT_TIMEOUT + SYNCD_READ_TIMEOUT)"
-            ) from None
-        except (EncodingRefused, CorruptBody) as exc:
-            self._count("undecodable")
-            raise RetriableApiError(f"200 with a body that cannot be decoded: {exc}") from None
-        except BodyTooLarge as exc:
-            self._count("undecodable")
-            raise RetriableApiError(f"200 with {exc}") from None
-        except (httpx.TransportError, httpx.StreamError) as exc:
-            self._count("network")
-            raise RetriableApiError(
-                f"connection failed ({type(exc).__name__}: {self._first_line(exc)})"
-            ) from None
-        finally:
-            with self._pace_lock:
-                self.stats.in_flight -= 1
-        self._count(str(status))
-        if status == 200:
-            return self._parse(content, expect, None if params is None else params["limit"])
-        if status == 404 and expect == "object":
-            return None
-        message = self._api_message(content)
-        if status in (401, 403):
-            raise AuthError(
-                f"the API rejected the key ({status} {_phrase(status)}) supplied by "
-                f"{self.key_source}; check or rotate it: {message}",
-                status_code=status,
-            )
-        if status == 429:
-            raise RetriableApiError(
-                f"429 Too Many Requests: {message}",
-                status_code=429,
-                retry_after=parse_retry_after(retry_after, self._wall()),
-            )
-        if status >= 500:
-            raise RetriableApiError(f"{status} {_phrase(status)}: {message}", status_code=status)
-        if status == 404:
-            raise ApiError(f"{what} answered 404 Not Found: is SYNCD_API_URL the API's base URL? {message}")
-        raise BadRequestError(
-            f"the API refused {what} with {status} {_phrase(status)}: {message}", status_code=status
-        )
-
-    def _quiet_at_once(self, retry_after: str | None) -> None:
-        """A 429's Retry-After holds every request from the moment its headers
-        arrive, not once its body is read (the retry logic sets the same)."""
-        seconds = parse_retry_after(retry_after, self._wall())
-        if seconds is not None:
-            with self._pace_lock:
-                self.limiter.not_before(self._clock() + min(seconds, self.options.max_retry_wait))
-
-    def _heed(self, headers: httpx.Headers, seconds: float) -> None:
-        """What an answer tells about the server: how long it takes (for how many
-        requests to keep in flight) and what rate it allows, when it says."""
-        limits = parse_rate_limit_headers(headers, self._wall())
-        with self._pace_lock:
-            self.latency = seconds if self.latency is None else 0.8 * self.latency + 0.2 * seconds
-            self.limiter.reach = self.options.max_in_flight / max(self.latency, 1e-3)
-            # Rate-limit headers slow syncd only once the server has shown that it
-            # enforces a limit (a 429): a header that its own answers contradict
-            # ("RateLimit-Remaining: 0, Reset: 60" on every 200) must not throttle
-            # harder than the 429s do. Before that, the limiter finds the pace.
-            believed = self._limit_enforced
-            if believed and limits.per_second is not None:
-                self.limiter.cap(limits.per_second)
-            # A spent quota: wait for its reset, if that is a plausible window. A
-            # longer one is not believed (a 429 with Retry-After will say so, logged,
-            # persisted and bounded): a server repeating it must not stall syncd.
-            quota_wait = limits.reset if limits.remaining == 0 and believed else None
-            if quota_wait is not None and 0 < quota_wait <= QUOTA_WAIT_LIMIT:
-                self.limiter.not_before(self._clock() + quota_wait)
-        if quota_wait is not None and quota_wait > 1:
-            log.info(
-                "the API says its quota is spent (RateLimit-Remaining: 0); %s",
-                f"waiting {quota_wait:.0f}s for its reset"
-                if quota_wait <= QUOTA_WAIT_LIMIT
-                else f"a reset {quota_wait:.0f}s away is not believed (over {QUOTA_WAIT_LIMIT:.0f}s)",
-            )
+            self._pacer.quiet(seconds)
 
     def in_flight_target(self, demand: float | None = None) -> int:
         """How many requests to keep in flight: as many as the rate allowed
@@ -415,8 +238,7 @@ class ApiClient:
         caller is busy (a commit, a checkpoint): without it, every pause of
         the caller is a pause on the wire. Those queued are not sent early: the
         limiter paces them."""
-        with self._pace_lock:
-            latency, rate = self.latency, self.limiter.rate
+        latency, rate = self.latency, self._pacer.rate
         if latency is None:
             return 1
         if demand is not None and demand < rate:
@@ -427,6 +249,138 @@ class ApiClient:
         else:
             wanted = math.ceil(rate * (latency + IN_FLIGHT_SLACK)) + 1
         return max(1, min(self.options.max_in_flight, wanted))
+
+    # ------------------------------------------------------------ one request
+
+    def _request(
+        self, path: str, params: dict[str, int] | None, *, expect: str, wanted: Callable[[], bool] | None
+    ) -> Any:
+        what = f"GET {path}" + (f"?skip={params['skip']}&limit={params['limit']}" if params else "")
+
+        def attempt() -> Any:
+            with self._stats_lock:
+                self.stats.requests += 1
+                self.stats.list_requests += params is not None
+                self.stats.in_flight += 1
+            sent = self._clock()
+
+            def judge(response: httpx.Response) -> Any:
+                return self._judge(response, what, expect, None if params is None else params["limit"], sent)
+
+            try:
+                return self._core.exchange(path, judge, pacing=self._pacer, params=params)
+            except Retriable as failure:
+                if failure.kind in ("timeout", "network"):
+                    self._count(failure.kind)
+                raise
+            finally:
+                with self._stats_lock:
+                    self.stats.in_flight -= 1
+
+        try:
+            return self._core.send(attempt, pacing=self._pacer, wanted=wanted, on_retry=self._retrying(what))
+        except Exhausted as exc:
+            raise RetriesExhaustedError(
+                f"{what} kept failing; gave up {exc.why}: {exc.failure.reason}"
+            ) from None
+
+    def _retrying(self, what: str) -> Callable[[Retriable, float, int], None]:
+        def on_retry(failure: Retriable, delay: float, attempt: int) -> None:
+            log.warning(
+                "%s: %s; retrying in %.1fs (attempt %d of %d)%s",
+                what,
+                failure.reason,
+                delay,
+                attempt + 1,
+                self.options.max_attempts,
+                f"; pace now {self._pacer.rate:.3g} requests/s" if failure.throttled else "",
+            )
+            with self._stats_lock:
+                self.stats.retry_wait_seconds += delay
+            if self.observer is not None:
+                self.observer.retry_wait(delay)
+
+        return on_retry
+
+    def _judge(self, response: httpx.Response, what: str, expect: str, most: int | None, sent: float) -> Any:
+        """What one answer means (the status table in the module's docstring)."""
+        status = response.status_code
+        try:
+            content = self._read(response, MAX_BODY_BYTES if status == 200 else ERROR_BODY_BYTES)
+        except (EncodingRefused, CorruptBody) as exc:
+            self._count("undecodable")
+            raise Retriable(f"200 with a body that cannot be decoded: {exc}", kind="undecodable") from None
+        except BodyTooLarge as exc:
+            self._count("undecodable")
+            raise Retriable(f"200 with {exc}", kind="undecodable") from None
+        self._heed(response.headers, self._clock() - sent, throttled=status == 429)
+        self._count(str(status))
+        if status == 200:
+            return self._parse(content, expect, most)
+        if status == 404 and expect == "object":
+            return None
+        message = self._api_message(content)
+        if status in (401, 403):
+            raise AuthError(
+                f"the API rejected the key ({status} {phrase(status)}) supplied by "
+                f"{self.key_source}; check or rotate it: {message}",
+                status_code=status,
+            )
+        if status == 429:
+            raise self._throttled(response, message)
+        if status >= 500:
+            raise Retriable(f"{status} {phrase(status)}: {message}", kind=str(status))
+        if status == 404:
+            raise ApiError(f"{what} answered 404 Not Found: is SYNCD_API_URL the API's base URL? {message}")
+        raise BadRequestError(
+            f"the API refused {what} with {status} {phrase(status)}: {message}", status_code=status
+        )
+
+    def _throttled(self, response: httpx.Response, message: str) -> Retriable:
+        """A 429: counted, and its Retry-After kept (wall clock) for the engine to persist."""
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall())
+        with self._stats_lock:
+            self.stats.throttled += 1
+            if retry_after is not None:
+                until = self._wall() + timedelta(seconds=min(retry_after, self.options.max_retry_wait))
+                if self.rate_limited_until is None or until > self.rate_limited_until:
+                    self.rate_limited_until = until
+        if self.observer is not None:
+            self.observer.throttled()
+        return Retriable(
+            f"429 Too Many Requests: {message}", kind="429", retry_after=retry_after, throttled=True
+        )
+
+    def _heed(self, headers: httpx.Headers, seconds: float, *, throttled: bool) -> None:
+        """What an answer tells about the server: how long it takes (for how many
+        requests to keep in flight) and what rate it allows, when it says."""
+        self.latency = seconds if self.latency is None else 0.8 * self.latency + 0.2 * seconds
+        self._pacer.reach(self.options.max_in_flight / max(self.latency, 1e-3))
+        # Rate-limit headers slow syncd only once the server has shown that it
+        # enforces a limit (a 429): a header that its own answers contradict
+        # ("RateLimit-Remaining: 0, Reset: 60" on every 200) must not throttle
+        # harder than the 429s do. Before that, the limiter finds the pace.
+        self._limit_enforced = self._limit_enforced or throttled
+        if not self._limit_enforced:
+            return
+        limits = parse_rate_limit_headers(headers, self._wall())
+        if limits.per_second is not None:
+            self._pacer.cap(limits.per_second)
+        # A spent quota: wait for its reset, if that is a plausible window. A
+        # longer one is not believed (a 429 with Retry-After will say so, logged,
+        # persisted and bounded): a server repeating it must not stall syncd.
+        quota_wait = limits.reset if limits.remaining == 0 else None
+        if quota_wait is None:
+            return
+        if 0 < quota_wait <= QUOTA_WAIT_LIMIT:
+            self._pacer.quiet(quota_wait)
+        if quota_wait > 1:
+            log.info(
+                "the API says its quota is spent (RateLimit-Remaining: 0); %s",
+                f"waiting {quota_wait:.0f}s for its reset"
+                if quota_wait <= QUOTA_WAIT_LIMIT
+                else f"a reset {quota_wait:.0f}s away is not believed (over {QUOTA_WAIT_LIMIT:.0f}s)",
+            )
 
     def _read(self, response: httpx.Response, limit: int) -> bytearray:
         """The body, decoded, up to ``limit`` bytes: a page over it is broken
@@ -460,22 +414,18 @@ class ApiClient:
         try:
             value = parse_array(content) if expect == "array" else parse_object(content)
         except BrokenBody as exc:
-            raise RetriableApiError(f"200 with a broken body: {exc}") from None
+            raise Retriable(f"200 with a broken body: {exc}", kind="200") from None
         if most is not None and isinstance(value, list) and len(value) > most:
-            raise RetriableApiError(
-                f"200 with {len(value):,} elements for limit={most}: not the page asked for"
+            raise Retriable(
+                f"200 with {len(value):,} elements for limit={most}: not the page asked for", kind="200"
             )
         return value
 
     def _count(self, key: str) -> None:
-        with self._pace_lock:
+        with self._stats_lock:
             self.stats.by_status[key] += 1
         if self.observer is not None:
             self.observer.answered(key)
-
-    def _first_line(self, exc: BaseException) -> str:
-        text = self.redact(str(exc)).strip()
-        return text.splitlines()[0][:200] if text else "no details"
 
     def _api_message(self, content: bytearray) -> str:
         """The error body's ``message`` (string or list), or a short note on the body;
@@ -491,10 +441,3 @@ class ApiClient:
             return "(no message)"
         text = self.redact(str(message))
         return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"

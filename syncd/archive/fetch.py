@@ -45,13 +45,14 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from syncd import __version__
-from syncd.api.backoff import RateLimiter, backoff_delay, parse_retry_after
-from syncd.api.client import tls_context
-from syncd.api.deadline import install, request_deadline
-from syncd.api.pace import Pacer, Unwanted
 from syncd.archive.files import ContentStore, NotAnImage, Stored, TooLarge
 from syncd.archive.plan import Verdict, media_type, verdict_for_status
 from syncd.errors import one_line
+from syncd.net.core import tls_context
+from syncd.net.deadline import install, request_deadline
+from syncd.net.limiter import RateLimiter
+from syncd.net.pace import Pacer, Unwanted
+from syncd.net.retry import backoff_delay, parse_retry_after
 from syncd.redaction import contains as contains_secret
 
 MAX_REDIRECTS = 5
@@ -117,7 +118,7 @@ def forbidden_address(text: str) -> bool:
 
 
 def refuse_forbidden(address: str) -> None:
-    """The peer check of image connections (syncd.api.deadline.install)."""
+    """The peer check of image connections (syncd.net.deadline.install)."""
     if not address or forbidden_address(address):
         raise ForbiddenAddress(
             f"the host resolves to {address or 'no network address'}, where no image host is: not fetched"

@@ -27,14 +27,14 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from syncd import db
-from syncd.api.pace import Unwanted
 from syncd.archive import rows
 from syncd.archive.fetch import Fetched, FetchFailure, ImageFetcher
 from syncd.archive.files import ContentStore
 from syncd.archive.plan import Due, FileStatus, Verdict, retry_at
 from syncd.errors import ArchiveStorageError, Interrupted, one_line
+from syncd.net.inflight import InFlight
+from syncd.net.pace import Unwanted
 from syncd.redaction import redact
-from syncd.sync.inflight import InFlight
 
 log = logging.getLogger("syncd.archive")
 

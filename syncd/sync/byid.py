@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from syncd import store
-from syncd.api.pace import Unwanted
 from syncd.errors import ApiError, AuthError, BadRequestError
+from syncd.net.pace import Unwanted
 from syncd.records import classify_page
 from syncd.sync.context import Abandoned, RunContext
 from syncd.sync.pages import ListedPage

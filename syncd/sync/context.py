@@ -27,8 +27,8 @@ from syncd import store
 from syncd.api.client import ApiClient
 from syncd.db import writer
 from syncd.errors import Interrupted
+from syncd.net.inflight import InFlight
 from syncd.state import STREAM
-from syncd.sync.inflight import InFlight
 from syncd.sync.pages import PageWriter
 from syncd.sync.runs import Progress, RunRecord, RunRecorder
 

@@ -17,11 +17,11 @@ from concurrent.futures import Future
 from dataclasses import replace
 
 from syncd import store
-from syncd.api.pace import Unwanted
 from syncd.errors import ApiError, AuthError, Interrupted
+from syncd.net.inflight import InFlight
+from syncd.net.pace import Unwanted
 from syncd.state import STREAM
 from syncd.sync.context import RunContext
-from syncd.sync.inflight import InFlight
 from syncd.sync.pages import ListedPage, PageWriter, Rewind
 from syncd.sync.planner import Planner, Request
 from syncd.sync.runs import RunRecord

@@ -1,7 +1,8 @@
 """Request starts paced by one RateLimiter, shared by the threads that send.
 
-The API client and the image fetcher each have one (their own budgets: the
-image hosts are not the API). Slots are claimed in the order requests ask,
+The API client and the image fetcher each have their own (their own budgets:
+the image hosts are not the API); the limiter is changed only here, under
+the pacer's lock. Slots are claimed in the order requests ask,
 so that with several in flight they go out in the order they are needed. A
 429 that asks for quiet while a request waits for its slot sends it to a new
 slot after the quiet. A waiting request asks every NAP_STEP whether it is
@@ -13,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from syncd.api.backoff import RateLimiter
+from syncd.net.limiter import RateLimiter
 
 NAP_STEP = 0.2  # seconds: how often a waiting request asks whether it is still wanted
 
@@ -60,8 +61,8 @@ class Pacer:
                 raise Unwanted
             self._sleep(min(left, NAP_STEP))
 
-    def hold(self, seconds: float) -> None:
-        """Send nothing for ``seconds`` from now (a Retry-After)."""
+    def quiet(self, seconds: float) -> None:
+        """Send nothing for ``seconds`` from now (a Retry-After, a spent quota)."""
         with self.lock:
             self.limiter.not_before(self._clock() + seconds)
 
@@ -75,7 +76,23 @@ class Pacer:
         with self.lock:
             self.limiter.on_success(self._clock(), sent_at)
 
+    def cap(self, rate: float) -> None:
+        """The server states its limit: no faster than ``rate`` requests/s."""
+        with self.lock:
+            self.limiter.cap(rate)
+
+    def reach(self, rate: float) -> None:
+        """The rate the requests in flight allow (what "pushing" is measured against)."""
+        with self.lock:
+            self.limiter.reach = rate
+
+    @property
+    def rate(self) -> float:
+        """The pace now, requests/s."""
+        with self.lock:
+            return self.limiter.rate
+
     def wait(self) -> float:
-        """Seconds until the limiter lets the next request go."""
+        """Seconds until the limiter lets the next request go (its pace, or a quiet)."""
         with self.lock:
             return self.limiter.wait_time(self._clock())
