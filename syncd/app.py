@@ -119,9 +119,17 @@ def interruptible_sleep(stop: threading.Event) -> Callable[[float], None]:
 
 
 def make_client(
-    settings: Settings, stop: threading.Event | None = None, observer: RequestObserver | None = None
+    settings: Settings,
+    stop: threading.Event | None = None,
+    observer: RequestObserver | None = None,
+    *,
+    retry_unreachable: bool = True,
 ) -> ApiClient:
+    """The API client of ``settings``. ``retry_unreachable``: False for a
+    one-off command (a host that does not resolve, a refused port: said at
+    once); the daemon keeps trying until the server is back."""
     url, key = settings.require_api()
+    stop = stop or threading.Event()
     if warning := settings.cleartext_warning():
         _warn_once(warning)
     return ApiClient(
@@ -135,9 +143,11 @@ def make_client(
             max_retry_wait=settings.max_retry_wait,
             max_requests_per_second=settings.max_requests_per_second,
             max_in_flight=settings.max_in_flight,
+            retry_unreachable=retry_unreachable,
         ),
-        sleep=interruptible_sleep(stop or threading.Event()),
+        sleep=interruptible_sleep(stop),
         observer=observer,
+        stopping=stop.is_set,
     )
 
 
@@ -157,7 +167,14 @@ def run_once(
     with open_engine(settings) as engine, db.sync_lock(engine):
         db.ensure_schema(engine, migrate=migrate)
         return sync_with(
-            settings, engine, full=full, list_run=list_run, refresh=refresh, stop=stop, on_page=on_page
+            settings,
+            engine,
+            full=full,
+            list_run=list_run,
+            refresh=refresh,
+            stop=stop,
+            on_page=on_page,
+            retry_unreachable=False,
         )
 
 
@@ -174,6 +191,7 @@ def sync_with(
     refresh_seconds: float | None = None,
     refresh_failures: dict[str, datetime] | None = None,
     observer: RequestObserver | None = None,
+    retry_unreachable: bool = True,
 ) -> SyncOutcome:
     """The sync itself, for a caller that already holds the lock.
 
@@ -186,7 +204,7 @@ def sync_with(
     outcome = SyncOutcome()
     summaries = outcome.summaries
     stop = stop or threading.Event()
-    with make_client(settings, stop, observer) as client:
+    with make_client(settings, stop, observer, retry_unreachable=retry_unreachable) as client:
         syncer = Syncer(
             engine,
             client,

@@ -87,6 +87,9 @@ class ClientOptions:
     max_retry_wait: float = 900.0
     max_requests_per_second: float = 5.0
     max_in_flight: int = 8
+    # False for a one-off run: a host name that does not resolve or a refused
+    # port is said at once; the daemon waits for the server to come back.
+    retry_unreachable: bool = True
 
 
 @dataclass
@@ -125,8 +128,10 @@ class ApiClient:
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
         observer: RequestObserver | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.options = options = options or ClientOptions()
+        self._stopping = stopping  # a stop was asked for: retries are not announced
         self.observer = observer
         self.key_source = key_source
         self._secrets = maskable([api_key.reveal()])
@@ -161,6 +166,7 @@ class ApiClient:
                 max_retry_after=options.max_retry_wait,
                 total_wait=options.max_retry_wait,
                 total_wait_name="SYNCD_MAX_RETRY_WAIT",
+                retry_unreachable=options.retry_unreachable,
             ),
             transport=transport,
             wall=wall,
@@ -280,12 +286,18 @@ class ApiClient:
         try:
             return self._core.send(attempt, pacing=self._pacer, wanted=wanted, on_retry=self._retrying(what))
         except Exhausted as exc:
+            if exc.failure.unreachable and not self.options.retry_unreachable:
+                raise ApiError(
+                    f"cannot reach the API for {what}: {exc.failure.reason}; is SYNCD_API_URL right?"
+                ) from None
             raise RetriesExhaustedError(
                 f"{what} kept failing; gave up {exc.why}: {exc.failure.reason}"
             ) from None
 
     def _retrying(self, what: str) -> Callable[[Retriable, float, int], None]:
         def on_retry(failure: Retriable, delay: float, attempt: int) -> None:
+            if self._stopping():
+                return  # the wait that follows ends the run: no retry to announce
             log.warning(
                 "%s: %s; retrying in %.1fs (attempt %d of %d)%s",
                 what,

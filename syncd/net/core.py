@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import random
+import socket
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -52,6 +53,21 @@ def phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """Why no server could be talked to, when the failure says so: a host name
+    that does not resolve, or a port nobody listens on."""
+    if not isinstance(exc, httpx.ConnectError):
+        return None
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return "the host name does not resolve"
+        if isinstance(cause, ConnectionRefusedError):
+            return "the connection was refused (nothing listens at that address and port)"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 class Pacing(Protocol):
@@ -132,7 +148,11 @@ class RequestCore:
         except (httpx.TransportError, httpx.StreamError) as exc:
             text = str(exc).strip()
             detail = text.splitlines()[0][:200] if text else "no details"
-            raise Retriable(f"connection failed ({type(exc).__name__}: {detail})", kind="network") from None
+            unreachable = _unreachable(exc)
+            reason = f"connection failed ({type(exc).__name__}: {detail})"
+            if unreachable:
+                reason = f"{unreachable} ({type(exc).__name__}: {detail})"
+            raise Retriable(reason, kind="network", unreachable=unreachable is not None) from None
 
     def send(
         self,

@@ -60,14 +60,23 @@ class Retriable(Exception):
 
     ``kind``: what the request's counters call it (a status code, or
     timeout/network/undecodable); ``retry_after``: the seconds the server
-    asked for, when it said; ``throttled``: a 429 (the pace slows).
+    asked for, when it said; ``throttled``: a 429 (the pace slows);
+    ``unreachable``: no server to talk to (a host name that does not
+    resolve, a refused connection), which a one-off run reports at once.
     """
 
     def __init__(
-        self, reason: str, *, kind: str, retry_after: float | None = None, throttled: bool = False
+        self,
+        reason: str,
+        *,
+        kind: str,
+        retry_after: float | None = None,
+        throttled: bool = False,
+        unreachable: bool = False,
     ) -> None:
         super().__init__(reason)
-        self.reason, self.kind, self.retry_after, self.throttled = reason, kind, retry_after, throttled
+        self.reason, self.kind, self.retry_after = reason, kind, retry_after
+        self.throttled, self.unreachable = throttled, unreachable
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,9 @@ class RetryPolicy:
     must be honoured) or ends the request's attempts for now ("give up", an
     image host: the file is tried again by a later run). ``total_wait``
     bounds the waits of one request together (``total_wait_name`` names the
-    setting in the message).
+    setting in the message). ``retry_unreachable``: False for a one-off run
+    (a typo in the host is said at once); True for the daemon, which waits
+    for the server to come back.
     """
 
     attempts: int
@@ -89,6 +100,7 @@ class RetryPolicy:
     longer_retry_after: str = "clamp"  # or "give up"
     total_wait: float | None = None
     total_wait_name: str = "the longest total wait"
+    retry_unreachable: bool = True
 
     def delay(self, attempt: int, failure: Retriable, rng: random.Random) -> float:
         """Seconds to wait after the failed ``attempt`` (counted from 0)."""
@@ -98,6 +110,8 @@ class RetryPolicy:
 
     def gives_up(self, attempt: int, failure: Retriable, delay: float, waited: float) -> str | None:
         """Why no attempt follows the failed ``attempt`` (for the message), or None."""
+        if failure.unreachable and not self.retry_unreachable:
+            return "at once: the server cannot be reached"
         if attempt + 1 >= self.attempts:
             return f"after {attempt + 1} attempts"
         if (
