@@ -378,7 +378,8 @@ def lock_file(lock_path: Path, held: str, error: type[SyncdError] = DatabaseErro
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockHeldError(held) from None
+            holder = os.pread(fd, 24, 0).decode("ascii", "replace").strip()
+            raise LockHeldError(f"{held} by process {holder}" if holder.isdigit() else held) from None
         # Our own plain file, locked: the holder's PID is there for an operator.
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
