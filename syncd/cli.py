@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import click
 import orjson
 
-from syncd import __version__
+from syncd import SCHEMA_REVISION, __version__
 from syncd.clitools import api_options, command_settings, database_options, handle_errors, summary_screen
 from syncd.errors import ExitCode, SyncdError, one_line
 from syncd.signals import install_stop_signals
@@ -53,10 +53,18 @@ class _Commands(click.Group):
 
 
 @click.group(
-    cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+    cls=_Commands,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.version_option(__version__, prog_name="syncd")
-def cli() -> None:
+@click.version_option(
+    __version__,
+    prog_name="syncd",
+    message=f"%(prog)s %(version)s (database schema revision {SCHEMA_REVISION})",
+    help="Show syncd's version and the schema revision it expects, and exit.",
+)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Keep a local SQL database in step with the Tengr.ai artworks API.
 
     Settings come from SYNCD_* environment variables, then a TOML file
@@ -68,6 +76,7 @@ def cli() -> None:
       SYNCD_API_URL=https://api.tengr.ai SYNCD_API_KEY_FILE=key syncd run-once
       syncd status --max-age 900
     """
+    _help_without_a_command(ctx)
 
 
 # ---------------------------------------------------------------- run-once
@@ -286,9 +295,14 @@ def archive_progress_line(progress: Any) -> str:
 @cli.command("daemon")
 @database_options
 @api_options
-@click.option("--interval", help="Seconds between incremental syncs [env SYNCD_INTERVAL; default 300].")
+@click.option(
+    "--interval",
+    metavar="FLOAT",
+    help="Seconds between incremental syncs [env SYNCD_INTERVAL; default 300].",
+)
 @click.option(
     "--full-sync-interval",
+    metavar="FLOAT",
     help="Seconds between full reconciliations [env SYNCD_FULL_SYNC_INTERVAL; default 86400].",
 )
 @handle_errors
@@ -314,8 +328,9 @@ def daemon_command(**kwargs: Any) -> None:
 # ---------------------------------------------------------------- db
 
 
-@cli.group("db")
-def db_group() -> None:
+@cli.group("db", invoke_without_command=True)
+@click.pass_context
+def db_group(ctx: click.Context) -> None:
     """Schema migrations (Alembic): print the revision, or upgrade by hand.
 
     run-once and daemon migrate by themselves; upgrade by hand to choose
@@ -326,6 +341,14 @@ def db_group() -> None:
       syncd db current --database-url postgresql://syncd@db/syncd
       syncd db upgrade --database-url postgresql://syncd@db/syncd
     """
+    _help_without_a_command(ctx)
+
+
+def _help_without_a_command(ctx: click.Context) -> None:
+    """A group named alone lists its commands and succeeds (it is a question, not a mistake)."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
 
 
 @db_group.command("upgrade")

@@ -58,7 +58,9 @@ def api_options(func: F) -> F:
             click.option("--api-url", help="API base URL, before /v1/artworks [env SYNCD_API_URL]."),
             click.option("--api-key-file", help="File holding the API key [env SYNCD_API_KEY_FILE]."),
             click.option(
-                "--page-size", help="Records per list request, 1..500 [env SYNCD_PAGE_SIZE; default 500]."
+                "--page-size",
+                metavar="INTEGER",
+                help="Records per list request, 1..500 [env SYNCD_PAGE_SIZE; default 500].",
             ),
         ],
     )

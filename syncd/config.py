@@ -175,7 +175,9 @@ def _parse_database_url(raw: object) -> str:
     if url.drivername not in ("postgresql", "postgres", "postgresql+psycopg"):
         raise ValueError(f"syncd uses psycopg 3: write postgresql://..., not {url.drivername}://...")
     if importlib.util.find_spec("psycopg") is None:
-        raise ValueError("PostgreSQL needs the postgres extra: pip install 'syncd[postgres]'")
+        raise ValueError(
+            "PostgreSQL needs the postgres extra: pip install 'syncd[postgres]' (in a clone: pip install '.[postgres]')"
+        )
     return text
 
 
