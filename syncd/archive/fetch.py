@@ -49,7 +49,7 @@ from syncd.api.backoff import RateLimiter, backoff_delay, parse_retry_after
 from syncd.api.client import tls_context
 from syncd.api.deadline import install, request_deadline
 from syncd.api.pace import Pacer, Unwanted
-from syncd.archive.files import ContentStore, NotAnImage, Stored, TooLarge
+from syncd.archive.files import ContentStore, NotAnImage, NotPlaceable, Stored, TooLarge
 from syncd.archive.plan import Verdict, media_type, verdict_for_status
 from syncd.errors import one_line, redact
 
@@ -283,7 +283,7 @@ class ImageFetcher:
                         raise Unwanted
                     receiver.write(chunk)
                 stored = receiver.finish()
-        except (NotAnImage, TooLarge) as exc:
+        except (NotAnImage, TooLarge, NotPlaceable) as exc:
             raise FetchFailure(Verdict.FAILED, str(exc)) from None
         return Fetched(stored, declared)
 

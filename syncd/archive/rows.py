@@ -261,15 +261,15 @@ def archived_count(conn: Connection) -> int:
     )
 
 
-def archived_paths(conn: Connection) -> list[tuple[str, str]]:
-    """(path, sha256) of every archived file, once each."""
+def archived_paths(conn: Connection) -> list[tuple[str, str, int | None]]:
+    """(path, sha256, size_bytes) of every archived file, once each."""
     rows = conn.execute(
-        select(files.c.path, files.c.sha256)
+        select(files.c.path, files.c.sha256, files.c.size_bytes)
         .where(files.c.status == FileStatus.ARCHIVED.value, files.c.path.is_not(None))
         .distinct()
         .order_by(files.c.path)
     ).all()
-    return [(str(path), str(sha256)) for path, sha256 in rows]
+    return [(str(path), str(sha256), size) for path, sha256, size in rows]
 
 
 def retry_failed(conn: Connection, now: datetime) -> int:
