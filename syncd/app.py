@@ -277,6 +277,7 @@ def archive_with(
             max_requests_per_second=settings.archive_max_requests_per_second,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            allow_private=settings.archive_allow_private,
         ),
         secrets=secrets,
         sleep=interruptible_sleep(stop),

@@ -182,14 +182,18 @@ class Clock:
 
 
 def fetcher(
-    tmp_path: Path, handler: httpx.MockTransport, clock: Clock | None = None, secrets: tuple[str, ...] = ()
+    tmp_path: Path,
+    handler: httpx.MockTransport,
+    clock: Clock | None = None,
+    secrets: tuple[str, ...] = (),
+    allow_private: bool = True,
 ) -> ImageFetcher:
     store = ContentStore(tmp_path, max_file_bytes=1 << 20)
     store.prepare()
     clock = clock or Clock()
     return ImageFetcher(
         store,
-        FetchOptions(max_requests_per_second=1000),
+        FetchOptions(max_requests_per_second=1000, allow_private=allow_private),
         transport=handler,
         secrets=secrets,
         clock=lambda: clock.now,
@@ -283,6 +287,17 @@ def test_what_each_answer_means(
     [
         "file:///etc/passwd",
         "http://169.254.169.254/latest/meta-data",
+        "http://2852039166/latest/meta-data",  # the same, as one number
+        "http://0xa9fea9fe/latest/meta-data",
+        "http://0251.0376.0251.0376/latest/meta-data",
+        "http://169.254.43518/latest/meta-data",
+        "http://[::ffff:169.254.169.254]/latest/meta-data",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+        "http://[fe80::1%25eth0]/a.png",
+        "http://100.100.100.200/latest/meta-data",
+        "http://[fd00:ec2::254]/latest/meta-data",
+        "http://169.254.170.2/v2/credentials",
+        "http://0.0.0.0:8080/a.png",
         "https://user:pw@cdn.example/a.png",
         "ftp://x/a.png",
         "not a url",
@@ -294,6 +309,24 @@ def test_urls_that_are_no_image_host_are_not_fetched(tmp_path: Path, url: str) -
     with pytest.raises(FetchFailure) as caught:
         fetcher(tmp_path, transport).fetch(url)
     assert caught.value.verdict is Verdict.REFUSED and not sent
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://10.0.0.7/a.png", "http://127.0.0.1:8080/a.png", "http://[::1]/a.png", "http://localhost/a.png"],
+)
+def test_private_hosts_are_fetched_unless_the_operator_refuses_them(tmp_path: Path, url: str) -> None:
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return answer_with(200, {"Content-Type": "image/png"}, PNG)
+
+    assert fetcher(tmp_path, httpx.MockTransport(answer)).fetch(url).stored.size == len(PNG)
+    refusing = fetcher(tmp_path, httpx.MockTransport(answer), allow_private=False)
+    with pytest.raises(FetchFailure, match="SYNCD_ARCHIVE_ALLOW_PRIVATE") as caught:
+        refusing.fetch(url)
+    assert caught.value.verdict is Verdict.REFUSED and len(sent) == 1
 
 
 def test_a_429_is_waited_out_and_slows_the_pace(tmp_path: Path) -> None:
@@ -374,12 +407,13 @@ def test_a_url_that_carries_the_key_is_not_fetched_however_it_is_encoded(tmp_pat
     assert not sent
 
 
-def test_a_host_that_resolves_to_the_metadata_service_is_not_talked_to() -> None:
+@pytest.mark.parametrize("allow_private", [True, False])
+def test_a_host_that_resolves_to_the_metadata_service_is_not_talked_to(allow_private: bool) -> None:
     from syncd.api.deadline import _Backend
-    from syncd.archive.fetch import ForbiddenAddress, refuse_forbidden
+    from syncd.archive.fetch import ForbiddenAddress, peer_check
 
-    def _PublicOnly(backend: object) -> _Backend:
-        return _Backend(backend, refuse_forbidden)  # type: ignore[arg-type]
+    def guarded(backend: object) -> _Backend:
+        return _Backend(backend, peer_check(allow_private=allow_private))  # type: ignore[arg-type]
 
     class Stream:
         closed = False
@@ -400,12 +434,15 @@ def test_a_host_that_resolves_to_the_metadata_service_is_not_talked_to() -> None
         def connect_tcp(self, *args: object) -> Stream:
             return self.stream
 
-    for peer in ("169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254", "224.0.0.1"):
+    refused = ["169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254", "224.0.0.1", "100.100.100.200"]
+    private = ["10.0.0.1", "127.0.0.1", "::1"]
+    for peer in refused + ([] if allow_private else private):
         backend = Backend(peer)
         with pytest.raises(ForbiddenAddress):
-            _PublicOnly(backend).connect_tcp("2852039166", 80)  # type: ignore[arg-type]
+            guarded(backend).connect_tcp("cdn.example", 80)  # type: ignore[arg-type]
         assert backend.stream.closed
-    assert _PublicOnly(Backend("93.184.216.34")).connect_tcp("cdn.example", 80)  # type: ignore[arg-type]
+    for peer in ["93.184.216.34", *(private if allow_private else [])]:
+        assert guarded(Backend(peer)).connect_tcp("cdn.example", 80)  # type: ignore[arg-type]
 
 
 def test_links_planted_inside_the_folder_are_never_written_through(tmp_path: Path) -> None:
