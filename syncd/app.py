@@ -31,7 +31,8 @@ from syncd.sync.engine import Progress, Syncer
 
 if TYPE_CHECKING:  # run-once need not import prometheus_client (nor the archive)
     from syncd.archive.files import ContentStore
-    from syncd.archive.job import ArchiveProgress, ArchiveResult, VerifyReport
+    from syncd.archive.job import ArchiveProgress, ArchiveResult
+    from syncd.archive.verify import VerifyReport
     from syncd.metrics import Metrics
 
 log = logging.getLogger("syncd")
@@ -185,6 +186,8 @@ def sync_with(
     outcome = SyncOutcome()
     summaries = outcome.summaries
     stop = stop or threading.Event()
+    if settings.archive_dir is not None:
+        _archive_on(engine)
     with make_client(settings, stop, observer) as client:
         syncer = Syncer(
             engine,
@@ -211,6 +214,24 @@ def sync_with(
 
 
 # ------------------------------------------------------------------ the image archive
+
+
+def _archive_on(engine: Engine) -> None:
+    """With SYNCD_ARCHIVE_DIR set, the pages this sync writes record their
+    images (the caller holds the one-syncer lock, which turning it on needs)."""
+    from syncd.archive import discover
+
+    try:
+        with engine.connect() as conn:
+            if discover.is_on(conn):
+                return
+        with db.writer(engine).begin() as conn:
+            if discover.turn_on(conn, datetime.now(UTC)):
+                log.info(
+                    "the image archive is on for this database: artworks written from now on record their images"
+                )
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"database error turning the image archive on: {database_reason(exc)}") from None
 
 
 @dataclass
@@ -261,7 +282,8 @@ def archive_with(
     from syncd.archive import rows
     from syncd.archive.fetch import FetchOptions, ImageFetcher
     from syncd.archive.files import ContentStore
-    from syncd.archive.job import Archiver, verify_archive
+    from syncd.archive.job import Archiver
+    from syncd.archive.verify import verify_archive
 
     store = ContentStore(
         settings.require_archive(),
@@ -307,6 +329,7 @@ def archive_with(
         raise DatabaseError(f"database error during the archive run: {database_reason(exc)}") from None
     finally:
         fetcher.close()
+        store.close()
     log.info("%s", result.line())
     return ArchiveOutcome(result, verified)
 

@@ -328,7 +328,7 @@ def archive_command(
         ("bytes written", c.bytes_written),
         ("gone", c.gone),
         ("failed", c.failed),
-        ("discovered", c.discovered),
+        ("walked", c.walked),
     ]
     click.echo(
         "\n".join(
