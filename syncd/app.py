@@ -250,8 +250,13 @@ def archive(
     stop: threading.Event | None = None,
     on_progress: Callable[[ArchiveProgress], None] | None = None,
 ) -> ArchiveOutcome:
-    """``syncd archive``: archive what is due (after verifying, when asked)."""
+    """``syncd archive``: archive what is due (after verifying, when asked).
+
+    A database that does not exist is refused (exit 6, as ``status`` does):
+    nothing is created, neither the database, nor its lock files, nor the
+    folder; there is nothing to archive before a sync."""
     settings.require_archive()  # a config error before the database is touched
+    _require_sqlite_file(settings)
     freeze_startup_objects()
     with open_engine(settings) as engine:
         if not db.schema_version(engine).up_to_date:

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import Engine, event, select
 
 from syncd import app, db
 from syncd.archive import job, rows
 from syncd.archive.job import ArchiveProgress
 from syncd.archive.plan import Due, host_cap, origin, startable
+from syncd.cli import cli
 from syncd.config import Settings
 from syncd.fakeapi.images import ImageFaults, ImageServer, expected_sha256
 from tests.conftest import World, make_settings, wait_for
@@ -212,3 +214,20 @@ def test_outcomes_are_written_in_batches_not_one_statement_an_image(
     images = len(referenced(w))
     assert sum(updates) >= images and len(updates) <= 6  # two statements a batch, few batches
     assert all(r.status == "archived" for r in table(engine))
+
+
+def test_archive_against_a_database_that_does_not_exist_refuses_and_creates_nothing(tmp_path: Path) -> None:
+    database = tmp_path / "missing" / "syncd.db"
+    (tmp_path / "missing").mkdir()
+    archive = tmp_path / "images"
+    env = {
+        "SYNCD_DATABASE_URL": f"sqlite:///{database}",
+        "SYNCD_ARCHIVE_DIR": str(archive),
+        "SYNCD_API_URL": "http://127.0.0.1:9",
+        "SYNCD_API_KEY": "test-key",
+    }
+    result = CliRunner().invoke(cli, ["archive"], env=env)
+    assert result.exit_code == 6, result.output
+    assert "does not exist" in result.output
+    assert list((tmp_path / "missing").iterdir()) == []  # no database, -wal, -shm or lock files
+    assert not archive.exists()
