@@ -14,9 +14,9 @@ from sqlalchemy import Engine, event, select
 
 from syncd import app, db
 from syncd.archive import job, rows
-from syncd.archive.job import ArchiveProgress
+from syncd.archive.job import ArchiveCounts, ArchiveProgress
 from syncd.archive.plan import Due, host_cap, origin, startable
-from syncd.cli import cli
+from syncd.cli import archive_progress_line, cli
 from syncd.config import Settings
 from syncd.fakeapi.images import ImageFaults, ImageServer, expected_sha256
 from tests.conftest import World, make_settings, wait_for
@@ -172,6 +172,13 @@ def test_the_host_cap_lets_other_hosts_past_a_busy_one() -> None:
 
 
 # ------------------------------------------------------------------ the operator's view
+
+
+def test_the_progress_line_says_the_total_and_when_it_will_be_done() -> None:
+    counts = ArchiveCounts(archived=90, gone=5, failed=5)
+    line = archive_progress_line(ArchiveProgress(counts, 4, 50.0, 10.0, remaining=900, eta=450.0))
+    assert "100 of 1,000 images" in line and "ETA 7m" in line
+    assert "ETA ?" in archive_progress_line(ArchiveProgress(ArchiveCounts(), 0, 0.0, 10.0, remaining=5))
 
 
 def test_a_run_reports_its_total_and_an_eta_as_it_goes(
