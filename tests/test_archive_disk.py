@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from syncd import app, db
-from syncd.archive import rows
+from syncd.archive import rows, verify
 from syncd.archive.files import ContentStore, NotPlaceable
 from syncd.archive.plan import content_path, sniff_extension
 from syncd.config import Settings
@@ -144,7 +144,7 @@ def test_verify_reads_at_most_the_recorded_size_and_one_byte(tmp_path: Path) -> 
     os_read = pytest.MonkeyPatch()
     os_read.setattr(os, "read", counting_read)
     try:
-        assert store.verify(kept.path, kept.sha256, kept.size) == "corrupt"
+        assert verify.check(store, kept.path, kept.sha256, kept.size) == "corrupt"
     finally:
         os_read.undo()
     assert sum(reads) <= kept.size + 1
@@ -169,7 +169,7 @@ def test_verify_hears_a_stop_request_inside_one_large_file(tmp_path: Path) -> No
 
     stop = StopAfterFirstChunk()
     with pytest.raises(Interrupted):
-        store.verify(kept.path, kept.sha256, kept.size, stop=stop)  # type: ignore[arg-type]
+        verify.check(store, kept.path, kept.sha256, kept.size, stop=stop)  # type: ignore[arg-type]
     assert stop.calls == 2  # asked before each chunk: it stopped at the second
 
 

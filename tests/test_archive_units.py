@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from syncd.archive import verify
 from syncd.archive.fetch import FetchFailure, FetchOptions, ImageFetcher
 from syncd.archive.files import ContentStore, NotPlaceable
 from syncd.archive.plan import (
@@ -86,11 +87,11 @@ def test_a_file_appears_only_complete_and_identical_bytes_are_stored_once(tmp_pa
     assert first.new and not second.new and first.path == second.path
     assert (tmp_path / first.path).read_bytes() == PNG
     assert not list((tmp_path / "incoming").iterdir())
-    assert store.verify(first.path, first.sha256, first.size) == "ok"
+    assert verify.check(store, first.path, first.sha256, first.size) == "ok"
     (tmp_path / first.path).write_bytes(PNG + b"!")
-    assert store.verify(first.path, first.sha256, first.size) == "corrupt"
-    assert store.verify("00/00/" + "0" * 64 + ".png", first.sha256, first.size) == "missing"
-    assert store.verify("../../etc/passwd", first.sha256, first.size) == "missing"  # never opened
+    assert verify.check(store, first.path, first.sha256, first.size) == "corrupt"
+    assert verify.check(store, "00/00/" + "0" * 64 + ".png", first.sha256, first.size) == "missing"
+    assert verify.check(store, "../../etc/passwd", first.sha256, first.size) == "missing"  # never opened
 
 
 def test_a_download_cut_off_leaves_nothing_behind(tmp_path: Path) -> None:

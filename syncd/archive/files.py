@@ -26,9 +26,9 @@ through a path that could cross a link:
   reason, the run goes on), and verify counts its files corrupt, moving
   nothing and reading nothing there;
 - a file's name: a download replaces whatever is there (a link, a FIFO, a
-  hard link of other bytes), never writes into it or trusts it; verify opens
-  it with O_NOFOLLOW | O_NONBLOCK, requires a regular file, reads at most its
-  recorded size and one byte more, and hears a stop request between chunks;
+  hard link of other bytes), never writes into it or trusts it; verify
+  (syncd.archive.verify) opens it with O_NOFOLLOW | O_NONBLOCK, requires a
+  regular file and reads at most its recorded size and one byte more;
 - ``incoming/``, ``corrupt/`` or the marker that is not what syncd made: the
   folder is refused (ArchiveStorageError) or, for ``corrupt/``, nothing is set
   aside. The marker is created with O_CREAT | O_EXCL | O_NOFOLLOW.
@@ -47,11 +47,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from syncd.archive.plan import SNIFF_BYTES, content_path, sniff_extension
 from syncd.db import lock_file
-from syncd.errors import ArchiveStorageError, Interrupted
+from syncd.errors import ArchiveStorageError
 
 INCOMING = "incoming"
 CORRUPT = "corrupt"
@@ -60,10 +60,9 @@ LOCK_NAME = ".lock"
 # database says images are archived, is an unmounted disk or another
 # server's folder, not an empty archive.
 MARKER = ".syncd-archive"
-HASH_CHUNK = 1 << 20
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # What archived_files.path may say (anything else is not touched on disk).
-_PATH = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64}\.(?:png|jpg|gif|webp|avif))")
+PATH = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64}\.(?:png|jpg|gif|webp|avif))")
 
 
 class NotAnImage(Exception):
@@ -79,12 +78,8 @@ class NotPlaceable(Exception):
     image belongs: the image fails with this reason, the run goes on."""
 
 
-class _Planted(Exception):
+class Planted(Exception):
     """A directory of the archive is a link or not a directory."""
-
-
-class StopRequest(Protocol):
-    def is_set(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -95,9 +90,9 @@ class Stored:
     new: bool  # False: a file was at its name already (replaced by these bytes)
 
 
-def _open_dir(parent: int, name: str, *, create: bool) -> int:
+def open_dir(parent: int, name: str, *, create: bool) -> int:
     """A directory of the archive by its name in ``parent`` (a descriptor),
-    never through a link; _Planted when the name is a link or no directory."""
+    never through a link; Planted when the name is a link or no directory."""
     if create:
         with suppress(FileExistsError):
             os.mkdir(name, 0o755, dir_fd=parent)
@@ -105,7 +100,7 @@ def _open_dir(parent: int, name: str, *, create: bool) -> int:
         return os.open(name, _DIRECTORY, dir_fd=parent)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-            raise _Planted(name) from None
+            raise Planted(name) from None
         raise
 
 
@@ -170,8 +165,8 @@ class ContentStore:
     def _incoming_locked(self) -> int:
         if self._incoming_fd is None:
             try:
-                self._incoming_fd = _open_dir(self._root_locked(), INCOMING, create=True)
-            except _Planted:
+                self._incoming_fd = open_dir(self._root_locked(), INCOMING, create=True)
+            except Planted:
                 raise ArchiveStorageError(
                     f"{self.root / INCOMING} is a symbolic link or not a folder; syncd does not "
                     "follow it: remove it (syncd creates its own folders)"
@@ -238,12 +233,12 @@ class ContentStore:
             os.close(incoming)
 
     def shard(self, names: tuple[str, ...], *, create: bool) -> int:
-        """The descriptor of ``ab/cd`` (the caller closes it); _Planted when a
+        """The descriptor of ``ab/cd`` (the caller closes it); Planted when a
         link or something else than a folder stands on the way."""
         fd = self.root_fd()
         try:
             for name in names:
-                inner = _open_dir(fd, name, create=create)
+                inner = open_dir(fd, name, create=create)
                 os.close(fd)
                 fd = inner
         except BaseException:
@@ -291,78 +286,6 @@ class ContentStore:
             f"{'/'.join(names)} in the archive folder {self.root} is {what}: syncd does not follow "
             "it, so this image cannot be placed; remove it (syncd makes its own folders)"
         )
-
-    # ------------------------------------------------------------ reading
-
-    def verify(self, path: str, sha256: str, size: int | None = None, stop: StopRequest | None = None) -> str:
-        """``ok``, ``missing`` or ``corrupt`` (not a plain file of the archive's
-        own, or its bytes no longer hash to its name). Reads at most ``size``
-        + 1 bytes; Interrupted when ``stop`` is set between two chunks."""
-        found = _PATH.fullmatch(path)
-        if found is None:
-            return "missing"  # not a name syncd gives: nothing there is touched
-        try:
-            shard = self.shard((found[1], found[2]), create=False)
-        except FileNotFoundError:
-            return "missing"
-        except (_Planted, OSError):
-            return "corrupt"
-        try:
-            try:
-                fd = os.open(
-                    found[3], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=shard
-                )
-            except FileNotFoundError:
-                return "missing"
-            except OSError:  # a link (ELOOP), or not readable
-                return "corrupt"
-        finally:
-            os.close(shard)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return "corrupt"  # a FIFO, a device: never read
-            limit = (self.max_file_bytes if size is None else size) + 1
-            digest, read = hashlib.sha256(), 0
-            while read < limit:
-                if stop is not None and stop.is_set():
-                    raise Interrupted("stopped by a signal while verifying; nothing was changed")
-                chunk = os.read(fd, min(HASH_CHUNK, limit - read))
-                if not chunk:
-                    break
-                digest.update(chunk)
-                read += len(chunk)
-        finally:
-            os.close(fd)
-        if size is not None and read != size:
-            return "corrupt"
-        return "ok" if digest.hexdigest() == sha256 else "corrupt"
-
-    def set_aside(self, path: str) -> bool:
-        """Move a corrupt file out of its content address into corrupt/ (kept for
-        inspection), through the folder's own descriptors. False: nothing moved
-        (a planted link on the way: the name is replaced when fetched again)."""
-        found = _PATH.fullmatch(path)
-        if found is None:
-            return False
-        try:
-            shard = self.shard((found[1], found[2]), create=False)
-        except (_Planted, OSError):
-            return False
-        try:
-            root = self.root_fd()
-            try:
-                aside = _open_dir(root, CORRUPT, create=True)
-            finally:
-                os.close(root)
-            try:
-                os.rename(found[3], f"{found[3]}.{uuid.uuid4().hex[:8]}", src_dir_fd=shard, dst_dir_fd=aside)
-            finally:
-                os.close(aside)
-        except (_Planted, OSError):
-            return False
-        finally:
-            os.close(shard)
-        return True
 
 
 class Receiver:
@@ -417,7 +340,7 @@ class Receiver:
             self._handle.close()
             self._handle = None
             shard = store.shard(folders, create=True)
-        except _Planted:
+        except Planted:
             raise store.not_placeable(folders, "a symbolic link or no folder") from None
         except OSError as exc:
             raise store._storage_error(exc, "cannot put a file in the archive folder") from None

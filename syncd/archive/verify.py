@@ -9,22 +9,106 @@ PAGE paths, so that an archive of millions costs no more memory than a few.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import stat
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import Engine
 
 from syncd import db
 from syncd.archive import rows
-from syncd.archive.files import ContentStore
+from syncd.archive.files import CORRUPT, PATH, ContentStore, Planted, open_dir
 from syncd.errors import ArchiveStorageError, Interrupted
 
 log = logging.getLogger("syncd.archive")
 
 PAGE = 10_000  # archived paths read at once
+HASH_CHUNK = 1 << 20
+
+
+class StopRequest(Protocol):
+    def is_set(self) -> bool: ...
+
+
+def check(
+    store: ContentStore, path: str, sha256: str, size: int | None = None, stop: StopRequest | None = None
+) -> str:
+    """``ok``, ``missing`` or ``corrupt`` (not a plain file of the archive's
+    own, or its bytes no longer hash to its name). Reads at most ``size`` + 1
+    bytes; Interrupted when ``stop`` is set between two chunks."""
+    found = PATH.fullmatch(path)
+    if found is None:
+        return "missing"  # not a name syncd gives: nothing there is touched
+    try:
+        shard = store.shard((found[1], found[2]), create=False)
+    except FileNotFoundError:
+        return "missing"
+    except (Planted, OSError):
+        return "corrupt"
+    try:
+        try:
+            fd = os.open(found[3], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=shard)
+        except FileNotFoundError:
+            return "missing"
+        except OSError:  # a link (ELOOP), or not readable
+            return "corrupt"
+    finally:
+        os.close(shard)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "corrupt"  # a FIFO, a device: never read
+        limit = (store.max_file_bytes if size is None else size) + 1
+        digest, read = hashlib.sha256(), 0
+        while read < limit:
+            if stop is not None and stop.is_set():
+                raise Interrupted("stopped by a signal while verifying; nothing was changed")
+            chunk = os.read(fd, min(HASH_CHUNK, limit - read))
+            if not chunk:
+                break
+            digest.update(chunk)
+            read += len(chunk)
+    finally:
+        os.close(fd)
+    if size is not None and read != size:
+        return "corrupt"
+    return "ok" if digest.hexdigest() == sha256 else "corrupt"
+
+
+def set_aside(store: ContentStore, path: str) -> bool:
+    """Move a corrupt file out of its content address into corrupt/ (kept for
+    inspection), through the folder's own descriptors. False: nothing moved
+    (a planted link on the way: the name is replaced when fetched again)."""
+    found = PATH.fullmatch(path)
+    if found is None:
+        return False
+    try:
+        shard = store.shard((found[1], found[2]), create=False)
+    except (Planted, OSError):
+        return False
+    try:
+        root = store.root_fd()
+        try:
+            aside = open_dir(root, CORRUPT, create=True)
+        finally:
+            os.close(root)
+        try:
+            os.rename(found[3], f"{found[3]}.{uuid.uuid4().hex[:8]}", src_dir_fd=shard, dst_dir_fd=aside)
+        finally:
+            os.close(aside)
+    except (Planted, OSError):
+        return False
+    finally:
+        os.close(shard)
+    return True
+
+
 # More than this share of the archived files missing (of at least a few) is
 # a folder not mounted, or another server's, not a loss: verify changes nothing.
 MOSTLY_MISSING = 0.5
@@ -68,7 +152,7 @@ def verify_archive(
             if stop.is_set():
                 raise Interrupted("stopped by a signal while verifying; nothing was changed")
             report.checked += 1
-            verdict = store.verify(path, sha256, size, stop)
+            verdict = check(store, path, sha256, size, stop)
             if verdict == "ok":
                 report.ok += 1
             else:
@@ -88,7 +172,7 @@ def verify_archive(
             "API still has"
         )
     for path in report.corrupt:
-        if not store.set_aside(path):
+        if not set_aside(store, path):
             log.warning(
                 "archive file %s: not set aside (a planted name on its way); replaced when fetched", path
             )
