@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, insert, or_, select, update
 
 from syncd import db
 from syncd.archive.plan import RETENTION, FileStatus, Role
@@ -165,8 +165,9 @@ def walk_step(conn: Connection, now: datetime, size: int = WALK_BATCH) -> int:
     query = select(artworks.c.id, artworks.c.created_at)
     if current.walk_created_at is not None and current.walk_id is not None:
         place, place_id = current.walk_created_at, current.walk_id
+        # Below the place, by the created_at index (a range that starts at the place).
         query = query.where(
-            or_(artworks.c.created_at < place, and_(artworks.c.created_at == place, artworks.c.id < place_id))
+            artworks.c.created_at <= place, or_(artworks.c.created_at < place, artworks.c.id < place_id)
         )
     batch = conn.execute(query.order_by(artworks.c.created_at.desc(), artworks.c.id.desc()).limit(size)).all()
     seen = utc_text(now)
