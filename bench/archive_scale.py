@@ -2,6 +2,7 @@
 """Benchmark the image archive at scale: the cost of a look, and a late start.
 
     python bench/archive_scale.py --part look --sizes 100000,1000000 [--postgres-url URL]
+    python bench/archive_scale.py --part walk --sizes 1000000 [--postgres-url URL]
     python bench/archive_scale.py --part late --artworks 100000 [--image-size 2048]
 
   look  a database of N artworks created within 8 days, every image archived
@@ -12,6 +13,8 @@
         SQL statements each sends. Also ``syncd status`` (collect) for
         reference: it counts every table. SQLite, and PostgreSQL with
         --postgres-url. Medians of --repeat.
+  walk  N artworks stored without the archive, then the archive turned on: the
+        walk that records their images (batches of 1,000, newest first).
   late  N artworks synced by `syncd run-once` without the archive, a third of
         them older than a month, their images still served; then `syncd
         archive` as a new operator would turn it on: it must walk the stored
@@ -61,9 +64,10 @@ def utc_text(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")[:26] + "Z"
 
 
-def fill(database_url: str, count: int, now: datetime) -> dict[str, int]:
+def fill(database_url: str, count: int, now: datetime, *, recorded: bool = True) -> dict[str, int]:
     """``count`` artworks created within 8 days, two results each, every image
-    archived; 100 failed waiting their back-off, 20 given up."""
+    archived; 100 failed waiting their back-off, 20 given up. ``recorded=False``:
+    the artworks only, as synced without the archive (nothing recorded)."""
     from syncd import db
     from syncd.archive import discover
 
@@ -130,10 +134,12 @@ def fill(database_url: str, count: int, now: datetime) -> dict[str, int]:
         with engine.begin() as conn:
             conn.exec_driver_sql(artworks_sql, arts)
             conn.exec_driver_sql(results_sql, results)
-            conn.exec_driver_sql(files_sql, archived)
-    with db.writer(engine).begin() as conn:
-        discover.turn_on(conn, now)
-    discover.walk(engine, lambda: now, threading.Event(), size=10_000)  # complete: every row is there
+            if recorded:
+                conn.exec_driver_sql(files_sql, archived)
+    if recorded:
+        with db.writer(engine).begin() as conn:
+            discover.turn_on(conn, now)
+        discover.walk(engine, lambda: now, threading.Event(), size=10_000)  # complete: every row is there
     if not sqlite:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE")  # what autovacuum does in production
@@ -250,6 +256,47 @@ def look_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return results
 
 
+# ------------------------------------------------------------------ walk
+
+
+def walk_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The walk an archive turned on late makes through N stored artworks
+    (its batches of 1,000, each a transaction), on each database."""
+    from syncd import db
+    from syncd.archive import discover
+
+    now = datetime.now(UTC)
+    results: dict[str, Any] = {}
+    targets = [("sqlite", None)] + ([("postgresql", args.postgres_url)] if args.postgres_url else [])
+    for size in args.sizes:
+        for dialect, admin in targets:
+            drop: Callable[[], None] = lambda: None  # noqa: E731
+            database_url = f"sqlite:///{tmp / f'walk-{size}.db'}"
+            if admin is not None:
+                database_url, drop = fresh_postgres(admin)
+            try:
+                fill(database_url, size, now, recorded=False)
+                engine = db.create_db_engine(database_url)
+                with db.writer(engine).begin() as conn:
+                    discover.turn_on(conn, now)
+                started = time.perf_counter()
+                walked = discover.walk(engine, lambda: now, threading.Event())
+                seconds = time.perf_counter() - started
+                with engine.connect() as conn:
+                    recorded = conn.exec_driver_sql("SELECT COUNT(*) FROM archived_files").scalar()
+                engine.dispose()
+            finally:
+                drop()
+                for leftover in tmp.glob(f"walk-{size}.db*"):
+                    leftover.unlink()
+            results[f"{dialect} {size}"] = {"walked": walked, "images": recorded, "seconds": seconds}
+            print(
+                f"walk: {dialect}, {walked:,} stored artworks: {recorded:,} images recorded in {seconds:.1f}s",
+                file=sys.stderr,
+            )
+    return results
+
+
 # ------------------------------------------------------------------ late
 
 
@@ -277,6 +324,7 @@ def late_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 rows_before = conn.execute("SELECT COUNT(*) FROM archived_files").fetchone()[0]
             world.reset_image_stats()
             started = time.perf_counter()
+            began = utc_text(datetime.now(UTC))  # live: an image whose deadline was ahead then
             first = subprocess.run([sys.executable, "-m", "syncd", "archive", "--no-progress"], env=env,
                                    capture_output=True, text=True, check=False)  # fmt: skip
             archived_in = time.perf_counter() - started
@@ -310,8 +358,7 @@ def late_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             # Downloads run side by side and end in any order: a history image
             # may end before a live one that started earlier, never more of
             # them than there are slots.
-            now = utc_text(datetime.now(UTC))
-            live = [e > now for (e,) in fetched]
+            live = [e > began for (e,) in fetched]
             last_live = max((i for i, alive in enumerate(live) if alive), default=-1)
             history_before_live = sum(1 for alive in live[:last_live] if not alive)
             live_first = history_before_live < args.in_flight
@@ -347,7 +394,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", choices=("all", "look", "late"), default="all")
+    parser.add_argument("--part", choices=("all", "look", "walk", "late"), default="all")
     parser.add_argument("--sizes", default="100000,1000000", help="look: artworks, comma-separated")
     parser.add_argument("--repeat", type=int, default=9, help="look: measurements (median)")
     parser.add_argument("--postgres-url", default=os.environ.get("SYNCD_TEST_POSTGRES_URL", ""))
@@ -369,6 +416,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="syncd-bench-scale-", dir=args.tmp) as tmp:
         if args.part in ("all", "look"):
             results["look"] = look_part(args, Path(tmp))
+        if args.part in ("all", "walk"):
+            results["walk"] = walk_part(args, Path(tmp))
         if args.part in ("all", "late"):
             results["late"] = late_part(args, Path(tmp))
     if args.json:

@@ -97,6 +97,7 @@ def test_the_scale_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
     report = run_scale_bench(
         "--sizes", "500", "--repeat", "2", "--postgres-url", "", "--artworks", "150", "--tmp", str(tmp_path)
     )  # fmt: skip
+    assert report["walk"]["sqlite 500"] == {**report["walk"]["sqlite 500"], "walked": 500, "images": 1000}
     look = report["look"]["sqlite 500"]
     assert look["images"] == 1000 and {"tick", "queries", "status"} <= set(look)
     assert look["queries"]["statements"] <= 20  # a few index probes, whatever the size
