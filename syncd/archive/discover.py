@@ -30,7 +30,6 @@ from sqlalchemy import Connection, Engine, Table, insert, or_, select, update
 
 from syncd import db
 from syncd.archive.plan import RETENTION, FileStatus, Role
-from syncd.errors import Interrupted
 from syncd.models import ArchivedFile, ArchiveState, Artwork, ArtworkResult, UpscalingParameters
 from syncd.records import PARAMETER_COLUMNS, ArtworkRows, from_utc_text, utc_text
 
@@ -205,11 +204,10 @@ def walk(
     size: int = WALK_BATCH,
 ) -> int:
     """Walk the artworks stored before the archive was on, to the oldest; how
-    many it walked now. Interrupted when stopped (what it walked is kept)."""
+    many it walked now. A stop request ends it between two batches (what it
+    walked is kept, and the next walk starts there)."""
     walked = 0
-    while True:
-        if stop.is_set():
-            raise Interrupted("stopped by a signal while recording the stored artworks' images")
+    while not stop.is_set():
         with db.writer(engine).begin() as conn:
             step = walk_step(conn, clock(), size)
         walked += step
