@@ -231,14 +231,15 @@ class Archiver:
 
     # ------------------------------------------------------------ the queue
 
-    def _can_start(self, queue: list[Due], in_flight: dict[Future[Fetched], Due]) -> bool:
+    def _startable(self, queue: list[Due], in_flight: dict[Future[Fetched], Due], limit: int) -> list[int]:
         hosts = Counter(origin(d.url) for d in in_flight.values())
-        return bool(startable(queue, hosts, {d.url for d in in_flight.values()}, self.host_cap))
+        return startable(queue, hosts, {d.url for d in in_flight.values()}, self.host_cap, limit)
+
+    def _can_start(self, queue: list[Due], in_flight: dict[Future[Fetched], Due]) -> bool:
+        return bool(self._startable(queue, in_flight, 1))
 
     def _start(self, queue: list[Due], in_flight: dict[Future[Fetched], Due], pool: InFlight) -> bool:
-        hosts = Counter(origin(d.url) for d in in_flight.values())
-        chosen = startable(queue, hosts, {d.url for d in in_flight.values()}, self.host_cap)
-        chosen = chosen[: self.max_in_flight - len(in_flight)]
+        chosen = self._startable(queue, in_flight, self.max_in_flight - len(in_flight))
         if not chosen:
             return False
         self.store.check_room()  # no request for a file there is no room for

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -72,6 +73,7 @@ def host_cap(max_in_flight: int) -> int:
     return max(1, int(max_in_flight * HOST_SHARE))
 
 
+@functools.lru_cache(maxsize=4096)
 def origin(url: str) -> str:
     """The host a URL's download counts against (name and port)."""
     try:
@@ -81,14 +83,19 @@ def origin(url: str) -> str:
         return url  # a URL the fetcher refuses: it counts against itself
 
 
-def startable(waiting: list[Due], busy_hosts: dict[str, int], busy_urls: set[str], cap: int) -> list[int]:
+def startable(
+    waiting: list[Due], busy_hosts: dict[str, int], busy_urls: set[str], cap: int, limit: int | None = None
+) -> list[int]:
     """Pure: which of ``waiting`` (in fetch order) may start now, by index, in
-    order: a host at ``cap`` downloads waits, as does a URL being fetched (once
-    archived, its other rows are too); the rest go ahead of them."""
+    order, at most ``limit``: a host at ``cap`` downloads waits, as does a URL
+    being fetched (once archived, its other rows are too); the rest go ahead
+    of them."""
     hosts = dict(busy_hosts)
     urls = set(busy_urls)
     chosen: list[int] = []
     for index, item in enumerate(waiting):
+        if limit is not None and len(chosen) >= limit:
+            break
         host = origin(item.url)
         if hosts.get(host, 0) >= cap or item.url in urls:
             continue
