@@ -102,16 +102,17 @@ def serve_fake(config: dict[str, Any]) -> None:
 
     def dataset(count: int) -> Dataset:
         options: dict[str, Any] = {"unknown_fraction": 0.0, "malformed_fraction": 0.0}
-        if count:  # recent: none is near the archive's 8-day deadline
-            options.update(start=now - timedelta(days=7), end=now - timedelta(minutes=1))
+        if count:  # by default recent: none is near the archive's 8-day deadline
+            days = float(config.get("days", 7.0))
+            options.update(start=now - timedelta(days=days), end=now - timedelta(minutes=1))
         return Dataset(count, SEED, image_origin=images.url, **options)
 
     def images_of(data: Dataset) -> int:
         return sum(len(referenced_images(a.value)) for a in data.items)
 
     wanted = int(config["images"])
-    count = 0
-    if wanted:  # artworks for about ``wanted`` images: ~2.2 each, counted, then adjusted once
+    count = int(config.get("artworks", 0))
+    if wanted and not count:  # artworks for about ``wanted`` images: ~2.2 each, counted, then adjusted once
         count = max(1, round(wanted / 2.2))
         count = max(1, round(count * wanted / max(1, images_of(dataset(count)))))
     data = dataset(count)
@@ -206,8 +207,12 @@ def fake(
     retention: float = 0.0,
     arrivals_per_second: float = 0.0,
     initial_live: int = 0,
+    days: float = 7.0,
+    artworks: int = 0,
 ) -> Iterator[Fake]:
     config = {
+        "days": days,
+        "artworks": artworks,
         "images": images,
         "latency_ms": latency_ms,
         "image_size": image_size,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark a syncd backfill against baselines measured in the same run.
 
-    python bench/backfill.py --count 100000 --repeat 5 [--postgres-url URL] [--dlt-python PY] [--json]
+    python bench/backfill.py --count 100000 --repeat 5 [--postgres-url URL] [--dlt-python PY] [--archive-on] [--json]
     python bench/backfill.py --wire --count 40000 --page-size 100 [--latency-ms 400] [--allowed-rate 10]
 
 On the same data, from one fake API process (`syncd mock-api`), with syncd's
@@ -265,6 +265,11 @@ def run_dlt(python: str, url: str, database: Path, page_size: int) -> float:
     return seconds
 
 
+# With --archive-on, syncd runs with SYNCD_ARCHIVE_DIR set: its pages record
+# their images (archived_files rows) as the archive needs; none is fetched.
+ARCHIVE_ENV: dict[str, str] = {}
+
+
 def syncd_env(url: str, database_url: str, page_size: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
     env.update(
@@ -274,6 +279,7 @@ def syncd_env(url: str, database_url: str, page_size: int) -> dict[str, str]:
         SYNCD_PAGE_SIZE=str(page_size),
         SYNCD_MAX_REQUESTS_PER_SECOND="10000",
         SYNCD_LOG_LEVEL="warning",
+        **ARCHIVE_ENV,
     )
     return env
 
@@ -459,6 +465,11 @@ def main() -> None:
         "--dlt-python", help="a Python with dlt and sqlalchemy installed (see bench/dlt_pipeline.py)"
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument(
+        "--archive-on",
+        action="store_true",
+        help="syncd with SYNCD_ARCHIVE_DIR set: each page records its images for the archive",
+    )
     wire_options = parser.add_argument_group("wire mode: the API's latency and rate limit are the bound")
     wire_options.add_argument("--wire", action="store_true", help="run the wire benchmark instead")
     wire_options.add_argument("--latency-ms", type=float, default=400.0)
@@ -473,6 +484,7 @@ def main() -> None:
     compile_syncd()
     n, size = args.count, args.page_size
     results: dict[str, Any] = {
+        "archive_on": args.archive_on,
         "count": n,
         "page_size": size,
         "repeat": args.repeat,
@@ -488,6 +500,8 @@ def main() -> None:
         fake_api(n) as url,
         fake_api(max(1, n // 10), seed=2) as small_url,
     ):
+        if args.archive_on:
+            ARCHIVE_ENV["SYNCD_ARCHIVE_DIR"] = str(Path(tmp) / "images")
         pages = download(url, size)  # warm the fake's caches
         prepared = [rows_of(page) for page in pages]
         results["pages"] = len(pages)

@@ -32,7 +32,8 @@ from syncd.sync.runs import Progress
 
 if TYPE_CHECKING:  # run-once need not import prometheus_client (nor the archive)
     from syncd.archive.files import ContentStore
-    from syncd.archive.job import ArchiveProgress, ArchiveResult, VerifyReport
+    from syncd.archive.job import ArchiveProgress, ArchiveResult
+    from syncd.archive.verify import VerifyReport
     from syncd.metrics import Metrics
 
 log = logging.getLogger("syncd")
@@ -204,6 +205,8 @@ def sync_with(
     outcome = SyncOutcome()
     summaries = outcome.summaries
     stop = stop or threading.Event()
+    if settings.archive_dir is not None:
+        _archive_on(engine)
     with make_client(settings, stop, observer, retry_unreachable=retry_unreachable) as client:
         syncer = Syncer(
             engine,
@@ -232,6 +235,24 @@ def sync_with(
 # ------------------------------------------------------------------ the image archive
 
 
+def _archive_on(engine: Engine) -> None:
+    """With SYNCD_ARCHIVE_DIR set, the pages this sync writes record their
+    images (the caller holds the one-syncer lock, which turning it on needs)."""
+    from syncd.archive import discover
+
+    try:
+        with engine.connect() as conn:
+            if discover.is_on(conn):
+                return
+        with db.writer(engine).begin() as conn:
+            if discover.turn_on(conn, datetime.now(UTC)):
+                log.info(
+                    "the image archive is on for this database: artworks written from now on record their images"
+                )
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"database error turning the image archive on: {database_reason(exc)}") from None
+
+
 @dataclass
 class ArchiveOutcome:
     result: ArchiveResult
@@ -248,8 +269,13 @@ def archive(
     stop: threading.Event | None = None,
     on_progress: Callable[[ArchiveProgress], None] | None = None,
 ) -> ArchiveOutcome:
-    """``syncd archive``: archive what is due (after verifying, when asked)."""
+    """``syncd archive``: archive what is due (after verifying, when asked).
+
+    A database that does not exist is refused (exit 6, as ``status`` does):
+    nothing is created, neither the database, nor its lock files, nor the
+    folder; there is nothing to archive before a sync."""
     settings.require_archive()  # a config error before the database is touched
+    _require_sqlite_file(settings)
     freeze_startup_objects()
     with open_engine(settings) as engine:
         if not db.schema_version(engine).up_to_date:
@@ -280,7 +306,8 @@ def archive_with(
     from syncd.archive import rows
     from syncd.archive.fetch import FetchOptions, ImageFetcher
     from syncd.archive.files import ContentStore
-    from syncd.archive.job import Archiver, verify_archive
+    from syncd.archive.job import Archiver
+    from syncd.archive.verify import verify_archive
 
     store = ContentStore(
         settings.require_archive(),
@@ -296,6 +323,7 @@ def archive_with(
             max_requests_per_second=settings.archive_max_requests_per_second,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            allow_private=settings.archive_allow_private,
         ),
         secrets=secrets,
         sleep=interruptible_sleep(stop),
@@ -325,6 +353,7 @@ def archive_with(
         raise DatabaseError(f"database error during the archive run: {database_reason(exc)}") from None
     finally:
         fetcher.close()
+        store.close()
     log.info("%s", result.line())
     return ArchiveOutcome(result, verified)
 

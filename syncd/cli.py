@@ -268,7 +268,7 @@ def archive_command(
         ("bytes written", c.bytes_written),
         ("gone", c.gone),
         ("failed", c.failed),
-        ("discovered", c.discovered),
+        ("walked", c.walked),
     ]
     click.echo(
         "\n".join(
@@ -281,11 +281,15 @@ def archive_command(
 
 
 def archive_progress_line(progress: Any) -> str:
+    from syncd.status import age_text
+
     c = progress.counts
     seconds = max(progress.seconds, 1e-9)
+    eta = "ETA ?" if progress.eta is None else f"ETA {age_text(progress.eta)}"
     return (
-        f"archive: {c.archived:,} archived ({c.archived / seconds:,.1f}/s), {c.bytes_written / 1e6:,.1f} MB, "
-        f"{c.gone:,} gone, {c.failed:,} failed, rate {progress.request_rate:,.1f}/s, {progress.in_flight} in flight"
+        f"archive: {c.done:,} of {progress.total:,} images ({c.done / seconds:,.1f}/s, {eta}): "
+        f"{c.archived:,} archived, {c.bytes_written / 1e6:,.1f} MB, {c.gone:,} gone, {c.failed:,} failed, "
+        f"rate {progress.request_rate:,.1f}/s, {progress.in_flight} in flight"
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from syncd.errors import ConfigError
+from syncd.locations import is_loopback
 
 SYSTEM_CONFIG_PATH = Path("/etc/syncd/syncd.toml")
 # SYNCD_* variables of syncd's own tests and benchmark, not settings.
@@ -120,21 +120,6 @@ def _parse_api_url(raw: object) -> str:
     except ValueError:
         raise ValueError(f"has an invalid port: {shown!r}") from None
     return text.rstrip("/")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine by itself (localhost, 127.0.0.0/8, ::1):
-    a request to it never crosses a network."""
-    host = host.rstrip(".").lower()
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
 
 
 def _parse_api_key(raw: object) -> Secret:
@@ -332,6 +317,12 @@ SPECS: tuple[Spec, ...] = (
         "daemon: seconds between looks for images to archive (also after every sync)",
     ),
     Spec(
+        "archive_allow_private",
+        _parse_bool,
+        True,
+        "image archive: fetch from private and loopback hosts (false refuses 10/8, 127/8, ::1, ...)",
+    ),
+    Spec(
         "require_https",
         _parse_bool,
         False,
@@ -381,6 +372,7 @@ class Settings:
     archive_max_file_bytes: int = 64 << 20
     archive_min_free_bytes: int = 1 << 30
     archive_interval: float = 60.0
+    archive_allow_private: bool = True
     require_https: bool = False
     # Where each setting came from, for messages ("SYNCD_API_KEY", "--page-size", ...).
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)

@@ -248,4 +248,21 @@ class ArchivedFile(Base):
         Index(None, "status"),
         Index(None, "sha256"),
         Index(None, "url"),
+        # What a look for work reads (revision 0005): the pending images in
+        # deadline order (a pending image is due from its artwork's creation),
+        # the failed ones by when they are due again.
+        Index("ix_archived_files_due", "status", "next_attempt_at", "expires_at"),
     )
+
+
+class ArchiveState(Base):
+    """The image archive's switch, and its walk through the artworks stored
+    before it was turned on (one row, ``id`` 1; docs/schema.md)."""
+
+    __tablename__ = "archive_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    images_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    walk_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    walk_id: Mapped[str | None] = mapped_column(String(64))
+    walked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -65,6 +65,7 @@ log = logging.getLogger("syncd.daemon")
 # The share of its interval a refresh may take: the rest is the syncs'.
 REFRESH_SHARE = 0.5
 ARCHIVE_GAUGES_EVERY = 30.0  # seconds between gauge updates during an archive run
+ARCHIVE_TOTALS_EVERY = 600.0  # seconds: the totals by status read every row, so not at every idle look
 
 
 def jitter_for(interval: float) -> float:
@@ -88,6 +89,8 @@ class Daemon:
         self._archiving = threading.Event()  # an archive run is under way
         self._archive_again = threading.Event()  # a sync stored something during it
         self._archive_problem: str | None = None  # the last archive failure, logged once
+        self._archive_totals: tuple[dict[str, int], int] | None = None  # by status, and bytes
+        self._totals_due = 0.0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -277,11 +280,13 @@ class Daemon:
             return
         self._archiving.set()
         outcome = "success"
+        worked = True
         try:
             result = app.archive_with(
                 self.settings, engine, stop=self.stop, on_progress=self._archive_progress(engine)
             ).result
             outcome = result.outcome
+            worked = bool(result.counts.done or result.counts.walked)
             if self._archive_problem is not None:
                 log.info("image archive working again")
             self._archive_problem = None
@@ -300,7 +305,7 @@ class Daemon:
             log.exception("archive run crashed; the scheduler goes on")
         finally:
             self._archiving.clear()
-            self._archive_gauges(engine, outcome)
+            self._archive_gauges(engine, outcome, worked)
             if self._archive_again.is_set() and not self.stop.is_set():
                 self._archive_again.clear()
                 self._archive_soon()
@@ -314,7 +319,7 @@ class Daemon:
             nonlocal last
             if time.monotonic() - last >= ARCHIVE_GAUGES_EVERY:
                 last = time.monotonic()
-                self._archive_gauges(engine, None)
+                self._archive_gauges(engine, None, worked=False)
 
         return progress
 
@@ -326,8 +331,9 @@ class Daemon:
             log.error("%s", message)
         self._archive_problem = problem
 
-    def _archive_gauges(self, engine: Engine, outcome: str | None) -> None:
-        """The archive's gauges; ``outcome``: a run ended so (counted)."""
+    def _archive_gauges(self, engine: Engine, outcome: str | None, worked: bool = True) -> None:
+        """The archive's gauges; ``outcome``: a run ended so (counted);
+        ``worked``: it archived, marked gone or failed something."""
         if self.metrics is None:
             return
         from syncd.archive import rows
@@ -338,15 +344,19 @@ class Daemon:
         try:
             now = datetime.now(UTC)
             with engine.connect() as conn:
-                # A run that succeeded has just looked for new images (the same
-                # read); otherwise those no run has seen count in the lag.
-                summary = rows.summary(conn, now, undiscovered_too=outcome != "success")
+                # The lag and the waiting images from the due index (a look with
+                # nothing to do costs the same at any size); the totals, which
+                # read every row, only when a run did something, or now and then.
+                oldest = rows.oldest_waiting_expiry(conn)
+                files = rows.waiting_counts(conn)
+                if self._archive_totals is None or worked or time.monotonic() >= self._totals_due:
+                    self._archive_totals = rows.totals(conn)
+                    self._totals_due = time.monotonic() + ARCHIVE_TOTALS_EVERY
         except SQLAlchemyError as exc:
             log.error("archive gauges not updated: database error: %s", database_reason(exc))
             return
-        self.metrics.record_archive(
-            summary.files, summary.bytes_archived, lag_seconds(summary.oldest_waiting_expiry, now)
-        )
+        counts, size = self._archive_totals
+        self.metrics.record_archive({**counts, **files}, size, lag_seconds(oldest, now))
 
     def _refresh_due(self, engine: Engine) -> bool:
         """Whether any unfinished artwork is due a re-check (and the backlog gauges)."""

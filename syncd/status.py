@@ -116,11 +116,15 @@ def collect(engine: Engine, now: datetime | None = None, *, archive_on: bool = F
     return report
 
 
-def _archive(conn: Any, now: datetime, archive_on: bool) -> dict[str, Any]:
-    from syncd.archive import rows
+def _archive(conn: Any, now: datetime, archive_on: bool) -> dict[str, Any] | None:
+    """The archive's part: when it is configured (or asked about), or was ever
+    used on this database; None otherwise (a database synced without it)."""
+    from syncd.archive import discover, rows
     from syncd.archive.plan import RETENTION, lag_seconds
 
-    summary = rows.summary(conn, now, undiscovered_too=archive_on)
+    if not archive_on and not discover.load(conn).images_since and not rows.archived_count(conn):
+        return None
+    summary = rows.summary(conn, now)
     oldest = summary.oldest_waiting_expiry
     return {
         "files": summary.files,
@@ -130,7 +134,8 @@ def _archive(conn: Any, now: datetime, archive_on: bool) -> dict[str, Any]:
         "oldest_waiting_created_at": _iso(oldest - RETENTION) if oldest else None,
         "overdue": summary.overdue,
         "given_up": summary.given_up,
-        "not_yet_seen": summary.undiscovered,
+        "on": summary.archive_on,
+        "not_yet_recorded_before": _iso(summary.walk_to),
     }
 
 
@@ -209,24 +214,33 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"awaiting refresh  {report['awaiting_refresh']} artworks (status not terminal)")
         lines.append(f"marked deleted    {report['marked_deleted']} artworks (no longer listed by the API)")
     archive = report.get("archive")
-    if archive and (sum(archive["files"].values()) or archive["not_yet_seen"]):
+    if archive:
         files = archive["files"]
         lines.append("")
         lines.append(
             "image archive     "
             + ", ".join(f"{files[name]:,} {name}" for name in ("archived", "pending", "gone", "failed"))
             + f" ({archive['bytes_archived'] / 1e6:,.1f} MB)"
-            + (
-                f"; {archive['not_yet_seen']:,} images of recent artworks not yet seen by an archive run"
-                if archive["not_yet_seen"]
-                else ""
-            )
         )
+        if archive["not_yet_recorded_before"]:
+            lines.append(
+                "archive walk      "
+                + (
+                    f"the images of artworks stored before {archive['not_yet_recorded_before']} are not "
+                    "recorded yet (the next archive run walks them, newest first)"
+                    if archive["on"]
+                    else "the archive has not run on this database yet: no image is recorded"
+                )
+            )
         window = age_text(archive["window_seconds"])
         lag = archive["lag_seconds"]
         lines.append(
             f"archive lag       {age_text(lag)} (the API deletes images {window} after creation)"
-            + (f"; {archive['overdue']:,} images past it, likely lost" if archive["overdue"] else "")
+            + (
+                f"; {archive['overdue']:,} waiting images are older than that (tried after the live ones)"
+                if archive["overdue"]
+                else ""
+            )
         )
         if archive["given_up"]:
             lines.append(

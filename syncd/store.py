@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 
 from syncd import __version__
+from syncd.archive import discover
 from syncd.errors import database_reason
 from syncd.models import (
     Artwork,
@@ -198,6 +199,8 @@ def write_artworks(
             conn.execute(delete(table).where(table.c.artwork_id.in_(changed_ids)))
     touch_seen(conn, same, now)
     _insert_children(conn, new + changed)
+    # With the image archive on: their images, pending, in the same transaction.
+    discover.write_images(conn, new + changed, now)
 
     counts.inserted, counts.updated, counts.unchanged = len(new), len(changed), len(same)
     return counts

@@ -133,14 +133,16 @@ def world() -> Iterator[Callable[..., World]]:
         seed: int = 5,
         image_faults: ImageFaults | None = None,
         faults: Faults | None = None,
+        days: float = 7,
         **dataset_options: Any,
     ) -> World:
+        """``days``: the artworks are spread over that many days up to a minute ago."""
         images = ImageServer(faults=image_faults)
         now = datetime.now(UTC)
         dataset = Dataset(
             count,
             seed,
-            start=now - timedelta(days=7),
+            start=now - timedelta(days=days),
             end=now - timedelta(minutes=1),
             image_origin=images.url,
             **dataset_options,

@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from syncd.archive import verify
 from syncd.archive.fetch import FetchFailure, FetchOptions, ImageFetcher
-from syncd.archive.files import ContentStore
+from syncd.archive.files import ContentStore, NotPlaceable
 from syncd.archive.plan import (
     MAX_ATTEMPTS,
     RETRY_CAP,
@@ -86,10 +87,11 @@ def test_a_file_appears_only_complete_and_identical_bytes_are_stored_once(tmp_pa
     assert first.new and not second.new and first.path == second.path
     assert (tmp_path / first.path).read_bytes() == PNG
     assert not list((tmp_path / "incoming").iterdir())
-    assert store.verify(first.path, first.sha256) == "ok"
+    assert verify.check(store, first.path, first.sha256, first.size) == "ok"
     (tmp_path / first.path).write_bytes(PNG + b"!")
-    assert store.verify(first.path, first.sha256) == "corrupt"
-    assert store.verify("00/00/nothing.png", first.sha256) == "missing"
+    assert verify.check(store, first.path, first.sha256, first.size) == "corrupt"
+    assert verify.check(store, "00/00/" + "0" * 64 + ".png", first.sha256, first.size) == "missing"
+    assert verify.check(store, "../../etc/passwd", first.sha256, first.size) == "missing"  # never opened
 
 
 def test_a_download_cut_off_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -181,14 +183,18 @@ class Clock:
 
 
 def fetcher(
-    tmp_path: Path, handler: httpx.MockTransport, clock: Clock | None = None, secrets: tuple[str, ...] = ()
+    tmp_path: Path,
+    handler: httpx.MockTransport,
+    clock: Clock | None = None,
+    secrets: tuple[str, ...] = (),
+    allow_private: bool = True,
 ) -> ImageFetcher:
     store = ContentStore(tmp_path, max_file_bytes=1 << 20)
     store.prepare()
     clock = clock or Clock()
     return ImageFetcher(
         store,
-        FetchOptions(max_requests_per_second=1000),
+        FetchOptions(max_requests_per_second=1000, allow_private=allow_private),
         transport=handler,
         secrets=secrets,
         clock=lambda: clock.now,
@@ -282,6 +288,17 @@ def test_what_each_answer_means(
     [
         "file:///etc/passwd",
         "http://169.254.169.254/latest/meta-data",
+        "http://2852039166/latest/meta-data",  # the same, as one number
+        "http://0xa9fea9fe/latest/meta-data",
+        "http://0251.0376.0251.0376/latest/meta-data",
+        "http://169.254.43518/latest/meta-data",
+        "http://[::ffff:169.254.169.254]/latest/meta-data",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+        "http://[fe80::1%25eth0]/a.png",
+        "http://100.100.100.200/latest/meta-data",
+        "http://[fd00:ec2::254]/latest/meta-data",
+        "http://169.254.170.2/v2/credentials",
+        "http://0.0.0.0:8080/a.png",
         "https://user:pw@cdn.example/a.png",
         "ftp://x/a.png",
         "not a url",
@@ -293,6 +310,24 @@ def test_urls_that_are_no_image_host_are_not_fetched(tmp_path: Path, url: str) -
     with pytest.raises(FetchFailure) as caught:
         fetcher(tmp_path, transport).fetch(url)
     assert caught.value.verdict is Verdict.REFUSED and not sent
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://10.0.0.7/a.png", "http://127.0.0.1:8080/a.png", "http://[::1]/a.png", "http://localhost/a.png"],
+)
+def test_private_hosts_are_fetched_unless_the_operator_refuses_them(tmp_path: Path, url: str) -> None:
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return answer_with(200, {"Content-Type": "image/png"}, PNG)
+
+    assert fetcher(tmp_path, httpx.MockTransport(answer)).fetch(url).stored.size == len(PNG)
+    refusing = fetcher(tmp_path, httpx.MockTransport(answer), allow_private=False)
+    with pytest.raises(FetchFailure, match="SYNCD_ARCHIVE_ALLOW_PRIVATE") as caught:
+        refusing.fetch(url)
+    assert caught.value.verdict is Verdict.REFUSED and len(sent) == 1
 
 
 def test_a_429_is_waited_out_and_slows_the_pace(tmp_path: Path) -> None:
@@ -380,12 +415,13 @@ def test_a_url_that_carries_the_key_is_not_fetched_however_it_is_encoded(tmp_pat
     assert not sent
 
 
-def test_a_host_that_resolves_to_the_metadata_service_is_not_talked_to() -> None:
-    from syncd.archive.fetch import ForbiddenAddress, refuse_forbidden
+@pytest.mark.parametrize("allow_private", [True, False])
+def test_a_host_that_resolves_to_the_metadata_service_is_not_talked_to(allow_private: bool) -> None:
+    from syncd.archive.fetch import ForbiddenAddress, peer_check
     from syncd.net.deadline import _Backend
 
-    def _PublicOnly(backend: object) -> _Backend:
-        return _Backend(backend, refuse_forbidden)  # type: ignore[arg-type]
+    def guarded(backend: object) -> _Backend:
+        return _Backend(backend, peer_check(allow_private=allow_private))  # type: ignore[arg-type]
 
     class Stream:
         closed = False
@@ -406,12 +442,15 @@ def test_a_host_that_resolves_to_the_metadata_service_is_not_talked_to() -> None
         def connect_tcp(self, *args: object) -> Stream:
             return self.stream
 
-    for peer in ("169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254", "224.0.0.1"):
+    refused = ["169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254", "224.0.0.1", "100.100.100.200"]
+    private = ["10.0.0.1", "127.0.0.1", "::1"]
+    for peer in refused + ([] if allow_private else private):
         backend = Backend(peer)
         with pytest.raises(ForbiddenAddress):
-            _PublicOnly(backend).connect_tcp("2852039166", 80)  # type: ignore[arg-type]
+            guarded(backend).connect_tcp("cdn.example", 80)  # type: ignore[arg-type]
         assert backend.stream.closed
-    assert _PublicOnly(Backend("93.184.216.34")).connect_tcp("cdn.example", 80)  # type: ignore[arg-type]
+    for peer in ["93.184.216.34", *(private if allow_private else [])]:
+        assert guarded(Backend(peer)).connect_tcp("cdn.example", 80)  # type: ignore[arg-type]
 
 
 def test_links_planted_inside_the_folder_are_never_written_through(tmp_path: Path) -> None:
@@ -432,13 +471,10 @@ def test_links_planted_inside_the_folder_are_never_written_through(tmp_path: Pat
     sha = hashlib.sha256(PNG).hexdigest()
     (root / sha[:2]).symlink_to(outside)  # a shard folder leading out
 
-    def keep() -> None:
-        with store.receive() as receiver:
-            receiver.write(PNG)
+    with store.receive() as receiver:
+        receiver.write(PNG)
+        with pytest.raises(NotPlaceable, match="symbolic link"):  # that image fails, not the run
             receiver.finish()
-
-    with pytest.raises(ArchiveStorageError, match="symbolic link"):
-        keep()
     assert list(outside.iterdir()) == [outside / "user-data.part"]
 
     (root / sha[:2]).unlink()

@@ -76,3 +76,33 @@ def test_a_simulated_week_loses_no_image(tmp_path: Path) -> None:
     assert week["lost"] == 0, week
     assert week["archived_ok"] == week["images_listed"]
     assert week["daemon_exit"] == 0 and week["daemon_error_lines"] == 0
+
+
+def run_scale_bench(*args: str, timeout: float = 180) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "archive_scale.py"), *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(json.loads(result.stdout[result.stdout.index("{") :]))
+
+
+def test_the_scale_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
+    """The look at scale (SQLite) and a late start: the times are not asserted;
+    that a late archive keeps every image, live ones first, and that a second
+    run fetches nothing, are (correctness)."""
+    report = run_scale_bench(
+        "--sizes", "500", "--repeat", "2", "--postgres-url", "", "--artworks", "150", "--tmp", str(tmp_path)
+    )  # fmt: skip
+    assert report["walk"]["sqlite 500"] == {**report["walk"]["sqlite 500"], "walked": 500, "images": 1000}
+    look = report["look"]["sqlite 500"]
+    assert look["images"] == 1000 and {"tick", "queries", "status"} <= set(look)
+    assert look["queries"]["statements"] <= 20  # a few index probes, whatever the size
+    late = report["late"]
+    assert late["older_than_a_month"] > 0 and late["rows_before_archive"] == 0
+    assert late["lost"] == 0 and late["images_kept"] == late["images_listed"] > 0
+    assert late["second_run_requests"] == 0 and late["live_first_then_history"]
+    assert list(tmp_path.iterdir()) == []

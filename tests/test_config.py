@@ -265,3 +265,15 @@ def test_byte_counts_take_suffixes_and_say_what_is_wrong() -> None:
         with pytest.raises(ConfigError, match=words) as caught:
             settings(archive_max_file_bytes=value)
         assert str(caught.value).startswith("SYNCD_ARCHIVE_MAX_FILE_BYTES: ")
+
+
+def test_private_image_hosts_are_allowed_unless_refused() -> None:
+    def settings(**env: str) -> Any:
+        return load_settings(
+            env={f"SYNCD_{k.upper()}": v for k, v in env.items()}, system_config_path=Path("/nonexistent")
+        )
+
+    assert settings().archive_allow_private is True
+    assert settings(archive_allow_private="false").archive_allow_private is False
+    with pytest.raises(ConfigError, match="SYNCD_ARCHIVE_ALLOW_PRIVATE: expected true or false"):
+        settings(archive_allow_private="sometimes")

@@ -36,6 +36,7 @@ LAYERS: list[set[str]] = [
         "syncd.net.deadline",
         "syncd.net.inflight",
         "syncd.archive.plan",
+        "syncd.locations",
         "syncd.fakeapi.data",
         "syncd.fakeapi.server",
         "syncd.fakeapi.images",
@@ -62,6 +63,8 @@ LAYERS: list[set[str]] = [
         "syncd.archive.files",
         "syncd.archive.fetch",
         "syncd.archive.rows",
+        "syncd.archive.discover",
+        "syncd.archive.verify",
     },
     {
         "syncd.sync.runs",

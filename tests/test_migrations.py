@@ -94,7 +94,9 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url: str) -> None:
         engine.dispose()
 
 
-def test_0002_indexes_the_artworks_to_refresh_and_the_queries_use_it(db_url: str) -> None:
+def test_0002_indexes_the_artworks_to_refresh_and_the_queries_use_it(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A 0001 database with data, upgraded: unfinished() answers the same,
     from the partial index (SQLite's plan names it) instead of a table scan."""
     from datetime import UTC, datetime
@@ -102,8 +104,12 @@ def test_0002_indexes_the_artworks_to_refresh_and_the_queries_use_it(db_url: str
     from alembic import command
 
     from syncd import store
+    from syncd.archive import discover
     from syncd.fakeapi.data import Dataset
     from syncd.records import classify_page
+
+    # Today's write path at 0001: without the archive's tables (0004, 0005), as then.
+    monkeypatch.setattr(discover, "write_images", lambda *args: None)
 
     engine = db.create_db_engine(db_url)
     try:
@@ -175,5 +181,59 @@ def test_0003_adds_the_previous_scan_start_keeping_the_state(db_url: str) -> Non
         assert "previous_scan_started_at" not in {
             c["name"] for c in inspect(engine).get_columns("sync_state")
         }
+    finally:
+        engine.dispose()
+
+
+def test_0005_switches_on_an_archive_in_use_and_puts_its_pending_images_in_deadline_order(
+    db_url: str,
+) -> None:
+    """A 0004 database whose archive was in use: on for the database (the walk
+    records the rest at the next run); its pending images due from their
+    artwork's creation, as the due index orders them. One never archived: off."""
+    from datetime import UTC, datetime, timedelta
+
+    from alembic import command
+    from sqlalchemy import insert, select
+
+    from syncd.archive import discover
+    from syncd.models import ArchivedFile
+
+    files = ArchivedFile.__table__
+    engine = db.create_db_engine(db_url)
+    found = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(db.alembic_config(conn), "0004")
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            assert discover.load(conn).images_since is None  # never used: still off
+        with engine.begin() as conn:
+            command.downgrade(db.alembic_config(conn), "0004")
+            conn.execute(text("INSERT INTO artworks (id, artwork_type, status, created_at, first_seen_at, "
+                              "last_seen_at, updated_at, content_hash, raw) VALUES ('a', 'txt2img', 'done', "
+                              ":t, :t, :t, :t, 'h', '{}')"), {"t": found - timedelta(days=2)})  # fmt: skip
+            for position, status in enumerate(("pending", "archived")):
+                conn.execute(
+                    insert(files).values(
+                        artwork_id="a",
+                        role="result",
+                        position=position,
+                        url=f"https://img.example/{position}.png",
+                        status=status,
+                        expires_at=found + timedelta(days=6, microseconds=71),
+                        discovered_at=found,
+                        attempts=0,
+                        next_attempt_at=found if status == "pending" else None,
+                    )
+                )
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            assert discover.load(conn).images_since is not None and not discover.load(conn).complete
+            due = dict(conn.execute(select(files.c.status, files.c.next_attempt_at)).all())
+        assert due == {"pending": found - timedelta(days=2) + timedelta(microseconds=71), "archived": None}
+        with engine.begin() as conn:
+            command.downgrade(db.alembic_config(conn), "0004")
+        assert "archive_state" not in inspect(engine).get_table_names()
     finally:
         engine.dispose()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from syncd import db
 from syncd.fakeapi.server import FakeServer
 from tests.conftest import run_syncd, syncd_env
 
@@ -209,7 +210,7 @@ def test_a_read_only_file_stops_writers_before_any_request_and_still_serves_read
     assert server.api.stats.requests == 0
     status = run_unprivileged(["status"], env, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
-    assert "schema        0004" in status.stdout
+    assert f"schema        {db.HEAD_REVISION}" in status.stdout
 
 
 # ---------------------------------------------------------------- the key in clear text

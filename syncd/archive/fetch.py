@@ -6,9 +6,11 @@ per host that its 429s slow (as the API client's), so that one throttling
 host never slows the others. It sends no Authorization header and no
 cookie, to any host, and no URL that carries the API key. Redirects are
 followed by hand, at most MAX_REDIRECTS, only to http(s), and never from
-https to plain http. A host name that resolves to a link-local, multicast
-or reserved address (a cloud's metadata service) is not connected to,
-however the URL spells it. Bodies are asked for and kept as they are
+https to plain http. Where it may connect is syncd.locations' to say: never
+a cloud's metadata service, a link-local, multicast or reserved address,
+however the URL spells it and whatever a name resolves to (each
+connection's peer address is judged); private and loopback hosts only with
+SYNCD_ARCHIVE_ALLOW_PRIVATE (the default). Bodies are asked for and kept as they are
 (``Accept-Encoding: identity``; a compressed one is refused, never
 inflated: a small gzip can unpack to gigabytes). Every byte is streamed to
 the archive folder; a request has a deadline for the whole answer (connect
@@ -31,7 +33,6 @@ What an answer means for the image (syncd.archive.plan.verdict_for_status):
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import threading
 import time
@@ -44,12 +45,12 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from syncd import __version__
-from syncd.archive.files import ContentStore, NotAnImage, Stored, TooLarge
+from syncd import __version__, locations
+from syncd.archive.files import ContentStore, NotAnImage, NotPlaceable, Stored, TooLarge
 from syncd.archive.plan import Verdict, media_type, verdict_for_status
 from syncd.errors import one_line
 from syncd.net.core import tls_context
-from syncd.net.deadline import install, request_deadline
+from syncd.net.deadline import PeerCheck, install, request_deadline
 from syncd.net.limiter import RateLimiter
 from syncd.net.pace import Pacer, Unwanted
 from syncd.net.retry import backoff_delay, parse_retry_after
@@ -64,8 +65,6 @@ BACKOFF_CAP = 8.0
 MAX_RETRY_AFTER = 60.0
 MIN_TRANSFER_RATE = 256 * 1024  # bytes per second a download must keep up, on average
 MAX_HOSTS = 256  # per-host paces kept (the least recently added are forgotten)
-# AWS's IPv6 metadata service: a unique-local address, not link-local.
-METADATA_ADDRESSES = frozenset({ipaddress.ip_address("fd00:ec2::254")})
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,7 @@ class FetchOptions:
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     attempts: int = ATTEMPTS_PER_RUN
+    allow_private: bool = True  # private and loopback image hosts (SYNCD_ARCHIVE_ALLOW_PRIVATE)
 
 
 @dataclass(frozen=True)
@@ -98,35 +98,29 @@ class _Retry(Exception):
 
 
 class ForbiddenAddress(Exception):
-    """The host resolved to an address no image lives at (link-local, multicast, ...)."""
+    """The host resolved to an address no image lives at (syncd.locations)."""
 
 
-def forbidden_address(text: str) -> bool:
-    try:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return (
-        address.is_link_local
-        or address.is_multicast
-        or address.is_unspecified
-        or address.is_reserved
-        or address in METADATA_ADDRESSES
-    )
+def peer_check(*, allow_private: bool) -> PeerCheck:
+    """The check of each connection's peer address (syncd.net.deadline.install):
+    whatever notation the URL used, the address it resolved to is judged."""
 
-
-def refuse_forbidden(address: str) -> None:
-    """The peer check of image connections (syncd.net.deadline.install)."""
-    if not address or forbidden_address(address):
-        raise ForbiddenAddress(
-            f"the host resolves to {address or 'no network address'}, where no image host is: not fetched"
+    def check(peer: str) -> None:
+        address = locations.host_address(peer) if peer else None
+        reason = (
+            "no network address"
+            if address is None
+            else locations.refusal(str(address), allow_private=allow_private)
         )
+        if reason is not None:
+            raise ForbiddenAddress(f"the host resolves to {peer or 'nothing'}: {reason}; not fetched")
+
+    return check
 
 
-def _guarded_transport() -> httpx.HTTPTransport:
-    return install(httpx.HTTPTransport(verify=tls_context()), check_peer=refuse_forbidden)
+def _guarded_transport(allow_private: bool) -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport(verify=tls_context())
+    return install(transport, check_peer=peer_check(allow_private=allow_private))
 
 
 class _NoCookies(DefaultCookiePolicy):
@@ -171,7 +165,7 @@ class ImageFetcher:
                 "Accept-Encoding": "identity",
             },
             timeout=httpx.Timeout(self.options.read_timeout, connect=self.options.connect_timeout),
-            transport=transport or _guarded_transport(),
+            transport=transport or _guarded_transport(self.options.allow_private),
             follow_redirects=False,
             cookies=CookieJar(policy=_NoCookies()),
         )
@@ -285,7 +279,7 @@ class ImageFetcher:
                         raise Unwanted
                     receiver.write(chunk)
                 stored = receiver.finish()
-        except (NotAnImage, TooLarge) as exc:
+        except (NotAnImage, TooLarge, NotPlaceable) as exc:
             raise FetchFailure(Verdict.FAILED, str(exc)) from None
         return Fetched(stored, declared)
 
@@ -315,11 +309,9 @@ class ImageFetcher:
             raise FetchFailure(Verdict.REFUSED, "not an http(s) URL: not fetched")
         if "@" in parts.netloc:
             raise FetchFailure(Verdict.REFUSED, "a URL with credentials (user@host): not fetched")
-        if forbidden_address(host):
-            # 169.254.169.254 is a cloud's metadata service: never where an image lives.
-            raise FetchFailure(
-                Verdict.REFUSED, f"the address {host} is not one an image host has: not fetched"
-            )
+        refused = locations.refusal(host, allow_private=self.options.allow_private)
+        if refused is not None:  # a metadata service, link-local, ... in any notation
+            raise FetchFailure(Verdict.REFUSED, f"{refused}: not fetched")
 
 
 def _content_length(header: str | None) -> int | None:

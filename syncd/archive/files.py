@@ -2,23 +2,36 @@
 
     <dir>/ab/cd/abcd...ef.webp   a file, named by the sha256 of its bytes
     <dir>/incoming/              downloads in progress (same file system)
+    <dir>/corrupt/               files verify found corrupt, set aside
     <dir>/.lock                  held by the one archive job working here
     <dir>/.syncd-archive         says this folder is the archive (see MARKER)
 
 A download is written to ``incoming/``, fsynced, then renamed to its final
 name and the folder fsynced: a crash (even SIGKILL) never leaves a partial
 file under a final name, and what is left in ``incoming/`` is removed by
-the next job (which holds the lock). Identical content is stored once: a
-second download of the same bytes finds its name taken and is dropped.
+the next job (which holds the lock). Identical content is stored once.
 
 Before each download, and as it is written, the free space must stay above
 SYNCD_ARCHIVE_MIN_FREE_BYTES; a full disk or the floor raises
 ArchiveStorageError, with the partial file removed.
 
-The folder itself may be a symbolic link (to another disk); inside it syncd
-follows none: a link planted at incoming/, at a shard folder or at a file's
-name is refused or replaced, never written through, so nothing outside the
-folder is written or removed.
+The disk is untrusted too: anyone who can write in the folder can plant
+names there. The folder itself may be a symbolic link (to another disk);
+inside it syncd works only through descriptors of its own directories (each
+name opened relative to its parent's descriptor, with O_NOFOLLOW), never
+through a path that could cross a link:
+
+- a shard folder (``ab/``, ``ab/cd/``) that is a link or no folder: the image
+  that belongs there is not placed (NotPlaceable: that image fails with the
+  reason, the run goes on), and verify counts its files corrupt, moving
+  nothing and reading nothing there;
+- a file's name: a download replaces whatever is there (a link, a FIFO, a
+  hard link of other bytes), never writes into it or trusts it; verify
+  (syncd.archive.verify) opens it with O_NOFOLLOW | O_NONBLOCK, requires a
+  regular file and reads at most its recorded size and one byte more;
+- ``incoming/``, ``corrupt/`` or the marker that is not what syncd made: the
+  folder is refused (ArchiveStorageError) or, for ``corrupt/``, nothing is set
+  aside. The marker is created with O_CREAT | O_EXCL | O_NOFOLLOW.
 """
 
 from __future__ import annotations
@@ -26,9 +39,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
+import stat
+import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -38,12 +54,15 @@ from syncd.db import lock_file
 from syncd.errors import ArchiveStorageError
 
 INCOMING = "incoming"
+CORRUPT = "corrupt"
 LOCK_NAME = ".lock"
 # Written when a folder becomes an archive: a folder without it, while the
 # database says images are archived, is an unmounted disk or another
 # server's folder, not an empty archive.
 MARKER = ".syncd-archive"
-HASH_CHUNK = 1 << 20
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# What archived_files.path may say (anything else is not touched on disk).
+PATH = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64}\.(?:png|jpg|gif|webp|avif))")
 
 
 class NotAnImage(Exception):
@@ -54,12 +73,35 @@ class TooLarge(Exception):
     """The body is larger than SYNCD_ARCHIVE_MAX_FILE_BYTES."""
 
 
+class NotPlaceable(Exception):
+    """A name planted in the folder (a link, not a folder) stands where this
+    image belongs: the image fails with this reason, the run goes on."""
+
+
+class Planted(Exception):
+    """A directory of the archive is a link or not a directory."""
+
+
 @dataclass(frozen=True)
 class Stored:
     sha256: str
     size: int
     path: str  # relative to the archive folder, with "/" separators
-    new: bool  # False: the same bytes were already archived
+    new: bool  # False: a file was at its name already (replaced by these bytes)
+
+
+def open_dir(parent: int, name: str, *, create: bool) -> int:
+    """A directory of the archive by its name in ``parent`` (a descriptor),
+    never through a link; Planted when the name is a link or no directory."""
+    if create:
+        with suppress(FileExistsError):
+            os.mkdir(name, 0o755, dir_fd=parent)
+    try:
+        return os.open(name, _DIRECTORY, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            raise Planted(name) from None
+        raise
 
 
 class ContentStore:
@@ -67,15 +109,21 @@ class ContentStore:
         self.root = root
         self.min_free_bytes = min_free_bytes
         self.max_file_bytes = max_file_bytes
+        self._fds_lock = threading.Lock()
+        self._root_fd: int | None = None
+        self._incoming_fd: int | None = None
 
     # ------------------------------------------------------------ setup
 
     def prepare(self) -> None:
         """Create the folder (and incoming/); one clear error when it cannot be used."""
         try:
-            (self.root / INCOMING).mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)  # the folder itself may be a link
         except OSError as exc:
             raise self._storage_error(exc, "cannot create the archive folder") from None
+        with self._fds_lock:
+            self._close()
+            self._incoming_locked()  # created, and refused when planted
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise ArchiveStorageError(f"the archive folder {self.root} is not writable by this user")
 
@@ -87,32 +135,116 @@ class ContentStore:
         with lock_file(
             path, f"another syncd is archiving into {self.root} (lock {path} is held)", ArchiveStorageError
         ):
-            self._clear_incoming()
-            yield
+            with self._fds_lock:
+                self._close()  # descriptors of the folder as it is now, not as it was
+            try:
+                self._clear_incoming()
+                yield
+            finally:
+                self.close()
+
+    def close(self) -> None:
+        """Release the folder's descriptors (a later use opens them again)."""
+        with self._fds_lock:
+            self._close()
+
+    def _close(self) -> None:
+        for fd in (self._incoming_fd, self._root_fd):
+            if fd is not None:
+                os.close(fd)
+        self._root_fd = self._incoming_fd = None
+
+    def _root_locked(self) -> int:
+        if self._root_fd is None:
+            try:
+                self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise self._storage_error(exc, "cannot open the archive folder") from None
+        return self._root_fd
+
+    def _incoming_locked(self) -> int:
+        if self._incoming_fd is None:
+            try:
+                self._incoming_fd = open_dir(self._root_locked(), INCOMING, create=True)
+            except Planted:
+                raise ArchiveStorageError(
+                    f"{self.root / INCOMING} is a symbolic link or not a folder; syncd does not "
+                    "follow it: remove it (syncd creates its own folders)"
+                ) from None
+            except OSError as exc:
+                raise self._storage_error(exc, "cannot create the archive folder's incoming/") from None
+        return self._incoming_fd
+
+    def incoming(self) -> int:
+        """A descriptor of incoming/ of one's own (the caller closes it)."""
+        with self._fds_lock:
+            return os.dup(self._incoming_locked())
+
+    def root_fd(self) -> int:
+        """A descriptor of the folder of one's own (the caller closes it)."""
+        with self._fds_lock:
+            return os.dup(self._root_locked())
 
     def marked(self) -> bool:
-        return (self.root / MARKER).is_file()
+        root = self.root_fd()
+        try:
+            info = os.stat(MARKER, dir_fd=root, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(root)
+        return stat.S_ISREG(info.st_mode)
 
     def mark(self) -> None:
+        """Create the marker: a new plain file, never through a name already there."""
+        root = self.root_fd()
         try:
-            (self.root / MARKER).write_text("syncd's image archive: see archived_files.path\n")
+            fd = os.open(
+                MARKER,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+                dir_fd=root,
+            )
+        except FileExistsError:
+            if self.marked():
+                return
+            raise ArchiveStorageError(
+                f"{self.root / MARKER} is a symbolic link or a special file, not syncd's marker; "
+                "syncd does not write through it: remove it"
+            ) from None
         except OSError as exc:
             raise self._storage_error(exc, "cannot write to the archive folder") from None
+        finally:
+            os.close(root)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(b"syncd's image archive: see archived_files.path\n")
 
     def _clear_incoming(self) -> None:
-        self.inside(self.root / INCOMING)
-        for leftover in (self.root / INCOMING).iterdir():
-            if leftover.name.endswith(".part") and leftover.is_file() and not leftover.is_symlink():
-                leftover.unlink(missing_ok=True)
+        incoming = self.incoming()
+        try:
+            with os.scandir(incoming) as entries:
+                leftovers = [
+                    e.name for e in entries if e.name.endswith(".part") and e.is_file(follow_symlinks=False)
+                ]
+            for name in leftovers:
+                with suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=incoming)
+        finally:
+            os.close(incoming)
 
-    def inside(self, folder: Path) -> None:
-        """Refuse a folder of the archive that leads out of it (a symbolic link)."""
-        root = os.path.realpath(self.root)
-        if folder.is_symlink() or not os.path.realpath(folder).startswith(root + os.sep):
-            raise ArchiveStorageError(
-                f"{folder} is a symbolic link out of the archive folder; syncd does not follow it: "
-                "remove it (syncd creates its own folders)"
-            )
+    def shard(self, names: tuple[str, ...], *, create: bool) -> int:
+        """The descriptor of ``ab/cd`` (the caller closes it); Planted when a
+        link or something else than a folder stands on the way."""
+        fd = self.root_fd()
+        try:
+            for name in names:
+                inner = open_dir(fd, name, create=create)
+                os.close(fd)
+                fd = inner
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     # ------------------------------------------------------------ writing
 
@@ -149,32 +281,11 @@ class ContentStore:
             )
         return ArchiveStorageError(f"{doing}: {exc.strerror or type(exc).__name__} ({self.root})")
 
-    # ------------------------------------------------------------ reading
-
-    def verify(self, path: str, sha256: str) -> str:
-        """``ok``, ``missing`` or ``corrupt`` (its bytes no longer hash to its name)."""
-        full = self.root / path
-        digest = hashlib.sha256()
-        try:
-            with full.open("rb") as handle:
-                while chunk := handle.read(HASH_CHUNK):
-                    digest.update(chunk)
-        except FileNotFoundError:
-            return "missing"
-        except OSError:
-            return "corrupt"
-        return "ok" if digest.hexdigest() == sha256 else "corrupt"
-
-    def set_aside(self, path: str) -> None:
-        """Move a corrupt file out of its content address (kept for inspection)."""
-        full = self.root / path
-        aside = self.root / "corrupt" / f"{full.name}.{uuid.uuid4().hex[:8]}"
-        aside.parent.mkdir(exist_ok=True)
-        self.inside(aside.parent)
-        try:
-            os.rename(full, aside)
-        except FileNotFoundError:
-            pass
+    def not_placeable(self, names: tuple[str, ...], what: str) -> NotPlaceable:
+        return NotPlaceable(
+            f"{'/'.join(names)} in the archive folder {self.root} is {what}: syncd does not follow "
+            "it, so this image cannot be placed; remove it (syncd makes its own folders)"
+        )
 
 
 class Receiver:
@@ -182,8 +293,10 @@ class Receiver:
 
     def __init__(self, store: ContentStore) -> None:
         self._store = store
-        self._path = store.root / INCOMING / f"{uuid.uuid4().hex}.part"
+        self._name = f"{uuid.uuid4().hex}.part"
+        self._incoming: int | None = None  # our own descriptor of incoming/
         self._handle: BinaryIO | None = None
+        self._placed = False
         self._hash = hashlib.sha256()
         self._head = b""
         self.size = 0
@@ -197,7 +310,9 @@ class Receiver:
             self._head += chunk[: SNIFF_BYTES - len(self._head)]
         try:
             if self._handle is None:
-                self._handle = open(self._path, "xb")
+                self._incoming = store.incoming()
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                self._handle = os.fdopen(os.open(self._name, flags, 0o644, dir_fd=self._incoming), "wb")
             self._handle.write(chunk)
         except OSError as exc:
             raise store._storage_error(exc, "cannot write to the archive folder") from None
@@ -209,45 +324,56 @@ class Receiver:
             store.check_room()
 
     def finish(self) -> Stored:
-        """fsync, then rename into place (or drop, when the same bytes are there)."""
+        """fsync, then rename into place, replacing whatever stands at the name."""
         store = self._store
         extension = sniff_extension(self._head)
         if extension is None:
             raise NotAnImage(f"the body is not an image (it starts with {self._head[:8]!r})")
         sha256 = self._hash.hexdigest()
         relative = content_path(sha256, extension)
-        final = store.root / relative
+        folders = (relative.parts[0], relative.parts[1])
+        assert self._handle is not None  # an image's first bytes came
+        assert self._incoming is not None
         try:
-            assert self._handle is not None  # a body that starts like an image was written
             self._handle.flush()
             os.fsync(self._handle.fileno())
             self._handle.close()
             self._handle = None
-            for folder in (final.parent.parent, final.parent):  # ab/, then ab/cd/
-                folder.mkdir(exist_ok=True)
-                store.inside(folder)  # before anything is made in it
-            # The same bytes already there (a plain file, not a link planted at its name).
-            if not final.is_symlink() and final.is_file() and final.stat().st_size == self.size:
-                return Stored(sha256, self.size, str(relative), new=False)
-            os.replace(self._path, final)  # replaces a link itself, never its target
-            _fsync_dir(final.parent)
+            shard = store.shard(folders, create=True)
+        except Planted:
+            raise store.not_placeable(folders, "a symbolic link or no folder") from None
         except OSError as exc:
             raise store._storage_error(exc, "cannot put a file in the archive folder") from None
-        return Stored(sha256, self.size, str(relative), new=True)
+        try:
+            try:
+                there = os.stat(relative.name, dir_fd=shard, follow_symlinks=False)
+            except FileNotFoundError:
+                there = None
+            # Replaced, never trusted: a name already there may be a link, a FIFO
+            # or a hard link of other bytes of the same size. rename() replaces
+            # the name itself, never what it points at.
+            os.replace(self._name, relative.name, src_dir_fd=self._incoming, dst_dir_fd=shard)
+            self._placed = True
+            os.fsync(shard)
+        except OSError as exc:
+            if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise store.not_placeable((*folders, relative.name), "a folder, not a file") from None
+            raise store._storage_error(exc, "cannot put a file in the archive folder") from None
+        finally:
+            os.close(shard)
+        new = there is None or not stat.S_ISREG(there.st_mode)
+        return Stored(sha256, self.size, str(relative), new=new)
 
     def discard(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-        self._path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        if self._incoming is not None:
+            if not self._placed:
+                with suppress(FileNotFoundError):
+                    os.unlink(self._name, dir_fd=self._incoming)
+            os.close(self._incoming)
+            self._incoming = None
 
 
 def _size(count: int) -> str:

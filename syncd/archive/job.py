@@ -1,17 +1,24 @@
-"""One archive run: discover the images, fetch them in deadline order, record each.
+"""One archive run: every stored artwork's images recorded, then fetched in deadline order.
+
+First the run makes sure every image has its row (syncd.archive.discover):
+it turns the archive on for the database, when a sync does not hold it, and
+walks the artworks stored before, newest first (once, resumable). Then it
+fetches what is due: live deadlines first (earliest first), then the history
+past them (newest first), in batches of BATCH read by the due index.
 
 The loop's thread owns the database; downloads run on InFlight threads (at
-most SYNCD_ARCHIVE_MAX_IN_FLIGHT), paced by the fetcher's own limiters. Each
-finished download is recorded in a short transaction with the others that
-finished meanwhile. A run tries each image once (its 3 requests): one that
-fails waits for a later run, whatever its back-off says meanwhile. A stop
-request ends the run within a second or so: downloads in flight are
+most SYNCD_ARCHIVE_MAX_IN_FLIGHT, and at most half of those for one host, so
+that a slow host only slows itself). Outcomes are recorded in batches (every
+FLUSH_SECONDS or FLUSH_OUTCOMES, and at the end), two statements a batch:
+the database is not the archive's bound. A run tries
+each image once (its 3 requests): one that fails waits for a later run. A
+stop request ends the run within a second or so: downloads in flight are
 abandoned (each removes its partial file at its next chunk; one stuck in a
-read leaves it for the next run to clear) and their images stay due. An
-error nobody foresaw while fetching one image fails that image, never the
-run. No room on the disk (ArchiveStorageError) stops the run the
-same way, then raises: nothing was marked for it, so the images are fetched
-once there is room.
+read leaves it for the next run to clear) and their images stay due; what
+finished is recorded. An error nobody foresaw while fetching one image fails
+that image, never the run. No room on the disk (ArchiveStorageError) stops
+the run the same way, then raises: nothing was marked for it, so the images
+are fetched once there is room.
 """
 
 from __future__ import annotations
@@ -19,19 +26,30 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
 from syncd import db
-from syncd.archive import rows
+from syncd.archive import discover, rows
 from syncd.archive.fetch import Fetched, FetchFailure, ImageFetcher
 from syncd.archive.files import ContentStore
-from syncd.archive.plan import Due, FileStatus, Verdict, retry_at
-from syncd.errors import ArchiveStorageError, Interrupted, one_line
+from syncd.archive.plan import (
+    Due,
+    FileStatus,
+    Verdict,
+    eta_seconds,
+    fetch_order,
+    host_cap,
+    origin,
+    retry_at,
+    startable,
+)
+from syncd.errors import ArchiveStorageError, Interrupted, LockHeldError, one_line
 from syncd.net.inflight import InFlight
 from syncd.net.pace import Unwanted
 from syncd.redaction import redact
@@ -39,8 +57,11 @@ from syncd.redaction import redact
 log = logging.getLogger("syncd.archive")
 
 WAIT_STEP = 0.2  # seconds between looks at the stop request while downloads run
-REDISCOVER_EVERY = 30.0  # seconds: a long run picks up artworks synced meanwhile
+RECOUNT_EVERY = 30.0  # seconds: the images still due are counted again (the ETA)
 BATCH = 256  # due images read per query
+MAX_QUEUE = 4 * BATCH  # due images held back at most (their host at its share)
+FLUSH_SECONDS = 1.0
+FLUSH_OUTCOMES = 256
 
 
 @dataclass
@@ -50,7 +71,11 @@ class ArchiveCounts:
     bytes_written: int = 0
     gone: int = 0
     failed: int = 0
-    discovered: int = 0
+    walked: int = 0  # stored artworks whose images this run recorded (an archive turned on late)
+
+    @property
+    def done(self) -> int:
+        return self.archived + self.gone + self.failed
 
 
 @dataclass
@@ -59,6 +84,12 @@ class ArchiveProgress:
     in_flight: int
     seconds: float
     request_rate: float
+    remaining: int = 0  # images still due (counted every RECOUNT_EVERY, less those done since)
+    eta: float | None = None  # seconds, at the pace this run holds
+
+    @property
+    def total(self) -> int:
+        return self.counts.done + self.remaining
 
 
 @dataclass
@@ -69,9 +100,10 @@ class ArchiveResult:
 
     def line(self) -> str:
         c = self.counts
+        walked = f"; recorded the images of {c.walked:,} stored artworks" if c.walked else ""
         return (
             f"archive run: {self.outcome} in {self.seconds:.1f}s: {c.archived} archived "
-            f"({c.new_files} new files, {c.bytes_written:,} bytes), {c.gone} gone, {c.failed} failed"
+            f"({c.new_files} new files, {c.bytes_written:,} bytes), {c.gone} gone, {c.failed} failed{walked}"
         )
 
 
@@ -91,11 +123,17 @@ class Archiver:
         self.fetcher = fetcher
         self.store: ContentStore = fetcher.store
         self.max_in_flight = max_in_flight
+        self.host_cap = host_cap(max_in_flight)
         self.stop = stop or threading.Event()
         self.secrets = secrets
         self.on_progress = on_progress
         self.clock = clock
         self._halt = threading.Event()  # this run stops its downloads (set when it ends)
+        self._started_at = clock()
+        self._unflushed: list[rows.Outcome] = []
+        self._last_flush = 0.0
+        self._remaining = 0
+        self._counted_at_done = 0
 
     def run(self) -> ArchiveResult:
         """Archive every due image (the caller holds the archive lock)."""
@@ -103,36 +141,37 @@ class Archiver:
         started = time.monotonic()
         counts = result.counts
         self._halt = threading.Event()
+        self._started_at = self.clock()  # what fails during the run waits for the next one
+        counts.walked = self.record_stored()
         pool = InFlight(self.max_in_flight, name="syncd-archive")
         in_flight: dict[Future[Fetched], Due] = {}
-        tried: set[tuple[str, str, int]] = set()  # this run's images: each once
         queue: list[Due] = []
-        discovered_at = float("-inf")
-        exhausted = False  # nothing due but what is in flight: look again when one ends
+        exhausted = False  # nothing more was due but what is held
+        counted_at = float("-inf")
         storage_error: ArchiveStorageError | None = None
+        self._last_flush = time.monotonic()
         try:
             while not self.stop.is_set() and storage_error is None:
-                if time.monotonic() - discovered_at >= REDISCOVER_EVERY:
-                    counts.discovered += self._discover()
-                    discovered_at = time.monotonic()
+                if time.monotonic() - counted_at >= RECOUNT_EVERY:
+                    self._count_due(counts)
+                    counted_at = time.monotonic()
                     exhausted = False
-                if not queue and not exhausted and len(in_flight) < self.max_in_flight:
-                    # Tried ones still due: those in flight, and failures whose
-                    # back-off passed during this run (they wait for the next).
-                    queue = self._due(tried, BATCH + len(in_flight) + counts.failed, in_flight)
-                    if not queue and not in_flight:
+                free = len(in_flight) < self.max_in_flight
+                # Nothing more was due: look again when all is done (the run
+                # ends if nothing came meanwhile), or at the next count.
+                look = not exhausted or (not in_flight and not queue)
+                if free and look and len(queue) < MAX_QUEUE and not self._can_start(queue, in_flight):
+                    found = self._refill(queue, in_flight, counts)
+                    exhausted = not found
+                    if exhausted and not queue and not in_flight:
                         break
-                    exhausted = not queue
-                if queue and len(in_flight) < self.max_in_flight:
-                    self.store.check_room()  # no request for a file there is no room for
-                while queue and len(in_flight) < self.max_in_flight:
-                    item = queue.pop(0)
-                    tried.add(_key(item))
-                    in_flight[pool.submit(self.fetcher.fetch, item.url, self._wanted)] = item
-                done, _ = wait(list(in_flight), timeout=WAIT_STEP, return_when=FIRST_COMPLETED)
-                if done:
-                    exhausted = False
-                outcomes: list[rows.Outcome] = []
+                started_some = self._start(queue, in_flight, pool) if free and queue else False
+                if in_flight:
+                    done, _ = wait(list(in_flight), timeout=WAIT_STEP, return_when=FIRST_COMPLETED)
+                else:
+                    done = set()
+                    if not started_some:  # held back with nothing under way: cannot happen, never spin
+                        self.stop.wait(WAIT_STEP)
                 for future in done:
                     item = in_flight.pop(future)
                     try:
@@ -141,28 +180,138 @@ class Archiver:
                         storage_error = storage_error or exc
                         continue
                     if outcome is not None:
-                        outcomes.append(outcome)
+                        self._unflushed.append(outcome)
                         self._count(counts, outcome, future)
-                if outcomes:
-                    with db.writer(self.engine).begin() as conn:
-                        rows.record(conn, outcomes, self.clock())
+                        if outcome.status is FileStatus.ARCHIVED:  # its other rows are archived with it
+                            queue[:] = [d for d in queue if d.url != item.url]
+                if self._unflushed and (
+                    len(self._unflushed) >= FLUSH_OUTCOMES
+                    or time.monotonic() - self._last_flush >= FLUSH_SECONDS
+                ):
+                    self._flush()
                 if self.on_progress is not None and done:
-                    self.on_progress(
-                        ArchiveProgress(
-                            counts,
-                            len(in_flight),
-                            time.monotonic() - started,
-                            self.fetcher.pacer.limiter.rate,
-                        )
-                    )
+                    self.on_progress(self._progress(counts, len(in_flight), time.monotonic() - started))
         finally:
             self.stop_downloads(pool, in_flight)
+        self._flush()  # what finished is kept, whatever ended the run
         result.seconds = time.monotonic() - started
         if storage_error is not None:
             raise storage_error
         if self.stop.is_set():
             result.outcome = "interrupted"
         return result
+
+    # ------------------------------------------------------------ every image recorded
+
+    def record_stored(self) -> int:
+        """Turn the archive on for this database (under the one-syncer lock: no
+        page is being written then) and walk the artworks stored before; how
+        many it walked now."""
+        with self.engine.connect() as conn:
+            state = discover.load(conn)
+        if state.images_since is None:
+            try:
+                with db.sync_lock(self.engine), db.writer(self.engine).begin() as conn:
+                    discover.turn_on(conn, self.clock())
+            except LockHeldError:
+                log.info(
+                    "a sync holds the database: the archive is turned on at a later run "
+                    "(the images recorded so far are archived now)"
+                )
+                return 0
+            log.info(
+                "the image archive is on for this database: every artwork written from now on records "
+                "its images; the ones stored before are walked once, newest first"
+            )
+        elif state.complete:
+            return 0
+        walked = discover.walk(self.engine, self.clock, self.stop)
+        if walked:
+            log.info("recorded the images of %d stored artworks", walked)
+        return walked
+
+    # ------------------------------------------------------------ the queue
+
+    def _startable(self, queue: list[Due], in_flight: dict[Future[Fetched], Due], limit: int) -> list[int]:
+        hosts = Counter(origin(d.url) for d in in_flight.values())
+        return startable(queue, hosts, {d.url for d in in_flight.values()}, self.host_cap, limit)
+
+    def _can_start(self, queue: list[Due], in_flight: dict[Future[Fetched], Due]) -> bool:
+        return bool(self._startable(queue, in_flight, 1))
+
+    def _start(self, queue: list[Due], in_flight: dict[Future[Fetched], Due], pool: InFlight) -> bool:
+        chosen = self._startable(queue, in_flight, self.max_in_flight - len(in_flight))
+        if not chosen:
+            return False
+        self.store.check_room()  # no request for a file there is no room for
+        for index in chosen:
+            item = queue[index]
+            in_flight[pool.submit(self.fetcher.fetch, item.url, self._wanted)] = item
+        taken = set(chosen)
+        queue[:] = [d for i, d in enumerate(queue) if i not in taken]
+        return True
+
+    def _refill(self, queue: list[Due], in_flight: dict[Future[Fetched], Due], counts: ArchiveCounts) -> bool:
+        """More due images into the queue; one whose URL is archived already
+        (by another row, or by a download whose outcome is not written yet) is
+        recorded at once. False: nothing more is due."""
+        held = {_key(d) for d in (*queue, *in_flight.values(), *(o.due for o in self._unflushed))}
+        now = self.clock()
+        with self.engine.connect() as conn:
+            due = rows.due(conn, now, BATCH + len(held), failed_before=self._started_at)
+            fresh = [d for d in due if _key(d) not in held][:BATCH]
+            known = rows.archived_by_url(conn, [d.url for d in fresh])
+        for o in self._unflushed:
+            if o.status is FileStatus.ARCHIVED:
+                known[o.due.url] = {
+                    "sha256": o.sha256,
+                    "size_bytes": o.size_bytes,
+                    "content_type": o.content_type,
+                    "path": o.path,
+                }
+        for d in fresh:
+            if d.url in known:
+                file = known[d.url]
+                self._unflushed.append(
+                    rows.Outcome(
+                        d,
+                        FileStatus.ARCHIVED,
+                        at=now,
+                        sha256=file["sha256"],
+                        size_bytes=file["size_bytes"],
+                        content_type=file["content_type"],
+                        path=file["path"],
+                        tried=False,
+                    )
+                )
+                counts.archived += 1
+        queue[:] = fetch_order(queue + [d for d in fresh if d.url not in known], now)
+        return bool(fresh)
+
+    def _flush(self) -> None:
+        if self._unflushed:
+            with db.writer(self.engine).begin() as conn:
+                rows.record(conn, self._unflushed)
+            self._unflushed = []
+        self._last_flush = time.monotonic()
+
+    def _count_due(self, counts: ArchiveCounts) -> None:
+        with self.engine.connect() as conn:
+            self._remaining = rows.due_count(conn, self.clock(), failed_before=self._started_at)
+        self._counted_at_done = counts.done
+
+    def _progress(self, counts: ArchiveCounts, in_flight: int, seconds: float) -> ArchiveProgress:
+        remaining = max(0, self._remaining - (counts.done - self._counted_at_done))
+        return ArchiveProgress(
+            replace(counts),  # a snapshot: the run's counts move on
+            in_flight,
+            seconds,
+            self.fetcher.pacer.limiter.rate,
+            remaining,
+            eta_seconds(remaining, counts.done, seconds),
+        )
+
+    # ------------------------------------------------------------ downloads
 
     def _wanted(self) -> bool:
         return not self.stop.is_set() and not self._halt.is_set()
@@ -173,33 +322,6 @@ class Archiver:
         self._halt.set()
         pool.close()
         wait(list(in_flight), timeout=WAIT_STEP * 5)
-
-    def _discover(self) -> int:
-        now = self.clock()
-        with self.engine.connect() as conn:  # read first: the write lock only when there is news
-            news = rows.unrecorded(conn, now)
-        if not news:
-            return 0
-        with db.writer(self.engine).begin() as conn:
-            found = rows.discover(conn, now, news)
-        if found.changed:
-            log.info("%d images not yet archived have a new URL: it is the one fetched", found.changed)
-        return found.new
-
-    def _due(
-        self, tried: set[tuple[str, str, int]], limit: int, in_flight: dict[Future[Fetched], Due]
-    ) -> list[Due]:
-        """Due images not yet tried in this run, none at a URL being fetched (or
-        twice in the batch): once it is archived, its other rows are too."""
-        with self.engine.connect() as conn:
-            due = rows.due(conn, self.clock(), limit)
-        busy = {d.url for d in in_flight.values()}
-        batch: list[Due] = []
-        for d in due:
-            if _key(d) not in tried and d.url not in busy:
-                busy.add(d.url)
-                batch.append(d)
-        return batch[:BATCH]
 
     def _outcome(self, item: Due, future: Future[Fetched]) -> rows.Outcome | None:
         """What to record for a finished download; None: nothing (abandoned)."""
@@ -213,12 +335,12 @@ class Archiver:
         except FetchFailure as exc:
             error = self._clean(exc.reason)
             if exc.verdict is Verdict.GONE:
-                return rows.Outcome(item, FileStatus.GONE, error=error)
+                return rows.Outcome(item, FileStatus.GONE, now, error=error)
             if exc.verdict is Verdict.REFUSED:  # never fetchable: given up at once
-                return rows.Outcome(item, FileStatus.FAILED, error=error)
+                return rows.Outcome(item, FileStatus.FAILED, now, error=error)
             log.debug("image %s of %s failed: %s", item.role, item.artwork_id, error)
             return rows.Outcome(
-                item, FileStatus.FAILED, error=error, next_attempt_at=retry_at(item.attempts + 1, now)
+                item, FileStatus.FAILED, now, error=error, next_attempt_at=retry_at(item.attempts + 1, now)
             )
         except Interrupted:
             return None
@@ -233,12 +355,13 @@ class Archiver:
             )
             error = self._clean(f"unexpected error while fetching ({type(exc).__name__})")
             return rows.Outcome(
-                item, FileStatus.FAILED, error=error, next_attempt_at=retry_at(item.attempts + 1, now)
+                item, FileStatus.FAILED, now, error=error, next_attempt_at=retry_at(item.attempts + 1, now)
             )
         stored = fetched.stored
         return rows.Outcome(
             item,
             FileStatus.ARCHIVED,
+            now,
             sha256=stored.sha256,
             size_bytes=stored.size,
             content_type=fetched.content_type,
@@ -265,72 +388,3 @@ class Archiver:
 
 def _key(due: Due) -> tuple[str, str, int]:
     return (due.artwork_id, due.role, due.position)
-
-
-@dataclass
-class VerifyReport:
-    checked: int = 0
-    ok: int = 0
-    missing: list[str] = field(default_factory=list)  # paths
-    corrupt: list[str] = field(default_factory=list)
-    reopened: int = 0  # images made pending again (fetched again if still available)
-
-    def line(self) -> str:
-        return (
-            f"verified {self.checked} files: {self.ok} ok, {len(self.missing)} missing, "
-            f"{len(self.corrupt)} corrupt; {self.reopened} images to fetch again"
-        )
-
-
-# More than this share of the archived files missing (of at least a few) is
-# a folder not mounted, or another server's, not a loss: verify changes nothing.
-MOSTLY_MISSING = 0.5
-
-
-def verify_archive(
-    engine: Engine,
-    store: ContentStore,
-    stop: threading.Event,
-    clock: Callable[[], datetime],
-    *,
-    accept_missing: bool = False,
-) -> VerifyReport:
-    """Re-hash every archived file; a missing or corrupt one (set aside in
-    corrupt/) makes its images pending again, for the run that follows.
-
-    When most files are missing, nothing is changed (ArchiveStorageError)
-    unless ``accept_missing``: their rows would lose where their files are.
-    """
-    report = VerifyReport()
-    with engine.connect() as conn:
-        archived = rows.archived_paths(conn)
-    for path, sha256 in archived:
-        if stop.is_set():
-            raise Interrupted("stopped by a signal while verifying; nothing was changed")
-        report.checked += 1
-        verdict = store.verify(path, sha256)
-        if verdict == "ok":
-            report.ok += 1
-        else:
-            (report.corrupt if verdict == "corrupt" else report.missing).append(path)
-    if (
-        not accept_missing
-        and len(report.missing) >= 10
-        and len(report.missing) > MOSTLY_MISSING * report.checked
-    ):
-        raise ArchiveStorageError(
-            f"{len(report.missing):,} of the {report.checked:,} archived files are missing from "
-            f"{store.root}: is it the right folder, on its disk (mounted)? Nothing was changed. "
-            "If they are lost, `syncd archive --verify --accept-missing` fetches again what the "
-            "API still has"
-        )
-    for path in report.corrupt:
-        store.set_aside(path)
-    for path, why in [
-        *((p, "corrupt in the archive folder (found by verify): fetched again") for p in report.corrupt),
-        *((p, "missing from the archive folder (found by verify): fetched again") for p in report.missing),
-    ]:
-        log.warning("archive file %s: %s", path, why.split(" (")[0])
-        with db.writer(engine).begin() as conn:
-            report.reopened += rows.reopen(conn, [path], clock(), why)
-    return report

@@ -7,6 +7,8 @@
 - Retries: a failed image is tried again at a later run after a back-off
   that doubles from RETRY_BASE up to RETRY_CAP; after MAX_ATTEMPTS runs it is
   left failed (``next_attempt_at`` empty) until ``syncd archive --retry-failed``.
+- Hosts: at most HOST_SHARE of the download slots go to one host (its
+  origin: name and port), so that a slow or hostile host slows only itself.
 - What a file is: its bytes, not its name or its Content-Type header. The
   extension comes from the file's first bytes (a known image signature);
   a body that is no known image is not kept.
@@ -14,19 +16,17 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 
 # The API deletes an artwork and its images this long after its creation
 # (API v2.2.0, "Defaults, Retention, and a Doc Refresh").
 RETENTION = timedelta(days=8)
-# Images are looked for among the artworks created this recently (the API's 8
-# days, and two for clocks and late listings): older ones were deleted by the
-# API, and each look reads every image of the window.
-DISCOVERY_WINDOW = timedelta(days=10)
 RETRY_BASE = timedelta(minutes=1)
 RETRY_CAP = timedelta(hours=6)
 MAX_ATTEMPTS = 12  # runs; with the back-off above, more than two days of trying
@@ -63,6 +63,54 @@ def fetch_order(due: list[Due], now: datetime) -> list[Due]:
         (d for d in due if d.expires_at <= now), key=lambda d: (d.expires_at, d.artwork_id), reverse=True
     )
     return alive + expired
+
+
+HOST_SHARE = 0.5  # of the download slots, at most, for one host
+
+
+def host_cap(max_in_flight: int) -> int:
+    """Downloads one host may hold at once: half the slots, at least one."""
+    return max(1, int(max_in_flight * HOST_SHARE))
+
+
+@functools.lru_cache(maxsize=4096)
+def origin(url: str) -> str:
+    """The host a URL's download counts against (name and port)."""
+    try:
+        parts = urlsplit(url)
+        return f"{(parts.hostname or '').lower()}:{parts.port or ''}"
+    except ValueError:
+        return url  # a URL the fetcher refuses: it counts against itself
+
+
+def startable(
+    waiting: list[Due], busy_hosts: dict[str, int], busy_urls: set[str], cap: int, limit: int | None = None
+) -> list[int]:
+    """Pure: which of ``waiting`` (in fetch order) may start now, by index, in
+    order, at most ``limit``: a host at ``cap`` downloads waits, as does a URL
+    being fetched (once archived, its other rows are too); the rest go ahead
+    of them."""
+    hosts = dict(busy_hosts)
+    urls = set(busy_urls)
+    chosen: list[int] = []
+    for index, item in enumerate(waiting):
+        if limit is not None and len(chosen) >= limit:
+            break
+        host = origin(item.url)
+        if hosts.get(host, 0) >= cap or item.url in urls:
+            continue
+        hosts[host] = hosts.get(host, 0) + 1
+        urls.add(item.url)
+        chosen.append(index)
+    return chosen
+
+
+def eta_seconds(remaining: int, done: int, seconds: float) -> float | None:
+    """Seconds to do ``remaining`` images at the pace held so far (``done`` in
+    ``seconds``); None before there is a pace."""
+    if done <= 0 or seconds <= 0:
+        return None
+    return remaining * seconds / done
 
 
 def retry_at(attempts: int, now: datetime) -> datetime | None:

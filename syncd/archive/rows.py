@@ -1,4 +1,15 @@
-"""The archived_files statements: discovery, what is due, outcomes, summaries.
+"""The archived_files statements of the archive job: what is due, outcomes, summaries.
+
+Rows are written with their artworks (syncd.archive.discover); here they are
+read by the due index (status, next_attempt_at, expires_at), so that a look
+for work costs what is due, not the account's size:
+
+    pending, due within the API's 8 days   by next_attempt_at (= its artwork's
+                                           creation): earliest deadline first
+    pending, past them (history)           the same index backwards: newest first
+    failed, due again                      by deadline, among those due
+    the lag                                the first pending entry, and the
+                                           earliest failed one still tried
 
 Every function takes a Connection inside the caller's transaction.
 """
@@ -10,151 +21,86 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, func, insert, literal, or_, select, union_all, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
-from syncd.archive.plan import DISCOVERY_WINDOW, Due, FileStatus, Role, expires_at, fetch_order
-from syncd.models import ArchivedFile, Artwork, ArtworkResult, UpscalingParameters
+from syncd.archive.discover import artworks, files
+from syncd.archive.discover import load as load_state
+from syncd.archive.plan import RETENTION, Due, FileStatus, expires_at, fetch_order
 
-files: Table = ArchivedFile.__table__  # type: ignore[assignment]
-artworks: Table = Artwork.__table__  # type: ignore[assignment]
-results: Table = ArtworkResult.__table__  # type: ignore[assignment]
-upscaling: Table = UpscalingParameters.__table__  # type: ignore[assignment]
 WAITING = (FileStatus.PENDING, FileStatus.FAILED)
-
-
-@dataclass
-class Discovered:
-    new: int = 0
-    changed: int = 0  # an image not yet archived whose URL changed: the new one is fetched
-    known: int = 0  # of the new, those whose URL is archived already (one file, no request)
-
-
-def _unrecorded(now: datetime) -> Any:
-    """The images of recent artworks that have no row, or a row still waiting
-    (pending, or failed and to be tried again) whose URL changed
-    (``recorded_url`` tells which). Each branch reads only the window's
-    artworks (by the created_at index), never all history."""
-    recent = (
-        select(artworks.c.id, artworks.c.created_at)
-        .where(artworks.c.created_at >= now - DISCOVERY_WINDOW)
-        .subquery("recent")
-    )
-    referenced = union_all(
-        select(
-            results.c.artwork_id,
-            literal(Role.RESULT.value).label("role"),
-            results.c.position,
-            results.c.url,
-            recent.c.created_at,
-        ).join(recent, recent.c.id == results.c.artwork_id),
-        select(
-            upscaling.c.artwork_id,
-            literal(Role.INPUT.value).label("role"),
-            literal(0).label("position"),
-            upscaling.c.image_url.label("url"),
-            recent.c.created_at,
-        )
-        .join(recent, recent.c.id == upscaling.c.artwork_id)
-        .where(upscaling.c.image_url.is_not(None)),
-    ).subquery("referenced")
-    waiting = and_(files.c.status.in_([s.value for s in WAITING]), files.c.next_attempt_at.is_not(None))
-    return (
-        select(
-            referenced.c.artwork_id,
-            referenced.c.role,
-            referenced.c.position,
-            referenced.c.url,
-            referenced.c.created_at,
-            files.c.url.label("recorded_url"),
-        )
-        .outerjoin(
-            files,
-            and_(
-                files.c.artwork_id == referenced.c.artwork_id,
-                files.c.role == referenced.c.role,
-                files.c.position == referenced.c.position,
-            ),
-        )
-        .where(
-            or_(
-                files.c.url.is_(None),
-                # Only a waiting image takes a new URL (a signed CDN URL changes with
-                # every listing): an archived one keeps its file, a gone one stays
-                # gone, one given up stays given up, and none starts its back-off again.
-                and_(files.c.url != referenced.c.url, waiting),
-            ),
-        )
-    )
-
-
-def undiscovered(conn: Connection, now: datetime) -> tuple[int, datetime | None]:
-    """Images the archive has no row for yet (it adds them at its next run):
-    how many, and the oldest one's artwork creation. Read only, for status."""
-    query = _unrecorded(now).where(files.c.url.is_(None)).subquery()
-    count, oldest = conn.execute(select(func.count(), func.min(query.c.created_at))).one()
-    return int(count), oldest
-
-
-def unrecorded(conn: Connection, now: datetime) -> list[Any]:
-    """What ``discover`` would write (read first, outside a write transaction)."""
-    return list(conn.execute(_unrecorded(now)))
-
-
-def discover(conn: Connection, now: datetime, found_rows: Sequence[Any]) -> Discovered:
-    """Add a pending row for every image in ``found_rows`` (``unrecorded``) that
-    has none, and give a waiting row whose URL changed the new URL.
-
-    A new image whose URL is archived already (an upscaling of a generated
-    image names that image) is recorded archived at once, with the same file.
-    """
-    found = Discovered()
-    new: list[dict[str, Any]] = []
-    for row in found_rows:
-        if row.recorded_url is None:
-            new.append(
-                {
-                    "artwork_id": row.artwork_id,
-                    "role": row.role,
-                    "position": row.position,
-                    "url": row.url,
-                    "status": FileStatus.PENDING.value,
-                    "expires_at": expires_at(row.created_at),
-                    "discovered_at": now,
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "sha256": None,
-                    "size_bytes": None,
-                    "content_type": None,
-                    "path": None,
-                    "fetched_at": None,
-                }
-            )
-        else:
-            found.changed += 1
-            conn.execute(
-                update(files).where(_key(row.artwork_id, row.role, row.position)).values(url=row.url)
-            )
-    archived = _archived_by_url(conn, sorted({image["url"] for image in new}))
-    for image in new:
-        same = archived.get(image["url"])
-        if same is not None:
-            found.known += 1
-            image.update(same, status=FileStatus.ARCHIVED.value, next_attempt_at=None)
-    if new:
-        conn.execute(insert(files), new)
-    found.new = len(new)
-    return found
-
-
 LOOKUP_CHUNK = 500  # far below SQLite's limit on bound variables
+_DUE_COLUMNS = (
+    files.c.artwork_id,
+    files.c.role,
+    files.c.position,
+    files.c.url,
+    files.c.expires_at,
+    files.c.attempts,
+)
 
 
-def _archived_by_url(conn: Connection, urls: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The file of each of ``urls`` that some row has archived already."""
+def _due_rows(conn: Connection, *where: Any, order: Sequence[Any], limit: int) -> list[Due]:
+    if limit <= 0:
+        return []
+    query = select(*_DUE_COLUMNS).where(*where).order_by(*order).limit(limit)
+    return [Due(*row) for row in conn.execute(query)]
+
+
+def due(conn: Connection, now: datetime, limit: int, *, failed_before: datetime | None = None) -> list[Due]:
+    """Up to ``limit`` images due a fetch, in the order to fetch them
+    (plan.fetch_order): live deadlines first, then history newest first.
+
+    ``failed_before``: failed images count only when due again by then (a run
+    passes its start: what failed during it waits for the next run)."""
+    cutoff = now if failed_before is None else min(now, failed_before)
+    pending = files.c.status == FileStatus.PENDING.value
+    failed = and_(files.c.status == FileStatus.FAILED.value, files.c.next_attempt_at <= cutoff)
+    live_since = now - RETENTION
+    alive = fetch_order(
+        _due_rows(
+            conn,
+            pending,
+            files.c.next_attempt_at > live_since,
+            files.c.next_attempt_at <= now,
+            order=(files.c.next_attempt_at, files.c.expires_at),
+            limit=limit,
+        )
+        + _due_rows(conn, failed, files.c.expires_at > now, order=(files.c.expires_at,), limit=limit),
+        now,
+    )[:limit]
+    room = limit - len(alive)
+    history = _due_rows(
+        conn,
+        pending,
+        files.c.next_attempt_at <= live_since,
+        order=(files.c.next_attempt_at.desc(), files.c.expires_at.desc()),
+        limit=room,
+    ) + _due_rows(conn, failed, files.c.expires_at <= now, order=(files.c.expires_at.desc(),), limit=room)
+    return fetch_order(alive + history, now)[:limit]
+
+
+def due_count(conn: Connection, now: datetime, *, failed_before: datetime | None = None) -> int:
+    """How many images are due (a run's total still to do); O(those), by the index."""
+    cutoff = now if failed_before is None else min(now, failed_before)
+    pending = conn.execute(
+        select(func.count()).where(files.c.status == FileStatus.PENDING.value, files.c.next_attempt_at <= now)
+    ).scalar_one()
+    failed = conn.execute(
+        select(func.count()).where(
+            files.c.status == FileStatus.FAILED.value, files.c.next_attempt_at <= cutoff
+        )
+    ).scalar_one()
+    return int(pending) + int(failed)
+
+
+def archived_by_url(conn: Connection, urls: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The file of each of ``urls`` that some row has archived already (an
+    upscaling's input is often another artwork's result: one file, no request)."""
     columns = (files.c.sha256, files.c.size_bytes, files.c.content_type, files.c.path, files.c.fetched_at)
     found: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(urls), LOOKUP_CHUNK):
-        chunk = urls[start : start + LOOKUP_CHUNK]
+    ordered = sorted(set(urls))
+    for start in range(0, len(ordered), LOOKUP_CHUNK):
+        chunk = ordered[start : start + LOOKUP_CHUNK]
         query = select(files.c.url, *columns).where(
             files.c.url.in_(chunk), files.c.status == FileStatus.ARCHIVED.value
         )
@@ -163,31 +109,7 @@ def _archived_by_url(conn: Connection, urls: Sequence[str]) -> dict[str, dict[st
     return found
 
 
-def _key(artwork_id: str, role: str, position: int) -> Any:
-    return and_(files.c.artwork_id == artwork_id, files.c.role == role, files.c.position == position)
-
-
-def due(conn: Connection, now: datetime, limit: int) -> list[Due]:
-    """Up to ``limit`` images due a fetch, in the order to fetch them (plan.fetch_order)."""
-    columns = (
-        files.c.artwork_id,
-        files.c.role,
-        files.c.position,
-        files.c.url,
-        files.c.expires_at,
-        files.c.attempts,
-    )
-    ready = files.c.next_attempt_at <= now
-    alive = conn.execute(
-        select(*columns).where(ready, files.c.expires_at > now).order_by(files.c.expires_at).limit(limit)
-    ).all()
-    expired = conn.execute(
-        select(*columns)
-        .where(ready, files.c.expires_at <= now)
-        .order_by(files.c.expires_at.desc())
-        .limit(max(0, limit - len(alive)))
-    ).all()
-    return fetch_order([Due(*row) for row in (*alive, *expired)], now)
+# ------------------------------------------------------------------ outcomes
 
 
 @dataclass(frozen=True)
@@ -196,62 +118,123 @@ class Outcome:
 
     due: Due
     status: FileStatus
+    at: datetime  # when it ended (``fetched_at`` of an archived image)
     error: str | None = None
     next_attempt_at: datetime | None = None
     sha256: str | None = None
     size_bytes: int | None = None
     content_type: str | None = None
     path: str | None = None
+    tried: bool = True  # False: its URL was archived already, nothing was fetched
 
 
-def record(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> None:
-    """Write outcomes, by image (its URL is the one tried). An archived URL
-    archives every row waiting with it (one file, one request)."""
-    for outcome in outcomes:
-        d = outcome.due
-        archived = outcome.status is FileStatus.ARCHIVED
-        values: dict[str, Any] = {
-            "url": d.url,  # the URL tried (a newer one from a listing meanwhile is the same image)
-            "status": outcome.status.value,
-            "attempts": files.c.attempts + 1,
-            "last_error": outcome.error,
-            "next_attempt_at": outcome.next_attempt_at,
-        }
-        if archived:
-            values.update(
-                sha256=outcome.sha256,
-                size_bytes=outcome.size_bytes,
-                content_type=outcome.content_type,
-                path=outcome.path,
-                fetched_at=now,
-            )
-        conn.execute(update(files).where(_key(d.artwork_id, d.role, d.position)).values(values))
-        if archived:
-            # Other images at the same URL waiting their turn: the same file.
-            conn.execute(
-                update(files)
-                .where(files.c.url == d.url, files.c.status.in_([s.value for s in WAITING]))
-                .values({**values, "attempts": files.c.attempts, "last_error": None})
-            )
+_utc = files.c.fetched_at.type
+_RECORD = (
+    update(files)
+    .where(
+        files.c.artwork_id == bindparam("k_artwork_id"),
+        files.c.role == bindparam("k_role"),
+        files.c.position == bindparam("k_position"),
+    )
+    .values(
+        url=bindparam("v_url"),  # the URL tried (a newer one from a listing meanwhile is the same image)
+        status=bindparam("v_status"),
+        attempts=files.c.attempts + bindparam("v_tried"),
+        last_error=bindparam("v_error"),
+        next_attempt_at=bindparam("v_next", type_=_utc),
+        sha256=func.coalesce(bindparam("v_sha256"), files.c.sha256),  # kept when a refetch fails
+        size_bytes=bindparam("v_size"),
+        content_type=bindparam("v_type"),
+        path=bindparam("v_path"),
+        fetched_at=bindparam("v_fetched", type_=_utc),
+    )
+)
+# Other images at an archived URL, waiting their turn: the same file.
+_SAME_URL = (
+    update(files)
+    .where(files.c.url == bindparam("k_url"), or_(*(files.c.status == s.value for s in WAITING)))
+    .values(
+        status=FileStatus.ARCHIVED.value,
+        last_error=None,
+        next_attempt_at=None,
+        sha256=bindparam("v_sha256"),
+        size_bytes=bindparam("v_size"),
+        content_type=bindparam("v_type"),
+        path=bindparam("v_path"),
+        fetched_at=bindparam("v_fetched", type_=_utc),
+    )
+)
+
+
+def record(conn: Connection, outcomes: Sequence[Outcome]) -> None:
+    """Write outcomes, by image, in two statements whatever their number (the
+    database is never the archive's bound). An archived URL archives every
+    row waiting with it (one file, one request)."""
+    if not outcomes:
+        return
+    conn.execute(
+        _RECORD,
+        [
+            {
+                "k_artwork_id": o.due.artwork_id,
+                "k_role": o.due.role,
+                "k_position": o.due.position,
+                "v_url": o.due.url,
+                "v_status": o.status.value,
+                "v_tried": 1 if o.tried else 0,
+                "v_error": o.error,
+                "v_next": o.next_attempt_at,
+                "v_sha256": o.sha256,
+                "v_size": o.size_bytes,
+                "v_type": o.content_type,
+                "v_path": o.path,
+                "v_fetched": o.at if o.status is FileStatus.ARCHIVED else None,
+            }
+            for o in outcomes
+        ],
+    )
+    archived = [o for o in outcomes if o.status is FileStatus.ARCHIVED and o.tried]
+    if archived:
+        conn.execute(
+            _SAME_URL,
+            [
+                {
+                    "k_url": o.due.url,
+                    "v_sha256": o.sha256,
+                    "v_size": o.size_bytes,
+                    "v_type": o.content_type,
+                    "v_path": o.path,
+                    "v_fetched": o.at,
+                }
+                for o in archived
+            ],
+        )
 
 
 def reopen(conn: Connection, paths: Sequence[str], now: datetime, why: str) -> int:
-    """Archived rows whose file is missing or corrupt become pending again."""
+    """Archived rows whose file is missing or corrupt become pending again
+    (due from their artwork's creation, as every pending image)."""
     count = 0
     for path in paths:
-        count += conn.execute(
-            update(files)
-            .where(files.c.path == path, files.c.status == FileStatus.ARCHIVED.value)
-            .values(
-                status=FileStatus.PENDING.value,
-                path=None,  # sha256 stays: what the file was, should it be gone now
-                size_bytes=None,
-                content_type=None,
-                fetched_at=None,
-                last_error=why,
-                next_attempt_at=now,
+        found = conn.execute(
+            select(files.c.artwork_id, files.c.role, files.c.position, files.c.expires_at).where(
+                files.c.path == path, files.c.status == FileStatus.ARCHIVED.value
             )
-        ).rowcount
+        ).all()
+        for artwork_id, role, position, deadline in found:
+            count += conn.execute(
+                update(files)
+                .where(files.c.artwork_id == artwork_id, files.c.role == role, files.c.position == position)
+                .values(
+                    status=FileStatus.PENDING.value,
+                    path=None,  # sha256 stays: what the file was, should it be gone now
+                    size_bytes=None,
+                    content_type=None,
+                    fetched_at=None,
+                    last_error=why,
+                    next_attempt_at=min(deadline - RETENTION, now),
+                )
+            ).rowcount
     return count
 
 
@@ -261,15 +244,19 @@ def archived_count(conn: Connection) -> int:
     )
 
 
-def archived_paths(conn: Connection) -> list[tuple[str, str]]:
-    """(path, sha256) of every archived file, once each."""
+def archived_paths(
+    conn: Connection, after: str = "", limit: int = 10_000
+) -> list[tuple[str, str, int | None]]:
+    """(path, sha256, size_bytes) of the archived files after ``after``, once
+    each, in path order (read in pages: an archive may hold millions)."""
     rows = conn.execute(
-        select(files.c.path, files.c.sha256)
-        .where(files.c.status == FileStatus.ARCHIVED.value, files.c.path.is_not(None))
+        select(files.c.path, files.c.sha256, files.c.size_bytes)
+        .where(files.c.status == FileStatus.ARCHIVED.value, files.c.path > after)
         .distinct()
         .order_by(files.c.path)
+        .limit(limit)
     ).all()
-    return [(str(path), str(sha256)) for path, sha256 in rows]
+    return [(str(path), str(sha256), size) for path, sha256, size in rows]
 
 
 def retry_failed(conn: Connection, now: datetime) -> int:
@@ -283,45 +270,79 @@ def retry_failed(conn: Connection, now: datetime) -> int:
     )
 
 
+# ------------------------------------------------------------------ what status and metrics show
+
+
+def oldest_waiting_expiry(conn: Connection) -> datetime | None:
+    """The deadline of the oldest image not yet archived and still tried, from
+    two index probes; the artworks the walk has not reached count too (the
+    archive turned on late, or never)."""
+    first_pending = conn.execute(
+        select(files.c.expires_at)
+        .where(files.c.status == FileStatus.PENDING.value, files.c.next_attempt_at.is_not(None))
+        .order_by(files.c.next_attempt_at, files.c.expires_at)
+        .limit(1)
+    ).scalar()
+    first_failed = conn.execute(
+        select(func.min(files.c.expires_at)).where(
+            files.c.status == FileStatus.FAILED.value, files.c.next_attempt_at.is_not(None)
+        )
+    ).scalar()
+    found = [moment for moment in (first_pending, first_failed) if moment is not None]
+    if not load_state(conn).complete:
+        oldest = conn.execute(select(func.min(artworks.c.created_at))).scalar()
+        if oldest is not None:
+            found.append(expires_at(oldest))
+    return min(found, default=None)
+
+
+def waiting_counts(conn: Connection) -> dict[str, int]:
+    """Pending and failed images, counted on the due index (the others are
+    counted by ``summary``, which reads every row)."""
+    return {
+        status.value: int(
+            conn.execute(select(func.count()).where(files.c.status == status.value)).scalar_one()
+        )
+        for status in WAITING
+    }
+
+
 @dataclass
 class Summary:
     """The archive as status and metrics show it."""
 
     files: dict[str, int] = field(default_factory=dict)  # by status
     bytes_archived: int = 0
-    oldest_waiting_expiry: datetime | None = None  # of the images still being tried (or not yet seen)
+    oldest_waiting_expiry: datetime | None = None  # of the images still being tried (or not yet recorded)
     overdue: int = 0  # waiting, and past the API's deletion
     given_up: int = 0  # failed, and not tried again without --retry-failed
-    undiscovered: int = 0  # referenced by a recent artwork, and not in the table yet
+    walk_to: datetime | None = None  # artworks created before this have no rows yet (the walk's place)
+    archive_on: bool = False  # images are recorded with their artworks
 
 
-def summary(conn: Connection, now: datetime, *, undiscovered_too: bool = False) -> Summary:
-    """Counts and the oldest waiting image; ``undiscovered_too`` counts the
-    images no archive run has seen yet as waiting (``syncd status``: an archive
-    that never ran must not look on time)."""
-    result = Summary(files={status.value: 0 for status in FileStatus})
-    for status, count, size in conn.execute(
+def totals(conn: Connection) -> tuple[dict[str, int], int]:
+    """Images by status, and the bytes archived: reads every row."""
+    counts = {status.value: 0 for status in FileStatus}
+    size = 0
+    for status, count, total in conn.execute(
         select(files.c.status, func.count(), func.coalesce(func.sum(files.c.size_bytes), 0)).group_by(
             files.c.status
         )
     ):
-        result.files[str(status)] = int(count)
+        counts[str(status)] = int(count)
         if status == FileStatus.ARCHIVED.value:
-            result.bytes_archived = int(size)
+            size = int(total)
+    return counts, size
+
+
+def summary(conn: Connection, now: datetime) -> Summary:
+    """Counts, bytes, the lag's image and what is overdue or given up (``syncd status``)."""
+    counts, size = totals(conn)
+    result = Summary(files=counts, bytes_archived=size, oldest_waiting_expiry=oldest_waiting_expiry(conn))
     waiting = and_(files.c.status.in_([s.value for s in WAITING]), files.c.next_attempt_at.is_not(None))
-    oldest, overdue = conn.execute(
-        select(
-            func.min(files.c.expires_at), func.count(files.c.expires_at).filter(files.c.expires_at <= now)
-        ).where(waiting)
-    ).one()
-    result.oldest_waiting_expiry = oldest  # min() keeps the column's type: a UTC datetime
-    if undiscovered_too:
-        result.undiscovered, first_created = undiscovered(conn, now)
-        if first_created is not None:
-            first = expires_at(first_created)
-            if result.oldest_waiting_expiry is None or first < result.oldest_waiting_expiry:
-                result.oldest_waiting_expiry = first
-    result.overdue = int(overdue or 0)
+    result.overdue = int(
+        conn.execute(select(func.count()).where(waiting, files.c.expires_at <= now)).scalar_one()
+    )
     result.given_up = int(
         conn.execute(
             select(func.count()).where(
@@ -329,4 +350,8 @@ def summary(conn: Connection, now: datetime, *, undiscovered_too: bool = False) 
             )
         ).scalar_one()
     )
+    state = load_state(conn)
+    result.archive_on = state.images_since is not None
+    if not state.complete:
+        result.walk_to = state.walk_created_at or now
     return result
