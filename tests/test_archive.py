@@ -398,10 +398,10 @@ def test_an_error_nobody_foresaw_fails_that_image_and_the_others_are_archived(
     cursed = sorted(referenced_urls(w))[0]
     follow = ImageFetcher._follow
 
-    def surprise(self: ImageFetcher, url: str, wanted: Any) -> Any:
+    def surprise(self: ImageFetcher, url: str, *args: Any) -> Any:
         if url == cursed:
             raise KeyError("a library's surprise")
-        return follow(self, url, wanted)
+        return follow(self, url, *args)
 
     monkeypatch.setattr(ImageFetcher, "_follow", surprise)
     for _ in range(2):  # and again: it never stops a later run

@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http import HTTPStatus
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import urljoin, urlsplit
 
@@ -49,11 +48,11 @@ from syncd import __version__, locations
 from syncd.archive.files import ContentStore, NotAnImage, NotPlaceable, Stored, TooLarge
 from syncd.archive.plan import Verdict, media_type, verdict_for_status
 from syncd.errors import one_line
-from syncd.net.core import tls_context
-from syncd.net.deadline import PeerCheck, install, request_deadline
+from syncd.net.core import Exhausted, RequestCore, phrase
+from syncd.net.deadline import PeerCheck
 from syncd.net.limiter import RateLimiter
 from syncd.net.pace import Pacer, Unwanted
-from syncd.net.retry import backoff_delay, parse_retry_after
+from syncd.net.retry import Retriable, RetryPolicy, parse_retry_after
 from syncd.redaction import contains as contains_secret
 
 MAX_REDIRECTS = 5
@@ -91,10 +90,9 @@ class FetchFailure(Exception):
         self.reason = reason
 
 
-class _Retry(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None, throttled: bool = False) -> None:
-        super().__init__(reason)
-        self.reason, self.retry_after, self.throttled = reason, retry_after, throttled
+@dataclass(frozen=True)
+class _Redirect:
+    location: str | None
 
 
 class ForbiddenAddress(Exception):
@@ -118,16 +116,36 @@ def peer_check(*, allow_private: bool) -> PeerCheck:
     return check
 
 
-def _guarded_transport(allow_private: bool) -> httpx.HTTPTransport:
-    transport = httpx.HTTPTransport(verify=tls_context())
-    return install(transport, check_peer=peer_check(allow_private=allow_private))
-
-
 class _NoCookies(DefaultCookiePolicy):
     """Image hosts get nothing back from syncd: no cookie is ever stored."""
 
     def set_ok(self, cookie: object, request: object) -> bool:
         return False
+
+
+class _HostPacing:
+    """The pace of one host under the ceiling for all (syncd.net.core.Pacing):
+    a request waits for both; only the host's own 429s slow it."""
+
+    def __init__(self, host: Pacer, ceiling: Pacer) -> None:
+        self.host, self.ceiling = host, ceiling
+
+    def pace(self, wanted: Callable[[], bool] | None = None) -> float:
+        sent_at = self.host.pace(wanted)
+        self.ceiling.pace(wanted)
+        return sent_at
+
+    def nap(self, seconds: float, wanted: Callable[[], bool] | None) -> None:
+        self.ceiling.nap(seconds, wanted)
+
+    def quiet(self, seconds: float) -> None:
+        self.host.quiet(seconds)
+
+    def throttled(self, sent_at: float, seconds: float) -> None:
+        self.host.throttled(sent_at, seconds)
+
+    def succeeded(self, sent_at: float) -> None:
+        self.host.succeeded(sent_at)
 
 
 class ImageFetcher:
@@ -143,35 +161,38 @@ class ImageFetcher:
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
-        self.options = options or FetchOptions()
-        self._rng = rng or random.Random()
+        self.options = options = options or FetchOptions()
         self._secrets = secrets
         self._clock, self._sleep = clock, sleep
         # The ceiling for all hosts together; never slowed by one host's 429s.
-        self.pacer = Pacer(
-            RateLimiter(max_rate=self.options.max_requests_per_second), clock=clock, sleep=sleep
-        )
+        self.pacer = Pacer(RateLimiter(max_rate=options.max_requests_per_second), clock=clock, sleep=sleep)
         self._hosts: dict[str, Pacer] = {}
         self._hosts_lock = threading.Lock()
         self.deadline = (
-            self.options.connect_timeout
-            + self.options.read_timeout
-            + store.max_file_bytes / MIN_TRANSFER_RATE
+            options.connect_timeout + options.read_timeout + store.max_file_bytes / MIN_TRANSFER_RATE
         )
-        self._http = httpx.Client(
-            headers={
-                "User-Agent": f"syncd/{__version__} (image archive)",
-                "Accept": "image/*",
-                "Accept-Encoding": "identity",
-            },
-            timeout=httpx.Timeout(self.options.read_timeout, connect=self.options.connect_timeout),
-            transport=transport or _guarded_transport(self.options.allow_private),
-            follow_redirects=False,
+        self._core = RequestCore(
+            headers={"User-Agent": f"syncd/{__version__} (image archive)", "Accept": "image/*"},
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            deadline=self.deadline,
+            policy=RetryPolicy(
+                attempts=options.attempts,
+                backoff_base=BACKOFF_BASE,
+                backoff_cap=BACKOFF_CAP,
+                # A longer Retry-After ends the file's tries for this run (it is
+                # failed, and tried again by a later run) rather than holding a worker.
+                max_retry_after=MAX_RETRY_AFTER,
+                longer_retry_after="give up",
+            ),
+            transport=transport,
+            check_peer=peer_check(allow_private=options.allow_private),
             cookies=CookieJar(policy=_NoCookies()),
+            rng=rng,
         )
 
     def close(self) -> None:
-        self._http.close()
+        self._core.close()
 
     def host_pacer(self, url: str) -> Pacer:
         """The pace of ``url``'s host (its 429s slow it, and only it)."""
@@ -191,50 +212,20 @@ class ImageFetcher:
         ArchiveStorageError (no room) and Unwanted (the run stops) pass through.
         """
         self._check_url(url)
-        host = self.host_pacer(url)
-        for attempt in range(self.options.attempts):
-            sent_at = host.pace(wanted)
-            self.pacer.pace(wanted)
-            try:
-                fetched = self._follow(url, wanted)
-            except _Retry as exc:
-                delay = (
-                    exc.retry_after
-                    if exc.retry_after is not None
-                    else backoff_delay(attempt, base=BACKOFF_BASE, cap=BACKOFF_CAP, rng=self._rng)
-                )
-                if exc.throttled:
-                    host.throttled(sent_at, min(delay, MAX_RETRY_AFTER))
-                if attempt + 1 >= self.options.attempts or delay > MAX_RETRY_AFTER:
-                    raise FetchFailure(
-                        Verdict.RETRY, f"{exc.reason} (after {attempt + 1} attempts)"
-                    ) from None
-                if not exc.throttled:
-                    self.pacer.nap(delay, wanted)
-                continue
-            host.succeeded(sent_at)
-            return fetched
-        raise AssertionError("unreachable")
+        pacing = _HostPacing(self.host_pacer(url), self.pacer)
+        try:
+            return self._core.send(lambda: self._follow(url, pacing, wanted), pacing=pacing, wanted=wanted)
+        except Exhausted as exc:
+            raise FetchFailure(Verdict.RETRY, f"{exc.failure.reason} ({exc.why})") from None
 
-    def _follow(self, url: str, wanted: Callable[[], bool] | None) -> Fetched:
+    def _follow(self, url: str, pacing: _HostPacing, wanted: Callable[[], bool] | None) -> Fetched:
+        """One attempt: ``url``, and the redirects from it (each checked where it is made)."""
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                with request_deadline(self.deadline), self._http.stream("GET", current) as response:
-                    status = response.status_code
-                    if status in (301, 302, 303, 307, 308):
-                        current = self._redirect(current, response.headers.get("Location"))
-                        continue
-                    if status == 200:
-                        return self._keep(response, wanted)
-                    verdict = verdict_for_status(status)
-                    reason = f"{status} {_phrase(status)}"
-                    if verdict is Verdict.RETRY:
-                        retry_after = parse_retry_after(
-                            response.headers.get("Retry-After"), datetime.now(UTC)
-                        )
-                        raise _Retry(reason, retry_after if status == 429 else None, throttled=status == 429)
-                    raise FetchFailure(verdict, reason)
+                answer = self._core.exchange(
+                    current, lambda response: self._judge(response, wanted), pacing=pacing
+                )
             except ForbiddenAddress as exc:
                 raise FetchFailure(Verdict.REFUSED, str(exc)) from None
             except (httpx.InvalidURL, httpx.UnsupportedProtocol, UnicodeError, ValueError) as exc:
@@ -243,15 +234,26 @@ class ImageFetcher:
                 raise FetchFailure(
                     Verdict.REFUSED, f"not a URL that can be fetched ({type(exc).__name__})"
                 ) from None
-            except httpx.TimeoutException as exc:
-                raise _Retry(
-                    f"timed out ({type(exc).__name__}, the whole answer within {self.deadline:g}s)"
-                ) from None
-            except httpx.DecodingError:
-                raise _Retry("a body that cannot be decoded (a wrong Content-Encoding?)") from None
-            except (httpx.TransportError, httpx.StreamError) as exc:
-                raise _Retry(f"connection failed or cut short ({type(exc).__name__})") from None
+            if isinstance(answer, Fetched):
+                return answer
+            current = self._redirect(current, answer.location)
         raise FetchFailure(Verdict.FAILED, f"more than {MAX_REDIRECTS} redirects")
+
+    def _judge(self, response: httpx.Response, wanted: Callable[[], bool] | None) -> Fetched | _Redirect:
+        """What one answer means for the image (the table in the module's docstring)."""
+        status = response.status_code
+        if status in (301, 302, 303, 307, 308):
+            return _Redirect(response.headers.get("Location"))
+        if status == 200:
+            return self._keep(response, wanted)
+        verdict = verdict_for_status(status)
+        reason = f"{status} {phrase(status)}"
+        if verdict is Verdict.RETRY:
+            retry_after = None
+            if status == 429:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
+            raise Retriable(reason, kind=str(status), retry_after=retry_after, throttled=status == 429)
+        raise FetchFailure(verdict, reason)
 
     def _keep(self, response: httpx.Response, wanted: Callable[[], bool] | None) -> Fetched:
         declared = media_type(response.headers.get("Content-Type"))
@@ -318,10 +320,3 @@ def _content_length(header: str | None) -> int | None:
     if header is None or not header.strip().isdigit() or len(header) > 20:
         return None
     return int(header)
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"

@@ -112,14 +112,15 @@ class RetryPolicy:
         """Why no attempt follows the failed ``attempt`` (for the message), or None."""
         if failure.unreachable and not self.retry_unreachable:
             return "at once: the server cannot be reached"
+        tried = f"after {attempt + 1} attempt{'s' if attempt else ''}"
         if attempt + 1 >= self.attempts:
-            return f"after {attempt + 1} attempts"
+            return tried
         if (
             self.longer_retry_after == "give up"
             and failure.retry_after is not None
             and failure.retry_after > self.max_retry_after
         ):
-            return f"after {attempt + 1} attempts: a Retry-After over {self.max_retry_after:g}s"
+            return f"{tried}: a Retry-After over {self.max_retry_after:g}s"
         if self.total_wait is not None and waited + delay > self.total_wait:
             return f"the next wait ({delay:.0f}s) would pass {self.total_wait_name} ({self.total_wait:g}s)"
         return None
