@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from syncd import locations
 from syncd.errors import ConfigError
 from syncd.locations import is_loopback
 
@@ -106,19 +107,19 @@ def _parse_api_url(raw: object) -> str:
     parts = urlsplit(text)
     # Messages quote the URL without whatever stands before an "@" (credentials).
     shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http(s) URL such as https://api.tengr.ai, got {shown!r}")
-    if "@" in parts.netloc:
-        raise ValueError(
-            "must not contain credentials (user:password@): the API takes the key as a Bearer "
-            "token from SYNCD_API_KEY or SYNCD_API_KEY_FILE"
-        )
+    try:
+        locations.http_url(text)
+    except locations.NotAnHttpUrl as exc:
+        if exc.problem == "credentials":
+            raise ValueError(
+                "must not contain credentials (user:password@): the API takes the key as a Bearer "
+                "token from SYNCD_API_KEY or SYNCD_API_KEY_FILE"
+            ) from None
+        if exc.problem == "port":
+            raise ValueError(f"has an invalid port: {shown!r}") from None
+        raise ValueError(f"expected an http(s) URL such as https://api.tengr.ai, got {shown!r}") from None
     if parts.query or parts.fragment:
         raise ValueError("must not contain a query string or fragment")
-    try:
-        parts.port  # noqa: B018  (raises on a malformed port)
-    except ValueError:
-        raise ValueError(f"has an invalid port: {shown!r}") from None
     return text.rstrip("/")
 
 

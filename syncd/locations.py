@@ -1,8 +1,11 @@
-"""Pure: what a host in an untrusted location is, and where syncd may connect.
+"""Pure: what a location is, and where syncd may connect.
 
-The one place that judges the hosts of locations syncd did not choose (image
-URLs from the API, the addresses their names resolve to) and the host of its
-own API URL (``is_loopback``, for the clear-text warning).
+The one place that judges URLs and hosts: those syncd did not choose (image
+URLs from the API, the addresses their names resolve to) and its own API URL
+(its form; ``is_loopback``, for the clear-text warning).
+
+    http_url(text)             an http(s) URL with a host, no credentials and a
+                               valid port, split; else NotAnHttpUrl (why)
 
     is_loopback(host)          the host names this machine as written: localhost,
                                127.0.0.0/8, ::1 (the API URL's rule)
@@ -28,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
+from urllib.parse import SplitResult, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -62,6 +66,34 @@ _PRIVATE = tuple(
 )
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 _IPV4_PART = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
+
+
+class NotAnHttpUrl(ValueError):
+    """Not a URL syncd talks to; ``problem`` says why: "form" (not an http(s)
+    URL with a host, or not a URL at all), "credentials" (user@host) or "port"."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def http_url(text: str) -> SplitResult:
+    """``text`` split, when it is an http(s) URL with a host name, no credentials
+    and a valid port (the rules the API URL and every image URL share)."""
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+    except (ValueError, UnicodeError):
+        raise NotAnHttpUrl("form") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise NotAnHttpUrl("form")
+    if "@" in parts.netloc:
+        raise NotAnHttpUrl("credentials")
+    try:
+        parts.port  # noqa: B018  (raises on a malformed port)
+    except ValueError:
+        raise NotAnHttpUrl("port") from None
+    return parts
 
 
 def is_loopback(host: str) -> bool:

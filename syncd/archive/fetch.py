@@ -296,21 +296,20 @@ class ImageFetcher:
 
     def _check_url(self, url: str) -> None:
         """Only http(s) URLs to a named or public host, without credentials or the key."""
-        try:
-            parts = urlsplit(url)
-            host = parts.hostname or ""
-            parts.port  # noqa: B018 (raises on a malformed port)
-            httpx.URL(url)
-        except (ValueError, UnicodeError, httpx.InvalidURL):
-            raise FetchFailure(Verdict.REFUSED, "not a valid URL") from None
         if contains_secret(url, self._secrets):  # in any form: percent-encoded, base64, hex...
             raise FetchFailure(
                 Verdict.REFUSED, "the URL carries the API key: not fetched (the key goes to the API only)"
             )
-        if parts.scheme not in ("http", "https") or not host:
-            raise FetchFailure(Verdict.REFUSED, "not an http(s) URL: not fetched")
-        if "@" in parts.netloc:
-            raise FetchFailure(Verdict.REFUSED, "a URL with credentials (user@host): not fetched")
+        try:
+            host = locations.http_url(url).hostname or ""
+            httpx.URL(url)
+        except locations.NotAnHttpUrl as exc:
+            why = {"credentials": "a URL with credentials (user@host)", "port": "not a valid URL"}
+            raise FetchFailure(
+                Verdict.REFUSED, f"{why.get(exc.problem, 'not an http(s) URL')}: not fetched"
+            ) from None
+        except (ValueError, UnicodeError, httpx.InvalidURL):
+            raise FetchFailure(Verdict.REFUSED, "not a valid URL: not fetched") from None
         refused = locations.refusal(host, allow_private=self.options.allow_private)
         if refused is not None:  # a metadata service, link-local, ... in any notation
             raise FetchFailure(Verdict.REFUSED, f"{refused}: not fetched")
