@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd import db
+from syncd import db, locks
 from syncd.api.client import ApiClient, ClientOptions, RequestObserver
 from syncd.config import Settings
 from syncd.errors import (
@@ -165,7 +165,7 @@ def run_once(
     """One sync (and refresh of unfinished artworks) under the one-syncer lock."""
     settings.require_api()  # a config error before any connection or request
     freeze_startup_objects()
-    with open_engine(settings) as engine, db.sync_lock(engine):
+    with open_engine(settings) as engine, locks.sync_lock(engine):
         db.ensure_schema(engine, migrate=migrate)
         return sync_with(
             settings,
@@ -279,7 +279,7 @@ def archive(
     freeze_startup_objects()
     with open_engine(settings) as engine:
         if not db.schema_version(engine).up_to_date:
-            with db.sync_lock(engine):
+            with locks.sync_lock(engine):
                 db.ensure_schema(engine, migrate=migrate)
         return archive_with(
             settings,
@@ -329,7 +329,7 @@ def archive_with(
         sleep=interruptible_sleep(stop),
     )
     try:
-        with db.sync_lock(engine, job=db.ARCHIVE_LOCK), store.lock():
+        with locks.sync_lock(engine, job=locks.ARCHIVE_LOCK), store.lock():
             _check_marker(engine, store)
             verified = None
             if verify:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import click
 import orjson
 
-from syncd import SCHEMA_REVISION, __version__
+from syncd import SCHEMA_REVISION, __version__, locks
 from syncd.clitools import api_options, command_settings, database_options, handle_errors, summary_screen
 from syncd.errors import ExitCode, SyncdError, one_line
 from syncd.signals import install_stop_signals
@@ -369,7 +369,7 @@ def db_upgrade(**kwargs: Any) -> None:
     from syncd.app import open_engine
 
     settings = command_settings(kwargs)
-    with open_engine(settings) as engine, db.sync_lock(engine):
+    with open_engine(settings) as engine, locks.sync_lock(engine):
         version = db.ensure_schema(engine, migrate=True)
     click.echo(f"schema at revision {version.current} (latest)")
 

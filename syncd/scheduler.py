@@ -41,7 +41,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd import app, db, store
+from syncd import app, db, locks, store
 from syncd.config import Settings
 from syncd.errors import (
     ArchiveStorageError,
@@ -127,7 +127,7 @@ class Daemon:
 
     def _prepare_schema(self, engine: Engine) -> None:
         try:
-            with db.sync_lock(engine):
+            with locks.sync_lock(engine):
                 db.ensure_schema(engine, migrate=True)
         except LockHeldError:
             # Another syncd is active and keeps the schema; we must merely understand it.
@@ -219,7 +219,7 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.run_started_now(started)
         try:
-            with db.sync_lock(engine):
+            with locks.sync_lock(engine):
                 outcome = app.sync_with(
                     self.settings,
                     engine,

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from syncd import db, store
+from syncd import db, locks, store
 from syncd.errors import one_line
 from syncd.records import TERMINAL_STATUSES
 from syncd.state import ListOrder
@@ -112,7 +112,7 @@ def collect(engine: Engine, now: datetime | None = None, *, archive_on: bool = F
     if report["running"] is not None:
         # Counts as of its last commit; "running" without a lock holder: the
         # process died, and the next sync will record it as crashed.
-        report["running"]["alive"] = db.lock_held(engine)
+        report["running"]["alive"] = locks.lock_held(engine)
     return report
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd import db
+from syncd import db, locks
 from syncd.fakeapi.server import FakeServer, Faults
 from tests.conftest import run_syncd, syncd_env
 
@@ -133,7 +133,7 @@ def test_lock_held_exits_7(db_url: str, fake_api: Callable[..., FakeServer], tmp
     engine = db.create_db_engine(db_url)
     try:
         db.upgrade(engine)
-        with db.sync_lock(engine):
+        with locks.sync_lock(engine):
             result = run_syncd(["run-once"], syncd_env(fake_api(5).url, db_url), cwd=tmp_path)
         assert result.returncode == 7
         assert "another syncd process is syncing" in error_line(result.stderr)

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text
 
-from syncd import db, store
+from syncd import db, locks, store
 from syncd.app import run_once
 from syncd.errors import SyncdError
 from syncd.fakeapi.data import POISONS, VALID_POISONS
@@ -374,7 +374,7 @@ def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
     database = tmp_path / "syncd.db"
-    os.symlink(victim, db.lock_path_of(database))
+    os.symlink(victim, locks.lock_path_of(database))
     server = fake_api(50)
     result = run_syncd(["run-once"], syncd_env(server.url, f"sqlite:///{database}"), cwd=tmp_path)
     assert result.returncode == 6, result.stderr

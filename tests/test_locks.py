@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from syncd import db
+from syncd import locks
 from syncd.errors import LockHeldError
 
 
 def test_a_held_sqlite_lock_names_the_process_holding_it(tmp_path: Path) -> None:
     database = tmp_path / "syncd.db"
-    with db.hold_file_lock(database):
+    with locks.hold_file_lock(database):
         with pytest.raises(LockHeldError, match=f"is held\\) by process {os.getpid()}$"):
-            with db.hold_file_lock(database):
+            with locks.hold_file_lock(database):
                 pass
-    with db.hold_file_lock(database):  # released: taken again
-        assert db.lock_path_of(database).read_text() == f"{os.getpid()}\n"
+    with locks.hold_file_lock(database):  # released: taken again
+        assert locks.lock_path_of(database).read_text() == f"{os.getpid()}\n"

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, text
 
-from syncd import db, store
+from syncd import db, locks, store
 from syncd.fakeapi.server import FakeServer, Faults
 from tests.conftest import run_syncd, start_syncd, syncd_env, wait_for
 
@@ -122,7 +122,7 @@ def syncing_held(db_url: str, engine: Engine) -> Iterator[None]:
         return
     database = db.sqlite_path(db_url)
     assert database is not None
-    fd = os.open(db.lock_path_of(database), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(locks.lock_path_of(database), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # blocks until the run in progress lets go
         try:

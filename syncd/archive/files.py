@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from syncd.archive.plan import SNIFF_BYTES, content_path, sniff_extension
-from syncd.db import lock_file
 from syncd.errors import ArchiveStorageError
+from syncd.locks import lock_file
 
 INCOMING = "incoming"
 CORRUPT = "corrupt"

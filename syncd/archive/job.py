@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from syncd import db
+from syncd import db, locks
 from syncd.archive import discover, rows
 from syncd.archive.fetch import Fetched, FetchFailure, ImageFetcher
 from syncd.archive.files import ContentStore
@@ -211,7 +211,7 @@ class Archiver:
             state = discover.load(conn)
         if state.images_since is None:
             try:
-                with db.sync_lock(self.engine), db.writer(self.engine).begin() as conn:
+                with locks.sync_lock(self.engine), db.writer(self.engine).begin() as conn:
                     discover.turn_on(conn, self.clock())
             except LockHeldError:
                 log.info(
