@@ -6,6 +6,7 @@ Loaded only when it runs (the ``syncd`` group finds it lazily).
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 
 import click
@@ -29,6 +30,31 @@ GROUP BY role, status
 ORDER BY role, status
 """.strip()
 DEMO_IMAGE_BYTES = 4096  # per image: the demo's archive stays small (~40 MB for 5,000 artworks)
+
+
+def _last_image_port(database_url: str) -> int | None:
+    """The image host's port in the URLs a demo stored in this database before (None: no demo yet)."""
+    from urllib.parse import urlsplit
+
+    from sqlalchemy import text
+
+    from syncd import db
+
+    path = db.sqlite_path(database_url)
+    if path is None or not path.exists():
+        return None
+    engine = db.create_db_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            url = conn.execute(text("SELECT url FROM artwork_results LIMIT 1")).scalar()
+    except Exception:  # not a demo's database (or not syncd's): a port of its own
+        return None
+    finally:
+        engine.dispose()
+    try:
+        return urlsplit(url).port if isinstance(url, str) else None
+    except ValueError:
+        return None
 
 
 @click.command("demo")
@@ -66,7 +92,16 @@ def demo_command(count: int, database_url: str, archive_dir: str) -> None:
     # A week of artworks up to the start of today: the API keeps 8 days, and
     # the same data all day, so that a second demo's sync is incremental.
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    images = ImageServer(faults=ImageFaults(size=DEMO_IMAGE_BYTES))
+    # The images' URLs name their host's port: the port the last demo into
+    # this database used, when it is free, so that a second demo's artworks
+    # are the same records (and its sync reports no change).
+    images = None
+    port = _last_image_port(database_url)
+    if port is not None:
+        with suppress(OSError):
+            images = ImageServer(port=port, faults=ImageFaults(size=DEMO_IMAGE_BYTES))
+    if images is None:
+        images = ImageServer(faults=ImageFaults(size=DEMO_IMAGE_BYTES))
     dataset = Dataset(count, seed=42, start=today - timedelta(days=7), end=today, image_origin=images.url)
     server = FakeServer(FakeApi(dataset)).start()
     images.attach(server.api).start()
