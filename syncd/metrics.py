@@ -62,6 +62,12 @@ class Metrics:
             registry=self.registry,
         )
         self.pages = Counter("syncd_pages_total", "List pages written", registry=self.registry)
+        self.rejected_seen = Counter(
+            "syncd_rejected_records_total",
+            "Records quarantined by list runs: new (first seen, warned of once) or again (seen before)",
+            ["kind"],
+            registry=self.registry,
+        )
         self.deletions_withheld = Counter(
             "syncd_deletions_withheld_total",
             "Complete scans whose missed artworks were not marked deleted, by why "
@@ -172,6 +178,10 @@ class Metrics:
         self.record_progress(summary.run_id, summary.mode, summary.counts)
         self.runs.labels(summary.mode, summary.outcome).inc()
         self.duration.labels(summary.mode).observe(summary.seconds)
+        if summary.rejected_new:
+            self.rejected_seen.labels("new").inc(summary.rejected_new)
+        if summary.rejected_again:
+            self.rejected_seen.labels("again").inc(summary.rejected_again)
         if summary.deletions_withheld is not None:
             self.deletions_withheld.labels(summary.deletions_withheld).inc()
         if summary.outcome == "success":

@@ -143,6 +143,9 @@ class RunSummary:
     # Why the artworks a complete scan missed were not marked deleted
     # (syncd.sync.deletions.Withheld), if they were not.
     deletions_withheld: str | None = None
+    # Of the records it quarantined: first seen by this run, and seen before.
+    rejected_new: int = 0
+    rejected_again: int = 0
 
     def line(self) -> str:
         c = self.counts

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Table, case, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 
@@ -343,6 +343,18 @@ def _upsert(
         name: (value(stmt.excluded) if callable(value) else value) for name, value in update_set.items()
     }
     conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=values), list(rows))
+
+
+def rejections_of_run(conn: Connection, run_id: int) -> tuple[int, int]:
+    """The quarantined payloads run ``run_id`` saw: first seen by it, and seen before."""
+    first = rejected_table.c.first_run_id == run_id
+    new, again = conn.execute(
+        select(
+            func.coalesce(func.sum(case((first, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((first, 0), else_=1)), 0),
+        ).where(rejected_table.c.last_run_id == run_id)
+    ).one()
+    return int(new), int(again)
 
 
 def quarantine(

@@ -95,12 +95,21 @@ class Syncer:
                 if planner.scan_complete
                 else "and the next run resumes from the last place it could prove",
             )
+        rejected_new = rejected_again = 0
         if run.counts.rejected:
-            log.warning(
-                "run %d: %d records failed validation and are in rejected_records",
-                run.id,
-                run.counts.rejected,
-            )
+            with self.engine.connect() as conn:
+                rejected_new, rejected_again = store.rejections_of_run(conn, run.id)
+            # Said once: a record quarantined before is counted (metrics), not warned of again.
+            if rejected_new:
+                log.warning(
+                    "run %d: %d new %s failed validation and %s in rejected_records",
+                    run.id,
+                    rejected_new,
+                    "record" if rejected_new == 1 else "records",
+                    "is" if rejected_new == 1 else "are",
+                )
+            if rejected_again:
+                log.debug("run %d: %d quarantined records seen again", run.id, rejected_again)
         if not planner.state.list_order.is_sorted and planner.scan_complete:
             log.warning("the list is %s: every run reads it in full", planner.state.list_order)
         return RunSummary(
@@ -111,6 +120,8 @@ class Syncer:
             time.monotonic() - started,
             str(planner.state.list_order),
             deletions_withheld=withheld,
+            rejected_new=rejected_new,
+            rejected_again=rejected_again,
         )
 
     def refresh(self, *, seconds: float | None = None) -> RunSummary | None:
