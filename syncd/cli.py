@@ -22,7 +22,7 @@ import orjson
 
 from syncd import SCHEMA_REVISION, __version__, locks
 from syncd.clitools import api_options, command_settings, database_options, handle_errors, summary_screen
-from syncd.errors import ExitCode, SyncdError, one_line
+from syncd.errors import ConfigError, ExitCode, SyncdError, one_line
 from syncd.signals import install_stop_signals
 
 if TYPE_CHECKING:
@@ -398,6 +398,41 @@ def db_current(**kwargs: Any) -> None:
         click.echo(f"{version.current} (latest)")
     else:
         click.echo(f"{version.current} (behind the latest {version.head}: run `syncd db upgrade`)")
+
+
+# ---------------------------------------------------------------- check
+
+
+@cli.command("check")
+@database_options
+@api_options
+@click.option("--archive-dir", help="The archive folder [env SYNCD_ARCHIVE_DIR; optional].")
+def check_command(**kwargs: Any) -> None:
+    """Try the configuration without syncing: settings, the API and its key,
+    the database, the archive. One line each, ok or the problem.
+
+    The API gets one request (GET /v1/artworks?limit=1); the database is
+    connected to and its schema revision read; nothing is created or written.
+    Exits with the code of the first problem (3 settings, 4 the key, 5 the
+    API, 6 the database, 9 the archive), 0 when all is well.
+
+    \b
+    Example:
+      syncd check --config /etc/syncd/syncd.toml
+      sudo -u syncd syncd check   # as the service's user, with its settings
+    """
+    from syncd.check import Item, check
+
+    try:
+        settings = command_settings(kwargs)
+    except ConfigError as exc:
+        click.echo(Item("settings", problem=exc).line())
+        sys.exit(int(exc.exit_code))
+    click.echo(Item("settings", detail=settings.describe_sources()).line())
+    report = check(settings)
+    for item in report.items:
+        click.echo(item.line())
+    sys.exit(int(report.exit_code))
 
 
 # ---------------------------------------------------------------- status

@@ -437,6 +437,23 @@ class Settings:
     def describe_key_source(self) -> str:
         return self.source_of("api_key")
 
+    def describe_sources(self) -> str:
+        """Where the settings came from, in a few words: "3 from the environment,
+        2 from /etc/syncd/syncd.toml, 1 from a flag; the rest defaults"."""
+        places: dict[str, int] = {}
+        for name, origin in self.sources.items():
+            if origin.startswith("--"):
+                place = "a flag"
+            elif " in " in origin and name in SPECS_BY_NAME:
+                place = origin.split(" in ", 1)[1]
+            elif origin == f"SYNCD_{name.upper()}":
+                place = "the environment"
+            else:
+                continue  # the key's file: told in the api line
+            places[place] = places.get(place, 0) + 1
+        told = ", ".join(f"{count} from {place}" for place, count in places.items())
+        return f"{told}; the rest defaults" if told else "all defaults"
+
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:

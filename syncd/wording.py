@@ -1,0 +1,17 @@
+"""Pure: how syncd says counts and sizes to a person ("1 image", "2 images", "3.1 GiB")."""
+
+from __future__ import annotations
+
+
+def plural(count: int | float, noun: str, many: str | None = None) -> str:
+    """``count`` and ``noun``, in the plural unless the count is one: "1 image", "0 images"."""
+    shown = f"{count:,}" if isinstance(count, int) else f"{count:g}"
+    return f"{shown} {noun if count == 1 else (many or noun + 's')}"
+
+
+def size(count: int) -> str:
+    """A number of bytes in the largest binary unit it reaches: "812.3 GiB", "512 bytes"."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return plural(count, "byte")
