@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import click
 import orjson
 
-from syncd import SCHEMA_REVISION, __version__, locks
+from syncd import SCHEMA_REVISION, __version__
 from syncd.clitools import api_options, command_settings, database_options, handle_errors, summary_screen
 from syncd.errors import ConfigError, ExitCode, SyncdError, one_line
 from syncd.signals import install_stop_signals
@@ -365,7 +365,7 @@ def db_upgrade(**kwargs: Any) -> None:
     Example:
       syncd db upgrade --database-url postgresql://syncd@db/syncd
     """
-    from syncd import db
+    from syncd import db, locks
     from syncd.app import open_engine
 
     settings = command_settings(kwargs)
@@ -398,6 +398,43 @@ def db_current(**kwargs: Any) -> None:
         click.echo(f"{version.current} (latest)")
     else:
         click.echo(f"{version.current} (behind the latest {version.head}: run `syncd db upgrade`)")
+
+
+@db_group.command("reset-state")
+@database_options
+@click.option("--yes", is_flag=True, help="Forget the cursors (without it, only says what would happen).")
+@handle_errors
+def db_reset_state(yes: bool, **kwargs: Any) -> None:
+    """Forget the sync cursors, keeping every row: the next run reads the whole
+    list again, as a backfill (artworks stored unchanged are only touched).
+
+    For starting over after a long stop or a change of account data: the
+    artworks, their parameters and results, the quarantine, the runs and the
+    image archive all stay. Takes the sync lock (no run may be going).
+
+    \b
+    Example:
+      syncd db reset-state          # says what it would forget
+      syncd db reset-state --yes
+    """
+    from syncd import db, locks, store
+    from syncd.app import open_engine
+    from syncd.state import STREAM
+
+    settings = command_settings(kwargs)
+    with open_engine(settings, write=False) as engine:
+        with engine.connect() as conn:
+            state = store.load_state(conn, STREAM)
+        told = (
+            f"the {state.phase} cursor at offset {state.cursor_skip}, list order {state.list_order}, "
+            f"the head and tail, the last complete scan ({state.last_full_sync_at or 'none'})"
+        )
+        if not yes:
+            click.echo(f"would forget {told}; rows stay. Run again with --yes to do it.", err=True)
+            sys.exit(int(ExitCode.USAGE))
+        with locks.sync_lock(engine), db.writer(engine).begin() as conn:
+            store.forget_state(conn, STREAM)
+    click.echo(f"forgot {told}; the next run is a backfill (rows stay)")
 
 
 # ---------------------------------------------------------------- check

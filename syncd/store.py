@@ -419,6 +419,11 @@ def save_state(conn: Connection, state: StreamState, now: datetime) -> None:
     )
 
 
+def forget_state(conn: Connection, stream: str) -> None:
+    """The stream's cursors forgotten (``syncd db reset-state``): the next run is a backfill."""
+    conn.execute(delete(state_table).where(state_table.c.stream == stream))
+
+
 def save_rate_limit(conn: Connection, stream: str, until: datetime | None, now: datetime) -> None:
     """Persist a Retry-After deadline alone, without disturbing the cursor."""
     state = load_state(conn, stream)
