@@ -37,6 +37,7 @@ LAYERS: list[set[str]] = [
         "syncd.net.inflight",
         "syncd.archive.plan",
         "syncd.locations",
+        "syncd.wording",
         "syncd.fakeapi.data",
         "syncd.fakeapi.server",
         "syncd.fakeapi.images",
@@ -77,7 +78,7 @@ LAYERS: list[set[str]] = [
         "syncd.status",
     },
     {"syncd.app", "syncd.scheduler"},
-    {"syncd.clitools", "syncd.cli", "syncd.demo", "syncd.fakeapi.cli", "syncd.__main__"},
+    {"syncd.clitools", "syncd.check", "syncd.cli", "syncd.demo", "syncd.fakeapi.cli", "syncd.__main__"},
 ]
 FAKE = {"syncd.fakeapi.data", "syncd.fakeapi.server", "syncd.fakeapi.images"}
 
