@@ -161,8 +161,13 @@ def run_once(
     refresh: bool = True,
     stop: threading.Event | None = None,
     on_page: Callable[[Progress], None] | None = None,
+    since: datetime | None = None,
 ) -> SyncOutcome:
-    """One sync (and refresh of unfinished artworks) under the one-syncer lock."""
+    """One sync (and refresh of unfinished artworks) under the one-syncer lock.
+
+    ``since``: a scan of only the artworks created at or after it (see
+    ``Syncer.since``), instead of what the state calls for.
+    """
     settings.require_api()  # a config error before any connection or request
     freeze_startup_objects()
     with open_engine(settings) as engine, locks.sync_lock(engine):
@@ -176,6 +181,7 @@ def run_once(
             stop=stop,
             on_page=on_page,
             retry_unreachable=False,
+            since=since,
         )
 
 
@@ -193,6 +199,7 @@ def sync_with(
     refresh_failures: dict[str, datetime] | None = None,
     observer: RequestObserver | None = None,
     retry_unreachable: bool = True,
+    since: datetime | None = None,
 ) -> SyncOutcome:
     """The sync itself, for a caller that already holds the lock.
 
@@ -217,6 +224,7 @@ def sync_with(
             on_rate_limited=on_rate_limited,
             refresh_floor=settings.refresh_interval,
             refresh_failures={} if refresh_failures is None else refresh_failures,
+            since=since,
         )
         try:
             if list_run:

@@ -15,13 +15,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 import orjson
 
 from syncd import SCHEMA_REVISION, __version__
-from syncd.clitools import api_options, command_settings, database_options, handle_errors, summary_screen
+from syncd.clitools import (
+    api_options,
+    command_settings,
+    database_options,
+    handle_errors,
+    past_moment,
+    summary_screen,
+)
 from syncd.errors import ConfigError, ExitCode, SyncdError, one_line
 from syncd.signals import install_stop_signals
 
@@ -88,6 +96,14 @@ def cli(ctx: click.Context) -> None:
 @click.option(
     "--full", is_flag=True, help="Read the whole list, refresh everything, mark artworks no longer listed."
 )
+@click.option(
+    "--since",
+    metavar="DATE",
+    callback=lambda ctx, param, value: past_moment(value, "--since"),
+    help="Scan only for artworks created at or after DATE (ISO date or date-time; UTC unless it names "
+    "an offset): older ones are neither stored nor marked deleted. In a newest-first list the scan "
+    "stops there; later runs go on from the newest artwork it saw.",
+)
 @click.option("--no-migrate", is_flag=True, help="Fail instead of upgrading an older schema.")
 @click.option("--no-refresh", is_flag=True, help="Skip re-fetching artworks whose status is not terminal.")
 @click.option(
@@ -95,14 +111,22 @@ def cli(ctx: click.Context) -> None:
 )
 @handle_errors
 def run_once_command(
-    full: bool, no_migrate: bool, no_refresh: bool, progress: bool | None, **kwargs: Any
+    full: bool,
+    since: datetime | None,
+    no_migrate: bool,
+    no_refresh: bool,
+    progress: bool | None,
+    **kwargs: Any,
 ) -> None:
     """Sync once and exit: a backfill the first time, incremental afterwards.
 
     \b
     Example:
       SYNCD_API_URL=https://api.tengr.ai SYNCD_API_KEY_FILE=key.txt syncd run-once
+      syncd run-once --since 2026-12-01   # start from where you are, not from the oldest artwork
     """
+    if full and since is not None:
+        raise click.UsageError("--full reads the whole list; --since only part of it: give one of them")
     from syncd.app import run_once
 
     settings = command_settings(kwargs)
@@ -112,7 +136,13 @@ def run_once_command(
     reporter = ProgressReporter(sys.stderr.isatty() if progress is None else progress)
     try:
         outcome = run_once(
-            settings, full=full, migrate=not no_migrate, refresh=not no_refresh, stop=stop, on_page=reporter
+            settings,
+            full=full,
+            migrate=not no_migrate,
+            refresh=not no_refresh,
+            stop=stop,
+            on_page=reporter,
+            since=since,
         )
     finally:
         reporter.close()
