@@ -32,6 +32,7 @@ from syncd.clitools import (
 )
 from syncd.errors import ConfigError, ExitCode, SyncdError, one_line
 from syncd.signals import install_stop_signals
+from syncd.wording import duration, plural
 
 if TYPE_CHECKING:
     from syncd.sync.runs import Progress
@@ -153,11 +154,20 @@ def run_once_command(
 def progress_line(progress: Progress) -> str:
     """Where a run is, how fast it goes, and what paces it (the limiter's rate, requests in flight)."""
     seconds = max(progress.seconds, 1e-9)
-    return (
-        f"{progress.mode}: {progress.pages:,} pages ({progress.pages / seconds:,.1f}/s), "
-        f"{progress.artworks:,} artworks ({progress.artworks / seconds:,.0f}/s), "
-        f"{progress.requests:,} requests, rate {progress.request_rate:,.1f}/s, {progress.in_flight} in flight"
+    line = (
+        f"{progress.mode}: {plural(progress.pages, 'page')} ({progress.pages / seconds:,.1f}/s), "
+        f"{plural(progress.artworks, 'artwork')} ({progress.artworks / seconds:,.0f}/s), "
+        f"{plural(progress.requests, 'request')}, rate {progress.request_rate:,.1f}/s, {progress.in_flight} in flight"
     )
+    reach = progress.reach
+    if reach is None or reach.reached is None:
+        return line
+    line += f"; created {reach.reached:%Y-%m-%d %H:%M}"
+    share = reach.share()
+    if share is None or reach.end is None:
+        return line  # where the list ends is not known: no share, no ETA
+    eta = "?" if share < 0.01 else duration(progress.seconds * (1 - share) / share)
+    return line + f" of {reach.end:%Y-%m-%d %H:%M} expected ({share:.0%}, ETA {eta})"
 
 
 class ProgressReporter:
@@ -311,11 +321,10 @@ def archive_command(
 
 
 def archive_progress_line(progress: Any) -> str:
-    from syncd.status import age_text
 
     c = progress.counts
     seconds = max(progress.seconds, 1e-9)
-    eta = "ETA ?" if progress.eta is None else f"ETA {age_text(progress.eta)}"
+    eta = "ETA ?" if progress.eta is None else f"ETA {duration(progress.eta)}"
     return (
         f"archive: {c.done:,} of {progress.total:,} images ({c.done / seconds:,.1f}/s, {eta}): "
         f"{c.archived:,} archived, {c.bytes_written / 1e6:,.1f} MB, {c.gone:,} gone, {c.failed:,} failed, "
@@ -551,12 +560,12 @@ def status_command(
     click.echo(
         orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if as_json else status.render(report)
     )
-    if stale and not as_json:
-        click.echo(f"STALE: no successful run in the last {max_age:g} seconds", err=True)
+    if stale and max_age is not None and not as_json:
+        click.echo(f"STALE: no successful run in the last {plural(max_age, 'second')}", err=True)
     if lagging and not as_json:
         click.echo(
             f"ARCHIVE LAGGING: an image not yet archived belongs to an artwork "
-            f"{status.age_text(report['archive']['lag_seconds'])} old (limit {status.age_text(max_archive_lag)}; "
+            f"{duration(report['archive']['lag_seconds'])} old (limit {duration(max_archive_lag)}; "
             "the API deletes images 8 days after creation)",
             err=True,
         )

@@ -11,6 +11,7 @@ from syncd import db, locks, store
 from syncd.errors import one_line
 from syncd.records import TERMINAL_STATUSES
 from syncd.state import ListOrder
+from syncd.wording import duration
 
 runs = store.runs_table
 artworks = store.artworks
@@ -139,19 +140,6 @@ def _archive(conn: Any, now: datetime, archive_on: bool) -> dict[str, Any] | Non
     }
 
 
-def age_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = int(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    if s < 172800:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
 def render(report: dict[str, Any]) -> str:
     lines = [f"database      {report['database']}"]
     schema = report["schema"]
@@ -161,7 +149,7 @@ def render(report: dict[str, Any]) -> str:
     )
     ok = report.get("last_success")
     lines.append(
-        f"last success  {ok['finished_at']} ({age_text(ok['age_seconds'])} ago), run {ok['id']} {ok['mode']}"
+        f"last success  {ok['finished_at']} ({duration(ok['age_seconds'])} ago), run {ok['id']} {ok['mode']}"
         if ok
         else "last success  never"
     )
@@ -232,10 +220,10 @@ def render(report: dict[str, Any]) -> str:
                     else "the archive has not run on this database yet: no image is recorded"
                 )
             )
-        window = age_text(archive["window_seconds"])
+        window = duration(archive["window_seconds"])
         lag = archive["lag_seconds"]
         lines.append(
-            f"archive lag       {age_text(lag)} (the API deletes images {window} after creation)"
+            f"archive lag       {duration(lag)} (the API deletes images {window} after creation)"
             + (
                 f"; {archive['overdue']:,} waiting images are older than that (tried after the live ones)"
                 if archive["overdue"]

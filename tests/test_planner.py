@@ -588,3 +588,24 @@ def test_property_a_floor_loses_nothing_created_after_it_whatever_the_list_does(
     assert survivors <= stored
     _, more, _ = run(sim, state, page_size)
     assert created_since(sim, since) <= stored | more
+
+
+def test_reach_tells_how_far_a_scan_has_read_when_the_order_says_where_it_ends() -> None:
+    sim = SimList("newest_first")
+    sim.add(1000)
+    since = sim.items[-500].created_at
+    planner = Planner(StreamState("artworks"), 100, full=False, now=NOW, since=since)
+    assert planner.reach().share() is None  # nothing read yet
+    for _ in range(3):
+        request = planner.next_request()
+        assert request is not None
+        planner.observe(request, sim.page(request))
+    reach = planner.reach()
+    assert reach.start == sim.items[-1].created_at and reach.end == since
+    assert reach.share() == pytest.approx(297 / 499, abs=0.01)  # 3 pages of 99 new, of 500
+    # A first backfill without a floor cannot know where a newest-first list ends.
+    plain = Planner(StreamState("artworks"), 100, full=False, now=NOW)
+    request = plain.next_request()
+    assert request is not None
+    plain.observe(request, sim.page(request))
+    assert plain.reach().reached is not None and plain.reach().share() is None

@@ -61,8 +61,11 @@ def test_since_backfills_only_what_is_newer_and_later_runs_go_on_from_there(
     server = fake_api(2000, malformed_fraction=0, unknown_fraction=0)
     since = datetime.fromisoformat(server.api.dataset.items[-450].value["createdAt"])
     env = env_for(server, db_url)
-    result = invoke("run-once", "--since", since.isoformat(), env=env)
+    result = invoke("run-once", "--since", since.isoformat(), "--progress", env=env)
     assert result.exit_code == 0, result.output
+    # The order is known from the first page, and so is where the scan should end.
+    last = result.stderr.rsplit("backfill: ", 1)[-1]
+    assert f"of {since:%Y-%m-%d %H:%M} expected (100%, ETA 0s)" in last, last
     assert set(stored(engine)) == created(server, since)
     assert len(created(server, since)) == 450
     assert len(server.api.list_log) <= 450 // 99 + 2  # it stopped at the floor: not 21 pages

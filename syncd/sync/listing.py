@@ -98,7 +98,7 @@ class ListRun:
                     if request is None or time.monotonic() - pages.begun_at >= self.commit_seconds:
                         pages.commit()
                     ahead.wrote_page(time.monotonic() - writing)
-                    self.context.report(run, started)
+                    self.context.report(run, started, planner.reach())
                 pages.commit()
             except (Interrupted, ApiError):
                 # A stop, or a page that could not be fetched: the pages written

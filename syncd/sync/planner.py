@@ -99,6 +99,24 @@ MAX_LIMIT = 500  # the API's largest page
 
 
 @dataclass(frozen=True, slots=True)
+class Reach:
+    """How far a run has read in createdAt (progress): from the first artwork
+    it read to the last one read in order, and where it is expected to end
+    when the list's order tells (None: it cannot honestly say)."""
+
+    start: datetime | None
+    reached: datetime | None
+    end: datetime | None
+
+    def share(self) -> float | None:
+        """The share of the createdAt span read so far, 0..1."""
+        if self.start is None or self.reached is None or self.end is None or self.end == self.start:
+            return None
+        share = (self.reached - self.start) / (self.end - self.start)
+        return min(1.0, max(0.0, share))
+
+
+@dataclass(frozen=True, slots=True)
 class _EndClaim:
     """What a short page claimed: the list's end (its offset), and how many
     items follow the page's last identified item (None: it had none)."""
@@ -167,6 +185,11 @@ class Planner:
         self._growth = 0  # pages in a row that found the list longer by new artworks only (GROWTH_CLAIMS)
         self._first_page = True
         self._page_span: timedelta | None = None  # createdAt covered by the last page (newest-first)
+        self._first_read: datetime | None = None  # createdAt of the first artwork read in order (Reach)
+        # Where the last runs ended, in createdAt: a newest-first scan expects
+        # to end near the oldest artwork of the last one, an incremental run at
+        # the head it read last.
+        self._known_oldest, self._known_head = state.tail_created_at, state.head_created_at
         self._new_head: Item | None = None  # first item of this run's offset-0 page
         self._order_guided = False  # a decision relied on the list's order
         self._plain_offsets = False  # gave up proving continuity for this scan
@@ -266,6 +289,8 @@ class Planner:
         if self._head_scan and self._reached_head(items):
             self._finish_head_scan()
             return
+        if self._first_read is None:
+            self._first_read = _first_dated(items[start:])
         if self._reaches_floor(request, items, start):
             return
         anchor_before = self._anchor.id if self._anchor is not None else None
@@ -348,6 +373,16 @@ class Planner:
         self._search = None
         self._anchor = None
         return False
+
+    def reach(self) -> Reach:
+        """How far this run has read in createdAt, and where it should end."""
+        reached = self._anchor.created_at if self._anchor is not None else None
+        order, end = self._order(), None
+        if order == ListOrder.NEWEST_FIRST:
+            end = self.since or (self._known_head if self.mode == Mode.INCREMENTAL else self._known_oldest)
+        elif order == ListOrder.OLDEST_FIRST:
+            end = self.now  # the newest artwork is about now
+        return Reach(self._first_read, reached, end)
 
     def _reaches_floor(self, request: Request, items: Sequence[Item], start: int) -> bool:
         """In a newest-first list, does this (connected) page reach an artwork
