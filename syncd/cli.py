@@ -326,7 +326,7 @@ def archive_progress_line(progress: Any) -> str:
     seconds = max(progress.seconds, 1e-9)
     eta = "ETA ?" if progress.eta is None else f"ETA {duration(progress.eta)}"
     return (
-        f"archive: {c.done:,} of {progress.total:,} images ({c.done / seconds:,.1f}/s, {eta}): "
+        f"archive: {c.done:,} of {plural(progress.total, 'image')} ({c.done / seconds:,.1f}/s, {eta}): "
         f"{c.archived:,} archived, {c.bytes_written / 1e6:,.1f} MB, {c.gone:,} gone, {c.failed:,} failed, "
         f"rate {progress.request_rate:,.1f}/s, {progress.in_flight} in flight"
     )
@@ -543,8 +543,11 @@ def status_command(
 
     settings = command_settings(kwargs)
     with open_engine(settings, write=False) as engine:
-        report = status.collect(
-            engine, archive_on=settings.archive_dir is not None or max_archive_lag is not None
+        report = status.collect(engine, archive_on=settings.archive_dir is not None)
+    if max_archive_lag is not None and report.get("archive") is None:
+        raise ConfigError(
+            "--max-archive-lag: no image archive to measure (SYNCD_ARCHIVE_DIR is not set, and this "
+            "database was never archived); set it as the service has it, or drop the option"
         )
     stale = False
     if max_age is not None:

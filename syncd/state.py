@@ -13,6 +13,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from syncd.wording import plural
+
 STREAM = "artworks"
 
 
@@ -150,7 +152,8 @@ class RunSummary:
     def line(self) -> str:
         c = self.counts
         text = (
-            f"run {self.run_id} {self.mode} {self.outcome}: {c.pages} pages, {c.requests} requests, "
+            f"run {self.run_id} {self.mode} {self.outcome}: {plural(c.pages, 'page')}, "
+            f"{plural(c.requests, 'request')}, "
             f"{c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
             f"{c.rejected} rejected, {c.unknown_type} unknown type, "
             f"{c.marked_deleted} marked deleted, {self.seconds:.1f}s"

@@ -11,7 +11,7 @@ from syncd import db, locks, store
 from syncd.errors import one_line
 from syncd.records import TERMINAL_STATUSES
 from syncd.state import ListOrder
-from syncd.wording import duration
+from syncd.wording import duration, plural
 
 runs = store.runs_table
 artworks = store.artworks
@@ -55,7 +55,15 @@ def collect(engine: Engine, now: datetime | None = None, *, archive_on: bool = F
         "now": _iso(now),
     }
     if version.current is None:
-        report.update(running=None, last_success=None, last_failure=None, last_runs=[], streams=[], tables={})
+        report.update(
+            running=None,
+            last_success=None,
+            last_failure=None,
+            last_interruption=None,
+            last_runs=[],
+            streams=[],
+            tables={},
+        )
         return report
     with engine.connect() as conn:
 
@@ -68,7 +76,9 @@ def collect(engine: Engine, now: datetime | None = None, *, archive_on: bool = F
         ).first()
         report["running"] = None if running is None else _run_dict(running, now)
         report["last_success"] = last(runs.c.outcome == "success")
-        report["last_failure"] = last(runs.c.outcome.not_in(["success", "running"]))
+        # A stop request (Ctrl-C, SIGTERM, a restart) is not a failure: said apart.
+        report["last_failure"] = last(runs.c.outcome.not_in(["success", "running", "interrupted"]))
+        report["last_interruption"] = last(runs.c.outcome == "interrupted")
         recent = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(5)).all()
         report["last_runs"] = [_run_dict(row, now) for row in recent]
         streams = []
@@ -156,7 +166,10 @@ def render(report: dict[str, Any]) -> str:
     run = report.get("running")
     if run:
         started = f"run {run['id']} {run['mode']} started {run['started_at']}"
-        done = f"{run['pages']} pages, {run['requests']} requests, +{run['inserted']} ~{run['updated']}"
+        done = (
+            f"{plural(run['pages'], 'page')}, {plural(run['requests'], 'request')}, "
+            f"+{run['inserted']} ~{run['updated']}"
+        )
         if run["alive"]:
             lines.append(f"running now   {started}: {done} so far")
         elif run["alive"] is None:
@@ -175,6 +188,12 @@ def render(report: dict[str, Any]) -> str:
             f"last failure  {bad['finished_at']} run {bad['id']} {bad['mode']} {bad['outcome']}: "
             + one_line(bad["error"] or "")
         )
+    stopped = report.get("last_interruption")
+    if stopped and (not ok or stopped["id"] > ok["id"]):  # older than the last success: history
+        lines.append(
+            f"interrupted   {stopped['finished_at']} run {stopped['id']} {stopped['mode']}: stopped on request; "
+            "its committed pages stay and the next run goes on from there"
+        )
     for stream in report.get("streams", []):
         lines.append("")
         lines.append(f"stream {stream['stream']}")
@@ -191,7 +210,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  last full sync    {stream['last_full_sync_at'] or 'never'}")
         inc = stream["last_incremental"]
         lines.append(
-            f"  last incremental  {inc['finished_at']}: {inc['requests']} requests, {inc['inserted']} new, {inc['updated']} updated"
+            f"  last incremental  {inc['finished_at']}: {plural(inc['requests'], 'request')}, {inc['inserted']} new, {inc['updated']} updated"
             if inc
             else "  last incremental  none yet"
         )
@@ -199,8 +218,12 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  rate limited until {stream['rate_limited_until']}")
     if "awaiting_refresh" in report:
         lines.append("")
-        lines.append(f"awaiting refresh  {report['awaiting_refresh']} artworks (status not terminal)")
-        lines.append(f"marked deleted    {report['marked_deleted']} artworks (no longer listed by the API)")
+        lines.append(
+            f"awaiting refresh  {plural(report['awaiting_refresh'], 'artwork')} (status not terminal)"
+        )
+        lines.append(
+            f"marked deleted    {plural(report['marked_deleted'], 'artwork')} (no longer listed by the API)"
+        )
     archive = report.get("archive")
     if archive:
         files = archive["files"]

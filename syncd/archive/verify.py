@@ -26,6 +26,7 @@ from syncd import db
 from syncd.archive import rows
 from syncd.archive.files import CORRUPT, PATH, ContentStore, Planted, open_dir
 from syncd.errors import ArchiveStorageError, Interrupted
+from syncd.wording import plural
 
 log = logging.getLogger("syncd.archive")
 
@@ -124,8 +125,8 @@ class VerifyReport:
 
     def line(self) -> str:
         return (
-            f"verified {self.checked} files: {self.ok} ok, {len(self.missing)} missing, "
-            f"{len(self.corrupt)} corrupt; {self.reopened} images to fetch again"
+            f"verified {plural(self.checked, 'file')}: {self.ok} ok, {len(self.missing)} missing, "
+            f"{len(self.corrupt)} corrupt; {plural(self.reopened, 'image')} to fetch again"
         )
 
 
