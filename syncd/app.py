@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd import db, locks
+from syncd import db, locks, owners
 from syncd.api.client import ApiClient, ClientOptions, RequestObserver
 from syncd.config import Settings
 from syncd.errors import (
@@ -317,6 +317,7 @@ def archive_with(
     from syncd.archive.job import Archiver
     from syncd.archive.verify import verify_archive
 
+    owners.refuse_foreign_state([settings.require_archive()])
     store = ContentStore(
         settings.require_archive(),
         min_free_bytes=settings.archive_min_free_bytes,
