@@ -84,12 +84,21 @@ def open_engine(settings: Settings, *, write: bool = True) -> Iterator[Engine]:
     """
     if not write:
         _require_sqlite_file(settings)
+    else:
+        refuse_root_in_foreign_database(settings)
     engine = db.create_db_engine(settings.database_url)
     try:
         db.check_connection(engine, write=write)
         yield engine
     finally:
         engine.dispose()
+
+
+def refuse_root_in_foreign_database(settings: Settings) -> None:
+    """Before a writer touches an SQLite database: not as root in another user's (syncd.owners)."""
+    path = db.sqlite_path(settings.database_url)
+    if path is not None:
+        owners.refuse_foreign_state(owners.sqlite_state(path), allowed=settings.allow_root)
 
 
 def _require_sqlite_file(settings: Settings) -> None:
@@ -317,7 +326,7 @@ def archive_with(
     from syncd.archive.job import Archiver
     from syncd.archive.verify import verify_archive
 
-    owners.refuse_foreign_state([settings.require_archive()])
+    owners.refuse_foreign_state([settings.require_archive()], allowed=settings.allow_root)
     store = ContentStore(
         settings.require_archive(),
         min_free_bytes=settings.archive_min_free_bytes,

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from syncd import SCHEMA_REVISION, owners
+from syncd import SCHEMA_REVISION
 from syncd.errors import DatabaseError, DatabaseUnreachable, SchemaError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -107,8 +107,6 @@ def check_connection(engine: Engine, *, write: bool = True) -> None:
     after requests to the API.
     """
     path = sqlite_path(str(engine.url))
-    if write and path is not None:
-        owners.refuse_foreign_state(owners.sqlite_state(path))
     if write and path is not None and path.is_file() and not os.access(path, os.W_OK, effective_ids=True):
         raise DatabaseUnreachable(
             sqlite_problem(path, write=True) or f"the database file {path} is read-only"

@@ -213,6 +213,7 @@ class SyncState(Base):
     listed_total: Mapped[int | None] = mapped_column(Integer)
     scan_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     previous_scan_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    scan_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     backfill_completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_full_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     rate_limited_until: Mapped[datetime | None] = mapped_column(UTCDateTime())

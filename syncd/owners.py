@@ -6,7 +6,8 @@ DynamicUser). A command run as root against that state (``syncd archive
 lock file, SQLite -wal/-shm files and image folders behind, which the service
 then cannot write: it fails later, somewhere else. So root is refused where
 another user owns the state, with one line saying how to run as that user.
-Root's own state (every path owned by root) is root's business.
+Root's own state (every path owned by root) is root's business, and so is
+a container that runs everything as root: ``SYNCD_ALLOW_ROOT=true``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ HOW = 'docs/deploy.md, "One user for every command"'
 
 
 def _nearest_existing(path: Path) -> Path:
-    """``path``, or the closest folder above it that exists (where it would be created)."""
+    """``path``, or the closest folder above it that exists (where it would be
+    created), with every link on the way followed: /var/lib/syncd is a link
+    to /var/lib/private/syncd under a DynamicUser, and the owner that counts
+    is the folder's."""
     path = path.absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
-    return path
+    return path.resolve()
 
 
 def _name(uid: int) -> str:
@@ -41,7 +45,7 @@ def foreign_state(paths: Iterable[Path], euid: int) -> str | None:
         return None  # another user cannot create files there anyway: the permission errors say so
     for path in paths:
         existing = _nearest_existing(path)
-        owner = existing.lstat().st_uid
+        owner = existing.stat().st_uid
         if owner != 0:
             name = _name(owner)
             return (
@@ -54,14 +58,16 @@ def foreign_state(paths: Iterable[Path], euid: int) -> str | None:
 
 
 def sqlite_state(database: Path) -> list[Path]:
-    """What an SQLite database's writer touches: the file, and the folder of its -wal, -shm and lock."""
-    return [database.absolute().parent, database.absolute()]
+    """Whose SQLite database it is: the file's owner once it exists (a root-owned
+    file in another user's folder is root's), else its folder's."""
+    return [database] if database.exists() else [database.absolute().parent]
 
 
-def refuse_foreign_state(paths: Iterable[Path]) -> None:
-    """Raise WrongUserError when root would create files in another user's state."""
+def refuse_foreign_state(paths: Iterable[Path], *, allowed: bool = False) -> None:
+    """Raise WrongUserError when root would create files in another user's
+    state; ``allowed`` (SYNCD_ALLOW_ROOT) lets it."""
     from syncd.errors import WrongUserError
 
-    problem = foreign_state(paths, os.geteuid())
+    problem = None if allowed else foreign_state(paths, os.geteuid())
     if problem is not None:
-        raise WrongUserError(problem)
+        raise WrongUserError(problem + "; SYNCD_ALLOW_ROOT=true allows it (a container that runs as root)")

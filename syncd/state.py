@@ -67,6 +67,7 @@ class StreamState:
     listed_total: int | None = None
     scan_started_at: datetime | None = None
     previous_scan_started_at: datetime | None = None  # of the complete scan before this one
+    scan_since: datetime | None = None  # the floor of the scan in progress (run-once --since)
     backfill_completed_at: datetime | None = None
     last_full_sync_at: datetime | None = None
     rate_limited_until: datetime | None = None

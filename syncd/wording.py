@@ -5,7 +5,8 @@ from __future__ import annotations
 
 def plural(count: int | float, noun: str, many: str | None = None) -> str:
     """``count`` and ``noun``, in the plural unless the count is one: "1 image", "0 images"."""
-    shown = f"{count:,}" if isinstance(count, int) else f"{count:g}"
+    whole = isinstance(count, int) or count.is_integer()
+    shown = f"{int(count):,}" if whole else f"{count:,.6g}"
     return f"{shown} {noun if count == 1 else (many or noun + 's')}"
 
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from syncd.app import run_once
 from syncd.cli import cli
 from syncd.fakeapi.server import FakeServer
-from syncd.owners import foreign_state
+from syncd.owners import foreign_state, sqlite_state
 from tests.conftest import make_settings
 
 SERVICE_UID = SERVICE_GID = 65534  # nobody: a user other than root, on every Linux
@@ -54,6 +54,16 @@ def test_only_root_in_another_users_state_is_a_problem(tmp_path: Path) -> None:
 
 
 @as_root
+def test_a_database_file_of_roots_in_another_users_folder_is_roots(tmp_path: Path) -> None:
+    folder = service_folder(tmp_path / "shared")
+    database = folder / "root.db"
+    database.touch()  # root's
+    assert foreign_state(sqlite_state(database), euid=0) is None
+    os.chown(database, SERVICE_UID, SERVICE_GID)
+    assert "uid 65534" in (foreign_state(sqlite_state(database), euid=0) or "")
+
+
+@as_root
 def test_root_is_refused_in_the_services_database_folder_and_creates_nothing(
     tmp_path: Path, fake_api: Callable[..., FakeServer]
 ) -> None:
@@ -71,6 +81,18 @@ def test_root_is_refused_in_the_services_database_folder_and_creates_nothing(
         assert "\n" not in line and "uid 65534" in line and "sudo -u" in line, line
     assert list(state.iterdir()) == []  # no lock, no -wal, no database of root's
     assert server.api.list_log == []
+    # Through a link, as /var/lib/syncd under a DynamicUser: the folder's owner counts.
+    link = tmp_path / "link"
+    link.symlink_to(state)
+    linked = invoke("run-once", env={**env, "SYNCD_DATABASE_URL": f"sqlite:///{link / 'syncd.db'}"})
+    assert linked.exit_code == 3 and "uid 65534" in linked.output, linked.output
+    # syncd check creates nothing: root may run it.
+    checked = invoke("check", env=env)
+    assert "belongs to" not in checked.output, checked.output
+    assert list(state.iterdir()) == []
+    # A container that runs as root says so.
+    allowed = invoke("run-once", env={**env, "SYNCD_ALLOW_ROOT": "true"})
+    assert allowed.exit_code == 0, allowed.output
 
 
 @as_root

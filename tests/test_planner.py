@@ -92,7 +92,7 @@ def run(
             break  # a crash: nothing after the last commit survives
         items = sim.page(request)
         planner.observe(request, items)
-        stored.update(i.id for i in items if i.id and wanted(i, since))
+        stored.update(i.id for i in items if i.id and wanted(i, planner.since))  # as the writer
         committed = replace(planner.state)
         pages += 1
         assert pages < 10_000, "runaway planner"
@@ -586,8 +586,10 @@ def test_property_a_floor_loses_nothing_created_after_it_whatever_the_list_does(
     sim.before_request = None
     survivors = present_at_start & {i.id for i in sim.items}
     assert survivors <= stored
-    _, more, _ = run(sim, state, page_size)
-    assert created_since(sim, since) <= stored | more
+    for _ in range(3):  # a run the churn kept from finishing resumes, then the new ones are read
+        state, more, _ = run(sim, state, page_size)
+        stored |= more
+    assert created_since(sim, since) <= stored
 
 
 def test_reach_tells_how_far_a_scan_has_read_when_the_order_says_where_it_ends() -> None:
@@ -609,3 +611,35 @@ def test_reach_tells_how_far_a_scan_has_read_when_the_order_says_where_it_ends()
     assert request is not None
     plain.observe(request, sim.page(request))
     assert plain.reach().reached is not None and plain.reach().share() is None
+
+
+def test_a_floor_never_ends_a_scan_of_a_list_a_complete_scan_found_unordered() -> None:
+    """Its first pages may look newest-first now; past them anything may come."""
+    sim, state, _ = backfilled("random", 1000, 100)
+    assert state.list_order == ListOrder.UNORDERED
+    sim.order = "newest_first"  # the head looks ordered today
+    since = sim.items[-300].created_at
+    assert since is not None
+    _, stored, planner = run(sim, state, 100, since=since)
+    assert not planner.reached_since and len(sim.requests) >= math.ceil(1000 / 99)
+    assert stored == created_since(sim, since)
+
+
+def test_a_scan_with_a_floor_resumes_with_it_and_is_no_full_sync() -> None:
+    sim = SimList("oldest_first")
+    sim.add(2000)
+    since = sim.items[700].created_at
+    assert since is not None
+    state, stored, _ = run(sim, StreamState("artworks"), 100, since=since, stop_after=5)  # a crash
+    assert state.scan_since == since and state.phase == Phase.BACKFILL
+    after, more, planner = run(sim, state, 100)  # resumed without --since: the floor is the scan's
+    assert planner.since == since and planner.scan_complete
+    assert stored | more == created_since(sim, since)
+    assert after.scan_since is None and after.phase == Phase.IDLE
+    assert after.last_full_sync_at is None and after.backfill_completed_at is None
+    # Another floor than the one a scan was started with starts it over.
+    state, _, _ = run(sim, StreamState("artworks"), 100, since=since, stop_after=5)
+    later = sim.items[1500].created_at
+    sim.requests.clear()
+    _, _, planner = run(sim, state, 100, since=later)
+    assert sim.requests[0].skip == 0 and planner.since == later

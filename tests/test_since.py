@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 
 from syncd import store
 from syncd.cli import cli
-from syncd.fakeapi.server import FakeServer
+from syncd.fakeapi.server import FakeServer, Faults
 
 
 def invoke(*args: str, env: dict[str, str]) -> Result:
@@ -86,6 +86,8 @@ def test_a_bounded_scan_after_a_full_backfill_marks_nothing_deleted(
     assert invoke("run-once", env=env).exit_code == 0
     assert len(stored(engine)) == 600
     since = datetime.fromisoformat(server.api.dataset.items[-580].value["createdAt"])
+    with engine.connect() as conn:
+        complete = store.load_state(conn, "artworks")
     server.api.get_log.clear()
     for _ in range(2):  # two bounded scans in a row: neither saw the older 20
         result = invoke("run-once", "--since", since.isoformat(), env=env)
@@ -93,6 +95,11 @@ def test_a_bounded_scan_after_a_full_backfill_marks_nothing_deleted(
         assert "withheld" not in result.output
     assert all(deleted is None for deleted in stored(engine).values())
     assert server.api.get_log == []  # what it did not look at is not asked after either
+    with engine.connect() as conn:
+        after = store.load_state(conn, "artworks")
+    # Neither became the scan the next complete one compares with, nor a full sync.
+    assert after.scan_started_at == complete.scan_started_at
+    assert after.last_full_sync_at == complete.last_full_sync_at
     # And the next complete scan compares with the last complete one, not with a bounded one.
     result = invoke("run-once", "--full", env=env)
     assert result.exit_code == 0, result.output
@@ -110,3 +117,28 @@ def test_since_is_checked_before_anything_runs(db_url: str, fake_api: Callable[.
     garbled = invoke("run-once", "--since", "last tuesday", env=env)
     assert garbled.exit_code == 2 and "--since" in garbled.output
     assert server.api.list_log == []  # nothing was asked of the API
+
+
+def test_a_scan_with_a_floor_stopped_half_way_resumes_with_its_floor(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer]
+) -> None:
+    """In an oldest-first list a floor reads it all; a failure half-way, and
+    the next run without --since goes on as the scan it resumes: older
+    artworks skipped, and no deletions judged from what it skipped."""
+    server = fake_api(3000, malformed_fraction=0, unknown_fraction=0, faults=Faults(order="oldest_first"))
+    since = datetime.fromisoformat(server.api.dataset.items[2400].value["createdAt"])
+    env = {**env_for(server, db_url), "SYNCD_MAX_ATTEMPTS": "1"}
+    server.api.faults.fail_from_request = 12  # the API fails from the 12th page on
+    failed = invoke("run-once", "--since", since.isoformat(), env=env)
+    assert failed.exit_code == 5, failed.output
+    with engine.connect() as conn:
+        half = store.load_state(conn, "artworks")
+    assert half.phase == "backfill" and half.cursor_skip > 0 and half.scan_since == since
+    server.api.faults.fail_from_request = 0
+    resumed = invoke("run-once", env=env)
+    assert resumed.exit_code == 0, resumed.output
+    assert set(stored(engine)) == created(server, since)
+    assert server.api.get_log == [] and "withheld" not in resumed.output
+    with engine.connect() as conn:
+        done = store.load_state(conn, "artworks")
+    assert done.phase == "idle" and done.scan_since is None and done.last_full_sync_at is None

@@ -12,6 +12,7 @@ def test_plural_says_one_in_the_singular_and_every_other_count_in_the_plural() -
     assert plural(1234, "artwork") == "1,234 artworks"
     assert plural(1.0, "second") == "1 second" and plural(2.5, "second") == "2.5 seconds"
     assert plural(2, "entry", "entries") == "2 entries"
+    assert plural(1_000_000.0, "second") == "1,000,000 seconds"  # not 1e+06
 
 
 def test_a_run_of_one_page_says_so_in_the_singular() -> None:

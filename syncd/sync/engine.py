@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from syncd import store
 from syncd.api.client import ApiClient
-from syncd.state import STREAM, Mode, RunSummary, StreamState
+from syncd.state import STREAM, Mode, Phase, RunSummary, StreamState
 from syncd.sync.byid import ByIdFetcher, Checked, refresh_backlog
 from syncd.sync.context import RunContext
 from syncd.sync.deletions import Checks, Verdict, judge
@@ -79,6 +79,21 @@ class Syncer:
             state = store.load_state(conn, STREAM)
             planner = Planner(state, self.page_size, full=full, now=self.now(), since=self.since)
             run = self.recorder.start(conn, planner.mode)
+        newest = state.head_created_at
+        if (
+            self.since is not None
+            and state.phase == Phase.IDLE
+            and newest is not None
+            and self.since > newest
+        ):
+            log.warning(
+                "run %d: --since %s is after the newest artwork stored (created %s): those created "
+                "between are not stored by this run; the next full scan (run-once --full, or the "
+                "daemon's daily one) stores them",
+                run.id,
+                self.since.isoformat(timespec="seconds"),
+                newest.isoformat(timespec="seconds"),
+            )
         self._wait_out_a_persisted_retry_after(state)
         withheld: str | None = None
         with self.recorder.recorded(run):

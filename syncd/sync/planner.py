@@ -22,10 +22,14 @@ diagram). Its rules:
   is not where it was (the oldest were deleted), bisect on ``skip`` for it.
   Unknown or unordered: a full scan every run.
 * **A floor (``since``).** A run told to keep only artworks created at or
-  after a moment scans from offset 0 whatever the state; in a newest-first
-  list it ends at the first connected item created before the floor (all
-  after it are older). In a list of any other order it reads on to the end:
-  what is older is skipped by the writer, not by the plan.
+  after a moment starts a scan from offset 0 (or resumes the scan in
+  progress, which keeps the floor it has, ``state.scan_since``; another
+  floor starts over). In a list that a complete scan found newest-first, or
+  whose order no scan has told yet and whose pages are newest-first, it ends
+  at the first connected item created before the floor (all after it are
+  older). In a list of any other order it reads on to the end: what is
+  older is skipped by the writer, not by the plan. A scan with a floor is
+  not a full sync (``last_full_sync_at`` stays) and judges no deletions.
 * **The cursor moves with the rows.** ``state`` after each ``observe`` is what
   the engine commits in the same transaction as that page's rows.
 """
@@ -204,7 +208,12 @@ class Planner:
         elif st.phase in (Phase.BACKFILL, Phase.FULL):
             if st.scan_started_at is None:
                 self._start_scan(st.phase)
-            else:  # resume a scan interrupted by a crash or a failure
+            elif since is not None and st.scan_since is not None and since != st.scan_since:
+                # Its pages so far skipped what is older than another floor: start over.
+                self._start_scan(st.phase)
+            else:  # resume a scan interrupted by a crash or a failure, with its floor
+                self.since = since if since is not None else st.scan_since
+                st.scan_since = self.since
                 self._resume_cursor()
         elif st.list_order == ListOrder.NEWEST_FIRST:
             self._head_scan = True
@@ -388,7 +397,7 @@ class Planner:
         """In a newest-first list, does this (connected) page reach an artwork
         created before the floor? Then everything after it is older: the scan
         ends there, its cursor past the last artwork wanted. True when it ended."""
-        if self.since is None or self._order() != ListOrder.NEWEST_FIRST:
+        if self.since is None or not self._newest_first_to_the_end():
             return False
         first_dated, last_dated = _first_dated(items), _last_dated(items)
         if first_dated is not None and last_dated is not None:
@@ -409,6 +418,17 @@ class Planner:
         self._finish_scan(request.skip + older, floor=True)
         return True
 
+    def _newest_first_to_the_end(self) -> bool:
+        """May the scan take the list as newest-first past what it has read, and
+        stop at the floor? When a complete scan found it so, and when no scan
+        ever told its order (a first backfill learns it from its pages); never
+        when a complete scan found it unordered or oldest-first, however
+        ordered its first pages look now."""
+        known = self.state.list_order
+        return (
+            known in (ListOrder.NEWEST_FIRST, ListOrder.UNKNOWN) and self._order() == ListOrder.NEWEST_FIRST
+        )
+
     def _pages_to_floor(self, count: int) -> int:
         """How many pages past the next one a newest-first scan likely reads
         before the floor, by the createdAt span of the last page; ``count`` when
@@ -417,7 +437,7 @@ class Planner:
         anchor, span = self._anchor, self._page_span
         if self.since is None or anchor is None or anchor.created_at is None or not span:
             return count
-        if self._order() != ListOrder.NEWEST_FIRST:
+        if not self._newest_first_to_the_end():
             return count
         return max(0, math.ceil((anchor.created_at - self.since) / span) - 1)
 
@@ -436,6 +456,7 @@ class Planner:
             st.previous_scan_started_at = st.scan_started_at
         st.phase = phase
         st.scan_started_at = self.now
+        st.scan_since = self.since
         st.scan_order = ListOrder.UNKNOWN
         st.cursor_skip, st.cursor_id, st.cursor_created_at = 0, None, None
         self._anchor = None
@@ -544,9 +565,11 @@ class Planner:
             st.tail_id, st.tail_created_at = self._anchor.id, self._anchor.created_at
         if not floor:
             st.listed_total = total
-        if st.phase == Phase.BACKFILL:
-            st.backfill_completed_at = self.now
-        st.last_full_sync_at = self.now
+        if st.scan_since is None:  # a scan with a floor saw none of the older artworks
+            if st.phase == Phase.BACKFILL:
+                st.backfill_completed_at = self.now
+            st.last_full_sync_at = self.now
+        st.scan_since = None
         st.phase = Phase.IDLE
         st.cursor_skip, st.cursor_id, st.cursor_created_at = 0, None, None
 
