@@ -680,7 +680,10 @@ class FakeServer(ThreadingHTTPServer):
 
     def start(self) -> FakeServer:
         """Serve in a background thread (for tests and the demo)."""
-        self._thread = threading.Thread(target=self.serve_forever, name="fake-api", daemon=True)
+        # A short poll: stop() waits for it (0.5 s by default), and tests stop many servers.
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-api", daemon=True
+        )
         self._thread.start()
         return self
 
