@@ -12,23 +12,25 @@ import atexit
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from syncd import db
+from syncd import db, store
 from syncd.config import Settings, load_settings
 from syncd.fakeapi.data import Dataset
 from syncd.fakeapi.images import ImageFaults, ImageServer
@@ -343,3 +345,81 @@ def backdate_checks(engine: Engine, hours: float = 24) -> None:
                 .where(store.artworks.c.id == artwork_id)
                 .values(last_seen_at=last_seen_at - timedelta(hours=hours))
             )
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+@contextmanager
+def daemon(env: dict[str, str], cwd: Path, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "daemon", *args],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return len(conn.execute(select(store.artworks.c.id)).all())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ---------------------------------------------------------------- API records
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+
+
+def txt2img(**changes: Any) -> dict[str, Any]:
+    record = {
+        "id": ID,
+        "artworkType": "txt2img",
+        "parameters": {
+            "model": "tengrai-20231128-m-d",
+            "promptMode": "seer",
+            "prompt": "cat",
+            "negativePrompt": "dog",
+            "style": "default",
+            "creativity": 3,
+            "details": 4,
+            "aspectRatio": "1:1",
+            "width": 1216,
+            "height": 1216,
+            "nsfw": False,
+        },
+        "duration": 12.5,
+        "results": ["https://cdn/a.webp", "https://cdn/b.webp"],
+        "status": "done",
+        "createdAt": "2024-07-29T15:51:28.071Z",
+    }
+    record.update(changes)
+    return record
+
+
+def upscaling(**changes: Any) -> dict[str, Any]:
+    record = {
+        "id": "0b3c2a55-4c1e-4d8a-9a6e-1f2e3d4c5b6a",
+        "artworkType": "upscaling",
+        "parameters": {"imageUrl": "https://uploads/x.png", "scaleFactor": 4},
+        "duration": 3,
+        "results": ["https://cdn/up.webp"],
+        "status": "failed",
+        "createdAt": "2025-01-02T03:04:05+02:00",
+    }
+    record.update(changes)
+    return record

@@ -7,11 +7,8 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,32 +17,9 @@ from sqlalchemy import Engine, select
 
 from syncd import db, store
 from syncd.fakeapi.server import FakeServer, Faults
-from tests.conftest import backdate_checks, run_syncd, syncd_env, wait_for
+from tests.conftest import backdate_checks, count, daemon, free_port, run_syncd, syncd_env, wait_for
 
 RUN_LINE = re.compile(r"syncd: run (\d+) (\w+) (\w+):")
-
-
-@contextmanager
-def daemon(env: dict[str, str], cwd: Path, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "daemon", *args],
-            env=env,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-
-def count(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return len(conn.execute(select(store.artworks.c.id)).all())
 
 
 def runs(engine: Engine) -> list[tuple[str, str]]:
@@ -56,12 +30,6 @@ def runs(engine: Engine) -> list[tuple[str, str]]:
                 select(store.runs_table.c.mode, store.runs_table.c.outcome).order_by(store.runs_table.c.id)
             )
         ]  # type: ignore[misc]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_daemon_picks_up_new_artworks_each_tick_and_stops_cleanly(

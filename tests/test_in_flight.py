@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select
 
 from syncd import store
 from syncd.fakeapi.server import FakeServer, Faults
-from tests.conftest import backdate_checks, run_syncd, syncd_env
+from tests.conftest import backdate_checks, run_cli, syncd_env
 
 L = 100
 
@@ -31,7 +31,7 @@ def test_a_backfill_keeps_requests_in_flight_up_to_the_maximum(
 ) -> None:
     server = fake_api(3000, faults=Faults(latency=0.1), malformed_fraction=0)
     env = syncd_env(server.url, db_url, page_size=str(L), max_in_flight="4")
-    result = run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path)
+    result = run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     stats = server.api.stats
     assert 2 <= stats.peak_in_flight <= 4
@@ -48,7 +48,7 @@ def test_one_request_in_flight_when_told(
 ) -> None:
     server = fake_api(1000, faults=Faults(latency=0.05), malformed_fraction=0)
     env = syncd_env(server.url, sqlite_url, page_size=str(L), max_in_flight="1")
-    assert run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path).returncode == 0
+    assert run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path).returncode == 0
     assert server.api.stats.peak_in_flight == 1
     # Nothing asked ahead: the pages, and the one that confirms the end.
     assert server.api.stats.list_requests == math.ceil((1000 - 1) / (L - 1)) + 1
@@ -59,11 +59,11 @@ def test_the_refresh_runs_its_requests_concurrently(
 ) -> None:
     server = fake_api(300, faults=Faults(latency=0.1), malformed_fraction=0, pending_fraction=1.0)
     env = syncd_env(server.url, db_url, page_size=str(L), max_in_flight="5")
-    assert run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path).returncode == 0
+    assert run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path).returncode == 0
     server.api.dataset.finish_pending()
     backdate_checks(engine)
     server.api.reset_stats()
-    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    result = run_cli(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     stats = server.api.stats
     assert stats.get_requests == 300 - L  # the first page's artworks were updated by the list read
@@ -82,7 +82,7 @@ def test_a_server_limit_below_the_ceiling_gets_no_early_request(
     faults = Faults(latency=0.1, rate_limit=10, rate_limit_blocks=blocks)
     server = fake_api(2500, faults=faults, malformed_fraction=0)
     env = syncd_env(server.url, db_url, page_size="50", max_requests_per_second="40")
-    result = run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path, timeout=180)
+    result = run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path, timeout=180)
     assert result.returncode == 0, result.stderr
     stats = server.api.stats
     assert stats.by_status and stats.by_status.get(429, 0) > 0, "no 429: the test proves nothing"
@@ -101,11 +101,11 @@ def test_pages_in_flight_while_the_list_shifts_lose_nothing(
     server = fake_api(1500, faults=faults, malformed_fraction=0, unknown_fraction=0.02)
     present_throughout = valid_ids(server)
     env = syncd_env(server.url, db_url, page_size=str(L), max_in_flight="6")
-    assert run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path).returncode == 0
+    assert run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path).returncode == 0
     assert server.api.stats.peak_in_flight >= 2
     present_throughout &= valid_ids(server)
     server.api.faults.add_per_request = server.api.faults.delete_oldest_per_request = 0
-    assert run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path).returncode == 0
+    assert run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path).returncode == 0
     stored = stored_ids(engine)
     assert len(stored) == len(set(stored))
     # Every artwork the API ever listed (pages fetched ahead and not used included).
@@ -124,7 +124,7 @@ def test_a_server_that_states_its_limit_is_not_pushed_into_429s_once_it_has_show
     faults = Faults(latency=0.05, rate_limit=5, rate_limit_headers=True)
     server = fake_api(1000, faults=faults, malformed_fraction=0)
     env = syncd_env(server.url, sqlite_url, page_size="50", max_requests_per_second="40", max_in_flight="4")
-    result = run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path, timeout=120)
+    result = run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     stats = server.api.stats
     assert stats.by_status is not None and 1 <= stats.by_status.get(429, 0) <= 4, stats.by_status
