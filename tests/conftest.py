@@ -9,12 +9,14 @@ own, created fresh and dropped afterwards. Without the variable they skip;
 from __future__ import annotations
 
 import atexit
+import email.utils
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -345,6 +347,132 @@ def backdate_checks(engine: Engine, hours: float = 24) -> None:
                 .where(store.artworks.c.id == artwork_id)
                 .values(last_seen_at=last_seen_at - timedelta(hours=hours))
             )
+
+
+@contextmanager
+def released_when(
+    server: FakeServer, condition: Callable[[], bool], *, from_list: int = 0, timeout: float = 60
+) -> Iterator[None]:
+    """The API holds every request (unanswered) until ``condition`` holds, then
+    answers as usual: for a test that needs, say, two requests in flight at
+    once whatever the machine's speed. ``from_list``: the holding starts once
+    that list request (1 for the first) is answered, not at once. If the
+    condition never holds, all is released after ``timeout`` seconds and the
+    test's own assertions tell."""
+    if from_list:
+
+        def hold_after(number: int) -> None:
+            if number == from_list:
+                server.api.hold()
+
+        server.api.before_list = hold_after
+    else:
+        server.api.hold()
+    done = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while not done.is_set() and time.monotonic() < deadline and not condition():
+            time.sleep(0.005)
+        server.api.before_list = None
+        server.api.release()
+
+    watcher = threading.Thread(target=watch, name="released-when", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        server.api.before_list = None
+        server.api.release()
+
+
+# ---------------------------------------------------------------- the wire
+
+
+@dataclass
+class Exchange:
+    """One API request as this process's HTTP client saw it."""
+
+    path: str
+    sent: float  # time.monotonic() when the client began the request
+    sent_wall: float  # time.time() then
+    answered: float | None = None  # time.monotonic() when the client had the answer's head
+    status: int | None = None
+    retry_after: str | None = None
+
+
+class Wire:
+    """The API requests of syncd runs in this process (``run_cli``, ``run_once``),
+    timed where the client is: when it sent each, when it had each answer.
+
+    A request is early when the client sent it after it had read a 429 and
+    before that 429's Retry-After was over: judged from the client's side, so
+    a busy machine, slow to read, makes no request early or late.
+    """
+
+    def __init__(self) -> None:
+        self.exchanges: list[Exchange] = []
+        self._lock = threading.Lock()
+
+    def begin(self, path: str) -> Exchange:
+        exchange = Exchange(path, time.monotonic(), time.time())
+        with self._lock:
+            self.exchanges.append(exchange)
+        return exchange
+
+    def api(self) -> list[Exchange]:
+        with self._lock:
+            return [e for e in self.exchanges if e.path.startswith("/v1/")]
+
+    def statuses(self) -> list[int | None]:
+        return [e.status for e in self.api()]
+
+    def early(self) -> list[Exchange]:
+        """The requests sent while a Retry-After the client had read was running."""
+        exchanges = self.api()
+        quiet: list[tuple[float, float | None, float | None]] = []  # (read at, until: monotonic, wall)
+        for e in exchanges:
+            if e.status != 429 or e.answered is None or e.retry_after is None:
+                continue
+            value = e.retry_after.strip()
+            if value.isdigit():
+                quiet.append((e.answered, e.answered + int(value), None))
+            else:
+                try:
+                    moment = email.utils.parsedate_to_datetime(value)
+                except (TypeError, ValueError):
+                    continue  # not a Retry-After ("inf"): it promises nothing
+                quiet.append((e.answered, None, moment.timestamp()))
+        return [
+            e
+            for e in exchanges
+            if any(
+                read <= e.sent and (e.sent < until if until is not None else e.sent_wall < (wall or 0.0))
+                for read, until, wall in quiet
+            )
+        ]
+
+
+@pytest.fixture
+def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
+    """Every request an httpx transport of this process sends, timed (see ``Wire``)."""
+    import httpx
+
+    seen = Wire()
+    original = httpx.HTTPTransport.handle_request
+
+    def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+        exchange = seen.begin(request.url.path)
+        response = original(self, request)
+        exchange.answered = time.monotonic()
+        exchange.status = response.status_code
+        exchange.retry_after = response.headers.get("Retry-After")
+        return response
+
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", handle_request)
+    return seen
 
 
 # ---------------------------------------------------------------- the daemon
