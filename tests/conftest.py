@@ -207,7 +207,7 @@ def run_syncd(
     )
 
 
-_LOGGERS_SYNCD_SETS = ("httpx", "httpcore", "alembic", "apscheduler")
+_LOGGERS_SET_BY_SYNCD = ("httpx", "httpcore", "alembic", "apscheduler")
 
 
 def run_cli(
@@ -234,7 +234,7 @@ def run_cli(
     saved_cwd = os.getcwd()
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
-    saved_levels = {name: logging.getLogger(name).level for name in _LOGGERS_SYNCD_SETS}
+    saved_levels = {name: logging.getLogger(name).level for name in _LOGGERS_SET_BY_SYNCD}
     saved_signals = {signum: signal.getsignal(signum) for signum in signals.STOP_SIGNALS}
     saved_wakeup = signal.set_wakeup_fd(-1)
     signal.set_wakeup_fd(saved_wakeup)
