@@ -178,16 +178,6 @@ def test_version() -> None:
     assert result.returncode == 0 and __version__ in result.stdout
 
 
-def test_demo_runs_from_an_empty_directory(tmp_path: Path) -> None:
-    result = run_cli(["demo", "--count", "600"], syncd_env("http://x", "sqlite:///x.db"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "backfill" in result.stdout and "artwork_type" in result.stdout
-    assert (tmp_path / "syncd-demo.db").exists()
-    again = run_cli(["demo", "--count", "600"], syncd_env("http://x", "sqlite:///x.db"), cwd=tmp_path)
-    assert again.returncode == 0 and "incremental" in again.stdout
-    assert "requests                1" in again.stdout
-
-
 def test_progress_lines_on_request(fake_api: Callable[..., FakeServer], tmp_path: Path) -> None:
     env = syncd_env(fake_api(900).url, f"sqlite:///{tmp_path / 'p.db'}", page_size="100")
     result = run_cli(["run-once", "--progress"], env, cwd=tmp_path)
