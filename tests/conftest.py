@@ -236,7 +236,12 @@ def run_cli(
     saved_handlers, saved_level = list(root.handlers), root.level
     saved_levels = {name: logging.getLogger(name).level for name in _LOGGERS_SET_BY_SYNCD}
     saved_signals = {signum: signal.getsignal(signum) for signum in signals.STOP_SIGNALS}
+    # A wakeup fd that an earlier command left set (one run by CliRunner directly)
+    # is a socket the next command closes: not one to put back.
+    left_by_syncd = {wakeup.fileno() for wakeup in signals._wakeup}
     saved_wakeup = signal.set_wakeup_fd(-1)
+    if saved_wakeup in left_by_syncd:
+        saved_wakeup = -1
     signal.set_wakeup_fd(saved_wakeup)
     try:
         os.environ.clear()
