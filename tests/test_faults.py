@@ -31,7 +31,7 @@ def test_backfill_through_a_storm_of_faults(
     db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path, wire: Wire
 ) -> None:
     # The storm is certain, however fast or slow this machine: the first answers
-    # are a 429 and a 5xx (scripted); then 8 requests/s with a burst of 8 (~40
+    # are a 429 and a 5xx (scripted); then 8 requests/s with a burst of 8 (~25
     # requests) and a 5xx for one answer in five bring more of both.
     faults = Faults(
         first_answers="429,503",
@@ -42,7 +42,7 @@ def test_backfill_through_a_storm_of_faults(
         reset=0.01,
         not_a_list=0.01,
     )
-    server = fake_api(3000, faults=faults, malformed_fraction=0.005)
+    server = fake_api(1500, faults=faults, malformed_fraction=0.005)
     env = syncd_env(server.url, db_url, page_size="100", max_attempts="20")
     result = run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -59,7 +59,7 @@ def test_backfill_through_a_storm_of_faults(
 def test_retry_after_as_http_date_is_honoured(
     sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path, wire: Wire
 ) -> None:
-    server = fake_api(600, faults=Faults(first_answers="429", rate_limit=4, retry_after_http_date=True))
+    server = fake_api(300, faults=Faults(first_answers="429", rate_limit=4, retry_after_http_date=True))
     result = run_cli(["run-once"], syncd_env(server.url, sqlite_url, page_size="50"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert server.api.stats.by_status and server.api.stats.by_status[429] > 0

@@ -88,7 +88,7 @@ def test_a_server_limit_below_the_ceiling_gets_no_early_request(
     # then a bucket of 10/s below syncd's 40/s. Once the scan is under way the
     # API holds what comes until two requests are in flight at once.
     faults = Faults(first_answers="429", latency=0.1, rate_limit=10, rate_limit_blocks=blocks)
-    server = fake_api(2500, faults=faults, malformed_fraction=0)
+    server = fake_api(1000, faults=faults, malformed_fraction=0)
     env = syncd_env(server.url, db_url, page_size="50", max_requests_per_second="40")
     with released_when(server, lambda: server.api.held >= 2, from_list=3):
         result = run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path)
@@ -131,9 +131,9 @@ def test_a_server_that_states_its_limit_is_not_pushed_into_429s_once_it_has_show
     caps syncd's ceiling and a spent quota waits for its reset. The 429s are
     those of the requests on the wire when the first came, no more."""
     # The first answer is the 429 (scripted), so that it comes however slow this
-    # machine is; the rest of the run (~20 requests at 5/s) must bring no other.
+    # machine is; the rest of the run (~10 requests at 5/s) must bring no other.
     faults = Faults(first_answers="429", latency=0.05, rate_limit=5, rate_limit_headers=True)
-    server = fake_api(1000, faults=faults, malformed_fraction=0)
+    server = fake_api(500, faults=faults, malformed_fraction=0)
     env = syncd_env(server.url, sqlite_url, page_size="50", max_requests_per_second="40", max_in_flight="4")
     result = run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
