@@ -69,6 +69,8 @@ def test_sigterm_during_backfill_exits_0_records_interrupted_and_resumes(
         assert process.wait(timeout=30) == 0
         assert time.monotonic() - sent < 10
         server.api.release()
+    # The held requests answer the stopped process; then the counts start again.
+    wait_for(lambda: server.api.in_flight == 0, 30, "the held requests to be answered")
     assert runs(engine)[0] == ("backfill", "interrupted")
     committed = count(engine)
     assert committed < total

@@ -192,11 +192,16 @@ def test_sigkill_mid_backfill_then_resume(
 ) -> None:
     total = 3000
     in_flight = 4
-    server = clean(total, order, slow=1.0, delay=0.05)
-    # ~3 s of backfill with pages fetched ahead: the kill finds requests in flight.
-    env = syncd_env(
-        server.url, db_url, page_size=str(L), max_requests_per_second="10", max_in_flight=str(in_flight)
-    )
+    server = clean(total, order)
+
+    # From the tenth list request on, the API answers nothing: the kill finds
+    # the backfill unfinished and requests in flight, however fast it goes.
+    def hang_after(number: int) -> None:
+        if number == 10:
+            server.api.hold()
+
+    server.api.before_list = hang_after
+    env = syncd_env(server.url, db_url, page_size=str(L), max_in_flight=str(in_flight))
     process = start_syncd(["run-once"], env, tmp_path)
 
     def cursor() -> int:
@@ -205,15 +210,18 @@ def test_sigkill_mid_backfill_then_resume(
         return int(value or 0)
 
     try:
-        wait_for(lambda: cursor() >= 8 * L, 60, "eight committed pages")
+        wait_for(lambda: cursor() >= 8 * L and server.api.held > 0, 60, "eight committed pages, then a hang")
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.communicate()
+        server.api.before_list = None
+        server.api.release()
+    # The held requests answer the dead process; then the counts start again.
+    wait_for(lambda: server.api.in_flight == 0, 30, "the held requests to be answered")
     committed_at = cursor()
     assert 0 < committed_at < total
     uncommitted_pages = math.ceil((total - committed_at) / L)
 
-    server.api.faults.slow = 0
     server.api.reset_stats()
     result = run_cli(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
