@@ -94,10 +94,24 @@ def engine(db_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
-@pytest.fixture
-def fake_api() -> Iterator[Callable[..., FakeServer]]:
-    """Factory: fake_api(count, seed=..., faults=Faults(...), **dataset_options)."""
+@pytest.fixture(scope="session")
+def _api_servers() -> Iterator[list[FakeServer]]:
+    """The fake API servers of this session (of this xdist worker): started once,
+    each test given a fresh API (data, faults, counters) on them by ``fake_api``.
+    Starting and stopping a server per test cost ~50 ms each time."""
     servers: list[FakeServer] = []
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def fake_api(_api_servers: list[FakeServer]) -> Iterator[Callable[..., FakeServer]]:
+    """Factory: fake_api(count, seed=..., faults=Faults(...), **dataset_options).
+
+    A shared server answers with the API given here: nothing of an earlier
+    test's (its data, faults, counters, held requests) is left."""
+    used = 0
 
     def start(
         count: int = 100,
@@ -108,16 +122,25 @@ def fake_api() -> Iterator[Callable[..., FakeServer]]:
         forbidden_keys: tuple[str, ...] = (),
         **dataset_options: Any,
     ) -> FakeServer:
+        nonlocal used
         dataset = Dataset(count, seed, **dataset_options)
-        server = FakeServer(
-            FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_keys, faults=faults, seed=seed)
-        ).start()
-        servers.append(server)
+        api = FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_keys, faults=faults, seed=seed)
+        if used < len(_api_servers):
+            server = _api_servers[used]
+            server.api = api
+        else:
+            server = FakeServer(api).start()
+            _api_servers.append(server)
+        used += 1
         return server
 
     yield start
-    for server in servers:
-        server.stop()
+    for server in _api_servers[:used]:
+        # What the test left going (held requests, a client it killed) is
+        # answered before the next test's API takes the server over.
+        server.api.before_list = None
+        server.api.release()
+        wait_for(lambda server=server: server.api.in_flight == 0, 30, "the fake API's requests to end")  # type: ignore[misc]
 
 
 @dataclass

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
 
-from syncd import db, locks
+from syncd import db, locks, store
 from syncd.fakeapi.server import FakeServer, Faults
 from tests.conftest import run_cli, run_syncd, syncd_env
 
@@ -158,7 +160,23 @@ def test_status_json_and_max_age(db_url: str, fake_api: Callable[..., FakeServer
     assert set(stream) >= {"cursor", "head", "tail", "listed_total", "last_incremental", "rate_limited_until"}
     text = run_cli(["status"], env, cwd=tmp_path)
     assert text.returncode == 0 and "list order        newest_first" in text.stdout
-    stale = run_cli(["status", "--max-age", "0"], env, cwd=tmp_path)
+    # Ten minutes later (the run's end moved back: not a wait, and not "age > 0",
+    # which a quick machine answers within the tenth of a second status rounds to).
+    engine = db.create_db_engine(db_url)
+    try:
+        with db.writer(engine).begin() as conn:
+            for run_id, finished_at in conn.execute(
+                select(store.runs_table.c.id, store.runs_table.c.finished_at)
+            ):
+                conn.execute(
+                    update(store.runs_table)
+                    .where(store.runs_table.c.id == run_id)
+                    .values(finished_at=finished_at - timedelta(minutes=10))
+                )
+    finally:
+        engine.dispose()
+    assert run_cli(["status", "--max-age", "900"], env, cwd=tmp_path).returncode == 0
+    stale = run_cli(["status", "--max-age", "300"], env, cwd=tmp_path)
     assert stale.returncode == 8 and "STALE" in stale.stderr
 
 
