@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import email.utils
+import gc
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +52,31 @@ def _pg_admin_url() -> str | None:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
+
+
+@pytest.fixture(autouse=True)
+def _calls_left_under_way() -> Iterator[None]:
+    """A run in this process (``run_cli``, ``run_once``, ``archive``) may end
+    with requests under way: syncd drops their results and their threads end
+    on their own, leaving their connections to the garbage collector. Each test
+    waits for those threads and collects what they leave, so that a socket of
+    one test's run is not reported (ResourceWarning, an error here) in a later
+    test, wherever the collector happens to run."""
+    before = set(threading.enumerate())
+    yield
+    left = [
+        thread
+        for thread in threading.enumerate()
+        if thread not in before and thread.name.startswith(("syncd-request", "syncd-archive"))
+    ]
+    if not left:
+        return
+    deadline = time.monotonic() + 60
+    for thread in left:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture
