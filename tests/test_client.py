@@ -373,8 +373,9 @@ def test_an_answer_trickling_in_byte_by_byte_is_cut_off_at_the_requests_deadline
     try:
         with pytest.raises(RetriesExhaustedError, match="an answer must be complete within 1s"):
             client.fetch_list_page(0, 10)
-        # Two attempts of 1 s each and a short backoff: nowhere near the 60 s of trickle.
-        assert time.monotonic() - started < 5
+        # Two attempts of 1 s each and a short backoff: nowhere near the 50 s of
+        # trickle (the bound is between the two, far from both, for a busy machine).
+        assert time.monotonic() - started < 25
     finally:
         stop.set()
         client.close()
