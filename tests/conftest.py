@@ -54,29 +54,53 @@ def _pg_admin_url() -> str | None:
     return parsed.render_as_string(hide_password=False)
 
 
-@pytest.fixture(autouse=True)
-def _calls_left_under_way() -> Iterator[None]:
-    """A run in this process (``run_cli``, ``run_once``, ``archive``) may end
-    with requests under way: syncd drops their results and their threads end
-    on their own, leaving their connections to the garbage collector. Each test
-    waits for those threads and collects what they leave, so that a socket of
-    one test's run is not reported (ResourceWarning, an error here) in a later
-    test, wherever the collector happens to run."""
-    before = set(threading.enumerate())
-    yield
+def _end_calls_left_under_way(before: set[threading.Thread]) -> None:
+    """A run in this process may end with requests under way: syncd drops
+    their results and their threads end on their own, leaving their
+    connections to the garbage collector. Wait for those threads (started
+    since ``before``) and collect what they leave, here: not in the middle
+    of a later assertion or test, wherever the collector happens to run
+    (a ResourceWarning there is an error)."""
     left = [
         thread
         for thread in threading.enumerate()
         if thread not in before and thread.name.startswith(("syncd-request", "syncd-archive"))
     ]
-    if not left:
-        return
-    deadline = time.monotonic() + 60
-    for thread in left:
-        thread.join(max(0.0, deadline - time.monotonic()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
+        deadline = time.monotonic() + 60
+        for thread in left:
+            thread.join(max(0.0, deadline - time.monotonic()))
         gc.collect()
+
+
+_request_pools = [0]  # request thread pools (syncd.net.inflight.InFlight) made in this process
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _count_request_pools() -> Iterator[None]:
+    from syncd.net.inflight import InFlight
+
+    made = InFlight.__init__
+
+    def counted(self: InFlight, *args: Any, **kwargs: Any) -> None:
+        _request_pools[0] += 1
+        made(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(InFlight, "__init__", counted)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _calls_left_under_way() -> Iterator[None]:
+    """After each test, what its in-process runs (``run_once``, ``archive``)
+    left under way (see ``_end_calls_left_under_way``); nothing to do (not even
+    a collection) for a test whose runs used no request threads."""
+    before, pools = set(threading.enumerate()), _request_pools[0]
+    yield
+    if _request_pools[0] != pools:
+        _end_calls_left_under_way(before)
 
 
 @pytest.fixture
@@ -298,7 +322,9 @@ def run_cli(
         os.environ.update(env)
         if cwd is not None:
             os.chdir(cwd)
+        threads = set(threading.enumerate())
         result = CliRunner().invoke(cli, args, prog_name="syncd")
+        _end_calls_left_under_way(threads)
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
