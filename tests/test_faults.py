@@ -96,11 +96,14 @@ def test_a_page_that_fails_at_once_keeps_the_pages_written_before_it(
     db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
     """No retry, no wait: the failure reaches the loop before its next commit."""
-    server = fake_api(1000, faults=Faults(fail_from_request=4), malformed_fraction=0)
+    # The third page on fail (by offset: pages 1 and 2 are skip 0 and 99), in
+    # whatever order the requests in flight reach the API. (By request number,
+    # the fourth request could be page 2's on a busy machine.)
+    server = fake_api(1000, faults=Faults(fail_from_skip=2 * 99), malformed_fraction=0)
     env = syncd_env(server.url, db_url, page_size="100", max_attempts="1")
     result = run_cli(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 5, result.stderr
-    # Pages 1 and 2 were written whole (page 3 is the last fetched); they stay.
+    # Pages 1 and 2 were written whole (page 3 is the first that failed); they stay.
     assert len(ids_in(engine)) >= 199
 
 

@@ -80,6 +80,9 @@ class Faults:
     delete_oldest_per_request: int = 0
     auth_status: int = 0  # answer every API request with this status (401/403)
     fail_from_request: int = 0  # list requests from this number on answer 503 (0: off)
+    # List requests for this offset or a later one answer 503 (-1: off): the same
+    # pages fail whatever order requests in flight arrive in.
+    fail_from_skip: int = -1
     order: str = "newest_first"  # newest_first | oldest_first | random
     # Hostile bytes (what proxies, CDNs and bugs produce):
     content_encoding: str = ""  # this Content-Encoding on 200 answers, the body left plain
@@ -592,6 +595,10 @@ class _Handler(QuietHandler):
             return error(scripted, HTTPStatus(scripted).phrase)
         if is_list and faults.fail_from_request and api.stats.list_requests >= faults.fail_from_request:
             return error(503, "Service Unavailable")
+        if is_list and faults.fail_from_skip >= 0:
+            skip = query.get("skip", ["0"])[-1]
+            if skip.isdigit() and int(skip) >= faults.fail_from_skip:
+                return error(503, "Service Unavailable")
         if faults.error_5xx and rng.random() < faults.error_5xx:
             status = rng.choice((500, 502, 503, 504))
             if status == 500:
