@@ -8,23 +8,33 @@ own, created fresh and dropped afterwards. Without the variable they skip;
 
 from __future__ import annotations
 
+import atexit
+import email.utils
+import gc
+import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from syncd import db
+from syncd import db, store
 from syncd.config import Settings, load_settings
 from syncd.fakeapi.data import Dataset
 from syncd.fakeapi.images import ImageFaults, ImageServer
@@ -42,6 +52,55 @@ def _pg_admin_url() -> str | None:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
+
+
+def _end_calls_left_under_way(before: set[threading.Thread]) -> None:
+    """A run in this process may end with requests under way: syncd drops
+    their results and their threads end on their own, leaving their
+    connections to the garbage collector. Wait for those threads (started
+    since ``before``) and collect what they leave, here: not in the middle
+    of a later assertion or test, wherever the collector happens to run
+    (a ResourceWarning there is an error)."""
+    left = [
+        thread
+        for thread in threading.enumerate()
+        if thread not in before and thread.name.startswith(("syncd-request", "syncd-archive"))
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        deadline = time.monotonic() + 60
+        for thread in left:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        gc.collect()
+
+
+_request_pools = [0]  # request thread pools (syncd.net.inflight.InFlight) made in this process
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _count_request_pools() -> Iterator[None]:
+    from syncd.net.inflight import InFlight
+
+    made = InFlight.__init__
+
+    def counted(self: InFlight, *args: Any, **kwargs: Any) -> None:
+        _request_pools[0] += 1
+        made(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(InFlight, "__init__", counted)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _calls_left_under_way() -> Iterator[None]:
+    """After each test, what its in-process runs (``run_once``, ``archive``)
+    left under way (see ``_end_calls_left_under_way``); nothing to do (not even
+    a collection) for a test whose runs used no request threads."""
+    before, pools = set(threading.enumerate()), _request_pools[0]
+    yield
+    if _request_pools[0] != pools:
+        _end_calls_left_under_way(before)
 
 
 @pytest.fixture
@@ -86,10 +145,24 @@ def engine(db_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
-@pytest.fixture
-def fake_api() -> Iterator[Callable[..., FakeServer]]:
-    """Factory: fake_api(count, seed=..., faults=Faults(...), **dataset_options)."""
+@pytest.fixture(scope="session")
+def _api_servers() -> Iterator[list[FakeServer]]:
+    """The fake API servers of this session (of this xdist worker): started once,
+    each test given a fresh API (data, faults, counters) on them by ``fake_api``.
+    Starting and stopping a server per test cost ~50 ms each time."""
     servers: list[FakeServer] = []
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def fake_api(_api_servers: list[FakeServer]) -> Iterator[Callable[..., FakeServer]]:
+    """Factory: fake_api(count, seed=..., faults=Faults(...), **dataset_options).
+
+    A shared server answers with the API given here: nothing of an earlier
+    test's (its data, faults, counters, held requests) is left."""
+    used = 0
 
     def start(
         count: int = 100,
@@ -100,16 +173,25 @@ def fake_api() -> Iterator[Callable[..., FakeServer]]:
         forbidden_keys: tuple[str, ...] = (),
         **dataset_options: Any,
     ) -> FakeServer:
+        nonlocal used
         dataset = Dataset(count, seed, **dataset_options)
-        server = FakeServer(
-            FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_keys, faults=faults, seed=seed)
-        ).start()
-        servers.append(server)
+        api = FakeApi(dataset, api_key=api_key, forbidden_keys=forbidden_keys, faults=faults, seed=seed)
+        if used < len(_api_servers):
+            server = _api_servers[used]
+            server.api = api
+        else:
+            server = FakeServer(api).start()
+            _api_servers.append(server)
+        used += 1
         return server
 
     yield start
-    for server in servers:
-        server.stop()
+    for server in _api_servers[:used]:
+        # What the test left going (held requests, a client it killed) is
+        # answered before the next test's API takes the server over.
+        server.api.before_list = None
+        server.api.release()
+        wait_for(lambda server=server: server.api.in_flight == 0, 30, "the fake API's requests to end")  # type: ignore[misc]
 
 
 @dataclass
@@ -186,7 +268,8 @@ def syncd_env(api_url: str, database_url: str, **extra: str) -> dict[str, str]:
 def run_syncd(
     args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a child process."""
+    """Run the real CLI in a child process. Only for what needs one (signals, locks
+    between processes, a real process's exit status, memory); else ``run_cli``."""
     return subprocess.run(
         [sys.executable, "-m", "syncd", *args],
         env=env,
@@ -196,6 +279,74 @@ def run_syncd(
         timeout=timeout,
         check=False,
     )
+
+
+_LOGGERS_SET_BY_SYNCD = ("httpx", "httpcore", "alembic", "apscheduler")
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in this process (click's CliRunner), answering as ``run_syncd`` does.
+
+    For everything that needs no process of its own: it saves the ~1.7 s of
+    imports a ``python -m syncd`` costs. The environment is exactly ``env``
+    (as for a child process) and the working directory ``cwd`` while the
+    command runs; afterwards the environment, directory, logging and the
+    stop signals' handlers (which the commands install) are as they were.
+    An exception the command lets out is a traceback on stderr and exit
+    status 1, as from ``python -m syncd``. ``timeout`` is accepted for the
+    callers' sake; pytest-timeout bounds an in-process run.
+    """
+    from click.testing import CliRunner
+
+    from syncd import signals
+    from syncd.cli import cli
+
+    del timeout
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    saved_levels = {name: logging.getLogger(name).level for name in _LOGGERS_SET_BY_SYNCD}
+    saved_signals = {signum: signal.getsignal(signum) for signum in signals.STOP_SIGNALS}
+    # A wakeup fd that an earlier command left set (one run by CliRunner directly)
+    # is a socket the next command closes: not one to put back.
+    left_by_syncd = {wakeup.fileno() for wakeup in signals._wakeup}
+    saved_wakeup = signal.set_wakeup_fd(-1)
+    if saved_wakeup in left_by_syncd:
+        saved_wakeup = -1
+    signal.set_wakeup_fd(saved_wakeup)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        if cwd is not None:
+            os.chdir(cwd)
+        threads = set(threading.enumerate())
+        result = CliRunner().invoke(cli, args, prog_name="syncd")
+        _end_calls_left_under_way(threads)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+        signal.set_wakeup_fd(saved_wakeup)
+        for signum, handler in saved_signals.items():
+            signal.signal(signum, handler)
+        while signals._wakeup:  # ends the command's signal watcher thread
+            signals._wakeup.pop().close()
+        atexit.unregister(signals._ignore_stop_signals)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        assert result.exc_info is not None
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    return subprocess.CompletedProcess(["syncd", *args], result.exit_code, result.stdout, stderr)
 
 
 # Runs syncd's CLI and, at exit, writes the process's peak resident memory
@@ -277,3 +428,207 @@ def backdate_checks(engine: Engine, hours: float = 24) -> None:
                 .where(store.artworks.c.id == artwork_id)
                 .values(last_seen_at=last_seen_at - timedelta(hours=hours))
             )
+
+
+@contextmanager
+def released_when(
+    server: FakeServer, condition: Callable[[], bool], *, from_list: int = 0, timeout: float = 60
+) -> Iterator[None]:
+    """The API holds every request (unanswered) until ``condition`` holds, then
+    answers as usual: for a test that needs, say, two requests in flight at
+    once whatever the machine's speed. ``from_list``: the holding starts once
+    that list request (1 for the first) is answered, not at once. If the
+    condition never holds, all is released after ``timeout`` seconds and the
+    test's own assertions tell."""
+    if from_list:
+
+        def hold_after(number: int) -> None:
+            if number == from_list:
+                server.api.hold()
+
+        server.api.before_list = hold_after
+    else:
+        server.api.hold()
+    done = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while not done.is_set() and time.monotonic() < deadline and not condition():
+            time.sleep(0.005)
+        server.api.before_list = None
+        server.api.release()
+
+    watcher = threading.Thread(target=watch, name="released-when", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        server.api.before_list = None
+        server.api.release()
+
+
+# ---------------------------------------------------------------- the wire
+
+
+@dataclass
+class Exchange:
+    """One API request as this process's HTTP client saw it."""
+
+    path: str
+    sent: float  # time.monotonic() when the client began the request
+    sent_wall: float  # time.time() then
+    answered: float | None = None  # time.monotonic() when the client had the answer's head
+    status: int | None = None
+    retry_after: str | None = None
+
+
+class Wire:
+    """The API requests of syncd runs in this process (``run_cli``, ``run_once``),
+    timed where the client is: when it sent each, when it had each answer.
+
+    A request is early when the client sent it after it had read a 429 and
+    before that 429's Retry-After was over: judged from the client's side, so
+    a busy machine, slow to read, makes no request early or late.
+    """
+
+    def __init__(self) -> None:
+        self.exchanges: list[Exchange] = []
+        self._lock = threading.Lock()
+
+    def begin(self, path: str) -> Exchange:
+        exchange = Exchange(path, time.monotonic(), time.time())
+        with self._lock:
+            self.exchanges.append(exchange)
+        return exchange
+
+    def api(self) -> list[Exchange]:
+        with self._lock:
+            return [e for e in self.exchanges if e.path.startswith("/v1/")]
+
+    def statuses(self) -> list[int | None]:
+        return [e.status for e in self.api()]
+
+    def early(self) -> list[Exchange]:
+        """The requests sent while a Retry-After the client had read was running."""
+        exchanges = self.api()
+        quiet: list[tuple[float, float | None, float | None]] = []  # (read at, until: monotonic, wall)
+        for e in exchanges:
+            if e.status != 429 or e.answered is None or e.retry_after is None:
+                continue
+            value = e.retry_after.strip()
+            if value.isdigit():
+                quiet.append((e.answered, e.answered + int(value), None))
+            else:
+                try:
+                    moment = email.utils.parsedate_to_datetime(value)
+                except (TypeError, ValueError):
+                    continue  # not a Retry-After ("inf"): it promises nothing
+                quiet.append((e.answered, None, moment.timestamp()))
+        return [
+            e
+            for e in exchanges
+            if any(
+                read <= e.sent and (e.sent < until if until is not None else e.sent_wall < (wall or 0.0))
+                for read, until, wall in quiet
+            )
+        ]
+
+
+@pytest.fixture
+def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
+    """Every request an httpx transport of this process sends, timed (see ``Wire``)."""
+    import httpx
+
+    seen = Wire()
+    original = httpx.HTTPTransport.handle_request
+
+    def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+        exchange = seen.begin(request.url.path)
+        response = original(self, request)
+        exchange.answered = time.monotonic()
+        exchange.status = response.status_code
+        exchange.retry_after = response.headers.get("Retry-After")
+        return response
+
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", handle_request)
+    return seen
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+@contextmanager
+def daemon(env: dict[str, str], cwd: Path, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "daemon", *args],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return len(conn.execute(select(store.artworks.c.id)).all())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ---------------------------------------------------------------- API records
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+
+
+def txt2img(**changes: Any) -> dict[str, Any]:
+    record = {
+        "id": ID,
+        "artworkType": "txt2img",
+        "parameters": {
+            "model": "tengrai-20231128-m-d",
+            "promptMode": "seer",
+            "prompt": "cat",
+            "negativePrompt": "dog",
+            "style": "default",
+            "creativity": 3,
+            "details": 4,
+            "aspectRatio": "1:1",
+            "width": 1216,
+            "height": 1216,
+            "nsfw": False,
+        },
+        "duration": 12.5,
+        "results": ["https://cdn/a.webp", "https://cdn/b.webp"],
+        "status": "done",
+        "createdAt": "2024-07-29T15:51:28.071Z",
+    }
+    record.update(changes)
+    return record
+
+
+def upscaling(**changes: Any) -> dict[str, Any]:
+    record = {
+        "id": "0b3c2a55-4c1e-4d8a-9a6e-1f2e3d4c5b6a",
+        "artworkType": "upscaling",
+        "parameters": {"imageUrl": "https://uploads/x.png", "scaleFactor": 4},
+        "duration": 3,
+        "results": ["https://cdn/up.webp"],
+        "status": "failed",
+        "createdAt": "2025-01-02T03:04:05+02:00",
+    }
+    record.update(changes)
+    return record

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, select, update
 from syncd import db
 from syncd.archive import rows
 from syncd.fakeapi.images import ImageFaults, _share, expected_sha256, image_path
-from tests.conftest import World, run_syncd, start_syncd, syncd_env, wait_for
+from tests.conftest import World, run_cli, start_syncd, syncd_env, wait_for
 
 files = rows.files
 
@@ -36,9 +36,9 @@ def archive_env(w: World, database_url: str, archive: Path, **extra: str) -> dic
 
 
 def sync_and_archive(env: dict[str, str], cwd: Path, *args: str) -> Any:
-    synced = run_syncd(["run-once"], env, cwd)
+    synced = run_cli(["run-once"], env, cwd)
     assert synced.returncode == 0, synced.stderr
-    done = run_syncd(["archive", *args], env, cwd)
+    done = run_cli(["archive", *args], env, cwd)
     assert done.returncode == 0, done.stderr
     return done
 
@@ -96,7 +96,7 @@ def test_every_image_is_archived_once_with_the_hash_of_the_bytes_served(
 
     # A second run downloads nothing: every image is archived or gone.
     requests = w.images.stats.requests
-    again = run_syncd(["archive"], archive_env(w, db_url, archive), tmp_path)
+    again = run_cli(["archive"], archive_env(w, db_url, archive), tmp_path)
     assert again.returncode == 0, again.stderr
     assert w.images.stats.requests == requests
     assert table(engine) == stored
@@ -116,12 +116,12 @@ def test_transient_failures_fail_then_are_archived_on_a_later_attempt(
 
     # Not due yet: a run now fetches nothing.
     requests = w.images.stats.requests
-    assert run_syncd(["archive"], env, tmp_path).returncode == 0
+    assert run_cli(["archive"], env, tmp_path).returncode == 0
     assert w.images.stats.requests == requests
 
     with db.writer(engine).begin() as conn:  # as if the back-off had passed
         conn.execute(update(files).values(next_attempt_at=datetime.now(UTC) - timedelta(seconds=1)))
-    assert run_syncd(["archive"], env, tmp_path).returncode == 0
+    assert run_cli(["archive"], env, tmp_path).returncode == 0
     later = table(engine)
     assert all(r.status == "archived" and r.attempts == 2 and r.last_error is None for r in later)
     assert all(r.sha256 == expected_sha256(r.url) for r in later)
@@ -152,9 +152,9 @@ def test_a_full_disk_stops_the_archive_with_one_line_and_loses_nothing(
 ) -> None:
     w = world(20)
     env = archive_env(w, db_url, tmp_path / "images")
-    assert run_syncd(["run-once"], env, tmp_path).returncode == 0
+    assert run_cli(["run-once"], env, tmp_path).returncode == 0
     env["SYNCD_ARCHIVE_MIN_FREE_BYTES"] = "1000T"  # no disk here has that much free
-    full = run_syncd(["archive"], env, tmp_path)
+    full = run_cli(["archive"], env, tmp_path)
     assert full.returncode == 9, full.stderr
     errors = [line for line in full.stderr.splitlines() if line.startswith("syncd: error:")]
     assert len(errors) == 1 and "SYNCD_ARCHIVE_MIN_FREE_BYTES" in errors[0]
@@ -163,7 +163,7 @@ def test_a_full_disk_stops_the_archive_with_one_line_and_loses_nothing(
 
     # Room again: everything is archived.
     env["SYNCD_ARCHIVE_MIN_FREE_BYTES"] = "0"
-    assert run_syncd(["archive"], env, tmp_path).returncode == 0
+    assert run_cli(["archive"], env, tmp_path).returncode == 0
     assert {r.status for r in table(engine)} == {"archived"}
 
 
@@ -180,7 +180,7 @@ def test_verify_finds_missing_and_corrupt_files_and_mends_what_is_still_availabl
     with w.api.api.lock:  # the API deleted its artwork meanwhile
         w.dataset.items = [a for a in w.dataset.items if a.id != lost.artwork_id]
 
-    verified = run_syncd(["archive", "--verify"], env, tmp_path)
+    verified = run_cli(["archive", "--verify"], env, tmp_path)
     assert verified.returncode == 0, verified.stderr
     assert "2 missing, 1 corrupt" in verified.stdout
     after = {(r.artwork_id, r.role, r.position): r for r in table(engine)}
@@ -195,7 +195,7 @@ def test_verify_finds_missing_and_corrupt_files_and_mends_what_is_still_availabl
 def signal_mid_download(env: dict[str, str], archive: Path, cwd: Path, signum: int) -> tuple[int, str]:
     """Sync, start `syncd archive`, send ``signum`` while a download is under
     way: its exit code and stderr."""
-    assert run_syncd(["run-once"], env, cwd).returncode == 0
+    assert run_cli(["run-once"], env, cwd).returncode == 0
     process = start_syncd(["archive"], env, cwd)
     try:
         wait_for(lambda: any((archive / "incoming").glob("*.part")), 30, "a download under way")
@@ -220,7 +220,7 @@ def test_sigkill_while_archiving_leaves_no_partial_file_and_the_next_run_resumes
     for path in archive.glob("??/??/*"):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name.split(".")[0]
     w.images.update_faults({"dribble": 0.0})
-    resumed = run_syncd(["archive"], env, tmp_path)
+    resumed = run_cli(["archive"], env, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     stored = table(engine)
     assert stored and all(
@@ -234,11 +234,11 @@ def test_status_shows_the_archive_and_its_lag_and_exits_8_past_the_limit(
 ) -> None:
     w = world(20)
     env = archive_env(w, db_url, tmp_path / "images")
-    assert run_syncd(["run-once"], env, tmp_path).returncode == 0
+    assert run_cli(["run-once"], env, tmp_path).returncode == 0
     # No archive run yet: the sync recorded the images, pending; days-old artworks are late.
-    never = run_syncd(["status", "--max-archive-lag", "3600"], env, tmp_path)
+    never = run_cli(["status", "--max-archive-lag", "3600"], env, tmp_path)
     assert never.returncode == 8 and " 0 archived, " in never.stdout and "ARCHIVE LAGGING" in never.stderr
-    assert run_syncd(["archive"], env, tmp_path).returncode == 0  # discovers; all archived
+    assert run_cli(["archive"], env, tmp_path).returncode == 0  # discovers; all archived
     with db.writer(engine).begin() as conn:  # one image back to pending: its artwork is old
         key = conn.execute(select(files.c.artwork_id, files.c.expires_at).limit(1)).one()
         conn.execute(
@@ -246,21 +246,21 @@ def test_status_shows_the_archive_and_its_lag_and_exits_8_past_the_limit(
             .where(files.c.artwork_id == key.artwork_id)
             .values(status="pending", next_attempt_at=datetime.now(UTC) + timedelta(hours=1))
         )
-    status = run_syncd(["status", "--json"], env, tmp_path)
+    status = run_cli(["status", "--json"], env, tmp_path)
     report = orjson.loads(status.stdout)["archive"]
     age = (datetime.now(UTC) - (key.expires_at - timedelta(days=8))).total_seconds()
     assert report["lag_seconds"] == pytest.approx(age, abs=5)
     assert report["files"]["pending"] >= 1 and report["files"]["archived"] >= 1
-    text = run_syncd(["status"], env, tmp_path).stdout
+    text = run_cli(["status"], env, tmp_path).stdout
     assert "image archive" in text and "archive lag" in text
-    assert run_syncd(["status", "--max-archive-lag", str(age + 60)], env, tmp_path).returncode == 0
-    lagging = run_syncd(["status", "--max-archive-lag", str(age - 60)], env, tmp_path)
+    assert run_cli(["status", "--max-archive-lag", str(age + 60)], env, tmp_path).returncode == 0
+    lagging = run_cli(["status", "--max-archive-lag", str(age - 60)], env, tmp_path)
     assert lagging.returncode == 8 and "ARCHIVE LAGGING" in lagging.stderr
 
 
 def test_archive_without_a_folder_is_a_configuration_error(tmp_path: Path, sqlite_url: str) -> None:
     env = syncd_env("http://127.0.0.1:9", sqlite_url)
-    result = run_syncd(["archive"], env, tmp_path)
+    result = run_cli(["archive"], env, tmp_path)
     assert result.returncode == 3 and "SYNCD_ARCHIVE_DIR: not set" in result.stderr
     assert not os.path.exists(tmp_path / "syncd.db")
 
@@ -275,7 +275,7 @@ def archived_count(engine: Engine) -> int:
 def test_the_daemon_archives_new_images_after_each_sync_and_shows_it_in_metrics(
     db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
 ) -> None:
-    from tests.test_daemon import daemon, free_port
+    from tests.conftest import daemon, free_port
 
     w = world(30)
     port = free_port()
@@ -305,7 +305,7 @@ def test_the_daemon_archives_new_images_after_each_sync_and_shows_it_in_metrics(
 def test_a_full_disk_stops_the_daemons_archive_with_one_line_and_the_sync_goes_on(
     sqlite_url: str, world: Callable[..., World], tmp_path: Path
 ) -> None:
-    from tests.test_daemon import count, daemon, free_port
+    from tests.conftest import count, daemon, free_port
 
     w = world(30)
     port = free_port()
@@ -446,7 +446,7 @@ def test_a_folder_that_is_not_the_archive_is_refused_and_nothing_changes(
     archive.rename(tmp_path / "elsewhere")  # as if its disk were not mounted
     archive.mkdir()
     for args in (["archive"], ["archive", "--verify"]):
-        refused = run_syncd(args, env, tmp_path)
+        refused = run_cli(args, env, tmp_path)
         assert refused.returncode == 9, refused.stderr
         assert "is not the archive the database knows" in refused.stderr and "mounted" in refused.stderr
     assert table(engine) == before and w.images.stats.requests == len(before)
@@ -460,10 +460,10 @@ def test_verify_changes_nothing_when_most_files_are_missing_unless_told_they_are
     before = table(engine)
     for path in archive.glob("??/??/*"):
         path.unlink()
-    refused = run_syncd(["archive", "--verify"], env, tmp_path)
+    refused = run_cli(["archive", "--verify"], env, tmp_path)
     assert refused.returncode == 9 and "Nothing was changed" in refused.stderr
     assert table(engine) == before
-    mended = run_syncd(["archive", "--verify", "--accept-missing"], env, tmp_path)
+    mended = run_cli(["archive", "--verify", "--accept-missing"], env, tmp_path)
     assert mended.returncode == 0, mended.stderr
     after = table(engine)
     assert all(r.status == "archived" and r.sha256 == expected_sha256(r.url) for r in after)

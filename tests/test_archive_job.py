@@ -9,17 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import Engine, event, select
 
 from syncd import app, db
 from syncd.archive import job, rows
 from syncd.archive.job import ArchiveCounts, ArchiveProgress
 from syncd.archive.plan import Due, host_cap, origin, startable
-from syncd.cli import archive_progress_line, cli
+from syncd.cli import archive_progress_line
 from syncd.config import Settings
 from syncd.fakeapi.images import ImageFaults, ImageServer, expected_sha256
-from tests.conftest import World, make_settings, wait_for
+from tests.conftest import World, make_settings, run_cli, syncd_env, wait_for
 
 files = rows.files
 
@@ -227,14 +226,9 @@ def test_archive_against_a_database_that_does_not_exist_refuses_and_creates_noth
     database = tmp_path / "missing" / "syncd.db"
     (tmp_path / "missing").mkdir()
     archive = tmp_path / "images"
-    env = {
-        "SYNCD_DATABASE_URL": f"sqlite:///{database}",
-        "SYNCD_ARCHIVE_DIR": str(archive),
-        "SYNCD_API_URL": "http://127.0.0.1:9",
-        "SYNCD_API_KEY": "test-key",
-    }
-    result = CliRunner().invoke(cli, ["archive"], env=env)
-    assert result.exit_code == 6, result.output
-    assert "does not exist" in result.output
+    env = syncd_env("http://127.0.0.1:9", f"sqlite:///{database}", archive_dir=str(archive))
+    result = run_cli(["archive"], env, cwd=tmp_path)
+    assert result.returncode == 6, result.stderr
+    assert "does not exist" in result.stderr
     assert list((tmp_path / "missing").iterdir()) == []  # no database, -wal, -shm or lock files
     assert not archive.exists()

@@ -1,19 +1,21 @@
-"""The CLI as a user meets it: real processes, exit codes, one-line errors."""
+"""The CLI as a user meets it: exit codes, one-line errors. In this process
+(``run_cli``) but for what needs a process of its own: another process
+holding the lock, one killed mid-run."""
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
 
-from syncd import db, locks
+from syncd import db, locks, store
 from syncd.fakeapi.server import FakeServer, Faults
-from tests.conftest import run_syncd, syncd_env
+from tests.conftest import run_cli, run_syncd, syncd_env
 
 
 def error_line(stderr: str) -> str:
@@ -39,7 +41,7 @@ def test_bad_config_exits_3_with_one_line_and_sends_nothing(
     env.update({f"SYNCD_{name.upper()}": value for name, value in extra.items()})
     if "api_key_file" in extra:
         del env["SYNCD_API_KEY"]
-    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    result = run_cli(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 3
     assert needle in error_line(result.stderr)
     assert server.api.stats.requests == 0
@@ -52,7 +54,7 @@ def test_unknown_settings_are_one_warning_each_naming_the_closest(
     config = tmp_path / "syncd.toml"
     config.write_text("page_sise = 10\nwriter_process = 'off'\n")
     env = {**syncd_env(fake_api(1).url, "sqlite:///x.db"), "SYNCD_PAGESIZE": "10"}
-    result = run_syncd(["run-once", "--config", str(config)], env, cwd=tmp_path)
+    result = run_cli(["run-once", "--config", str(config)], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     warnings = [
         line for line in result.stderr.splitlines() if "is not a syncd setting" in line or "no longer" in line
@@ -68,7 +70,7 @@ def test_unknown_settings_are_one_warning_each_naming_the_closest(
 def test_missing_api_url_exits_3(tmp_path: Path) -> None:
     env = syncd_env("http://127.0.0.1:9", "sqlite:///x.db")
     del env["SYNCD_API_URL"]
-    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    result = run_cli(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 3
     assert "SYNCD_API_URL: not set" in error_line(result.stderr)
 
@@ -80,7 +82,7 @@ def test_rejected_key_exits_4_within_a_few_requests_without_showing_it(
     server = fake_api(50, faults=Faults(auth_status=status))
     env = syncd_env(server.url, f"sqlite:///{tmp_path / 's.db'}")
     env["SYNCD_API_KEY"] = "sk-live-SECRET-0123456789"
-    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    result = run_cli(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 4
     line = error_line(result.stderr)
     assert f"the API rejected the key ({status}" in line and "SYNCD_API_KEY" in line
@@ -92,7 +94,7 @@ def test_wrong_key_for_a_real_server_is_401(fake_api: Callable[..., FakeServer],
     server = fake_api(5)
     env = syncd_env(server.url, f"sqlite:///{tmp_path / 's.db'}")
     env["SYNCD_API_KEY"] = "wrong"
-    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    result = run_cli(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 4
     assert server.api.stats.by_status == {401: 1}
 
@@ -101,7 +103,7 @@ def test_unreachable_database_exits_6_with_one_line(
     fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
     env = syncd_env(fake_api(5).url, "postgresql://nobody@127.0.0.1:1/nothing")
-    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    result = run_cli(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 6
     assert "cannot connect to the database postgresql+psycopg://nobody@127.0.0.1:1/nothing" in error_line(
         result.stderr
@@ -112,7 +114,7 @@ def test_no_migrate_on_an_empty_database_names_the_fix(
     fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
     env = syncd_env(fake_api(5).url, f"sqlite:///{tmp_path / 'e.db'}")
-    result = run_syncd(["run-once", "--no-migrate"], env, cwd=tmp_path)
+    result = run_cli(["run-once", "--no-migrate"], env, cwd=tmp_path)
     assert result.returncode == 6
     assert "syncd db upgrade" in error_line(result.stderr)
 
@@ -121,11 +123,11 @@ def test_db_upgrade_and_current(db_url: str, tmp_path: Path) -> None:
     env = syncd_env("http://127.0.0.1:9", db_url)
     if db_url.startswith("sqlite"):
         Path(db_url.removeprefix("sqlite:///")).touch()  # `db current` never creates the file
-    before = run_syncd(["db", "current"], env, cwd=tmp_path)
+    before = run_cli(["db", "current"], env, cwd=tmp_path)
     assert before.returncode == 0 and before.stdout.startswith("empty")
-    upgraded = run_syncd(["db", "upgrade"], env, cwd=tmp_path)
+    upgraded = run_cli(["db", "upgrade"], env, cwd=tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
-    after = run_syncd(["db", "current"], env, cwd=tmp_path)
+    after = run_cli(["db", "current"], env, cwd=tmp_path)
     assert after.stdout.strip().endswith("(latest)")
 
 
@@ -143,11 +145,11 @@ def test_lock_held_exits_7(db_url: str, fake_api: Callable[..., FakeServer], tmp
 
 def test_status_json_and_max_age(db_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path) -> None:
     env = syncd_env(fake_api(120).url, db_url, page_size="50")
-    assert run_syncd(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
-    never = run_syncd(["status", "--max-age", "60"], env, cwd=tmp_path)
+    assert run_cli(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
+    never = run_cli(["status", "--max-age", "60"], env, cwd=tmp_path)
     assert never.returncode == 8, never.stdout + never.stderr
-    assert run_syncd(["run-once"], env, cwd=tmp_path).returncode == 0
-    result = run_syncd(["status", "--json", "--max-age", "3600"], env, cwd=tmp_path)
+    assert run_cli(["run-once"], env, cwd=tmp_path).returncode == 0
+    result = run_cli(["status", "--json", "--max-age", "3600"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["stale"] is False
@@ -156,15 +158,31 @@ def test_status_json_and_max_age(db_url: str, fake_api: Callable[..., FakeServer
     stream = report["streams"][0]
     assert stream["list_order"] == "newest_first" and stream["phase"] == "idle"
     assert set(stream) >= {"cursor", "head", "tail", "listed_total", "last_incremental", "rate_limited_until"}
-    text = run_syncd(["status"], env, cwd=tmp_path)
+    text = run_cli(["status"], env, cwd=tmp_path)
     assert text.returncode == 0 and "list order        newest_first" in text.stdout
-    stale = run_syncd(["status", "--max-age", "0"], env, cwd=tmp_path)
+    # Ten minutes later (the run's end moved back: not a wait, and not "age > 0",
+    # which a quick machine answers within the tenth of a second status rounds to).
+    engine = db.create_db_engine(db_url)
+    try:
+        with db.writer(engine).begin() as conn:
+            for run_id, finished_at in conn.execute(
+                select(store.runs_table.c.id, store.runs_table.c.finished_at)
+            ):
+                conn.execute(
+                    update(store.runs_table)
+                    .where(store.runs_table.c.id == run_id)
+                    .values(finished_at=finished_at - timedelta(minutes=10))
+                )
+    finally:
+        engine.dispose()
+    assert run_cli(["status", "--max-age", "900"], env, cwd=tmp_path).returncode == 0
+    stale = run_cli(["status", "--max-age", "300"], env, cwd=tmp_path)
     assert stale.returncode == 8 and "STALE" in stale.stderr
 
 
 def test_usage_error_exits_2(tmp_path: Path) -> None:
     assert (
-        run_syncd(
+        run_cli(
             ["run-once", "--no-such-flag"], syncd_env("http://x", "sqlite:///x.db"), cwd=tmp_path
         ).returncode
         == 2
@@ -174,23 +192,13 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
 def test_version() -> None:
     from syncd import __version__
 
-    result = run_syncd(["--version"], syncd_env("http://x", "sqlite:///x.db"))
+    result = run_cli(["--version"], syncd_env("http://x", "sqlite:///x.db"))
     assert result.returncode == 0 and __version__ in result.stdout
-
-
-def test_demo_runs_from_an_empty_directory(tmp_path: Path) -> None:
-    result = run_syncd(["demo", "--count", "600"], syncd_env("http://x", "sqlite:///x.db"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "backfill" in result.stdout and "artwork_type" in result.stdout
-    assert (tmp_path / "syncd-demo.db").exists()
-    again = run_syncd(["demo", "--count", "600"], syncd_env("http://x", "sqlite:///x.db"), cwd=tmp_path)
-    assert again.returncode == 0 and "incremental" in again.stdout
-    assert "requests                1" in again.stdout
 
 
 def test_progress_lines_on_request(fake_api: Callable[..., FakeServer], tmp_path: Path) -> None:
     env = syncd_env(fake_api(900).url, f"sqlite:///{tmp_path / 'p.db'}", page_size="100")
-    result = run_syncd(["run-once", "--progress"], env, cwd=tmp_path)
+    result = run_cli(["run-once", "--progress"], env, cwd=tmp_path)
     assert result.returncode == 0
     # The last line has the whole run.
     line = r"backfill: 10 pages \([\d.,]+/s\), [\d,]+ artworks \([\d,]+/s\), \d+ requests, rate [\d.,]+/s, \d in flight"
@@ -203,16 +211,8 @@ def test_warnings_never_land_on_the_progress_line(
 ) -> None:
     server = fake_api(2000, faults=Faults(error_5xx=0.3))  # warnings ("retrying") between the pages
     env = syncd_env(server.url, f"sqlite:///{tmp_path / 'p.db'}", page_size="100", max_attempts="20")
-    # Bytes, not text: text mode would turn each carriage return into a newline.
-    result = subprocess.run(
-        [sys.executable, "-m", "syncd", "run-once", "--progress", "--no-refresh"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    stderr = result.stderr.decode()
+    result = run_cli(["run-once", "--progress", "--no-refresh"], env, cwd=tmp_path)
+    stderr = result.stderr
     assert result.returncode == 0, stderr
     warnings = [line for line in stderr.split("\n") if " WARNING " in line]
     assert warnings and "backfill: " in stderr
@@ -240,7 +240,7 @@ def test_status_shows_a_run_in_progress_and_one_its_process_abandoned(
     try:
 
         def status() -> dict[str, object]:
-            result = run_syncd(["status", "--json"], env, cwd=tmp_path)
+            result = run_cli(["status", "--json"], env, cwd=tmp_path)
             if result.returncode == 6 and "does not exist" in result.stderr:
                 return {}  # run-once has not created the SQLite file yet (status never does)
             assert result.returncode == 0, result.stderr
@@ -249,7 +249,7 @@ def test_status_shows_a_run_in_progress_and_one_its_process_abandoned(
         wait_for(lambda: (status().get("running") or {}).get("pages", 0) > 0, 60, "a committed page")  # type: ignore[union-attr]
         running = status()["running"]
         assert isinstance(running, dict) and running["mode"] == "backfill" and running["alive"] is True
-        text = run_syncd(["status"], env, cwd=tmp_path).stdout
+        text = run_cli(["status"], env, cwd=tmp_path).stdout
         assert re.search(r"running now +run 1 backfill started \S+: \d+ pages", text), text
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
@@ -263,4 +263,4 @@ def test_status_shows_a_run_in_progress_and_one_its_process_abandoned(
     wait_for(lambda: status()["running"]["alive"] is False, 30, "the lock to go with the process")  # type: ignore[index]
     abandoned = status()["running"]
     assert isinstance(abandoned, dict) and abandoned["id"] == 1
-    assert "abandoned     run 1 backfill" in run_syncd(["status"], env, cwd=tmp_path).stdout
+    assert "abandoned     run 1 backfill" in run_cli(["status"], env, cwd=tmp_path).stdout

@@ -142,14 +142,55 @@ def test_readme_documents_every_exit_code() -> None:
 
 
 def test_every_setting_is_documented() -> None:
+    """By its exact name, where a reader looks it up: a row of the README's
+    table (SYNCD_API_KEY_FILE's row does not document SYNCD_API_KEY) and a key
+    of the example file (archive_interval, or a comment's "interval", is not
+    the key interval)."""
     from syncd.config import SPECS
 
     readme = (REPO / "README.md").read_text()
     example = (REPO / "deploy" / "syncd.toml.example").read_text()
+    missing = []
     for spec in SPECS:
-        assert spec.env in readme, f"{spec.env} missing from the README"
-        if spec.name != "api_key":
-            assert spec.name in example, f"{spec.name} missing from deploy/syncd.toml.example"
+        # A row of the settings table, not a mention in passing.
+        if not re.search(rf"^\| `{re.escape(spec.env)}` \|", readme, re.MULTILINE):
+            missing.append(f"{spec.env} has no row in the README's settings table")
+        # A key of the example file, set or commented out: "name = ..." or "# name = ...".
+        key = rf"^[ \t]*(?:#[ \t]*)?{re.escape(spec.name)}[ \t]*="
+        if spec.name != "api_key" and not re.search(key, example, re.MULTILINE):
+            missing.append(f"{spec.name} is not a key in deploy/syncd.toml.example")
+    assert not missing, "\n".join(missing)
+
+
+def exactly(name: str) -> re.Pattern[str]:
+    """``name`` as a whole word: not a part of a longer name."""
+    return re.compile(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])")
+
+
+def test_a_setting_named_only_inside_a_longer_name_is_not_documented() -> None:
+    assert not exactly("SYNCD_API_KEY").search("`SYNCD_API_KEY_FILE` | file holding the key")
+    assert not exactly("interval").search("archive_interval = 60")
+    assert exactly("SYNCD_API_KEY").search("| `SYNCD_API_KEY` | Bearer key |")
+
+
+def test_every_environment_variable_syncd_its_tests_and_tools_read_is_in_the_readme() -> None:
+    """Not only the settings: what the tests, the benchmarks and CI read too."""
+    sources = [
+        *(REPO / "syncd").rglob("*.py"),
+        *(REPO / "bench").glob("*.py"),
+        REPO / "tests" / "conftest.py",
+        *(REPO / "scripts").iterdir(),
+        *(REPO / ".ci").iterdir(),
+    ]
+    names = {
+        name
+        for source in sources
+        if source.is_file() and source.suffix in ("", ".py", ".sh")
+        for name in re.findall(r"(?<![A-Za-z0-9_])SYNCD_[A-Z0-9_]*[A-Z0-9]", source.read_text())
+    }
+    readme = (REPO / "README.md").read_text()
+    missing = sorted(name for name in names if not exactly(name).search(readme))
+    assert not missing, f"not in the README: {missing}"
 
 
 def test_the_example_configuration_loads_without_a_warning() -> None:

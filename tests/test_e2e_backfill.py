@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select
 from syncd import db, store
 from syncd.fakeapi.data import Dataset
 from syncd.fakeapi.server import FakeServer
-from tests.conftest import run_syncd, syncd_env
+from tests.conftest import run_cli, syncd_env
 
 TXT2IMG_FIELDS = {
     "model": "model",
@@ -107,7 +107,7 @@ def test_run_once_backfills_every_record_then_changes_nothing(
     )
     env = syncd_env(server.url, db_url, page_size="200")
 
-    first = run_syncd(["run-once"], env, cwd=tmp_path)
+    first = run_cli(["run-once"], env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "backfill" in first.stdout and "inserted" in first.stdout
 
@@ -123,7 +123,7 @@ def test_run_once_backfills_every_record_then_changes_nothing(
         assert all(kinds[a.id] == a.value["artworkType"] for a in unknown)
         before = snapshot(engine)
 
-        second = run_syncd(["run-once"], env, cwd=tmp_path)
+        second = run_cli(["run-once"], env, cwd=tmp_path)
         assert second.returncode == 0, second.stderr
         after = snapshot(engine)
         # Only last_seen_at (and the quarantine's sighting counters) may move.
@@ -159,7 +159,7 @@ def test_changed_artwork_is_rewritten_and_others_keep_updated_at(
 ) -> None:
     server = fake_api(60, seed=3, malformed_fraction=0, unknown_fraction=0)
     env = syncd_env(server.url, db_url, page_size="25")
-    assert run_syncd(["run-once"], env, cwd=tmp_path).returncode == 0
+    assert run_cli(["run-once"], env, cwd=tmp_path).returncode == 0
     engine = db.create_db_engine(db_url)
     try:
         before = {r["id"]: r for r in snapshot(engine)["artworks"]}
@@ -169,7 +169,7 @@ def test_changed_artwork_is_rewritten_and_others_keep_updated_at(
             newest.value, status="failed", results=["https://cdn/x/0.webp", "https://cdn/x/1.webp"]
         )
         newest._json = None
-        result = run_syncd(["run-once"], env, cwd=tmp_path)
+        result = run_cli(["run-once"], env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         after_snapshot = snapshot(engine)
         after = {r["id"]: r for r in after_snapshot["artworks"]}

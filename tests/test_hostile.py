@@ -26,7 +26,7 @@ from syncd.app import run_once
 from syncd.errors import SyncdError
 from syncd.fakeapi.data import POISONS, VALID_POISONS
 from syncd.fakeapi.server import FakeServer, Faults, encoded_forms
-from tests.conftest import backdate_checks, make_settings, run_syncd, run_syncd_measured, syncd_env
+from tests.conftest import backdate_checks, make_settings, run_cli, run_syncd_measured, syncd_env
 
 KEY = "sk-live-7f3a9c2e1b8d4f60a5e2"
 REASONS = {
@@ -79,7 +79,7 @@ def test_a_poisoned_single_artwork_body_is_quarantined_and_the_refresh_goes_on(
 ) -> None:
     server = fake_api(200, api_key=KEY, malformed_fraction=0, unknown_fraction=0, pending_fraction=0.2)
     env = hostile_env(server, db_url)
-    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    assert_clean(run_cli(["run-once"], env, cwd=tmp_path))
     pending = [a for a in server.api.dataset.items if a.pending]
     server.api.dataset.finish_pending()
     # Now GET /v1/artworks/{id} (and the list) answers these with hostile bodies.
@@ -87,7 +87,7 @@ def test_a_poisoned_single_artwork_body_is_quarantined_and_the_refresh_goes_on(
         artwork._json = body
     for _ in range(2):  # every later run too
         backdate_checks(engine)
-        assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+        assert_clean(run_cli(["run-once"], env, cwd=tmp_path))
     assert server.api.stats.get_requests > 0
     statuses = {row.id: row.status for row in rows(engine).values()}
     assert len(pending) > 4 and all(statuses[a.id] == "done" for a in pending[4:])  # the refresh went on
@@ -101,8 +101,8 @@ def test_a_poisoned_record_is_quarantined_and_every_later_run_succeeds(
     server = fake_api(300, api_key=KEY, malformed_fraction=0, unknown_fraction=0)
     poisoned = server.api.dataset.poison([kind], KEY)[kind]
     env = hostile_env(server, db_url)
-    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
-    assert_clean(run_syncd(["run-once", "--full"], env, cwd=tmp_path))  # reads the poisoned page again
+    assert_clean(run_cli(["run-once"], env, cwd=tmp_path))
+    assert_clean(run_cli(["run-once", "--full"], env, cwd=tmp_path))  # reads the poisoned page again
     stored = rows(engine)
     # Ids are stored in lower case: an upper-case copy is the same artwork.
     well_formed = {a.id.lower(): a.value for a in server.api.dataset.valid() if a.id}
@@ -118,7 +118,7 @@ def test_a_poisoned_record_is_quarantined_and_every_later_run_succeeds(
         if kind == "id_upper":
             assert stored[poisoned.id.lower()].raw["id"] == poisoned.id  # raw keeps what was sent
             server.api.dataset.heal()  # served in lower case again: the same row, not a second one
-            assert_clean(run_syncd(["run-once", "--full"], env, cwd=tmp_path))
+            assert_clean(run_cli(["run-once", "--full"], env, cwd=tmp_path))
             assert set(rows(engine)) == set(well_formed)
         if kind != "control":
             return
@@ -150,19 +150,19 @@ def test_the_key_echoed_by_the_api_reaches_no_output_log_or_database_in_any_form
     for log_format in ("text", "json"):
         env = hostile_env(server, db_url, log_level="debug", log_format=log_format, max_attempts="20")
         for args in (["run-once", "--full"], ["status", "--json"]):
-            result = run_syncd(args, env, cwd=tmp_path)
+            result = run_cli(args, env, cwd=tmp_path)
             assert result.returncode == 0, result.stderr[-2000:]
             outputs += [result.stdout, result.stderr]
     server.api.faults.error_5xx = 0
     server.api.faults.auth_status = 401  # "invalid key" echoing the key it was sent
-    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    result = run_cli(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 4
-    outputs += [result.stdout, result.stderr, run_syncd(["status", "--json"], env, cwd=tmp_path).stdout]
+    outputs += [result.stdout, result.stderr, run_cli(["status", "--json"], env, cwd=tmp_path).stdout]
     server.api.faults.auth_status = 0
     server.api.faults.error_5xx = 1.0  # a run that runs out of retries, its error stored
-    result = run_syncd(["run-once", "--full"], {**env, "SYNCD_MAX_ATTEMPTS": "2"}, cwd=tmp_path)
+    result = run_cli(["run-once", "--full"], {**env, "SYNCD_MAX_ATTEMPTS": "2"}, cwd=tmp_path)
     assert result.returncode == 5
-    outputs += [result.stdout, result.stderr, run_syncd(["status"], env, cwd=tmp_path).stdout]
+    outputs += [result.stdout, result.stderr, run_cli(["status"], env, cwd=tmp_path).stdout]
     assert any("[REDACTED]" in out for out in outputs)
     with engine.connect() as conn:
         error = conn.execute(text("SELECT error FROM sync_runs WHERE outcome = 'auth_failed'")).scalar()
@@ -201,32 +201,39 @@ def test_broken_transport_is_retried_then_fails_in_bounded_time_and_heals(
     server = fake_api(250, faults=Faults(**faults), api_key=KEY, malformed_fraction=0)
     env = hostile_env(server, db_url, max_attempts="2", connect_timeout="1", read_timeout="1")
     started = time.monotonic()
-    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    result = run_cli(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 5, result.stderr[-2000:]
     assert time.monotonic() - started < 30
     assert why in result.stderr and "Traceback" not in result.stderr
     server.api.faults.content_encoding, server.api.faults.dribble = "", 0.0
-    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    assert_clean(run_cli(["run-once"], env, cwd=tmp_path))
     assert set(rows(engine)) == {a.id for a in server.api.dataset.valid()}
 
 
 @pytest.mark.parametrize("compressed", ["bomb:gzip", "bomb:gzip, gzip", "gzip, gzip", "br"])
 def test_a_body_encoded_as_syncd_did_not_ask_cannot_take_its_memory(
-    compressed: str, db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+    compressed: str, sqlite_url: str, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
     """gzip of gzip of 1 GiB of spaces (1,828 bytes) took syncd to 2,118 MiB,
     one layer of it to 197 MiB. syncd asks for identity, refuses stacked and
-    unknown encodings unread, and inflates one layer within the page cap."""
+    unknown encodings unread, and inflates one layer within the page cap.
+
+    On SQLite only: the bodies are refused before anything reaches the
+    database, and a process of its own (for its peak memory) costs ~2 s."""
     server = fake_api(300, faults=Faults(compressed=compressed), api_key=KEY, malformed_fraction=0)
-    env = hostile_env(server, db_url, max_attempts="2")
+    env = hostile_env(server, sqlite_url, max_attempts="2")
     result, peak = run_syncd_measured(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 5, result.stderr[-2000:]
     why = "a body over" if compressed == "bomb:gzip" else "syncd asks for identity"
     assert why in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert peak < 200 * 2**20, f"peak RSS {peak / 2**20:.0f} MiB"
     server.api.faults.compressed = ""
-    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
-    assert set(rows(engine)) == {a.id for a in server.api.dataset.valid()}
+    assert_clean(run_cli(["run-once"], env, cwd=tmp_path))
+    engine = db.create_db_engine(sqlite_url)
+    try:
+        assert set(rows(engine)) == {a.id for a in server.api.dataset.valid()}
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("compressed", ["gzip", "deflate"])
@@ -234,7 +241,7 @@ def test_one_honest_layer_of_compression_is_read(
     compressed: str, db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
     server = fake_api(300, faults=Faults(compressed=compressed), api_key=KEY, malformed_fraction=0)
-    assert_clean(run_syncd(["run-once"], hostile_env(server, db_url), cwd=tmp_path))
+    assert_clean(run_cli(["run-once"], hostile_env(server, db_url), cwd=tmp_path))
     assert set(rows(engine)) == {a.id for a in server.api.dataset.valid()}
 
 
@@ -245,14 +252,14 @@ def test_an_answer_with_another_artworks_record_is_not_believed(
     inserted and A counted as seen. Now it is a failed check of A."""
     server = fake_api(200, api_key=KEY, malformed_fraction=0, unknown_fraction=0, pending_fraction=0.2)
     env = hostile_env(server, db_url)
-    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    assert_clean(run_cli(["run-once"], env, cwd=tmp_path))
     server.api.faults.wrong_artwork = True
     backdate_checks(engine)  # the unfinished artworks are due a re-check by id
     before = {row.id: row.last_seen_at for row in rows(engine).values()}
-    result = run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path)  # the list alone: fine
+    result = run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path)  # the list alone: fine
     assert_clean(result)
     server.api.reset_stats()
-    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    result = run_cli(["run-once"], env, cwd=tmp_path)
     # Three answers in a row not for what was asked: the API is not answering
     # the question; the run stops, and says why.
     assert result.returncode == 5, result.stderr[-2000:]
@@ -275,7 +282,7 @@ def test_a_spent_quota_that_every_answer_claims_does_not_hold_syncd_back(
     server = fake_api(1500, faults=Faults(spent_quota_header=True), api_key=KEY, malformed_fraction=0)
     env = hostile_env(server, db_url, max_requests_per_second="5")
     started = time.monotonic()
-    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    assert_clean(run_cli(["run-once"], env, cwd=tmp_path))
     # 17 requests at 5/s take seconds; believed, the header would take 16 minutes.
     assert time.monotonic() - started < 120
     assert server.api.stats.list_requests >= 16
@@ -286,10 +293,10 @@ def test_a_byte_order_mark_before_the_json_is_skipped(
     db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
     server = fake_api(250, faults=Faults(bom=True), api_key=KEY, malformed_fraction=0, pending_fraction=0.1)
-    assert_clean(run_syncd(["run-once"], hostile_env(server, db_url), cwd=tmp_path))
+    assert_clean(run_cli(["run-once"], hostile_env(server, db_url), cwd=tmp_path))
     assert set(rows(engine)) == {a.id for a in server.api.dataset.valid()}
     backdate_checks(engine)  # the unfinished artworks are due a re-check: single-artwork bodies
-    assert_clean(run_syncd(["run-once"], hostile_env(server, db_url), cwd=tmp_path))
+    assert_clean(run_cli(["run-once"], hostile_env(server, db_url), cwd=tmp_path))
     assert server.api.stats.get_requests > 0
 
 
@@ -297,28 +304,29 @@ def test_a_byte_order_mark_before_the_json_is_skipped(
 def test_an_absurd_retry_after_never_wedges_a_run_or_the_next_one(
     header: str, db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
-    server = fake_api(600, faults=Faults(rate_limit=3, retry_after=header), api_key=KEY, malformed_fraction=0)
+    # The first answer is a 429 with that header (scripted: certain, however
+    # fast or slow this machine); then a bucket of 3/s below syncd's 5/s.
+    server = fake_api(
+        200,
+        faults=Faults(first_answers="429", rate_limit=3, retry_after=header),
+        api_key=KEY,
+        malformed_fraction=0,
+    )
     # A year-long Retry-After must be clamped to SYNCD_MAX_RETRY_WAIT (3 s
     # here); an unreadable one falls back to jittered backoff, whose sum over
     # a few 429s can pass 3 s by chance, so those get room for several waits.
     budget = "3" if header == "31536000" else "30"
-    # At the default ceiling (5/s, against the server's 3/s): the 13 pages need
-    # 13 tokens in 2.4 s, and the bucket holds 3 + 7.2, so a 429 comes whatever
-    # the machine's load (at 4/s it was a matter of chance). A request may meet
-    # one 429 within the 3 s budget, not two: after it the limiter paces at
-    # about half of 5/s, below the server's 3/s (unthrottled, the pages in
-    # flight after the first 429 could meet a second by chance).
     env = hostile_env(
         server, db_url, page_size="50", max_retry_wait=budget, max_attempts="30", max_requests_per_second="5"
     )
     started = time.monotonic()
-    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    assert_clean(run_cli(["run-once"], env, cwd=tmp_path))
     assert server.api.stats.by_status and server.api.stats.by_status.get(429, 0) > 0
     with engine.connect() as conn:
         until = conn.execute(select(store.state_table.c.rate_limited_until)).scalar()
     # What is persisted is at most SYNCD_MAX_RETRY_WAIT ahead: the next run is not wedged.
     assert until is None or (until - until.now(until.tzinfo)).total_seconds() <= float(budget)
-    assert_clean(run_syncd(["run-once"], env, cwd=tmp_path))
+    assert_clean(run_cli(["run-once"], env, cwd=tmp_path))
     assert time.monotonic() - started < 60
 
 
@@ -330,7 +338,7 @@ def test_api_messages_cannot_forge_log_lines(
     server = fake_api(200, faults=faults, api_key=KEY, malformed_fraction=0)
     for log_format in ("text", "json"):
         env = hostile_env(server, sqlite_url, log_format=log_format, max_attempts="30")
-        result = run_syncd(["run-once", "--full"], env, cwd=tmp_path)
+        result = run_cli(["run-once", "--full"], env, cwd=tmp_path)
         assert_clean(result)
         lines = result.stderr.splitlines()
         assert any("retrying" in line for line in lines), result.stderr
@@ -361,7 +369,7 @@ def test_bad_keys_and_credentials_are_one_line_without_the_value(tmp_path: Path)
             case_env[variable] = str(key_file)
         else:
             case_env[variable] = value
-        result = run_syncd(["run-once"], case_env, cwd=tmp_path)
+        result = run_cli(["run-once"], case_env, cwd=tmp_path)
         assert result.returncode == 3, result.stderr
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
         for secret in ("sk-first-line-secret", "sk-second-line-secret", "sk-ünïcode-secret", "hunter2secret"):
@@ -376,7 +384,7 @@ def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(
     database = tmp_path / "syncd.db"
     os.symlink(victim, locks.lock_path_of(database))
     server = fake_api(50)
-    result = run_syncd(["run-once"], syncd_env(server.url, f"sqlite:///{database}"), cwd=tmp_path)
+    result = run_cli(["run-once"], syncd_env(server.url, f"sqlite:///{database}"), cwd=tmp_path)
     assert result.returncode == 6, result.stderr
     assert "is a symbolic link; syncd does not follow it" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from syncd import db
 from syncd.fakeapi.server import FakeServer
-from tests.conftest import run_syncd, syncd_env
+from tests.conftest import run_cli, run_syncd, syncd_env
 
 
 def error_line(stderr: str) -> str:
@@ -50,7 +50,7 @@ def test_a_busy_metrics_port_is_a_config_error_naming_the_setting_its_source_and
         config.write_text(f"metrics_port = {busy_port}\n")
         told_by = f"set by metrics_port in {config}"
     args = ["daemon"] if where == "environment" else ["daemon", "--config", str(config)]
-    result = run_syncd(args, env, cwd=tmp_path, timeout=60)
+    result = run_syncd(args, env, cwd=tmp_path, timeout=60)  # the daemon: a process of its own
     assert result.returncode == 3, result.stderr
     assert error_line(result.stderr) == (
         f"syncd: error: SYNCD_METRICS_PORT: port {busy_port} is already in use ({told_by}); "
@@ -60,13 +60,13 @@ def test_a_busy_metrics_port_is_a_config_error_naming_the_setting_its_source_and
 
 def test_mock_api_on_a_busy_port_is_one_line_and_exit_3(busy_port: int, tmp_path: Path) -> None:
     env = syncd_env("http://x", "sqlite:///x.db")
-    result = run_syncd(["mock-api", "--port", str(busy_port)], env, cwd=tmp_path, timeout=60)
+    result = run_cli(["mock-api", "--port", str(busy_port)], env, cwd=tmp_path, timeout=60)
     assert result.returncode == 3
     assert error_line(result.stderr) == (
         f"syncd: error: mock-api --host 127.0.0.1 --port {busy_port}: port {busy_port} is already in use; "
         "choose another --port (0 picks a free one)"
     )
-    unknown = run_syncd(["mock-api", "--host", "no-such-host.invalid"], env, cwd=tmp_path, timeout=60)
+    unknown = run_cli(["mock-api", "--host", "no-such-host.invalid"], env, cwd=tmp_path, timeout=60)
     assert unknown.returncode == 3
     line = error_line(unknown.stderr)
     assert "no-such-host.invalid is not a known host name; choose another --host" in line
@@ -83,13 +83,13 @@ def test_postgres_scheme_urls_work_end_to_end(
     url = make_url(postgres_url).set(drivername="postgres").render_as_string(hide_password=False)
     assert url.startswith("postgres://")
     env = syncd_env(fake_api(60).url, url, page_size="25")
-    current = run_syncd(["db", "current"], env, cwd=tmp_path)
+    current = run_cli(["db", "current"], env, cwd=tmp_path)
     assert current.returncode == 0 and current.stdout.startswith("empty"), current.stderr
-    upgraded = run_syncd(["db", "upgrade"], env, cwd=tmp_path)
+    upgraded = run_cli(["db", "upgrade"], env, cwd=tmp_path)
     assert upgraded.returncode == 0 and "(latest)" in upgraded.stdout, upgraded.stderr
-    synced = run_syncd(["run-once"], env, cwd=tmp_path)
+    synced = run_cli(["run-once"], env, cwd=tmp_path)
     assert synced.returncode == 0, synced.stderr
-    report = json.loads(run_syncd(["status", "--json"], env, cwd=tmp_path).stdout)
+    report = json.loads(run_cli(["status", "--json"], env, cwd=tmp_path).stdout)
     assert report["database"].startswith("postgresql+psycopg://")
     assert report["tables"]["artworks"] > 0 and report["last_success"]["mode"] == "backfill"
 
@@ -100,7 +100,7 @@ def test_postgres_scheme_urls_work_end_to_end(
 @pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["db", "current"]])
 def test_reading_commands_never_create_a_database_file(command: list[str], tmp_path: Path) -> None:
     env = syncd_env("http://127.0.0.1:9", "sqlite:///typo.db")
-    result = run_syncd(command, env, cwd=tmp_path)
+    result = run_cli(command, env, cwd=tmp_path)
     assert result.returncode == 6
     assert error_line(result.stderr) == (
         f"syncd: error: the database file {tmp_path / 'typo.db'} does not exist "
@@ -113,13 +113,13 @@ def test_reading_commands_never_create_a_database_file(command: list[str], tmp_p
 def test_the_missing_file_message_names_the_default_and_writers_still_create_it(tmp_path: Path) -> None:
     env = syncd_env("http://127.0.0.1:9", "unused")
     del env["SYNCD_DATABASE_URL"]
-    status = run_syncd(["status"], env, cwd=tmp_path)
+    status = run_cli(["status"], env, cwd=tmp_path)
     assert status.returncode == 6
     assert "(SYNCD_DATABASE_URL, the default: sqlite:///syncd.db)" in error_line(status.stderr)
     assert not (tmp_path / "syncd.db").exists()
-    assert run_syncd(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
+    assert run_cli(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
     assert (tmp_path / "syncd.db").is_file()
-    assert run_syncd(["status"], env, cwd=tmp_path).returncode == 0
+    assert run_cli(["status"], env, cwd=tmp_path).returncode == 0
 
 
 def test_a_missing_directory_is_named_before_any_request(
@@ -128,7 +128,7 @@ def test_a_missing_directory_is_named_before_any_request(
     server = fake_api(5)
     env = syncd_env(server.url, f"sqlite:///{tmp_path / 'no' / 'such' / 's.db'}")
     for command in (["run-once"], ["db", "upgrade"]):
-        result = run_syncd(command, env, cwd=tmp_path)
+        result = run_cli(command, env, cwd=tmp_path)
         assert result.returncode == 6
         assert error_line(result.stderr) == (
             f"syncd: error: the directory {tmp_path / 'no' / 'such'} for the database does not exist: "
@@ -166,7 +166,7 @@ def database(tmp_path: Path) -> Iterator[Path]:
     directory.mkdir()
     path = directory / "syncd.db"
     env = syncd_env("http://127.0.0.1:9", f"sqlite:///{path}")
-    assert run_syncd(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
+    assert run_cli(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
     for leftover in directory.glob("syncd.db?*"):  # the -wal, -shm and .lock of that run
         leftover.unlink()
     yield path
@@ -250,14 +250,14 @@ def test_plain_http_to_another_host_warns_once_and_require_https_refuses_it(tmp_
     try:
         url = f"http://{address}:{server.server_address[1]}"
         env = syncd_env(url, f"sqlite:///{tmp_path / 'c.db'}", page_size="10")
-        result = run_syncd(["run-once"], env, cwd=tmp_path)
+        result = run_cli(["run-once"], env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         warnings = [line for line in result.stderr.splitlines() if " WARNING " in line]
         assert len(warnings) == 1 and "sent in clear text" in warnings[0], result.stderr
         assert f"SYNCD_API_URL: {url} (set in the environment) is plain http://" in warnings[0]
         served = server.api.stats.requests
         assert served > 0
-        strict = run_syncd(["run-once"], {**env, "SYNCD_REQUIRE_HTTPS": "yes"}, cwd=tmp_path)
+        strict = run_cli(["run-once"], {**env, "SYNCD_REQUIRE_HTTPS": "yes"}, cwd=tmp_path)
         assert strict.returncode == 3
         assert error_line(strict.stderr).startswith(f"syncd: error: SYNCD_API_URL: {url} ")
         assert server.api.stats.requests == served  # refused before any request
@@ -268,7 +268,7 @@ def test_plain_http_to_another_host_warns_once_and_require_https_refuses_it(tmp_
 
 def test_require_https_leaves_loopback_alone(fake_api: Callable[..., FakeServer], tmp_path: Path) -> None:
     env = syncd_env(fake_api(20).url, f"sqlite:///{tmp_path / 'l.db'}", require_https="true")
-    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    result = run_cli(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "clear text" not in result.stderr
 

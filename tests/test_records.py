@@ -20,49 +20,7 @@ from syncd.records import (
     content_hash,
     list_key,
 )
-
-NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
-
-
-def txt2img(**changes: Any) -> dict[str, Any]:
-    record = {
-        "id": ID,
-        "artworkType": "txt2img",
-        "parameters": {
-            "model": "tengrai-20231128-m-d",
-            "promptMode": "seer",
-            "prompt": "cat",
-            "negativePrompt": "dog",
-            "style": "default",
-            "creativity": 3,
-            "details": 4,
-            "aspectRatio": "1:1",
-            "width": 1216,
-            "height": 1216,
-            "nsfw": False,
-        },
-        "duration": 12.5,
-        "results": ["https://cdn/a.webp", "https://cdn/b.webp"],
-        "status": "done",
-        "createdAt": "2024-07-29T15:51:28.071Z",
-    }
-    record.update(changes)
-    return record
-
-
-def upscaling(**changes: Any) -> dict[str, Any]:
-    record = {
-        "id": "0b3c2a55-4c1e-4d8a-9a6e-1f2e3d4c5b6a",
-        "artworkType": "upscaling",
-        "parameters": {"imageUrl": "https://uploads/x.png", "scaleFactor": 4},
-        "duration": 3,
-        "results": ["https://cdn/up.webp"],
-        "status": "failed",
-        "createdAt": "2025-01-02T03:04:05+02:00",
-    }
-    record.update(changes)
-    return record
+from tests.conftest import ID, NOW, txt2img, upscaling
 
 
 def accept(value: Any) -> ArtworkRows:

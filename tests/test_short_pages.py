@@ -11,7 +11,7 @@ from syncd import store
 from syncd.app import run_once
 from syncd.fakeapi.server import FakeServer, Faults
 from syncd.state import RunSummary
-from tests.conftest import make_settings, run_syncd, syncd_env
+from tests.conftest import make_settings, run_cli, syncd_env
 
 
 def stored_ids(engine: Engine) -> set[str]:
@@ -36,7 +36,7 @@ def test_a_short_page_mid_list_ends_no_backfill_and_marks_nothing(
     414 live artworks deleted, and listed_total fell to 386 without a word."""
     faults = Faults(short_from=300, short_to=349, short_by=7)
     server = fake_api(1000, faults=faults, malformed_fraction=0, unknown_fraction=0)
-    result = run_syncd(["run-once"], syncd_env(server.url, db_url, page_size="50"), cwd=tmp_path)
+    result = run_cli(["run-once"], syncd_env(server.url, db_url, page_size="50"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     every = {a.id for a in server.api.dataset.items}
     assert stored_ids(engine) == every

@@ -6,8 +6,6 @@ import math
 import os
 import re
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +23,7 @@ from syncd.state import Counts, Mode, RunSummary
 from syncd.sync.engine import Syncer
 from syncd.sync.pages import ListedPage, PageWriter
 from syncd.sync.runs import RunRecord
-from tests.conftest import backdate_checks, make_settings, run_syncd, start_syncd, syncd_env, wait_for
+from tests.conftest import backdate_checks, make_settings, run_cli, start_syncd, syncd_env, wait_for
 
 L = 100
 
@@ -194,11 +192,16 @@ def test_sigkill_mid_backfill_then_resume(
 ) -> None:
     total = 3000
     in_flight = 4
-    server = clean(total, order, slow=1.0, delay=0.05)
-    # ~3 s of backfill with pages fetched ahead: the kill finds requests in flight.
-    env = syncd_env(
-        server.url, db_url, page_size=str(L), max_requests_per_second="10", max_in_flight=str(in_flight)
-    )
+    server = clean(total, order)
+
+    # From the tenth list request on, the API answers nothing: the kill finds
+    # the backfill unfinished and requests in flight, however fast it goes.
+    def hang_after(number: int) -> None:
+        if number == 10:
+            server.api.hold()
+
+    server.api.before_list = hang_after
+    env = syncd_env(server.url, db_url, page_size=str(L), max_in_flight=str(in_flight))
     process = start_syncd(["run-once"], env, tmp_path)
 
     def cursor() -> int:
@@ -207,25 +210,20 @@ def test_sigkill_mid_backfill_then_resume(
         return int(value or 0)
 
     try:
-        wait_for(lambda: cursor() >= 8 * L, 60, "eight committed pages")
+        wait_for(lambda: cursor() >= 8 * L and server.api.held > 0, 60, "eight committed pages, then a hang")
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.communicate()
+        server.api.before_list = None
+        server.api.release()
+    # The held requests answer the dead process; then the counts start again.
+    wait_for(lambda: server.api.in_flight == 0, 30, "the held requests to be answered")
     committed_at = cursor()
     assert 0 < committed_at < total
     uncommitted_pages = math.ceil((total - committed_at) / L)
 
-    server.api.faults.slow = 0
     server.api.reset_stats()
-    result = subprocess.run(
-        [sys.executable, "-m", "syncd", "run-once"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_cli(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     # The documented budget: the pages not committed, 2 to find the cursor
     # again, and the pages asked ahead past the end of the list (answered empty).
@@ -261,9 +259,9 @@ def test_a_noop_run_is_one_list_request_with_bad_records_on_the_newest_page(
         Dataset._break(artwork, kind)
     newest[-4].value["artworkType"] = "selena"
     env = syncd_env(server.url, db_url, page_size=str(L))
-    assert run_syncd(["run-once"], env, cwd=tmp_path).returncode == 0
+    assert run_cli(["run-once"], env, cwd=tmp_path).returncode == 0
     server.api.reset_stats()
-    result = run_syncd(["run-once"], env, cwd=tmp_path)
+    result = run_cli(["run-once"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert server.api.stats.list_requests == 1 and server.api.stats.requests == 1
     with engine.connect() as conn:
@@ -486,7 +484,7 @@ def test_a_list_that_grows_faster_than_it_is_read_is_said_in_the_log(
     prove its place. The run says so (docs/sync-algorithm.md, "Limits")."""
     server = fake_api(1000, faults=Faults(add_per_request=40), malformed_fraction=0)
     env = syncd_env(server.url, sqlite_url, page_size="20")
-    result = run_syncd(["run-once", "--no-refresh"], env, cwd=tmp_path)
+    result = run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "the list shifted more than syncd can follow; nothing is marked deleted" in result.stderr
     assert re.search(r"marked deleted +0\n", result.stdout), result.stdout

@@ -80,6 +80,9 @@ class Faults:
     delete_oldest_per_request: int = 0
     auth_status: int = 0  # answer every API request with this status (401/403)
     fail_from_request: int = 0  # list requests from this number on answer 503 (0: off)
+    # List requests for this offset or a later one answer 503 (-1: off): the same
+    # pages fail whatever order requests in flight arrive in.
+    fail_from_skip: int = -1
     order: str = "newest_first"  # newest_first | oldest_first | random
     # Hostile bytes (what proxies, CDNs and bugs produce):
     content_encoding: str = ""  # this Content-Encoding on 200 answers, the body left plain
@@ -108,6 +111,11 @@ class Faults:
     # "bomb:" before it, the body is 1 GiB of spaces instead, gzip'ed once or twice.
     compressed: str = ""
     spent_quota_header: bool = False  # "RateLimit-Remaining: 0, RateLimit-Reset: 60" on every 200: a lie
+    # The answers of the first API requests, in order: "429,503" answers the first
+    # with a 429 (Retry-After: 1, kept as any other), the second with a 503; the
+    # faults above apply from then on. A test that needs a fault to happen
+    # scripts it rather than hoping a rate or a draw brings it.
+    first_answers: str = ""
 
     def update(self, changes: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -122,7 +130,10 @@ class Stats:
     requests: int = 0
     list_requests: int = 0
     get_requests: int = 0
-    early_requests: int = 0  # arrived before a Retry-After deadline we gave
+    # Arrived before a Retry-After deadline we gave, REACTION seconds after it was
+    # written: a guess at when the client read it (a busy client may read it later).
+    # In-process tests judge from the client's side instead (tests/conftest.py: wire).
+    early_requests: int = 0
     peak_in_flight: int = 0  # most API requests being answered at once
     by_status: Counter[int] | None = None
 
@@ -207,6 +218,12 @@ class FakeApi:
         self.get_log = []
         self.first_request_at = None
 
+    def scripted(self) -> int | None:
+        """Under the lock: the status ``Faults.first_answers`` gives this request, if any."""
+        script = [answer.strip() for answer in self.faults.first_answers.split(",") if answer.strip()]
+        number = self.stats.requests  # counted before the answer is decided: 1 for the first
+        return int(script[number - 1]) if 1 <= number <= len(script) else None
+
     def throttle(self) -> float | None:
         """Seconds the client must wait, or None when the request may pass."""
         rate = self.faults.rate_limit
@@ -214,6 +231,8 @@ class FakeApi:
         self._promises = [(delivered, deadline) for delivered, deadline in self._promises if deadline > now]
         if any(delivered is not None and delivered + REACTION <= now for delivered, _ in self._promises):
             self.stats.early_requests += 1
+        if self.scripted() == 429:
+            return 1.0
         if self.faults.rate_limit_blocks and now < self._retry_deadline:
             return self._retry_deadline - now
         if rate <= 0:
@@ -571,8 +590,15 @@ class _Handler(QuietHandler):
                 api.promise(float(headers[PROMISE]))
             return error(429, "ThrottlerException: Too Many Requests", headers)
 
+        scripted = api.scripted()
+        if scripted is not None and scripted != 429:
+            return error(scripted, HTTPStatus(scripted).phrase)
         if is_list and faults.fail_from_request and api.stats.list_requests >= faults.fail_from_request:
             return error(503, "Service Unavailable")
+        if is_list and faults.fail_from_skip >= 0:
+            skip = query.get("skip", ["0"])[-1]
+            if skip.isdigit() and int(skip) >= faults.fail_from_skip:
+                return error(503, "Service Unavailable")
         if faults.error_5xx and rng.random() < faults.error_5xx:
             status = rng.choice((500, 502, 503, 504))
             if status == 500:
@@ -680,7 +706,10 @@ class FakeServer(ThreadingHTTPServer):
 
     def start(self) -> FakeServer:
         """Serve in a background thread (for tests and the demo)."""
-        self._thread = threading.Thread(target=self.serve_forever, name="fake-api", daemon=True)
+        # A short poll: stop() waits for it (0.5 s by default), and tests stop many servers.
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-api", daemon=True
+        )
         self._thread.start()
         return self
 
