@@ -252,9 +252,14 @@ def make_settings(api_url: str, database_url: str, **extra: str) -> Settings:
     return load_settings(env=env, system_config_path=Path("/nonexistent/syncd.toml"))
 
 
+def clean_env(settings: dict[str, str]) -> dict[str, str]:
+    """This process's environment with exactly ``settings`` for syncd (no SYNCD_* leaks in)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}, **settings}
+
+
 def syncd_env(api_url: str, database_url: str, **extra: str) -> dict[str, str]:
     """Environment for a real `syncd` process (no SYNCD_* leaks in from the caller)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    env = clean_env({})
     env.update(
         SYNCD_API_URL=api_url,
         SYNCD_API_KEY="test-key",
@@ -282,6 +287,11 @@ def run_syncd(
 
 
 _LOGGERS_SET_BY_SYNCD = ("httpx", "httpcore", "alembic", "apscheduler")
+
+
+def invoke_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``run_cli`` with exactly ``env``'s settings over this process's environment."""
+    return run_cli(list(args), clean_env(env))
 
 
 def run_cli(

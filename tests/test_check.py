@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import logging
-import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import text
 
 from syncd import db
-from syncd.cli import cli
 from syncd.fakeapi.server import FakeServer
+from tests.conftest import invoke_cli
 
 
-def check(env: dict[str, str], *args: str) -> Result:
+def check(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """`syncd check` in this process, with exactly ``env``'s SYNCD_* settings."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    clean = {name: None for name in os.environ if name.startswith("SYNCD_")}
-    try:
-        return CliRunner().invoke(cli, ["check", *args], env={**clean, **env})
-    finally:  # the command sets logging up for itself: put the test's back
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
+    return invoke_cli("check", *args, env=env)
 
 
-def lines(result: Result) -> dict[str, str]:
+def lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
     return {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
 
 
@@ -52,10 +40,10 @@ def settings_env(server: FakeServer, database: str, **extra: str) -> dict[str, s
 def test_all_well_is_a_line_each_and_exit_0_and_nothing_is_created(api: FakeServer, tmp_path: Path) -> None:
     database = tmp_path / "syncd.db"
     result = check(settings_env(api, f"sqlite:///{database}", archive_dir=str(tmp_path / "images")))
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stdout + result.stderr
     found = lines(result)
     assert list(found) == ["settings", "api", "database", "archive"]
-    assert all(" ok " in line for line in found.values()), result.output
+    assert all(" ok " in line for line in found.values()), result.stdout + result.stderr
     assert "answered GET /v1/artworks?limit=1" in found["api"]
     assert api.api.stats.requests == 1 and api.api.list_log == [(0, 1)]  # one request
     assert "does not exist yet" in found["database"]
@@ -64,7 +52,7 @@ def test_all_well_is_a_line_each_and_exit_0_and_nothing_is_created(api: FakeServ
 
 def test_an_existing_database_says_its_schema_revision(api: FakeServer, db_url: str, engine: object) -> None:
     result = check(settings_env(api, db_url))
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stdout + result.stderr
     assert f"schema revision {db.HEAD_REVISION} (current)" in lines(result)["database"]
 
 
@@ -105,8 +93,8 @@ def test_each_problem_is_one_line_and_its_exit_code(
         (tmp_path / "images").write_text("a file where the folder should be")
         env["SYNCD_ARCHIVE_DIR"] = str(tmp_path / "images")
     result = check(env)
-    assert result.exit_code == code, result.output
-    assert words in lines(result)[item] and " PROBLEM " in lines(result)[item], result.output
+    assert result.returncode == code, result.stdout + result.stderr
+    assert words in lines(result)[item] and " PROBLEM " in lines(result)[item], result.stdout + result.stderr
     if case == "failing API":
         assert api.api.stats.requests == 1  # asked once: the answer is the verdict
     if case == "bad setting":
@@ -118,5 +106,5 @@ def test_several_problems_are_all_said_and_the_first_decides_the_code(
 ) -> None:
     env = settings_env(api, f"sqlite:///{tmp_path / 'missing' / 'syncd.db'}", api_key="not-the-key")
     result = check(env)
-    assert result.exit_code == 4  # the key before the database
+    assert result.returncode == 4  # the key before the database
     assert " PROBLEM " in lines(result)["api"] and " PROBLEM " in lines(result)["database"]

@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable
 
-from click.testing import CliRunner, Result
 from sqlalchemy import Engine, func, select
 
 from syncd import store
 from syncd.app import run_once
-from syncd.cli import cli
 from syncd.fakeapi.server import FakeServer
-from tests.conftest import make_settings
-
-
-def invoke(*args: str, env: dict[str, str]) -> Result:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    clean = {name: None for name in os.environ if name.startswith("SYNCD_")}
-    try:
-        return CliRunner().invoke(cli, list(args), env={**clean, **env})
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
+from tests.conftest import invoke_cli, make_settings
 
 
 def artworks(engine: Engine) -> int:
@@ -43,13 +25,13 @@ def test_reset_state_asks_for_yes_then_forgets_the_cursors_and_keeps_the_rows(
     run_once(settings)
     stored = artworks(engine)
     env = {"SYNCD_DATABASE_URL": db_url}
-    asked = invoke("db", "reset-state", env=env)
-    assert asked.exit_code == 2 and "--yes" in asked.output
+    asked = invoke_cli("db", "reset-state", env=env)
+    assert asked.returncode == 2 and "--yes" in (asked.stdout + asked.stderr)
     with engine.connect() as conn:
         assert store.load_state(conn, "artworks").phase == "idle"  # nothing forgotten yet
-    done = invoke("db", "reset-state", "--yes", env=env)
-    assert done.exit_code == 0, done.output
-    assert "the next run is a backfill" in done.output
+    done = invoke_cli("db", "reset-state", "--yes", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "the next run is a backfill" in (done.stdout + done.stderr)
     assert artworks(engine) == stored
     summary = run_once(settings).summaries[0]
     assert summary.mode == "backfill" and summary.counts.inserted == 0

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
@@ -12,30 +11,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from syncd.app import run_once
-from syncd.cli import cli
 from syncd.fakeapi.server import FakeServer
 from syncd.owners import foreign_state, sqlite_state
-from tests.conftest import make_settings
+from tests.conftest import invoke_cli, make_settings
 
 SERVICE_UID = SERVICE_GID = 65534  # nobody: a user other than root, on every Linux
 
 as_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: the case is root meeting another user's files"
 )
-
-
-def invoke(*args: str, env: dict[str, str]) -> Result:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    clean = {name: None for name in os.environ if name.startswith("SYNCD_")}
-    try:
-        return CliRunner().invoke(cli, list(args), env={**clean, **env})
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def service_folder(path: Path) -> Path:
@@ -75,24 +61,26 @@ def test_root_is_refused_in_the_services_database_folder_and_creates_nothing(
         "SYNCD_DATABASE_URL": f"sqlite:///{state / 'syncd.db'}",
     }
     for command in (["run-once"], ["db", "upgrade"]):
-        result = invoke(*command, env=env)
-        assert result.exit_code == 3, (command, result.output)
-        line = result.output.strip()
+        result = invoke_cli(*command, env=env)
+        assert result.returncode == 3, (command, (result.stdout + result.stderr))
+        line = (result.stdout + result.stderr).strip()
         assert "\n" not in line and "uid 65534" in line and "sudo -u" in line, line
     assert list(state.iterdir()) == []  # no lock, no -wal, no database of root's
     assert server.api.list_log == []
     # Through a link, as /var/lib/syncd under a DynamicUser: the folder's owner counts.
     link = tmp_path / "link"
     link.symlink_to(state)
-    linked = invoke("run-once", env={**env, "SYNCD_DATABASE_URL": f"sqlite:///{link / 'syncd.db'}"})
-    assert linked.exit_code == 3 and "uid 65534" in linked.output, linked.output
+    linked = invoke_cli("run-once", env={**env, "SYNCD_DATABASE_URL": f"sqlite:///{link / 'syncd.db'}"})
+    assert linked.returncode == 3 and "uid 65534" in (linked.stdout + linked.stderr), (
+        linked.stdout + linked.stderr
+    )
     # syncd check creates nothing: root may run it.
-    checked = invoke("check", env=env)
-    assert "belongs to" not in checked.output, checked.output
+    checked = invoke_cli("check", env=env)
+    assert "belongs to" not in (checked.stdout + checked.stderr), checked.stdout + checked.stderr
     assert list(state.iterdir()) == []
     # A container that runs as root says so.
-    allowed = invoke("run-once", env={**env, "SYNCD_ALLOW_ROOT": "true"})
-    assert allowed.exit_code == 0, allowed.output
+    allowed = invoke_cli("run-once", env={**env, "SYNCD_ALLOW_ROOT": "true"})
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
 
 
 @as_root
@@ -107,9 +95,11 @@ def test_root_is_refused_in_the_services_archive_folder(
         "SYNCD_DATABASE_URL": f"sqlite:///{tmp_path / 'root.db'}",  # root's own: allowed
         "SYNCD_ARCHIVE_DIR": str(images / "archive"),  # would be created inside the service's folder
     }
-    assert invoke("run-once", env=env).exit_code == 0
-    result = invoke("archive", env=env)
-    assert result.exit_code == 3 and "uid 65534" in result.output, result.output
+    assert invoke_cli("run-once", env=env).returncode == 0
+    result = invoke_cli("archive", env=env)
+    assert result.returncode == 3 and "uid 65534" in (result.stdout + result.stderr), (
+        result.stdout + result.stderr
+    )
     assert list(images.iterdir()) == []
 
 

@@ -3,31 +3,14 @@ moment, through the real command line on both databases."""
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from click.testing import CliRunner, Result
 from sqlalchemy import Engine, select
 
 from syncd import store
-from syncd.cli import cli
 from syncd.fakeapi.server import FakeServer, Faults
-
-
-def invoke(*args: str, env: dict[str, str]) -> Result:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    clean = {name: None for name in os.environ if name.startswith("SYNCD_")}
-    try:
-        return CliRunner().invoke(cli, list(args), env={**clean, **env})
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
+from tests.conftest import invoke_cli
 
 
 def env_for(server: FakeServer, db_url: str) -> dict[str, str]:
@@ -61,8 +44,8 @@ def test_since_backfills_only_what_is_newer_and_later_runs_go_on_from_there(
     server = fake_api(2000, malformed_fraction=0, unknown_fraction=0)
     since = datetime.fromisoformat(server.api.dataset.items[-450].value["createdAt"])
     env = env_for(server, db_url)
-    result = invoke("run-once", "--since", since.isoformat(), "--progress", env=env)
-    assert result.exit_code == 0, result.output
+    result = invoke_cli("run-once", "--since", since.isoformat(), "--progress", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
     # The order is known from the first page, and so is where the scan should end.
     last = result.stderr.rsplit("backfill: ", 1)[-1]
     assert f"of {since:%Y-%m-%d %H:%M} expected (100%, ETA 0s)" in last, last
@@ -72,8 +55,8 @@ def test_since_backfills_only_what_is_newer_and_later_runs_go_on_from_there(
     # The next run, without a floor, reads only what is new.
     server.api.list_log.clear()
     added = server.api.dataset.add(40, live=True)
-    result = invoke("run-once", env=env)
-    assert result.exit_code == 0, result.output
+    result = invoke_cli("run-once", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
     assert {a.id for a in added} <= set(stored(engine))
     assert len(server.api.list_log) == 1
 
@@ -83,16 +66,16 @@ def test_a_bounded_scan_after_a_full_backfill_marks_nothing_deleted(
 ) -> None:
     server = fake_api(600, malformed_fraction=0, unknown_fraction=0)
     env = env_for(server, db_url)
-    assert invoke("run-once", env=env).exit_code == 0
+    assert invoke_cli("run-once", env=env).returncode == 0
     assert len(stored(engine)) == 600
     since = datetime.fromisoformat(server.api.dataset.items[-580].value["createdAt"])
     with engine.connect() as conn:
         complete = store.load_state(conn, "artworks")
     server.api.get_log.clear()
     for _ in range(2):  # two bounded scans in a row: neither saw the older 20
-        result = invoke("run-once", "--since", since.isoformat(), env=env)
-        assert result.exit_code == 0, result.output
-        assert "withheld" not in result.output
+        result = invoke_cli("run-once", "--since", since.isoformat(), env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "withheld" not in (result.stdout + result.stderr)
     assert all(deleted is None for deleted in stored(engine).values())
     assert server.api.get_log == []  # what it did not look at is not asked after either
     with engine.connect() as conn:
@@ -101,21 +84,25 @@ def test_a_bounded_scan_after_a_full_backfill_marks_nothing_deleted(
     assert after.scan_started_at == complete.scan_started_at
     assert after.last_full_sync_at == complete.last_full_sync_at
     # And the next complete scan compares with the last complete one, not with a bounded one.
-    result = invoke("run-once", "--full", env=env)
-    assert result.exit_code == 0, result.output
+    result = invoke_cli("run-once", "--full", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
     assert all(deleted is None for deleted in stored(engine).values())
 
 
 def test_since_is_checked_before_anything_runs(db_url: str, fake_api: Callable[..., FakeServer]) -> None:
     server = fake_api(10)
     env = env_for(server, db_url)
-    both = invoke("run-once", "--full", "--since", "2026-01-01", env=env)
-    assert both.exit_code == 2 and "--full" in both.output and "--since" in both.output
+    both = invoke_cli("run-once", "--full", "--since", "2026-01-01", env=env)
+    assert (
+        both.returncode == 2
+        and "--full" in (both.stdout + both.stderr)
+        and "--since" in (both.stdout + both.stderr)
+    )
     future = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
-    later = invoke("run-once", "--since", future, env=env)
-    assert later.exit_code == 2 and "future" in later.output
-    garbled = invoke("run-once", "--since", "last tuesday", env=env)
-    assert garbled.exit_code == 2 and "--since" in garbled.output
+    later = invoke_cli("run-once", "--since", future, env=env)
+    assert later.returncode == 2 and "future" in (later.stdout + later.stderr)
+    garbled = invoke_cli("run-once", "--since", "last tuesday", env=env)
+    assert garbled.returncode == 2 and "--since" in (garbled.stdout + garbled.stderr)
     assert server.api.list_log == []  # nothing was asked of the API
 
 
@@ -129,16 +116,16 @@ def test_a_scan_with_a_floor_stopped_half_way_resumes_with_its_floor(
     since = datetime.fromisoformat(server.api.dataset.items[2400].value["createdAt"])
     env = {**env_for(server, db_url), "SYNCD_MAX_ATTEMPTS": "1"}
     server.api.faults.fail_from_request = 12  # the API fails from the 12th page on
-    failed = invoke("run-once", "--since", since.isoformat(), env=env)
-    assert failed.exit_code == 5, failed.output
+    failed = invoke_cli("run-once", "--since", since.isoformat(), env=env)
+    assert failed.returncode == 5, failed.stdout + failed.stderr
     with engine.connect() as conn:
         half = store.load_state(conn, "artworks")
     assert half.phase == "backfill" and half.cursor_skip > 0 and half.scan_since == since
     server.api.faults.fail_from_request = 0
-    resumed = invoke("run-once", env=env)
-    assert resumed.exit_code == 0, resumed.output
+    resumed = invoke_cli("run-once", env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert set(stored(engine)) == created(server, since)
-    assert server.api.get_log == [] and "withheld" not in resumed.output
+    assert server.api.get_log == [] and "withheld" not in (resumed.stdout + resumed.stderr)
     with engine.connect() as conn:
         done = store.load_state(conn, "artworks")
     assert done.phase == "idle" and done.scan_since is None and done.last_full_sync_at is None

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, update
 from syncd import status, store
 from syncd.app import run_once
 from syncd.fakeapi.server import FakeServer
-from tests.conftest import make_settings
+from tests.conftest import invoke_cli, make_settings
 
 
 def test_an_interruption_is_said_as_one_not_as_the_last_failure(
@@ -33,24 +33,9 @@ def test_an_interruption_is_said_as_one_not_as_the_last_failure(
 def test_max_archive_lag_without_an_archive_is_a_configuration_error(
     db_url: str, engine: Engine, fake_api: Callable[..., FakeServer]
 ) -> None:
-    import logging
-    import os
-
-    from click.testing import CliRunner
-
-    from syncd.cli import cli
-
     server = fake_api(30, malformed_fraction=0)
     run_once(make_settings(server.url, db_url))  # synced without the archive
-    clean = {name: None for name in os.environ if name.startswith("SYNCD_")}
-    root = logging.getLogger()
-    handlers = list(root.handlers)
-    try:
-        result = CliRunner().invoke(
-            cli, ["status", "--max-archive-lag", "3600"], env={**clean, "SYNCD_DATABASE_URL": db_url}
-        )
-    finally:
-        root.handlers[:] = handlers
-    assert result.exit_code == 3, result.output
-    assert "--max-archive-lag" in result.output and "SYNCD_ARCHIVE_DIR" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    result = invoke_cli("status", "--max-archive-lag", "3600", env={"SYNCD_DATABASE_URL": db_url})
+    assert result.returncode == 3, result.stderr
+    assert "--max-archive-lag" in result.stderr and "SYNCD_ARCHIVE_DIR" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
