@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -205,7 +206,7 @@ def sync_with(
     outcome = SyncOutcome()
     summaries = outcome.summaries
     stop = stop or threading.Event()
-    if settings.archive_dir is not None:
+    if settings.archive_on:
         _archive_on(engine)
     with make_client(settings, stop, observer, retry_unreachable=retry_unreachable) as client:
         syncer = Syncer(
@@ -309,8 +310,11 @@ def archive_with(
     from syncd.archive.job import Archiver
     from syncd.archive.verify import verify_archive
 
+    where = settings.require_archive()
+    if not isinstance(where, Path):
+        raise ConfigError("SYNCD_ARCHIVE_URL: the object store is not supported yet")
     store = ContentStore(
-        settings.require_archive(),
+        where,
         min_free_bytes=settings.archive_min_free_bytes,
         max_file_bytes=settings.archive_max_file_bytes,
     )

@@ -504,9 +504,7 @@ def status_command(
 
     settings = command_settings(kwargs)
     with open_engine(settings, write=False) as engine:
-        report = status.collect(
-            engine, archive_on=settings.archive_dir is not None or max_archive_lag is not None
-        )
+        report = status.collect(engine, archive_on=settings.archive_on or max_archive_lag is not None)
     stale = False
     if max_age is not None:
         success = report.get("last_success")
