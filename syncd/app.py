@@ -32,8 +32,8 @@ from syncd.sync.engine import Syncer
 from syncd.sync.runs import Progress
 
 if TYPE_CHECKING:  # run-once need not import prometheus_client (nor the archive)
-    from syncd.archive.files import ContentStore
     from syncd.archive.job import ArchiveProgress, ArchiveResult
+    from syncd.archive.store import ArchiveStore
     from syncd.archive.verify import VerifyReport
     from syncd.metrics import Metrics
 
@@ -306,18 +306,10 @@ def archive_with(
     """One archive run under the one-archiver lock (the daemon's job, and the CLI's)."""
     from syncd.archive import rows
     from syncd.archive.fetch import FetchOptions, ImageFetcher
-    from syncd.archive.files import ContentStore
     from syncd.archive.job import Archiver
     from syncd.archive.verify import verify_archive
 
-    where = settings.require_archive()
-    if not isinstance(where, Path):
-        raise ConfigError("SYNCD_ARCHIVE_URL: the object store is not supported yet")
-    store = ContentStore(
-        where,
-        min_free_bytes=settings.archive_min_free_bytes,
-        max_file_bytes=settings.archive_max_file_bytes,
-    )
+    store = archive_store(settings)
     store.prepare()
     stop = stop or threading.Event()
     secrets = (settings.api_key.reveal(),) if settings.api_key else ()
@@ -362,7 +354,21 @@ def archive_with(
     return ArchiveOutcome(result, verified)
 
 
-def _check_marker(engine: Engine, store: ContentStore) -> None:
+def archive_store(settings: Settings) -> ArchiveStore:
+    """The archive's store: its folder (SYNCD_ARCHIVE_DIR) or its bucket (SYNCD_ARCHIVE_URL)."""
+    where = settings.require_archive()
+    if isinstance(where, Path):
+        from syncd.archive.files import ContentStore
+
+        return ContentStore(
+            where,
+            min_free_bytes=settings.archive_min_free_bytes,
+            max_file_bytes=settings.archive_max_file_bytes,
+        )
+    raise ConfigError("SYNCD_ARCHIVE_URL: the object store is not supported yet")
+
+
+def _check_marker(engine: Engine, store: ArchiveStore) -> None:
     """A folder without the archive's marker, while images are archived: an
     unmounted disk, or another server's folder. Refused, or every image would
     look missing (and be fetched again, or marked gone)."""
@@ -376,9 +382,9 @@ def _check_marker(engine: Engine, store: ContentStore) -> None:
         held = rows.archived_count(conn)
     if held:
         raise ArchiveStorageError(
-            f"{store.root} is not the archive the database knows ({MARKER} is not in it, yet "
+            f"{store.describe()} is not the archive the database knows ({MARKER} is not in it, yet "
             f"{held:,} images are archived): is its disk mounted, or is this another server's "
-            f"folder? To make this folder the archive, create {store.root / MARKER} and run "
-            "`syncd archive --verify --accept-missing`"
+            f"folder (or another bucket or prefix)? To make it the archive, create {MARKER} in it "
+            "and run `syncd archive --verify --accept-missing`"
         )
     store.mark()

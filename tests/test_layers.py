@@ -54,6 +54,7 @@ LAYERS: list[set[str]] = [
         "syncd.sync.planner",
         "syncd.sync.refresh",
         "syncd.sync.deletions",
+        "syncd.archive.store",
     },
     {
         "syncd.models",

@@ -37,7 +37,6 @@ from sqlalchemy import Engine
 from syncd import db, locks
 from syncd.archive import discover, rows
 from syncd.archive.fetch import Fetched, FetchFailure, ImageFetcher
-from syncd.archive.files import ContentStore
 from syncd.archive.plan import (
     Due,
     FileStatus,
@@ -49,6 +48,7 @@ from syncd.archive.plan import (
     retry_at,
     startable,
 )
+from syncd.archive.store import ArchiveStore
 from syncd.errors import ArchiveStorageError, Interrupted, LockHeldError, one_line
 from syncd.net.inflight import InFlight
 from syncd.net.pace import Unwanted
@@ -121,7 +121,7 @@ class Archiver:
     ) -> None:
         self.engine = engine
         self.fetcher = fetcher
-        self.store: ContentStore = fetcher.store
+        self.store: ArchiveStore = fetcher.store
         self.max_in_flight = max_in_flight
         self.host_cap = host_cap(max_in_flight)
         self.stop = stop or threading.Event()
