@@ -264,6 +264,7 @@ def archive(
     settings: Settings,
     *,
     verify: bool = False,
+    deep: bool = False,
     accept_missing: bool = False,
     retry_failed: bool = False,
     migrate: bool = True,
@@ -286,6 +287,7 @@ def archive(
             settings,
             engine,
             verify=verify,
+            deep=deep,
             accept_missing=accept_missing,
             retry_failed=retry_failed,
             stop=stop,
@@ -298,6 +300,7 @@ def archive_with(
     engine: Engine,
     *,
     verify: bool = False,
+    deep: bool = False,
     accept_missing: bool = False,
     retry_failed: bool = False,
     stop: threading.Event | None = None,
@@ -330,7 +333,7 @@ def archive_with(
             verified = None
             if verify:
                 verified = verify_archive(
-                    engine, store, stop, lambda: datetime.now(UTC), accept_missing=accept_missing
+                    engine, store, stop, lambda: datetime.now(UTC), accept_missing=accept_missing, deep=deep
                 )
                 log.info("%s", verified.line())
             if retry_failed:
@@ -365,7 +368,13 @@ def archive_store(settings: Settings) -> ArchiveStore:
             min_free_bytes=settings.archive_min_free_bytes,
             max_file_bytes=settings.archive_max_file_bytes,
         )
-    raise ConfigError("SYNCD_ARCHIVE_URL: the object store is not supported yet")
+    from syncd.archive.s3 import ObjectStore
+
+    return ObjectStore(
+        where,
+        max_file_bytes=settings.archive_max_file_bytes,
+        max_connections=settings.archive_max_in_flight + 4,
+    )
 
 
 def _check_marker(engine: Engine, store: ArchiveStore) -> None:
@@ -379,7 +388,7 @@ def _check_marker(engine: Engine, store: ArchiveStore) -> None:
     if store.marked():
         return
     with engine.connect() as conn:
-        held = rows.archived_count(conn)
+        held = rows.archived_count(conn, store.id)
     if held:
         raise ArchiveStorageError(
             f"{store.describe()} is not the archive the database knows ({MARKER} is not in it, yet "

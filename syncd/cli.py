@@ -207,7 +207,12 @@ class _AroundTheBar:
 @database_options
 @click.option("--archive-dir", help="The archive folder [env SYNCD_ARCHIVE_DIR; required].")
 @click.option(
-    "--verify", is_flag=True, help="Re-hash every archived file first; fetch missing or corrupt ones again."
+    "--verify", is_flag=True, help="Check every archived file first; fetch missing or corrupt ones again."
+)
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="With --verify on a bucket: read and hash every object again (a folder's files always are).",
 )
 @click.option("--retry-failed", is_flag=True, help="Try every failed image again now, its attempts reset.")
 @click.option(
@@ -222,6 +227,7 @@ class _AroundTheBar:
 @handle_errors
 def archive_command(
     verify: bool,
+    deep: bool,
     retry_failed: bool,
     accept_missing: bool,
     no_migrate: bool,
@@ -231,13 +237,15 @@ def archive_command(
     """Download the images of the synced artworks before the API deletes them.
 
     Every result image and every upscaling input image is kept once, by the
-    sha256 of its bytes, under the archive folder; the archived_files table
-    says where. Images whose artwork the API deletes soonest go first.
+    sha256 of its bytes, under the archive folder or in the bucket of
+    SYNCD_ARCHIVE_URL; the archived_files table says where. Images whose
+    artwork the API deletes soonest go first.
 
     \b
     Example:
       SYNCD_ARCHIVE_DIR=/var/lib/syncd/images syncd archive
       syncd archive --archive-dir ./images --verify
+      SYNCD_ARCHIVE_URL=s3://syncd-images/tengr syncd archive --verify --deep
     """
     from syncd.app import archive
 
@@ -250,6 +258,7 @@ def archive_command(
         outcome = archive(
             settings,
             verify=verify,
+            deep=deep,
             accept_missing=accept_missing,
             retry_failed=retry_failed,
             migrate=not no_migrate,
@@ -504,7 +513,11 @@ def status_command(
 
     settings = command_settings(kwargs)
     with open_engine(settings, write=False) as engine:
-        report = status.collect(engine, archive_on=settings.archive_on or max_archive_lag is not None)
+        report = status.collect(
+            engine,
+            archive_on=settings.archive_on or max_archive_lag is not None,
+            archive_store=str(settings.archive_url or settings.archive_dir or "") or None,
+        )
     stale = False
     if max_age is not None:
         success = report.get("last_success")

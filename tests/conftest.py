@@ -277,3 +277,7 @@ def backdate_checks(engine: Engine, hours: float = 24) -> None:
                 .where(store.artworks.c.id == artwork_id)
                 .values(last_seen_at=last_seen_at - timedelta(hours=hours))
             )
+
+
+# The S3 protocol server of the archive's object-store tests (moto, on loopback).
+from tests.s3server import s3, s3_server  # noqa: E402, F401

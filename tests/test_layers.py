@@ -63,6 +63,7 @@ LAYERS: list[set[str]] = [
         "syncd.store",
         "syncd.api.client",
         "syncd.archive.files",
+        "syncd.archive.s3",
         "syncd.archive.fetch",
         "syncd.archive.rows",
         "syncd.archive.discover",

@@ -39,7 +39,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import re
 import socket
 import stat
 import threading
@@ -55,6 +54,7 @@ from syncd.archive.store import (
 from syncd.archive.store import (
     MISSING,
     OK,
+    PATH,
     Claim,
     Digest,
     NotAnImage,
@@ -77,8 +77,6 @@ LOCK_NAME = ".lock"
 # server's folder, not an empty archive.
 MARKER = ".syncd-archive"
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# What archived_files.path may say (anything else is not touched on disk).
-PATH = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64}\.(?:png|jpg|gif|webp|avif))")
 
 
 class Planted(Exception):

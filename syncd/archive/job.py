@@ -23,6 +23,7 @@ are fetched once there is room.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -31,8 +32,9 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from syncd import db, locks
 from syncd.archive import discover, rows
@@ -246,7 +248,8 @@ class Archiver:
         self.store.check_room()  # no request for a file there is no room for
         for index in chosen:
             item = queue[index]
-            in_flight[pool.submit(self.fetcher.fetch, item.url, self._wanted)] = item
+            claim = functools.partial(self._claim, item.url) if self.store.shared else None
+            in_flight[pool.submit(self.fetcher.fetch, item.url, self._wanted, claim)] = item
         taken = set(chosen)
         queue[:] = [d for i, d in enumerate(queue) if i not in taken]
         return True
@@ -257,10 +260,13 @@ class Archiver:
         recorded at once. False: nothing more is due."""
         held = {_key(d) for d in (*queue, *in_flight.values(), *(o.due for o in self._unflushed))}
         now = self.clock()
+        store_id = self.store.id
         with self.engine.connect() as conn:
             due = rows.due(conn, now, BATCH + len(held), failed_before=self._started_at)
             fresh = [d for d in due if _key(d) not in held][:BATCH]
-            known = rows.archived_by_url(conn, [d.url for d in fresh])
+            known = rows.archived_by_url(conn, [d.url for d in fresh], store_id)
+            if self.store.shared:
+                known.update(self._found_claims(conn, [d.url for d in fresh if d.url not in known]))
         for o in self._unflushed:
             if o.status is FileStatus.ARCHIVED:
                 known[o.due.url] = {
@@ -281,12 +287,31 @@ class Archiver:
                         size_bytes=file["size_bytes"],
                         content_type=file["content_type"],
                         path=file["path"],
+                        store=store_id,
                         tried=False,
                     )
                 )
                 counts.archived += 1
         queue[:] = fetch_order(queue + [d for d in fresh if d.url not in known], now)
         return bool(fresh)
+
+    def _claim(self, url: str, path: str, sha256: str, size: int, content_type: str) -> None:
+        """A download's bytes are hashed: say which object it is about to be
+        before it is put (on the download's thread; a shared store only)."""
+        with db.writer(self.engine).begin() as conn:
+            rows.claim(conn, url, self.store.id, path, sha256, size, content_type)
+
+    def _found_claims(self, conn: Connection, urls: list[str]) -> dict[str, dict[str, Any]]:
+        """The claimed objects of ``urls`` that the store holds: a server that
+        stopped after putting them, before recording them. Not fetched again."""
+        found: dict[str, dict[str, Any]] = {}
+        for url, file in rows.claimed(conn, urls, self.store.id).items():
+            if self.store.holds(file["path"], file["sha256"], file["size_bytes"]):
+                log.info(
+                    "image at %s: found in the archive (put before a stop): not fetched again", file["path"]
+                )
+                found[url] = file
+        return found
 
     def _flush(self) -> None:
         if self._unflushed:
@@ -366,6 +391,7 @@ class Archiver:
             size_bytes=stored.size,
             content_type=fetched.content_type,
             path=stored.path,
+            store=self.store.id,
         )
 
     @staticmethod

@@ -20,6 +20,7 @@ every server that names it; ``file://HOST/PATH`` for a folder, one server's.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -29,6 +30,15 @@ from syncd.archive.plan import SNIFF_BYTES, content_path, sniff_extension
 from syncd.wording import size as size_text
 
 OK, MISSING, CORRUPT = "ok", "missing", "corrupt"  # what verify finds of a file
+# What archived_files.path may say (anything else is never touched in a store).
+PATH = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64}\.(?:png|jpg|gif|webp|avif))")
+MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".gif": "image/gif", ".webp": "image/webp"}
+MEDIA_TYPES[".avif"] = "image/avif"
+
+
+class StoreBusy(Exception):
+    """The store asked syncd to slow down past its retries (S3's 503 SlowDown):
+    this image waits for a later run, the run goes on."""
 
 
 class NotAnImage(Exception):

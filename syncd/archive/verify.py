@@ -77,7 +77,7 @@ def verify_archive(
     after = ""
     while True:
         with engine.connect() as conn:
-            page = rows.archived_paths(conn, after, PAGE)
+            page = rows.archived_paths(conn, after, PAGE, store.id)
         for path, sha256, size in page:
             if stop.is_set():
                 raise Interrupted("stopped by a signal while verifying; nothing was changed")
@@ -113,5 +113,5 @@ def verify_archive(
     ]:
         log.warning("archive file %s: %s", path, why.split(" (")[0])
         with db.writer(engine).begin() as conn:
-            report.reopened += rows.reopen(conn, [path], clock(), why)
+            report.reopened += rows.reopen(conn, [path], clock(), why, store.id)
     return report
