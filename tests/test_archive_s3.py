@@ -248,3 +248,41 @@ def test_a_missing_bucket_stops_the_archive_with_exit_9_and_marks_nothing(
     assert "the bucket syncd-no-such-bucket-here does not exist" in done.stderr
     with engine.connect() as conn:
         assert conn.execute(select(files.c.status).where(files.c.status != "pending")).first() is None
+
+
+def test_an_object_put_before_a_crash_is_found_by_its_claim_and_not_fetched_again(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path, s3: S3
+) -> None:
+    """A server hashed an image, claimed its key in the row, put the object and
+    died before recording it: the next run (this server's or the standby's)
+    looks at the key and records the image, without a request to its host.
+    A claim whose object never arrived is fetched as usual."""
+    from syncd import app
+    from syncd.fakeapi.images import expected_sha256, image_bytes, image_path
+    from tests.conftest import make_settings
+
+    w = world(6)
+    settings = make_settings(w.api.url, db_url, archive_url=s3.url, archive_max_requests_per_second="1000")
+    app.run_once(settings)
+    with engine.connect() as conn:
+        pending = conn.execute(select(files.c.url).order_by(files.c.url)).scalars().all()
+    put_one, lost_one = pending[0], pending[1]
+    store = ObjectStore(bucket_url(s3.url))
+    kept = put(store, image_bytes(image_path(put_one)))
+    assert kept.sha256 == expected_sha256(put_one)
+    with engine.begin() as conn:
+        for url, path in ((put_one, kept.path), (lost_one, "00/00/" + "0" * 64 + ".png")):
+            rows.claim(conn, url, s3.url, path, kept.sha256, kept.size, "image/png")
+    before = dict(w.images._url_requests)
+    result = app.archive(settings).result
+    assert result.outcome == "success"
+    after = w.images._url_requests
+    assert after[image_path(put_one)] == before.get(image_path(put_one), 0)  # found by its claim
+    assert after[image_path(lost_one)] == before.get(image_path(lost_one), 0) + 1  # its object never came
+    with engine.connect() as conn:
+        states = {
+            r.url: r for r in conn.execute(select(files.c.url, files.c.status, files.c.path, files.c.store))
+        }
+    assert states[put_one].status == "archived" and states[put_one].path == kept.path
+    assert states[lost_one].status == "archived" and states[lost_one].store == s3.url
+    assert all(r.status == "archived" for r in states.values())

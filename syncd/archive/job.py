@@ -193,6 +193,8 @@ class Archiver:
                     self._flush()
                 if self.on_progress is not None and done:
                     self.on_progress(self._progress(counts, len(in_flight), time.monotonic() - started))
+        except ArchiveStorageError as exc:  # the store refused a look or the room: what finished is kept
+            storage_error = exc
         finally:
             self.stop_downloads(pool, in_flight)
         self._flush()  # what finished is kept, whatever ended the run
