@@ -100,6 +100,7 @@ def test_the_standby_takes_over_the_archive_and_fetches_no_image_twice_once_stor
     assert len(twice) <= 4, twice
     log = (tmp_path / "standby.log").read_text()
     assert "Traceback" not in log and s3.env()["AWS_SECRET_ACCESS_KEY"] not in log
+    assert s3.env()["AWS_ACCESS_KEY_ID"] not in log + (tmp_path / "active.log").read_text()  # debug level too
     found = log.count("found in the archive (put before a stop)")
     print(
         f"standby took over {took:.1f}s after the kill; {len(twice)} images fetched twice; {found} found put"

@@ -286,3 +286,9 @@ def test_an_object_put_before_a_crash_is_found_by_its_claim_and_not_fetched_agai
     assert states[put_one].status == "archived" and states[put_one].path == kept.path
     assert states[lost_one].status == "archived" and states[lost_one].store == s3.url
     assert all(r.status == "archived" for r in states.values())
+
+
+def test_the_store_is_described_without_credentials(s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://keyid:hunter2secret@minio.example:9000/")
+    described = ObjectStore(bucket_url(s3.url)).describe()
+    assert described == f"the bucket {s3.url} at https://minio.example:9000"

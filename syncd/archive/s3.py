@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from syncd.archive.store import (
     CORRUPT,
@@ -94,6 +95,17 @@ CONFLICT = {"ConditionalRequestConflict", "OperationAborted"}  # another put of 
 def endpoint_of(env: dict[str, str] | os._Environ[str] | None = None) -> str | None:
     env = os.environ if env is None else env
     return env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+
+
+def shown(endpoint: str) -> str:
+    """An endpoint as messages show it: scheme, host and port, never a user:secret@."""
+    try:
+        parts = urlsplit(endpoint)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(an endpoint that is not a URL)"
+    return f"{parts.scheme}://{host}{port}"
 
 
 def make_client(
@@ -166,7 +178,7 @@ class ObjectStore:
         return str(self.where)
 
     def describe(self) -> str:
-        at = f" at {self.endpoint}" if self.endpoint else ""
+        at = f" at {shown(self.endpoint)}" if self.endpoint else ""
         return f"the bucket {self.where}{at}"
 
     @property
