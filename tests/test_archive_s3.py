@@ -17,7 +17,7 @@ from syncd.archive.s3 import ObjectStore
 from syncd.archive.store import CORRUPT, MISSING, OK, NotAnImage, StoreBusy
 from syncd.errors import ArchiveStorageError
 from syncd.locations import bucket_url
-from tests.conftest import World, run_syncd, syncd_env
+from tests.conftest import World, run_syncd, syncd_env, wait_for
 from tests.s3server import S3, SECRET, FaultyS3, free_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
@@ -292,3 +292,60 @@ def test_the_store_is_described_without_credentials(s3: S3, monkeypatch: pytest.
     monkeypatch.setenv("AWS_ENDPOINT_URL", "https://keyid:hunter2secret@minio.example:9000/")
     described = ObjectStore(bucket_url(s3.url)).describe()
     assert described == f"the bucket {s3.url} at https://minio.example:9000"
+
+
+def test_a_store_that_refuses_stops_the_daemons_archive_with_one_line_and_the_sync_goes_on(
+    sqlite_url: str, world: Callable[..., World], tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused credentials (403 to every request): the daemon says it once, marks
+    nothing and fetches nothing; its syncs go on. Mended, the images come."""
+    import signal
+
+    from syncd import db
+    from tests.test_archive import storage_runs
+    from tests.test_daemon import count, daemon
+
+    refused = {"on": True}
+    proxy = faulty(s3, monkeypatch, lambda m, p: (403, "InvalidAccessKeyId") if refused["on"] else None)
+    w = world(20)
+    port = free_port()
+    env = s3_env(w, sqlite_url, s3, interval="1", archive_interval="0.3", metrics_port=str(port))
+    env["AWS_ENDPOINT_URL"] = proxy.endpoint
+    engine = db.create_db_engine(sqlite_url)
+    db.upgrade(engine)
+    try:
+        with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
+            wait_for(lambda: count(engine) == len(w.dataset.valid()), 30, "the backfill")
+            with w.api.api.lock:
+                w.dataset.add(3, live=True)
+            wait_for(lambda: count(engine) == len(w.dataset.valid()), 30, "the next sync")
+            wait_for(lambda: storage_runs(port) >= 3, 20, "three archive ticks refused")
+            assert w.images.stats.requests == 0
+            with engine.connect() as conn:
+                assert set(conn.execute(select(files.c.status)).scalars()) == {"pending"}
+            refused["on"] = False
+
+            def all_archived() -> bool:
+                with engine.connect() as conn:
+                    return set(conn.execute(select(files.c.status)).scalars()) == {"archived"}
+
+            wait_for(all_archived, 30, "the images once the store takes them")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+        log = (tmp_path / "daemon.log").read_text()
+        assert log.count("refused the credentials") == 1, log  # said once while it lasts
+        assert "image archive working again" in log
+        assert SECRET not in log and "AKIATESTSYNCD" not in log
+    finally:
+        proxy.stop()
+        engine.dispose()
+
+
+def test_check_tries_the_bucket(sqlite_url: str, world: Callable[..., World], tmp_path: Path, s3: S3) -> None:
+    w = world(3)
+    env = s3_env(w, sqlite_url, s3)
+    env["SYNCD_ARCHIVE_URL"] = "s3://syncd-no-such-bucket-at-all/p"
+    checked = run_syncd(["check"], env, tmp_path)
+    assert checked.returncode == 9, checked.stdout
+    line = next(x for x in checked.stdout.splitlines() if x.startswith("archive"))
+    assert "PROBLEM" in line and "the bucket syncd-no-such-bucket-at-all does not exist" in line
