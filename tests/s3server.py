@@ -168,12 +168,16 @@ class S3:
 
 
 @pytest.fixture
-def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3:
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
+    from syncd.archive.s3 import forget_clients
+
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return S3(s3_server, s3_server.bucket())
+    forget_clients()  # the process keeps its clients; a test starts with none
+    yield S3(s3_server, s3_server.bucket())
+    forget_clients()
 
 
 # ------------------------------------------------------------------ faults on cue

@@ -165,6 +165,31 @@ def test_a_full_store_stops_the_put_with_one_line(
     assert s3.keys() == []
 
 
+@pytest.mark.parametrize(
+    ("fault", "error", "words"),
+    [
+        ((400, "BadDigest"), "NotStored", "did not arrive as hashed"),
+        ((400, "EntityTooLarge"), "NotStored", "larger than the object store takes"),
+        ((501, "NotImplemented"), "ArchiveStorageError", "does not support what syncd needs"),
+    ],
+    ids=["bad-digest", "too-large", "no-conditional-put"],
+)
+def test_what_one_object_or_the_store_cannot_take_is_told_apart(
+    s3: S3, monkeypatch: pytest.MonkeyPatch, fault: tuple[int, str], error: str, words: str
+) -> None:
+    """One object refused: that image fails (a later run); a store that cannot
+    do a conditional put with a checksum: the run stops, exit 9."""
+    from syncd.archive import store as seam
+
+    expected = {"NotStored": seam.NotStored, "ArchiveStorageError": ArchiveStorageError}[error]
+    proxy = faulty(s3, monkeypatch, lambda m, p: fault if m == "PUT" else None)
+    try:
+        with pytest.raises(expected, match=words):
+            put(ObjectStore(bucket_url(s3.url)), PNG)
+    finally:
+        proxy.stop()
+
+
 def test_slow_down_is_retried_with_back_off_then_left_for_a_later_run(
     s3: S3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -183,7 +208,7 @@ def test_slow_down_is_retried_with_back_off_then_left_for_a_later_run(
         assert kept.new and answered["n"] == 3  # two 503s, then the put
         proxy.rule = lambda m, p: (503, "SlowDown") if m == "PUT" else None
         with pytest.raises(StoreBusy, match="asked to slow down"):
-            put(ObjectStore(bucket_url(s3.url)), PNG + b"x")
+            put(ObjectStore(bucket_url(s3.url), attempts=2), PNG + b"x")
     finally:
         proxy.stop()
 

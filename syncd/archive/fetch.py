@@ -46,7 +46,7 @@ import httpx
 
 from syncd import __version__, locations
 from syncd.archive.plan import Verdict, media_type, verdict_for_status
-from syncd.archive.store import ArchiveStore, NotAnImage, NotPlaceable, StoreBusy, Stored, TooLarge
+from syncd.archive.store import ArchiveStore, NotAnImage, NotPlaceable, NotStored, StoreBusy, Stored, TooLarge
 from syncd.errors import one_line
 from syncd.net.core import Exhausted, RequestCore, phrase
 from syncd.net.deadline import PeerCheck
@@ -300,7 +300,7 @@ class ImageFetcher:
                     receiver.write(chunk)
                 told = None if claim is None else lambda p, h, n: claim(p, h, n, declared)
                 stored = receiver.finish(told)
-        except (NotAnImage, TooLarge, NotPlaceable, StoreBusy) as exc:
+        except (NotAnImage, TooLarge, NotPlaceable, NotStored, StoreBusy) as exc:
             raise FetchFailure(Verdict.FAILED, str(exc)) from None
         return Fetched(stored, declared)
 

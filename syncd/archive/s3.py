@@ -51,6 +51,7 @@ from syncd.archive.store import (
     PATH,
     Claim,
     Digest,
+    NotStored,
     StopRequest,
     StoreBusy,
     Stored,
@@ -88,6 +89,10 @@ FULL = {
     "ServiceQuotaExceeded",
 }
 THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+# This object only: its bytes did not arrive as hashed, or it is too large for one put.
+REFUSED_OBJECT = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
+TOO_LARGE = {"EntityTooLarge"}
+UNSUPPORTED = {"NotImplemented"}
 EXISTS = {"PreconditionFailed"}  # If-None-Match: * and the key is there
 CONFLICT = {"ConditionalRequestConflict", "OperationAborted"}  # another put of the key under way
 
@@ -125,6 +130,14 @@ _CHAIN = (
     "AWS_CONFIG_FILE",
     "AWS_SHARED_CREDENTIALS_FILE",
 )
+
+
+def forget_clients() -> None:
+    """Close the clients kept (tests: each its own server and throttling state)."""
+    with _CLIENTS_LOCK:
+        for client in _CLIENTS.values():
+            client.close()
+        _CLIENTS.clear()
 
 
 def make_client(*, max_connections: int = 16, attempts: int = ATTEMPTS) -> S3Client:
@@ -388,6 +401,13 @@ class ObjectStore:
                 if code in CONFLICT or status == 409:
                     time.sleep(0.2 * (attempt + 1))  # another server's put of the same bytes: see how it ends
                     continue
+                if code in REFUSED_OBJECT:
+                    raise NotStored(
+                        f"the object store refused the bytes ({code}: they did not arrive as hashed): "
+                        "tried again at a later run"
+                    ) from None
+                if code in TOO_LARGE:
+                    raise NotStored(f"larger than the object store takes in one put ({code})") from None
                 if code in THROTTLED or status == 503:
                     raise StoreBusy(
                         f"the object store asked to slow down ({code or status}) past {self.attempts} "
@@ -429,6 +449,11 @@ class ObjectStore:
             return ArchiveStorageError(f"the bucket {self.where.bucket} does not exist ({where}); {tail}")
         if code in FULL or status == 507:
             return ArchiveStorageError(f"{where} is full ({said}: a quota or its disks); {tail}")
+        if code in UNSUPPORTED or status == 501:
+            return ArchiveStorageError(
+                f"{where} does not support what syncd needs ({said}): a conditional put "
+                f"(If-None-Match: *) with a SHA-256 checksum; {tail}"
+            )
         if isinstance(exc, boto.BotoCoreError):
             return ArchiveStorageError(f"{where}: {doing} failed ({type(exc).__name__}); {tail}")
         return ArchiveStorageError(f"{where}: {doing} was answered {said}; {tail}")

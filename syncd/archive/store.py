@@ -36,6 +36,12 @@ MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".gif": "image/gif", "
 MEDIA_TYPES[".avif"] = "image/avif"
 
 
+class NotStored(Exception):
+    """The store refused this one object (its checksum did not match what it
+    received, it is larger than a put takes): this image fails with the
+    reason and is tried again at a later run; the run goes on."""
+
+
 class StoreBusy(Exception):
     """The store asked syncd to slow down past its retries (S3's 503 SlowDown):
     this image waits for a later run, the run goes on."""
