@@ -239,9 +239,11 @@ class ObjectStore:
     # ------------------------------------------------------------ setup
 
     def prepare(self) -> None:
-        """The bucket answers, with these credentials: one HEAD."""
+        """The bucket answers, with these credentials: one HEAD. (ConfigError
+        first when boto3 is not installed.)"""
+        client = self.client
         try:
-            self.client.head_bucket(Bucket=self.where.bucket)
+            client.head_bucket(Bucket=self.where.bucket)
         except Exception as exc:
             raise self.storage_error(exc, "looking at the bucket", bucket_level=True) from None
 
@@ -454,7 +456,7 @@ class ObjectStore:
                 f"{where} does not support what syncd needs ({said}): a conditional put "
                 f"(If-None-Match: *) with a SHA-256 checksum; {tail}"
             )
-        if isinstance(exc, boto.BotoCoreError):
+        if isinstance(exc, boto.BotoCoreError) or status == 0:
             return ArchiveStorageError(f"{where}: {doing} failed ({type(exc).__name__}); {tail}")
         return ArchiveStorageError(f"{where}: {doing} was answered {said}; {tail}")
 
