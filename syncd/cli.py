@@ -205,7 +205,8 @@ class _AroundTheBar:
 
 @cli.command("archive")
 @database_options
-@click.option("--archive-dir", help="The archive folder [env SYNCD_ARCHIVE_DIR; required].")
+@click.option("--archive-dir", help="The archive folder [env SYNCD_ARCHIVE_DIR; this or --archive-url].")
+@click.option("--archive-url", help="The archive's bucket, s3://BUCKET/PREFIX [env SYNCD_ARCHIVE_URL].")
 @click.option(
     "--verify", is_flag=True, help="Check every archived file first; fetch missing or corrupt ones again."
 )
@@ -453,6 +454,9 @@ def db_reset_state(yes: bool, **kwargs: Any) -> None:
 @database_options
 @api_options
 @click.option("--archive-dir", help="The archive folder [env SYNCD_ARCHIVE_DIR; optional].")
+@click.option(
+    "--archive-url", help="The archive's bucket, s3://BUCKET/PREFIX [env SYNCD_ARCHIVE_URL; optional]."
+)
 def check_command(**kwargs: Any) -> None:
     """Try the configuration without syncing: settings, the API and its key,
     the database, the archive. One line each, ok or the problem.
