@@ -38,7 +38,7 @@ def test_the_standby_takes_over_the_archive_and_fetches_no_image_twice_once_stor
     if s3.server.requests() is None:
         pytest.skip("needs the request log of the moto server (an external S3 server has none here)")
     # 300 ms per image: the archive takes long enough to be killed in the middle.
-    w = world(40, image_faults=ImageFaults(latency=0.3))
+    w = world(60, image_faults=ImageFaults(latency=0.3))
     urls = referenced_urls(w)
     env = syncd_env(
         w.api.url,
@@ -53,32 +53,39 @@ def test_the_standby_takes_over_the_archive_and_fetches_no_image_twice_once_stor
     env.update(s3.env())
     engine = db.create_db_engine(postgres_url)
     image_keys = lambda: [k for k in s3.keys() if not k.endswith(".syncd-archive")]  # noqa: E731
+    logs = (tmp_path / "a.log", tmp_path / "b.log")
     try:
-        with daemon(env, tmp_path, tmp_path / "active.log") as active:
-            wait_for(lambda: len(image_keys()) >= 10, 60, "the active daemon to archive some images")
-            with daemon(env, tmp_path, tmp_path / "standby.log") as standby:
-                wait_for(
-                    lambda: "archive tick skipped" in (tmp_path / "standby.log").read_text(),
-                    30,
-                    "the standby's archive tick to find the lock held",
-                )
-                assert len(image_keys()) < len(urls), "the active daemon finished before it was killed"
-                active.send_signal(signal.SIGKILL)
-                active.wait(timeout=10)
-                at_kill = len(image_keys())
-                killed = time.monotonic()
-                # Within one interval (and the time a few puts take) the standby archives on.
-                wait_for(lambda: len(image_keys()) > at_kill, INTERVAL + 20, "the standby to take over")
-                took = time.monotonic() - killed
+        with daemon(env, tmp_path, logs[0]) as first, daemon(env, tmp_path, logs[1]) as second:
+            # Both start together; one takes the archive lock for a long run, the
+            # other's ticks skip meanwhile (before, short runs may trade the lock).
+            wait_for(lambda: len(image_keys()) >= 10, 60, "a daemon to archive some images")
+            seen = [log.stat().st_size for log in logs]
 
-                def all_archived() -> bool:
-                    with engine.connect() as conn:
-                        statuses = Counter(conn.execute(select(files.c.status)).scalars())
-                    return statuses["archived"] == sum(statuses.values()) > 0
+            def skipping() -> list[bool]:
+                return [
+                    "archive tick skipped" in log.read_text()[n:] for log, n in zip(logs, seen, strict=True)
+                ]
 
-                wait_for(all_archived, 120, "the standby to archive the rest")
-                standby.send_signal(signal.SIGTERM)
-                assert standby.wait(timeout=30) == 0
+            wait_for(lambda: any(skipping()), 30, "the other daemon's archive tick to find the lock held")
+            standby_log = logs[0] if skipping()[0] else logs[1]
+            active, standby = (second, first) if standby_log == logs[0] else (first, second)
+            assert len(image_keys()) < len(urls), "the active daemon finished before it was killed"
+            active.send_signal(signal.SIGKILL)
+            active.wait(timeout=10)
+            at_kill = len(image_keys())
+            killed = time.monotonic()
+            # Within one interval (and the time a few puts take) the standby archives on.
+            wait_for(lambda: len(image_keys()) > at_kill, INTERVAL + 20, "the standby to take over")
+            took = time.monotonic() - killed
+
+            def all_archived() -> bool:
+                with engine.connect() as conn:
+                    statuses = Counter(conn.execute(select(files.c.status)).scalars())
+                return statuses["archived"] == sum(statuses.values()) > 0
+
+            wait_for(all_archived, 120, "the standby to archive the rest")
+            standby.send_signal(signal.SIGTERM)
+            assert standby.wait(timeout=30) == 0
         with engine.connect() as conn:
             archived = conn.execute(select(files.c.url, files.c.sha256, files.c.path, files.c.store)).all()
     finally:
@@ -98,9 +105,9 @@ def test_the_standby_takes_over_the_archive_and_fetches_no_image_twice_once_stor
     fetched = w.images._url_requests
     twice = [url for url, n in fetched.items() if n > 1]
     assert len(twice) <= 4, twice
-    log = (tmp_path / "standby.log").read_text()
+    log = standby_log.read_text()
     assert "Traceback" not in log and s3.env()["AWS_SECRET_ACCESS_KEY"] not in log
-    assert s3.env()["AWS_ACCESS_KEY_ID"] not in log + (tmp_path / "active.log").read_text()  # debug level too
+    assert s3.env()["AWS_ACCESS_KEY_ID"] not in logs[0].read_text() + logs[1].read_text()  # debug level too
     found = log.count("found in the archive (put before a stop)")
     print(
         f"standby took over {took:.1f}s after the kill; {len(twice)} images fetched twice; {found} found put"
