@@ -52,6 +52,7 @@ def test_the_standby_takes_over_the_archive_and_fetches_no_image_twice_once_stor
     )
     env.update(s3.env())
     engine = db.create_db_engine(postgres_url)
+    db.upgrade(engine)  # as a deployment does first: two daemons never race to create the schema
     image_keys = lambda: [k for k in s3.keys() if not k.endswith(".syncd-archive")]  # noqa: E731
     logs = (tmp_path / "a.log", tmp_path / "b.log")
     try:
@@ -66,6 +67,7 @@ def test_the_standby_takes_over_the_archive_and_fetches_no_image_twice_once_stor
                     "archive tick skipped" in log.read_text()[n:] for log, n in zip(logs, seen, strict=True)
                 ]
 
+            assert first.poll() is None and second.poll() is None, "a daemon exited"
             wait_for(lambda: any(skipping()), 30, "the other daemon's archive tick to find the lock held")
             standby_log = logs[0] if skipping()[0] else logs[1]
             active, standby = (second, first) if standby_log == logs[0] else (first, second)
