@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd import db, locks
+from syncd import db, locks, owners
 from syncd.api.client import ApiClient, ClientOptions, RequestObserver
 from syncd.config import Settings
 from syncd.errors import (
@@ -85,12 +85,21 @@ def open_engine(settings: Settings, *, write: bool = True) -> Iterator[Engine]:
     """
     if not write:
         _require_sqlite_file(settings)
+    else:
+        refuse_root_in_foreign_database(settings)
     engine = db.create_db_engine(settings.database_url)
     try:
         db.check_connection(engine, write=write)
         yield engine
     finally:
         engine.dispose()
+
+
+def refuse_root_in_foreign_database(settings: Settings) -> None:
+    """Before a writer touches an SQLite database: not as root in another user's (syncd.owners)."""
+    path = db.sqlite_path(settings.database_url)
+    if path is not None:
+        owners.refuse_foreign_state(owners.sqlite_state(path), allowed=settings.allow_root)
 
 
 def _require_sqlite_file(settings: Settings) -> None:
@@ -162,8 +171,13 @@ def run_once(
     refresh: bool = True,
     stop: threading.Event | None = None,
     on_page: Callable[[Progress], None] | None = None,
+    since: datetime | None = None,
 ) -> SyncOutcome:
-    """One sync (and refresh of unfinished artworks) under the one-syncer lock."""
+    """One sync (and refresh of unfinished artworks) under the one-syncer lock.
+
+    ``since``: a scan of only the artworks created at or after it (see
+    ``Syncer.since``), instead of what the state calls for.
+    """
     settings.require_api()  # a config error before any connection or request
     freeze_startup_objects()
     with open_engine(settings) as engine, locks.sync_lock(engine):
@@ -177,6 +191,7 @@ def run_once(
             stop=stop,
             on_page=on_page,
             retry_unreachable=False,
+            since=since,
         )
 
 
@@ -194,6 +209,7 @@ def sync_with(
     refresh_failures: dict[str, datetime] | None = None,
     observer: RequestObserver | None = None,
     retry_unreachable: bool = True,
+    since: datetime | None = None,
 ) -> SyncOutcome:
     """The sync itself, for a caller that already holds the lock.
 
@@ -218,6 +234,7 @@ def sync_with(
             on_rate_limited=on_rate_limited,
             refresh_floor=settings.refresh_interval,
             refresh_failures={} if refresh_failures is None else refresh_failures,
+            since=since,
         )
         try:
             if list_run:
@@ -312,6 +329,9 @@ def archive_with(
     from syncd.archive.job import Archiver
     from syncd.archive.verify import verify_archive
 
+    where = settings.require_archive()
+    if isinstance(where, Path):  # a folder of this server: root is refused in one another user owns
+        owners.refuse_foreign_state([where], allowed=settings.allow_root)
     store = archive_store(settings)
     store.prepare()
     stop = stop or threading.Event()

@@ -15,15 +15,24 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 import orjson
 
 from syncd import SCHEMA_REVISION, __version__
-from syncd.clitools import api_options, command_settings, database_options, handle_errors, summary_screen
+from syncd.clitools import (
+    api_options,
+    command_settings,
+    database_options,
+    handle_errors,
+    past_moment,
+    summary_screen,
+)
 from syncd.errors import ConfigError, ExitCode, SyncdError, one_line
 from syncd.signals import install_stop_signals
+from syncd.wording import duration, plural
 
 if TYPE_CHECKING:
     from syncd.sync.runs import Progress
@@ -88,6 +97,14 @@ def cli(ctx: click.Context) -> None:
 @click.option(
     "--full", is_flag=True, help="Read the whole list, refresh everything, mark artworks no longer listed."
 )
+@click.option(
+    "--since",
+    metavar="DATE",
+    callback=lambda ctx, param, value: past_moment(value, "--since"),
+    help="Scan only for artworks created at or after DATE (ISO date or date-time; UTC unless it names "
+    "an offset): older ones are neither stored nor marked deleted. In a newest-first list the scan "
+    "stops there; later runs go on from the newest artwork it saw.",
+)
 @click.option("--no-migrate", is_flag=True, help="Fail instead of upgrading an older schema.")
 @click.option("--no-refresh", is_flag=True, help="Skip re-fetching artworks whose status is not terminal.")
 @click.option(
@@ -95,14 +112,22 @@ def cli(ctx: click.Context) -> None:
 )
 @handle_errors
 def run_once_command(
-    full: bool, no_migrate: bool, no_refresh: bool, progress: bool | None, **kwargs: Any
+    full: bool,
+    since: datetime | None,
+    no_migrate: bool,
+    no_refresh: bool,
+    progress: bool | None,
+    **kwargs: Any,
 ) -> None:
     """Sync once and exit: a backfill the first time, incremental afterwards.
 
     \b
     Example:
       SYNCD_API_URL=https://api.tengr.ai SYNCD_API_KEY_FILE=key.txt syncd run-once
+      syncd run-once --since 2026-12-01   # start from where you are, not from the oldest artwork
     """
+    if full and since is not None:
+        raise click.UsageError("--full reads the whole list; --since only part of it: give one of them")
     from syncd.app import run_once
 
     settings = command_settings(kwargs)
@@ -112,7 +137,13 @@ def run_once_command(
     reporter = ProgressReporter(sys.stderr.isatty() if progress is None else progress)
     try:
         outcome = run_once(
-            settings, full=full, migrate=not no_migrate, refresh=not no_refresh, stop=stop, on_page=reporter
+            settings,
+            full=full,
+            migrate=not no_migrate,
+            refresh=not no_refresh,
+            stop=stop,
+            on_page=reporter,
+            since=since,
         )
     finally:
         reporter.close()
@@ -123,11 +154,20 @@ def run_once_command(
 def progress_line(progress: Progress) -> str:
     """Where a run is, how fast it goes, and what paces it (the limiter's rate, requests in flight)."""
     seconds = max(progress.seconds, 1e-9)
-    return (
-        f"{progress.mode}: {progress.pages:,} pages ({progress.pages / seconds:,.1f}/s), "
-        f"{progress.artworks:,} artworks ({progress.artworks / seconds:,.0f}/s), "
-        f"{progress.requests:,} requests, rate {progress.request_rate:,.1f}/s, {progress.in_flight} in flight"
+    line = (
+        f"{progress.mode}: {plural(progress.pages, 'page')} ({progress.pages / seconds:,.1f}/s), "
+        f"{plural(progress.artworks, 'artwork')} ({progress.artworks / seconds:,.0f}/s), "
+        f"{plural(progress.requests, 'request')}, rate {progress.request_rate:,.1f}/s, {progress.in_flight} in flight"
     )
+    reach = progress.reach
+    if reach is None or reach.reached is None:
+        return line
+    line += f"; created {reach.reached:%Y-%m-%d %H:%M}"
+    share = reach.share()
+    if share is None or reach.end is None:
+        return line  # where the list ends is not known: no share, no ETA
+    eta = "?" if share < 0.01 else duration(progress.seconds * (1 - share) / share)
+    return line + f" of {reach.end:%Y-%m-%d %H:%M} expected ({share:.0%}, ETA {eta})"
 
 
 class ProgressReporter:
@@ -291,13 +331,12 @@ def archive_command(
 
 
 def archive_progress_line(progress: Any) -> str:
-    from syncd.status import age_text
 
     c = progress.counts
     seconds = max(progress.seconds, 1e-9)
-    eta = "ETA ?" if progress.eta is None else f"ETA {age_text(progress.eta)}"
+    eta = "ETA ?" if progress.eta is None else f"ETA {duration(progress.eta)}"
     return (
-        f"archive: {c.done:,} of {progress.total:,} images ({c.done / seconds:,.1f}/s, {eta}): "
+        f"archive: {c.done:,} of {plural(progress.total, 'image')} ({c.done / seconds:,.1f}/s, {eta}): "
         f"{c.archived:,} archived, {c.bytes_written / 1e6:,.1f} MB, {c.gone:,} gone, {c.failed:,} failed, "
         f"rate {progress.request_rate:,.1f}/s, {progress.in_flight} in flight"
     )
@@ -519,8 +558,13 @@ def status_command(
     with open_engine(settings, write=False) as engine:
         report = status.collect(
             engine,
-            archive_on=settings.archive_on or max_archive_lag is not None,
+            archive_on=settings.archive_on,
             archive_store=str(settings.archive_url or settings.archive_dir or "") or None,
+        )
+    if max_archive_lag is not None and report.get("archive") is None:
+        raise ConfigError(
+            "--max-archive-lag: no image archive to measure (neither SYNCD_ARCHIVE_DIR nor SYNCD_ARCHIVE_URL "
+            "is set, and this database was never archived); set it as the service has it, or drop the option"
         )
     stale = False
     if max_age is not None:
@@ -536,12 +580,12 @@ def status_command(
     click.echo(
         orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if as_json else status.render(report)
     )
-    if stale and not as_json:
-        click.echo(f"STALE: no successful run in the last {max_age:g} seconds", err=True)
+    if stale and max_age is not None and not as_json:
+        click.echo(f"STALE: no successful run in the last {plural(max_age, 'second')}", err=True)
     if lagging and not as_json:
         click.echo(
             f"ARCHIVE LAGGING: an image not yet archived belongs to an artwork "
-            f"{status.age_text(report['archive']['lag_seconds'])} old (limit {status.age_text(max_archive_lag)}; "
+            f"{duration(report['archive']['lag_seconds'])} old (limit {duration(max_archive_lag)}; "
             "the API deletes images 8 days after creation)",
             err=True,
         )

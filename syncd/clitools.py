@@ -11,6 +11,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,6 +80,26 @@ def command_settings(kwargs: dict[str, Any]) -> Settings:
     for warning in settings.warnings:
         log.warning("%s", warning)
     return settings
+
+
+def past_moment(value: str | None, option: str) -> datetime | None:
+    """An ISO-8601 date or date-time not in the future, in UTC (UTC when it
+    names no offset); a usage error naming ``option`` otherwise."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"expected an ISO-8601 date or date-time such as 2026-12-01 or 2026-12-01T08:00:00Z, got {value!r}",
+            param_hint=option,
+        ) from None
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment > datetime.now(UTC):
+        raise click.BadParameter(
+            f"{value!r} is in the future: there is nothing to sync yet", param_hint=option
+        )
+    return moment
 
 
 def handle_errors(func: F) -> F:

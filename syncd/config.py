@@ -335,6 +335,13 @@ SPECS: tuple[Spec, ...] = (
         "image archive: fetch from private and loopback hosts (false refuses 10/8, 127/8, ::1, ...)",
     ),
     Spec(
+        "allow_root",
+        _parse_bool,
+        False,
+        "let a command run as root write in state another user owns (a container that runs as root); "
+        "false refuses it, naming the owner",
+    ),
+    Spec(
         "require_https",
         _parse_bool,
         False,
@@ -386,6 +393,7 @@ class Settings:
     archive_min_free_bytes: int = 1 << 30
     archive_interval: float = 60.0
     archive_allow_private: bool = True
+    allow_root: bool = False
     require_https: bool = False
     # Where each setting came from, for messages ("SYNCD_API_KEY", "--page-size", ...).
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)

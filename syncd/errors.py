@@ -58,6 +58,13 @@ class ConfigError(SyncdError):
     exit_code = ExitCode.CONFIG
 
 
+class WrongUserError(SyncdError):
+    """Run as root against state another user owns (the service's): what syncd
+    would create there, that user could not write. Said with how to run as it."""
+
+    exit_code = ExitCode.CONFIG
+
+
 class ApiError(SyncdError):
     """The artworks API could not be used."""
 

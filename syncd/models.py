@@ -213,6 +213,7 @@ class SyncState(Base):
     listed_total: Mapped[int | None] = mapped_column(Integer)
     scan_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     previous_scan_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    scan_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     backfill_completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_full_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     rate_limited_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -238,8 +239,8 @@ class ArchivedFile(Base):
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     content_type: Mapped[str | None] = mapped_column(String(100))
     path: Mapped[str | None] = mapped_column(Text)
-    # Which archive holds the file (revision 0006): s3://BUCKET/PREFIX, or
-    # file://HOST/PATH for a folder; empty for a folder's before 0006.
+    # Which archive holds the file (revision 0007): s3://BUCKET/PREFIX, or
+    # file://HOST/PATH for a folder; empty for a folder's before 0007.
     store: Mapped[str | None] = mapped_column(Text)
     fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer)

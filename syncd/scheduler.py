@@ -87,6 +87,7 @@ class Daemon:
         self.refresh_failures: dict[str, datetime] = {}
         self._scheduler_ref: BackgroundScheduler | None = None
         self._archiving = threading.Event()  # an archive run is under way
+        self._syncing = threading.Event()  # a sync run (list or refresh) is under way
         self._archive_again = threading.Event()  # a sync stored something during it
         self._archive_problem: str | None = None  # the last archive failure, logged once
         self._archive_totals: tuple[dict[str, int], int] | None = None  # by status, and bytes
@@ -102,6 +103,7 @@ class Daemon:
         if self.metrics is not None and settings.metrics_port:
             app.serve_metrics(self.metrics, settings)
             log.info("metrics on :%d/metrics", settings.metrics_port)
+        app.refuse_root_in_foreign_database(settings)
         engine = db.create_db_engine(settings.database_url)
         try:
             db.check_connection(engine)
@@ -118,7 +120,17 @@ class Daemon:
             notify("READY=1\nSTATUS=started")
             self._supervise()
             notify("STOPPING=1\nSTATUS=stopping")
-            log.info("stopping: waiting for the run in flight to finish its page")
+            running = [
+                what
+                for what, busy in (("sync", self._syncing), ("archive", self._archiving))
+                if busy.is_set()
+            ]
+            log.info(
+                "stopping: %s",
+                f"waiting for the {' and '.join(running)} run in flight to record where it is"
+                if running
+                else "no run in flight",
+            )
             scheduler.shutdown(wait=True)
             log.info("stopped")
             return int(ExitCode.OK)
@@ -218,6 +230,7 @@ class Daemon:
         started = time.time()
         if self.metrics is not None:
             self.metrics.run_started_now(started)
+        self._syncing.set()
         try:
             with locks.sync_lock(engine):
                 outcome = app.sync_with(
@@ -252,6 +265,8 @@ class Daemon:
             log.exception("%s run crashed; the scheduler goes on", kind)
             self._count_failure(kind, "crashed")
             return
+        finally:
+            self._syncing.clear()
         self.last_status = f"last {kind} ok at {_clock()}"
         notify(f"STATUS={self.last_status}")
         if self.metrics is not None:

@@ -13,6 +13,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from syncd.wording import plural
+
 STREAM = "artworks"
 
 
@@ -65,6 +67,7 @@ class StreamState:
     listed_total: int | None = None
     scan_started_at: datetime | None = None
     previous_scan_started_at: datetime | None = None  # of the complete scan before this one
+    scan_since: datetime | None = None  # the floor of the scan in progress (run-once --since)
     backfill_completed_at: datetime | None = None
     last_full_sync_at: datetime | None = None
     rate_limited_until: datetime | None = None
@@ -150,7 +153,8 @@ class RunSummary:
     def line(self) -> str:
         c = self.counts
         text = (
-            f"run {self.run_id} {self.mode} {self.outcome}: {c.pages} pages, {c.requests} requests, "
+            f"run {self.run_id} {self.mode} {self.outcome}: {plural(c.pages, 'page')}, "
+            f"{plural(c.requests, 'request')}, "
             f"{c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
             f"{c.rejected} rejected, {c.unknown_type} unknown type, "
             f"{c.marked_deleted} marked deleted, {self.seconds:.1f}s"

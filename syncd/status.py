@@ -11,6 +11,7 @@ from syncd import db, locks, store
 from syncd.errors import one_line
 from syncd.records import TERMINAL_STATUSES
 from syncd.state import ListOrder
+from syncd.wording import duration, plural
 
 runs = store.runs_table
 artworks = store.artworks
@@ -57,7 +58,15 @@ def collect(
         "now": _iso(now),
     }
     if version.current is None:
-        report.update(running=None, last_success=None, last_failure=None, last_runs=[], streams=[], tables={})
+        report.update(
+            running=None,
+            last_success=None,
+            last_failure=None,
+            last_interruption=None,
+            last_runs=[],
+            streams=[],
+            tables={},
+        )
         return report
     with engine.connect() as conn:
 
@@ -70,7 +79,9 @@ def collect(
         ).first()
         report["running"] = None if running is None else _run_dict(running, now)
         report["last_success"] = last(runs.c.outcome == "success")
-        report["last_failure"] = last(runs.c.outcome.not_in(["success", "running"]))
+        # A stop request (Ctrl-C, SIGTERM, a restart) is not a failure: said apart.
+        report["last_failure"] = last(runs.c.outcome.not_in(["success", "running", "interrupted"]))
+        report["last_interruption"] = last(runs.c.outcome == "interrupted")
         recent = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(5)).all()
         report["last_runs"] = [_run_dict(row, now) for row in recent]
         streams = []
@@ -142,7 +153,7 @@ def _archive(conn: Any, now: datetime, archive_on: bool, configured: str | None)
         "on": summary.archive_on,
         "not_yet_recorded_before": _iso(summary.walk_to),
         # Where the files are: the configured store, and the archived images
-        # each store holds ("" a folder's, archived before revision 0006).
+        # each store holds ("" a folder's, archived before revision 0007).
         "store": configured,
         "stores": rows.archived_by_store(conn) if "store" in _columns(conn) else {},
     }
@@ -154,19 +165,6 @@ def _columns(conn: Any) -> set[str]:
     return {column["name"] for column in inspect(conn).get_columns("archived_files")}
 
 
-def age_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = int(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    if s < 172800:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
 def render(report: dict[str, Any]) -> str:
     lines = [f"database      {report['database']}"]
     schema = report["schema"]
@@ -176,14 +174,17 @@ def render(report: dict[str, Any]) -> str:
     )
     ok = report.get("last_success")
     lines.append(
-        f"last success  {ok['finished_at']} ({age_text(ok['age_seconds'])} ago), run {ok['id']} {ok['mode']}"
+        f"last success  {ok['finished_at']} ({duration(ok['age_seconds'])} ago), run {ok['id']} {ok['mode']}"
         if ok
         else "last success  never"
     )
     run = report.get("running")
     if run:
         started = f"run {run['id']} {run['mode']} started {run['started_at']}"
-        done = f"{run['pages']} pages, {run['requests']} requests, +{run['inserted']} ~{run['updated']}"
+        done = (
+            f"{plural(run['pages'], 'page')}, {plural(run['requests'], 'request')}, "
+            f"+{run['inserted']} ~{run['updated']}"
+        )
         if run["alive"]:
             lines.append(f"running now   {started}: {done} so far")
         elif run["alive"] is None:
@@ -202,6 +203,12 @@ def render(report: dict[str, Any]) -> str:
             f"last failure  {bad['finished_at']} run {bad['id']} {bad['mode']} {bad['outcome']}: "
             + one_line(bad["error"] or "")
         )
+    stopped = report.get("last_interruption")
+    if stopped and (not ok or stopped["id"] > ok["id"]):  # older than the last success: history
+        lines.append(
+            f"interrupted   {stopped['finished_at']} run {stopped['id']} {stopped['mode']}: stopped on request; "
+            "its committed pages stay and the next run goes on from there"
+        )
     for stream in report.get("streams", []):
         lines.append("")
         lines.append(f"stream {stream['stream']}")
@@ -218,7 +225,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  last full sync    {stream['last_full_sync_at'] or 'never'}")
         inc = stream["last_incremental"]
         lines.append(
-            f"  last incremental  {inc['finished_at']}: {inc['requests']} requests, {inc['inserted']} new, {inc['updated']} updated"
+            f"  last incremental  {inc['finished_at']}: {plural(inc['requests'], 'request')}, {inc['inserted']} new, {inc['updated']} updated"
             if inc
             else "  last incremental  none yet"
         )
@@ -226,8 +233,12 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  rate limited until {stream['rate_limited_until']}")
     if "awaiting_refresh" in report:
         lines.append("")
-        lines.append(f"awaiting refresh  {report['awaiting_refresh']} artworks (status not terminal)")
-        lines.append(f"marked deleted    {report['marked_deleted']} artworks (no longer listed by the API)")
+        lines.append(
+            f"awaiting refresh  {plural(report['awaiting_refresh'], 'artwork')} (status not terminal)"
+        )
+        lines.append(
+            f"marked deleted    {plural(report['marked_deleted'], 'artwork')} (no longer listed by the API)"
+        )
     archive = report.get("archive")
     if archive:
         files = archive["files"]
@@ -240,7 +251,7 @@ def render(report: dict[str, Any]) -> str:
         held = archive.get("stores") or {}
         if archive.get("store") or held:
             told = [
-                f"{count:,} in {name or 'a folder (before revision 0006)'}"
+                f"{count:,} in {name or 'a folder (before revision 0007)'}"
                 for name, count in sorted(held.items())
             ]
             lines.append(
@@ -258,10 +269,10 @@ def render(report: dict[str, Any]) -> str:
                     else "the archive has not run on this database yet: no image is recorded"
                 )
             )
-        window = age_text(archive["window_seconds"])
+        window = duration(archive["window_seconds"])
         lag = archive["lag_seconds"]
         lines.append(
-            f"archive lag       {age_text(lag)} (the API deletes images {window} after creation)"
+            f"archive lag       {duration(lag)} (the API deletes images {window} after creation)"
             + (
                 f"; {archive['overdue']:,} waiting images are older than that (tried after the live ones)"
                 if archive["overdue"]

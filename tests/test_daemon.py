@@ -84,6 +84,19 @@ def test_daemon_picks_up_new_artworks_each_tick_and_stops_cleanly(
     assert modes[0] == "backfill" and "incremental" in modes
 
 
+def test_sigterm_to_an_idle_daemon_says_no_run_is_in_flight(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_api(50, malformed_fraction=0)
+    env = syncd_env(server.url, db_url, interval="3600")
+    with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
+        wait_for(lambda: runs(engine) == [("backfill", "success")], 30, "the backfill's record")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    log = (tmp_path / "daemon.log").read_text()
+    assert "stopping: no run in flight" in log and "waiting for" not in log
+
+
 def test_sigterm_during_backfill_exits_0_records_interrupted_and_resumes(
     db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
@@ -98,6 +111,7 @@ def test_sigterm_during_backfill_exits_0_records_interrupted_and_resumes(
         assert process.wait(timeout=30) == 0
         assert time.monotonic() - sent < 10
     assert runs(engine)[0] == ("backfill", "interrupted")
+    assert "stopping: waiting for the sync run in flight" in (tmp_path / "daemon.log").read_text()
     committed = count(engine)
     assert committed < total
     server.api.faults.slow = 0

@@ -38,6 +38,7 @@ LAYERS: list[set[str]] = [
         "syncd.archive.plan",
         "syncd.locations",
         "syncd.wording",
+        "syncd.owners",
         "syncd.fakeapi.data",
         "syncd.fakeapi.server",
         "syncd.fakeapi.images",

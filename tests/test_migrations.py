@@ -239,8 +239,8 @@ def test_0005_switches_on_an_archive_in_use_and_puts_its_pending_images_in_deadl
         engine.dispose()
 
 
-def test_0006_says_which_archive_holds_a_file_and_keeps_the_rows_before_it(db_url: str) -> None:
-    """Rows archived before 0006 keep an empty store (a folder's, as always);
+def test_0007_says_which_archive_holds_a_file_and_keeps_the_rows_before_it(db_url: str) -> None:
+    """Rows archived before 0007 keep an empty store (a folder's, as always);
     the column goes with a downgrade, the rows stay."""
     from datetime import UTC, datetime, timedelta
 
@@ -250,7 +250,7 @@ def test_0006_says_which_archive_holds_a_file_and_keeps_the_rows_before_it(db_ur
     found = datetime(2026, 12, 1, 12, tzinfo=UTC)
     try:
         with engine.begin() as conn:
-            command.upgrade(db.alembic_config(conn), "0005")
+            command.upgrade(db.alembic_config(conn), "0006")
             conn.execute(text("INSERT INTO artworks (id, artwork_type, status, created_at, first_seen_at, "
                               "last_seen_at, updated_at, content_hash, raw) VALUES ('a', 'txt2img', 'done', "
                               ":t, :t, :t, :t, 'h', '{}')"), {"t": found})  # fmt: skip
@@ -267,7 +267,7 @@ def test_0006_says_which_archive_holds_a_file_and_keeps_the_rows_before_it(db_ur
         with engine.begin() as conn:
             assert conn.execute(text("SELECT store, path FROM archived_files")).one() == (None, "ab/cd/x.png")
             conn.execute(text("UPDATE archived_files SET store = 's3://bucket/p'"))
-            command.downgrade(db.alembic_config(conn), "0005")
+            command.downgrade(db.alembic_config(conn), "0006")
         assert "store" not in {c["name"] for c in inspect(engine).get_columns("archived_files")}
         with engine.connect() as conn:
             assert conn.execute(text("SELECT path FROM archived_files")).scalar_one() == "ab/cd/x.png"

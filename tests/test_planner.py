@@ -79,9 +79,11 @@ def run(
     full: bool = False,
     stop_after: int | None = None,
     now: datetime = NOW,
+    since: datetime | None = None,
 ) -> tuple[StreamState, set[str], Planner]:
-    """Drive one run; returns the committed state and the ids stored."""
-    planner = Planner(state, page_size, full=full, now=now)
+    """Drive one run; returns the committed state and the ids stored (with
+    ``since``, as the writer does: only those created at or after it)."""
+    planner = Planner(state, page_size, full=full, now=now, since=since)
     stored: set[str] = set()
     committed = replace(state)
     pages = 0
@@ -90,11 +92,15 @@ def run(
             break  # a crash: nothing after the last commit survives
         items = sim.page(request)
         planner.observe(request, items)
-        stored.update(i.id for i in items if i.id)
+        stored.update(i.id for i in items if i.id and wanted(i, planner.since))  # as the writer
         committed = replace(planner.state)
         pages += 1
         assert pages < 10_000, "runaway planner"
     return committed, stored, planner
+
+
+def wanted(item: Item, since: datetime | None) -> bool:
+    return since is None or item.created_at is None or item.created_at >= since
 
 
 def backfilled(order: str, total: int, page_size: int) -> tuple[SimList, StreamState, set[str]]:
@@ -394,14 +400,14 @@ def test_property_every_surviving_artwork_is_stored(
 
 
 def run_ahead(
-    sim: SimList, state: StreamState, page_size: int, ahead: int
+    sim: SimList, state: StreamState, page_size: int, ahead: int, since: datetime | None = None
 ) -> tuple[StreamState, set[str], int]:
     """Drive one run as the engine does with pages in flight: the pages the
     planner expects next are fetched early (their content is the list as it
     was then) and judged only when their turn comes; a page fetched ahead and
     then not asked for is stored anyway. Returns the state, the ids stored
     and how many pages judged were stale (the list had moved since)."""
-    planner = Planner(state, page_size, full=False, now=NOW)
+    planner = Planner(state, page_size, full=False, now=NOW, since=since)
     early: dict[Request, list[Item]] = {}
     stored: set[str] = set()
     stale_pages = 0
@@ -415,10 +421,10 @@ def run_ahead(
             if expected not in early:
                 early[expected] = sim.page(expected)  # fetched now, judged later
         planner.observe(request, items)
-        stored.update(i.id for i in items if i.id)
-        wanted = set(planner.lookahead(ahead))
-        for stray in [r for r in early if r not in wanted and r != planner.next_request()]:
-            stored.update(i.id for i in early.pop(stray) if i.id)  # stored; it moves nothing
+        stored.update(i.id for i in items if i.id and wanted(i, since))
+        expected_next = set(planner.lookahead(ahead))
+        for stray in [r for r in early if r not in expected_next and r != planner.next_request()]:
+            stored.update(i.id for i in early.pop(stray) if i.id and wanted(i, since))  # it moves nothing
         assert len(sim.requests) < 10_000, "runaway planner"
     return replace(planner.state), stored, stale_pages
 
@@ -462,3 +468,178 @@ def test_lookahead_only_in_a_scan_and_only_on_the_planned_path() -> None:
     following = scan.next_request()
     assert following is not None
     assert scan.lookahead(3) == [Request(following.skip + 99 * n, 100) for n in (1, 2, 3)]
+
+
+# --- A floor: run-once --since ---------------------------------------------
+
+
+def created_since(sim: SimList, since: datetime) -> set[str]:
+    return {i.id for i in sim.items if wanted(i, since)}
+
+
+@pytest.mark.parametrize("newer", [1, 98, 99, 500, 1999])
+def test_a_floor_in_a_newest_first_list_ends_the_backfill_past_it(newer: int) -> None:
+    sim = SimList("newest_first")
+    sim.add(2000)
+    since = sim.items[-newer].created_at  # the oldest artwork wanted
+    assert since is not None
+    state, stored, planner = run(sim, StreamState("artworks"), 100, since=since)
+    assert stored == created_since(sim, since) and len(stored) == newer
+    assert planner.reached_since and planner.mode == Mode.BACKFILL and planner.scan_complete
+    # A page holds 99 items past the one it shares with the page before.
+    assert len(sim.requests) <= math.ceil(newer / 99) + 1, sim.requests
+    assert state.phase == Phase.IDLE and state.list_order == ListOrder.NEWEST_FIRST
+    # The cursor is exact: the next run, without a floor, reads only what is new.
+    sim.requests.clear()
+    added = sim.add(30, live=True)
+    state, more, planner = run(sim, state, 100)
+    assert planner.mode == Mode.INCREMENTAL and len(sim.requests) == 1
+    assert {i.id for i in added} <= more
+
+
+def test_a_floor_newer_than_every_artwork_costs_one_request() -> None:
+    sim = SimList("newest_first")
+    sim.add(500)
+    _, stored, planner = run(sim, StreamState("artworks"), 100, since=NOW)
+    assert stored == set() and planner.reached_since and len(sim.requests) == 1
+
+
+def test_a_floor_in_a_list_of_any_other_order_reads_it_all_and_keeps_what_is_newer() -> None:
+    for order in ("oldest_first", "random"):
+        sim = SimList(order)
+        sim.add(1000)
+        since = T0 + timedelta(seconds=700)
+        _, stored, planner = run(sim, StreamState("artworks"), 100, since=since)
+        assert stored == created_since(sim, since)
+        assert not planner.reached_since and planner.scan_complete
+        assert len(sim.requests) >= math.ceil(1000 / 99), order  # the whole list
+
+
+def test_a_floor_on_a_synced_database_scans_from_the_top_and_keeps_the_totals() -> None:
+    sim, state, _ = backfilled("newest_first", 2000, 100)
+    added = sim.add(150, live=True)  # missed while syncd was down, say
+    since = added[0].created_at
+    assert since is not None
+    after, stored, planner = run(sim, state, 100, since=since)
+    assert planner.mode == Mode.FULL and sim.requests[0].skip == 0
+    assert stored == {i.id for i in added} and planner.reached_since
+    assert len(sim.requests) <= math.ceil(150 / 99) + 1
+    assert after.listed_total == 2000  # a floor is not the end of the list
+    sim.requests.clear()
+    _, _, planner = run(sim, after, 100)
+    assert planner.mode == Mode.INCREMENTAL and len(sim.requests) == 1
+
+
+def test_a_resumed_backfill_already_past_the_floor_ends_at_once() -> None:
+    sim = SimList("newest_first")
+    sim.add(2000)
+    state, _, _ = run(sim, StreamState("artworks"), 100, stop_after=12)  # a crash past 1,000
+    since = sim.items[-500].created_at
+    sim.requests.clear()
+    after, stored, planner = run(sim, state, 100, since=since)
+    assert len(sim.requests) == 1 and planner.reached_since and stored == set()
+    assert after.phase == Phase.IDLE
+
+
+@pytest.mark.parametrize("ahead", [2, 7])
+def test_pages_fetched_ahead_stop_near_the_floor(ahead: int) -> None:
+    sim = SimList("newest_first")
+    sim.add(5000)
+    since = sim.items[-700].created_at
+    assert since is not None
+    _, stored, _ = run_ahead(sim, StreamState("artworks"), 100, ahead, since=since)
+    assert stored == created_since(sim, since)
+    # Pages ahead are asked for by the createdAt a page spans: at most one
+    # page past the floor, not ``ahead`` of them.
+    assert len(sim.requests) <= math.ceil(700 / 99) + 2, len(sim.requests)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    total=st.integers(0, 800),
+    page_size=st.integers(10, 60),  # the list grows slower than it is read
+    floor_at=st.integers(0, 800),
+    added_per_request=st.integers(0, 3),
+    deleted_per_request=st.integers(0, 5),
+    ahead=st.sampled_from([0, 3]),
+)
+def test_property_a_floor_loses_nothing_created_after_it_whatever_the_list_does(
+    total: int, page_size: int, floor_at: int, added_per_request: int, deleted_per_request: int, ahead: int
+) -> None:
+    """Inserts at the head and deletions at the tail while paging: every
+    artwork created at or after the floor and listed throughout is stored,
+    and the next run (no floor) stores what came meanwhile."""
+    sim = SimList("newest_first")
+    sim.add(total)
+    since = T0 + timedelta(seconds=floor_at)
+    present_at_start = created_since(sim, since)
+
+    def churn(s: SimList) -> None:
+        s.add(added_per_request, live=True)
+        s.delete_oldest(deleted_per_request)
+
+    sim.before_request = churn
+    if ahead:
+        state, stored, _ = run_ahead(sim, StreamState("artworks"), page_size, ahead, since=since)
+    else:
+        state, stored, _ = run(sim, StreamState("artworks"), page_size, since=since)
+    sim.before_request = None
+    survivors = present_at_start & {i.id for i in sim.items}
+    assert survivors <= stored
+    for _ in range(3):  # a run the churn kept from finishing resumes, then the new ones are read
+        state, more, _ = run(sim, state, page_size)
+        stored |= more
+    assert created_since(sim, since) <= stored
+
+
+def test_reach_tells_how_far_a_scan_has_read_when_the_order_says_where_it_ends() -> None:
+    sim = SimList("newest_first")
+    sim.add(1000)
+    since = sim.items[-500].created_at
+    planner = Planner(StreamState("artworks"), 100, full=False, now=NOW, since=since)
+    assert planner.reach().share() is None  # nothing read yet
+    for _ in range(3):
+        request = planner.next_request()
+        assert request is not None
+        planner.observe(request, sim.page(request))
+    reach = planner.reach()
+    assert reach.start == sim.items[-1].created_at and reach.end == since
+    assert reach.share() == pytest.approx(297 / 499, abs=0.01)  # 3 pages of 99 new, of 500
+    # A first backfill without a floor cannot know where a newest-first list ends.
+    plain = Planner(StreamState("artworks"), 100, full=False, now=NOW)
+    request = plain.next_request()
+    assert request is not None
+    plain.observe(request, sim.page(request))
+    assert plain.reach().reached is not None and plain.reach().share() is None
+
+
+def test_a_floor_never_ends_a_scan_of_a_list_a_complete_scan_found_unordered() -> None:
+    """Its first pages may look newest-first now; past them anything may come."""
+    sim, state, _ = backfilled("random", 1000, 100)
+    assert state.list_order == ListOrder.UNORDERED
+    sim.order = "newest_first"  # the head looks ordered today
+    since = sim.items[-300].created_at
+    assert since is not None
+    _, stored, planner = run(sim, state, 100, since=since)
+    assert not planner.reached_since and len(sim.requests) >= math.ceil(1000 / 99)
+    assert stored == created_since(sim, since)
+
+
+def test_a_scan_with_a_floor_resumes_with_it_and_is_no_full_sync() -> None:
+    sim = SimList("oldest_first")
+    sim.add(2000)
+    since = sim.items[700].created_at
+    assert since is not None
+    state, stored, _ = run(sim, StreamState("artworks"), 100, since=since, stop_after=5)  # a crash
+    assert state.scan_since == since and state.phase == Phase.BACKFILL
+    after, more, planner = run(sim, state, 100)  # resumed without --since: the floor is the scan's
+    assert planner.since == since and planner.scan_complete
+    assert stored | more == created_since(sim, since)
+    assert after.scan_since is None and after.phase == Phase.IDLE
+    assert after.last_full_sync_at is None and after.backfill_completed_at is None
+    # Another floor than the one a scan was started with starts it over.
+    state, _, _ = run(sim, StreamState("artworks"), 100, since=since, stop_after=5)
+    later = sim.items[1500].created_at
+    sim.requests.clear()
+    _, _, planner = run(sim, state, 100, since=later)
+    assert sim.requests[0].skip == 0 and planner.since == later

@@ -55,6 +55,7 @@ from syncd.errors import ArchiveStorageError, Interrupted, LockHeldError, one_li
 from syncd.net.inflight import InFlight
 from syncd.net.pace import Unwanted
 from syncd.redaction import redact
+from syncd.wording import plural
 
 log = logging.getLogger("syncd.archive")
 
@@ -105,7 +106,7 @@ class ArchiveResult:
         walked = f"; recorded the images of {c.walked:,} stored artworks" if c.walked else ""
         return (
             f"archive run: {self.outcome} in {self.seconds:.1f}s: {c.archived} archived "
-            f"({c.new_files} new files, {c.bytes_written:,} bytes), {c.gone} gone, {c.failed} failed{walked}"
+            f"({plural(c.new_files, 'new file')}, {plural(c.bytes_written, 'byte')}), {c.gone} gone, {c.failed} failed{walked}"
         )
 
 

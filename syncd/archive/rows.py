@@ -95,7 +95,7 @@ def due_count(conn: Connection, now: datetime, *, failed_before: datetime | None
 
 def in_store(store: str | None) -> Any:
     """The rows whose file is in the archive ``store`` (its id): a bucket's
-    exactly; a folder's, every row not in a bucket (rows before revision 0006
+    exactly; a folder's, every row not in a bucket (rows before revision 0007
     have no store; the folder's marker says it is the right folder). None:
     every row."""
     if store is None:
@@ -300,7 +300,7 @@ def archived_count(conn: Connection, store: str | None = None) -> int:
 
 
 def archived_by_store(conn: Connection) -> dict[str, int]:
-    """Archived images by the archive holding them ("" for a folder's before revision 0006)."""
+    """Archived images by the archive holding them ("" for a folder's before revision 0007)."""
     query = (
         select(files.c.store, func.count())
         .where(files.c.status == FileStatus.ARCHIVED.value)

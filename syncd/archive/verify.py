@@ -24,6 +24,7 @@ from syncd import db
 from syncd.archive import rows
 from syncd.archive.store import OK, ArchiveStore, StopRequest
 from syncd.errors import ArchiveStorageError, Interrupted
+from syncd.wording import plural
 
 log = logging.getLogger("syncd.archive")
 
@@ -52,8 +53,8 @@ class VerifyReport:
 
     def line(self) -> str:
         return (
-            f"verified {self.checked} files: {self.ok} ok, {len(self.missing)} missing, "
-            f"{len(self.corrupt)} corrupt; {self.reopened} images to fetch again"
+            f"verified {plural(self.checked, 'file')}: {self.ok} ok, {len(self.missing)} missing, "
+            f"{len(self.corrupt)} corrupt; {plural(self.reopened, 'image')} to fetch again"
         )
 
 

@@ -30,6 +30,7 @@ from syncd.errors import Interrupted
 from syncd.net.inflight import InFlight
 from syncd.state import STREAM
 from syncd.sync.pages import PageWriter
+from syncd.sync.planner import Reach
 from syncd.sync.runs import Progress, RunRecord, RunRecorder
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class RunContext:
         if self.on_rate_limited is not None:
             self.on_rate_limited(deadline)
 
-    def report(self, run: RunRecord, started: float) -> None:
+    def report(self, run: RunRecord, started: float, reach: Reach | None = None) -> None:
         """Tell the progress callback where the run is."""
         if self.on_page is None:
             return
@@ -151,5 +152,6 @@ class RunContext:
                 run_id=run.id,
                 counts=counts.copy(),
                 limiter_wait=self.client.limiter_wait(),
+                reach=reach,
             )
         )

@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from syncd import store
 from syncd.api.client import ApiClient
-from syncd.state import STREAM, Mode, RunSummary, StreamState
+from syncd.state import STREAM, Mode, Phase, RunSummary, StreamState
 from syncd.sync.byid import ByIdFetcher, Checked, refresh_backlog
 from syncd.sync.context import RunContext
 from syncd.sync.deletions import Checks, Verdict, judge
@@ -46,6 +46,9 @@ class Syncer:
     stop: threading.Event = field(default_factory=threading.Event)
     on_page: Callable[[Progress], None] | None = None
     on_rate_limited: Callable[[datetime], None] | None = None  # a new Retry-After deadline (metrics)
+    # Only artworks created at or after it (run-once --since): a bounded scan,
+    # which stores nothing older and judges no deletions.
+    since: datetime | None = None
     refresh_limit: int = 1000  # artworks re-checked per refresh at most
     refresh_floor: float = 10.0  # seconds: the shortest back-off of an unfinished artwork
     # Artworks whose last re-check failed, and when: they wait their back-off
@@ -74,18 +77,41 @@ class Syncer:
         with self.context.writer.begin() as conn:
             store.close_abandoned_runs(conn, self.now())
             state = store.load_state(conn, STREAM)
-            planner = Planner(state, self.page_size, full=full, now=self.now())
+            planner = Planner(state, self.page_size, full=full, now=self.now(), since=self.since)
             run = self.recorder.start(conn, planner.mode)
+        newest = state.head_created_at
+        if (
+            self.since is not None
+            and state.phase == Phase.IDLE
+            and newest is not None
+            and self.since > newest
+        ):
+            log.warning(
+                "run %d: --since %s is after the newest artwork stored (created %s): those created "
+                "between are not stored by this run; the next full scan (run-once --full, or the "
+                "daemon's daily one) stores them",
+                run.id,
+                self.since.isoformat(timespec="seconds"),
+                newest.isoformat(timespec="seconds"),
+            )
         self._wait_out_a_persisted_retry_after(state)
         withheld: str | None = None
         with self.recorder.recorded(run):
             planner = self.listing.read(planner, run, started, full=full)
-            if planner.scan_complete and planner.provably_complete:
+            bounded = planner.since is not None  # it saw none of the older artworks
+            if planner.scan_complete and planner.provably_complete and not bounded:
                 withheld = self._settle_deletions(run, planner.state).withheld
-            if planner.scan_complete and (withheld is not None or not planner.provably_complete):
+            if planner.scan_complete and (bounded or withheld is not None or not planner.provably_complete):
                 # Not the complete scan the next one compares with.
                 with self.context.writer.begin() as conn:
                     store.forget_scan(conn, STREAM)
+        if planner.reached_since:
+            assert planner.since is not None
+            log.info(
+                "run %d: reached artworks created before %s; the scan ends there",
+                run.id,
+                planner.since.isoformat(timespec="seconds"),
+            )
         if not planner.provably_complete:
             log.warning(
                 "run %d: the list shifted more than syncd can follow; nothing is marked deleted from "

@@ -46,6 +46,7 @@ class ListRun:
             lambda: self.context.recorder.requests_of(run),
             self.client.secrets,
             recent_pages=self.client.options.max_in_flight + 1,
+            since=planner.since,
         )
         try:
             while True:
@@ -55,7 +56,9 @@ class ListRun:
                 except Rewind:
                     with self.context.engine.connect() as conn:
                         state = store.load_state(conn, STREAM)
-                    planner = Planner(state, self.page_size, full=full, now=self.context.now())
+                    planner = Planner(
+                        state, self.page_size, full=full, now=self.context.now(), since=planner.since
+                    )
         finally:
             pages.close()
 
@@ -95,7 +98,7 @@ class ListRun:
                     if request is None or time.monotonic() - pages.begun_at >= self.commit_seconds:
                         pages.commit()
                     ahead.wrote_page(time.monotonic() - writing)
-                    self.context.report(run, started)
+                    self.context.report(run, started, planner.reach())
                 pages.commit()
             except (Interrupted, ApiError):
                 # A stop, or a page that could not be fetched: the pages written

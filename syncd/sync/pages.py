@@ -53,9 +53,17 @@ class ListedPage:
     def known_ids(self) -> list[str]:
         return [artwork_id for artwork_id in self.ids if artwork_id is not None]
 
+    def created_since(self, floor: datetime) -> ListedPage:
+        """The elements not known to be created before ``floor`` (one whose
+        createdAt is unusable stays, to be quarantined)."""
+        chosen = [index for index, created in enumerate(self.created) if created is None or created >= floor]
+        return self._choose(chosen)
+
     def keeping(self, keep: Callable[[str | None], bool]) -> ListedPage:
         """The elements whose id ``keep`` accepts."""
-        chosen = [index for index, artwork_id in enumerate(self.ids) if keep(artwork_id)]
+        return self._choose([index for index, artwork_id in enumerate(self.ids) if keep(artwork_id)])
+
+    def _choose(self, chosen: list[int]) -> ListedPage:
         return ListedPage(
             [self.values[i] for i in chosen],
             [self.ids[i] for i in chosen],
@@ -91,11 +99,13 @@ class PageWriter:
         requests: Callable[[], int],
         secrets: tuple[str, ...],
         recent_pages: int = 2,
+        since: datetime | None = None,
     ) -> None:
         self.conn: Connection = engine.connect()
         self.run = run
         self.recent_pages = recent_pages
         self.secrets = secrets
+        self.since = since  # artworks created before it are not stored
         self._requests = requests
         self._transaction: RootTransaction | None = None  # SQLite's BEGIN IMMEDIATE: the write lock
         self._state: tuple[StreamState, datetime] | None = None  # after the last page written
@@ -121,6 +131,8 @@ class PageWriter:
             self._transaction = self.conn.begin()
             self.begun_at = time.monotonic()
         read_at = page.read_at
+        if self.since is not None:
+            page = page.created_since(self.since)
         # Looked up once, in this transaction: validation skips what is stored
         # unchanged, and the write decides insert, rewrite or touch by them.
         stored = store.stored_hashes(self.conn, page.known_ids())

@@ -21,12 +21,22 @@ diagram). Its rules:
   oldest-first: start at the previous tail and read to the end; when the tail
   is not where it was (the oldest were deleted), bisect on ``skip`` for it.
   Unknown or unordered: a full scan every run.
+* **A floor (``since``).** A run told to keep only artworks created at or
+  after a moment starts a scan from offset 0 (or resumes the scan in
+  progress, which keeps the floor it has, ``state.scan_since``; another
+  floor starts over). In a list that a complete scan found newest-first, or
+  whose order no scan has told yet and whose pages are newest-first, it ends
+  at the first connected item created before the floor (all after it are
+  older). In a list of any other order it reads on to the end: what is
+  older is skipped by the writer, not by the plan. A scan with a floor is
+  not a full sync (``last_full_sync_at`` stays) and judges no deletions.
 * **The cursor moves with the rows.** ``state`` after each ``observe`` is what
   the engine commits in the same transaction as that page's rows.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -93,6 +103,24 @@ MAX_LIMIT = 500  # the API's largest page
 
 
 @dataclass(frozen=True, slots=True)
+class Reach:
+    """How far a run has read in createdAt (progress): from the first artwork
+    it read to the last one read in order, and where it is expected to end
+    when the list's order tells (None: it cannot honestly say)."""
+
+    start: datetime | None
+    reached: datetime | None
+    end: datetime | None
+
+    def share(self) -> float | None:
+        """The share of the createdAt span read so far, 0..1."""
+        if self.start is None or self.reached is None or self.end is None or self.end == self.start:
+            return None
+        share = (self.reached - self.start) / (self.end - self.start)
+        return min(1.0, max(0.0, share))
+
+
+@dataclass(frozen=True, slots=True)
 class _EndClaim:
     """What a short page claimed: the list's end (its offset), and how many
     items follow the page's last identified item (None: it had none)."""
@@ -119,8 +147,18 @@ class Planner:
     Use: ``while (req := p.next_request()) is not None: p.observe(req, items)``.
     """
 
-    def __init__(self, state: StreamState, page_size: int, *, full: bool, now: datetime) -> None:
+    def __init__(
+        self,
+        state: StreamState,
+        page_size: int,
+        *,
+        full: bool,
+        now: datetime,
+        since: datetime | None = None,
+    ) -> None:
         self.state = replace(state)
+        self.since = since  # only artworks created at or after it are wanted
+        self.reached_since = False  # the scan ended at the floor, not at the end of the list
         # One item of each page overlaps the previous one, so a page must hold
         # at least two for the scan to move (a page size of 1 reads 2).
         self.page_size = max(2, page_size)
@@ -150,6 +188,12 @@ class Planner:
         self._next_limit: int | None = None  # another page size, for one request only
         self._growth = 0  # pages in a row that found the list longer by new artworks only (GROWTH_CLAIMS)
         self._first_page = True
+        self._page_span: timedelta | None = None  # createdAt covered by the last page (newest-first)
+        self._first_read: datetime | None = None  # createdAt of the first artwork read in order (Reach)
+        # Where the last runs ended, in createdAt: a newest-first scan expects
+        # to end near the oldest artwork of the last one, an incremental run at
+        # the head it read last.
+        self._known_oldest, self._known_head = state.tail_created_at, state.head_created_at
         self._new_head: Item | None = None  # first item of this run's offset-0 page
         self._order_guided = False  # a decision relied on the list's order
         self._plain_offsets = False  # gave up proving continuity for this scan
@@ -159,12 +203,17 @@ class Planner:
         self._search_budget = 32 + 2 * (known // max(page_size, 1))
 
         st = self.state
-        if st.phase == Phase.IDLE and (full or not st.list_order.is_sorted):
+        if st.phase == Phase.IDLE and (full or since is not None or not st.list_order.is_sorted):
             self._start_scan(Phase.FULL)
         elif st.phase in (Phase.BACKFILL, Phase.FULL):
             if st.scan_started_at is None:
                 self._start_scan(st.phase)
-            else:  # resume a scan interrupted by a crash or a failure
+            elif since is not None and st.scan_since is not None and since != st.scan_since:
+                # Its pages so far skipped what is older than another floor: start over.
+                self._start_scan(st.phase)
+            else:  # resume a scan interrupted by a crash or a failure, with its floor
+                self.since = since if since is not None else st.scan_since
+                st.scan_since = self.since
                 self._resume_cursor()
         elif st.list_order == ListOrder.NEWEST_FIRST:
             self._head_scan = True
@@ -216,6 +265,7 @@ class Planner:
         ):
             return []
         step = max(1, self.page_size - 1 - self._margin)
+        count = min(count, self._pages_to_floor(count))
         return [Request(self._next_skip + step * n, self.page_size) for n in range(1, count + 1)]
 
     def observe(self, request: Request, items: Sequence[Item]) -> None:
@@ -247,6 +297,10 @@ class Planner:
 
         if self._head_scan and self._reached_head(items):
             self._finish_head_scan()
+            return
+        if self._first_read is None:
+            self._first_read = _first_dated(items[start:])
+        if self._reaches_floor(request, items, start):
             return
         anchor_before = self._anchor.id if self._anchor is not None else None
         self._advance(request, items)
@@ -329,6 +383,64 @@ class Planner:
         self._anchor = None
         return False
 
+    def reach(self) -> Reach:
+        """How far this run has read in createdAt, and where it should end."""
+        reached = self._anchor.created_at if self._anchor is not None else None
+        order, end = self._order(), None
+        if order == ListOrder.NEWEST_FIRST:
+            end = self.since or (self._known_head if self.mode == Mode.INCREMENTAL else self._known_oldest)
+        elif order == ListOrder.OLDEST_FIRST:
+            end = self.now  # the newest artwork is about now
+        return Reach(self._first_read, reached, end)
+
+    def _reaches_floor(self, request: Request, items: Sequence[Item], start: int) -> bool:
+        """In a newest-first list, does this (connected) page reach an artwork
+        created before the floor? Then everything after it is older: the scan
+        ends there, its cursor past the last artwork wanted. True when it ended."""
+        if self.since is None or not self._newest_first_to_the_end():
+            return False
+        first_dated, last_dated = _first_dated(items), _last_dated(items)
+        if first_dated is not None and last_dated is not None:
+            self._page_span = first_dated - last_dated
+        older = next(
+            (
+                index
+                for index in range(start, len(items))
+                if (created := items[index].created_at) is not None and created < self.since
+            ),
+            None,
+        )
+        if older is None:
+            return False
+        if older > start:  # artworks wanted past the anchor (not the anchor itself, a resumed scan's)
+            self._advance(request, items[:older])
+        self.reached_since = True
+        self._finish_scan(request.skip + older, floor=True)
+        return True
+
+    def _newest_first_to_the_end(self) -> bool:
+        """May the scan take the list as newest-first past what it has read, and
+        stop at the floor? When a complete scan found it so, and when no scan
+        ever told its order (a first backfill learns it from its pages); never
+        when a complete scan found it unordered or oldest-first, however
+        ordered its first pages look now."""
+        known = self.state.list_order
+        return (
+            known in (ListOrder.NEWEST_FIRST, ListOrder.UNKNOWN) and self._order() == ListOrder.NEWEST_FIRST
+        )
+
+    def _pages_to_floor(self, count: int) -> int:
+        """How many pages past the next one a newest-first scan likely reads
+        before the floor, by the createdAt span of the last page; ``count`` when
+        there is no floor or nothing to estimate by. Pages fetched ahead past
+        the floor would be requests spent on nothing."""
+        anchor, span = self._anchor, self._page_span
+        if self.since is None or anchor is None or anchor.created_at is None or not span:
+            return count
+        if not self._newest_first_to_the_end():
+            return count
+        return max(0, math.ceil((anchor.created_at - self.since) / span) - 1)
+
     def _finish(self, end: int) -> None:
         """The end of the list is proven: ``end`` is its length as last read."""
         if self._head_scan:  # read the whole list without meeting the old head
@@ -344,6 +456,7 @@ class Planner:
             st.previous_scan_started_at = st.scan_started_at
         st.phase = phase
         st.scan_started_at = self.now
+        st.scan_since = self.since
         st.scan_order = ListOrder.UNKNOWN
         st.cursor_skip, st.cursor_id, st.cursor_created_at = 0, None, None
         self._anchor = None
@@ -433,7 +546,10 @@ class Planner:
                 return len(items) - 1 - index
         return None
 
-    def _finish_scan(self, total: int) -> None:
+    def _finish_scan(self, total: int, *, floor: bool = False) -> None:
+        """The scan is done: at the end of the list (``total`` its length), or at
+        the floor (``floor``: ``total`` is where the older artworks begin, not
+        the list's length, which stays as last known)."""
         st = self.state
         self.done = True
         if st.phase == Phase.IDLE:  # oldest-first incremental reached the end
@@ -447,10 +563,13 @@ class Planner:
             st.list_order = st.scan_order
         if self._anchor is not None:
             st.tail_id, st.tail_created_at = self._anchor.id, self._anchor.created_at
-        st.listed_total = total
-        if st.phase == Phase.BACKFILL:
-            st.backfill_completed_at = self.now
-        st.last_full_sync_at = self.now
+        if not floor:
+            st.listed_total = total
+        if st.scan_since is None:  # a scan with a floor saw none of the older artworks
+            if st.phase == Phase.BACKFILL:
+                st.backfill_completed_at = self.now
+            st.last_full_sync_at = self.now
+        st.scan_since = None
         st.phase = Phase.IDLE
         st.cursor_skip, st.cursor_id, st.cursor_created_at = 0, None, None
 

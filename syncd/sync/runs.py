@@ -15,6 +15,7 @@ from syncd import store
 from syncd.errors import AuthError, Interrupted, SyncdError
 from syncd.records import storable_text
 from syncd.state import STREAM, Counts, Mode
+from syncd.sync.planner import Reach
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Progress:
     run_id: int = 0
     counts: Counts = field(default_factory=Counts)  # the run's, so far (committed or not)
     limiter_wait: float = 0.0  # seconds until the limiter lets the next request go
+    reach: Reach | None = None  # how far the list is read in createdAt (None: by-id fetches)
 
 
 class RunRecorder:

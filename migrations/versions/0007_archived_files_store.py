@@ -1,10 +1,10 @@
 """archived_files.store: which archive each file is in (a folder of one server, or a bucket)
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-07
 
-Until 0006 ``path`` alone said where an archived file is: relative to the
+Until 0007 ``path`` alone said where an archived file is: relative to the
 folder of whichever server archived it, which the database does not know.
 With the archive in an object store (SYNCD_ARCHIVE_URL), every server of an
 active/standby pair shares it; ``store`` says which archive holds the file
@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
