@@ -5,6 +5,7 @@
     python bench/archive.py --part wire --images 10000 --latency-ms 300 --rate 20
     python bench/archive.py --part memory --big-images 1000 --image-size 5242880
     python bench/archive.py --week --week-seconds 60 --retention 20 [--json]
+    python bench/archive.py --store s3 --part wire     # into an S3 bucket (moto, loopback)
 
 The fake API and its image origin run in a process of their own (this script,
 ``--serve-fake``), so that the fake's CPU does not share syncd's GIL; syncd is
@@ -25,6 +26,12 @@ a real process (``syncd run-once``, ``syncd archive``, ``syncd daemon``).
           some 5xx; `syncd daemon` runs for --week-seconds. Then every image of
           every artwork the API ever listed must be archived, its file's bytes
           hashing to what the fake served: none gone, none missing.
+
+--store s3 archives wire and memory into a bucket instead of a folder: an S3
+protocol server (moto in server mode, from the dev extra) is started on a
+free loopback port, its objects spilled to the temporary folder; syncd
+reaches it as any S3 store (AWS_ENDPOINT_URL, SYNCD_ARCHIVE_URL). The week
+stays on a folder (its check reads the files).
 
 Numbers come from one run on a noisy machine: read the ratios.
 """
@@ -246,7 +253,11 @@ def fake(
 # ------------------------------------------------------------------ syncd
 
 
-def syncd_env(fake: Fake, workdir: Path, **settings: str) -> dict[str, str]:
+# The bucket of --store s3 (its variables), while one is up; None: a folder.
+BUCKET: dict[str, str] | None = None
+
+
+def syncd_env(fake: Fake, workdir: Path, *, folder: bool = False, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
     env.update(
         SYNCD_API_URL=fake.api,
@@ -256,8 +267,65 @@ def syncd_env(fake: Fake, workdir: Path, **settings: str) -> dict[str, str]:
         SYNCD_MAX_REQUESTS_PER_SECOND="10000",
         SYNCD_LOG_LEVEL="info",
     )
+    if BUCKET is not None and not folder:
+        del env["SYNCD_ARCHIVE_DIR"]
+        env.update(BUCKET, SYNCD_ARCHIVE_URL=f"s3://{BUCKET['bucket']}/{workdir.name}", TMPDIR=str(workdir))
+        del env["bucket"]
     env.update({f"SYNCD_{name.upper()}": value for name, value in settings.items()})
     return env
+
+
+@contextlib.contextmanager
+def s3_bucket(tmp: Path) -> Iterator[dict[str, str]]:
+    """An S3 protocol server (moto) on a free loopback port, and a bucket on it."""
+    import socket
+
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spill = tmp / "moto"
+    spill.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # Objects past 1 MiB go to files (in spill/), not the server's memory.
+        env={**os.environ, "TMPDIR": str(spill), "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(MIB)},
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench-secret",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "bucket": "syncd-bench",
+    }
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit(
+                        "--store s3: the moto S3 server did not start (pip install -e '.[dev]')"
+                    ) from None
+                time.sleep(0.1)
+        client = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench-secret",
+        )
+        client.create_bucket(Bucket=env["bucket"])
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
 
 
 def run_once(env: dict[str, str]) -> None:
@@ -299,6 +367,13 @@ def archive(env: dict[str, str]) -> Measured:
 def statuses(workdir: Path) -> dict[str, int]:
     with sqlite3.connect(workdir / "syncd.db") as conn:
         return dict(conn.execute("SELECT status, COUNT(*) FROM archived_files GROUP BY status").fetchall())
+
+
+def archived_bytes(workdir: Path) -> int:
+    """The bytes of the distinct files archived (folder or bucket alike)."""
+    with sqlite3.connect(workdir / "syncd.db") as conn:
+        query = "SELECT COALESCE(SUM(size_bytes), 0) FROM (SELECT DISTINCT path, size_bytes FROM archived_files WHERE status = 'archived')"
+        return int(conn.execute(query).fetchone()[0])
 
 
 def folder_bytes(root: Path) -> int:
@@ -376,7 +451,7 @@ def memory_once(count: int, size: int, in_flight: int, tmp: Path) -> dict[str, A
             run_once(env)
             measured = archive(env)
             done = statuses(workdir)
-            written = folder_bytes(workdir / "images")
+            written = archived_bytes(workdir)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     print(
@@ -432,6 +507,7 @@ def week(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         env = syncd_env(
             world,
             workdir,
+            folder=True,
             interval="1",
             archive_interval="1",
             archive_max_requests_per_second=str(args.rate),
@@ -581,6 +657,9 @@ def main() -> None:
     parser.add_argument("--initial", type=int, default=100, help="week: artworks there at the start")
     parser.add_argument("--image-error-rate", type=float, default=0.02, help="week: share of image 5xx")
     parser.add_argument("--tmp", default=None, help="where the databases and archives go (deleted)")
+    parser.add_argument(
+        "--store", choices=("folder", "s3"), default="folder", help="wire, memory: where to archive"
+    )
     parser.add_argument("--json", action="store_true", help="Print the results as JSON too.")
     parser.add_argument("--serve-fake", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -593,16 +672,21 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} cores, {sys.platform}, Python {sys.version.split()[0]}",
     }
+    results["store"] = args.store
+    global BUCKET
     with tempfile.TemporaryDirectory(prefix="syncd-bench-archive-", dir=args.tmp) as tmp:
-        for part in parts:
-            results[part] = {"wire": wire, "memory": memory, "week": week}[part](args, Path(tmp))
+        with contextlib.ExitStack() as stack:
+            if args.store == "s3":
+                BUCKET = stack.enter_context(s3_bucket(Path(tmp)))
+            for part in parts:
+                results[part] = {"wire": wire, "memory": memory, "week": week}[part](args, Path(tmp))
     print_table(results)
     if args.json:
         print(json.dumps(results, indent=2))
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print(f"\nsyncd image archive benchmark, {results['date']}; {results['machine']}\n")
+    print(f"\nsyncd image archive benchmark ({results['store']}), {results['date']}; {results['machine']}\n")
     print(f"| {'measure':<58} | {'value':>10} | {'target':>8} |")
     print(f"|{'-' * 60}|{'-' * 12}|{'-' * 10}|")
     rows: list[tuple[str, str, str]] = []

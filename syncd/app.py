@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -31,8 +32,8 @@ from syncd.sync.engine import Syncer
 from syncd.sync.runs import Progress
 
 if TYPE_CHECKING:  # run-once need not import prometheus_client (nor the archive)
-    from syncd.archive.files import ContentStore
     from syncd.archive.job import ArchiveProgress, ArchiveResult
+    from syncd.archive.store import ArchiveStore
     from syncd.archive.verify import VerifyReport
     from syncd.metrics import Metrics
 
@@ -221,7 +222,7 @@ def sync_with(
     outcome = SyncOutcome()
     summaries = outcome.summaries
     stop = stop or threading.Event()
-    if settings.archive_dir is not None:
+    if settings.archive_on:
         _archive_on(engine)
     with make_client(settings, stop, observer, retry_unreachable=retry_unreachable) as client:
         syncer = Syncer(
@@ -280,6 +281,7 @@ def archive(
     settings: Settings,
     *,
     verify: bool = False,
+    deep: bool = False,
     accept_missing: bool = False,
     retry_failed: bool = False,
     migrate: bool = True,
@@ -302,6 +304,7 @@ def archive(
             settings,
             engine,
             verify=verify,
+            deep=deep,
             accept_missing=accept_missing,
             retry_failed=retry_failed,
             stop=stop,
@@ -314,6 +317,7 @@ def archive_with(
     engine: Engine,
     *,
     verify: bool = False,
+    deep: bool = False,
     accept_missing: bool = False,
     retry_failed: bool = False,
     stop: threading.Event | None = None,
@@ -322,16 +326,13 @@ def archive_with(
     """One archive run under the one-archiver lock (the daemon's job, and the CLI's)."""
     from syncd.archive import rows
     from syncd.archive.fetch import FetchOptions, ImageFetcher
-    from syncd.archive.files import ContentStore
     from syncd.archive.job import Archiver
     from syncd.archive.verify import verify_archive
 
-    owners.refuse_foreign_state([settings.require_archive()], allowed=settings.allow_root)
-    store = ContentStore(
-        settings.require_archive(),
-        min_free_bytes=settings.archive_min_free_bytes,
-        max_file_bytes=settings.archive_max_file_bytes,
-    )
+    where = settings.require_archive()
+    if isinstance(where, Path):  # a folder of this server: root is refused in one another user owns
+        owners.refuse_foreign_state([where], allowed=settings.allow_root)
+    store = archive_store(settings)
     store.prepare()
     stop = stop or threading.Event()
     secrets = (settings.api_key.reveal(),) if settings.api_key else ()
@@ -352,7 +353,7 @@ def archive_with(
             verified = None
             if verify:
                 verified = verify_archive(
-                    engine, store, stop, lambda: datetime.now(UTC), accept_missing=accept_missing
+                    engine, store, stop, lambda: datetime.now(UTC), accept_missing=accept_missing, deep=deep
                 )
                 log.info("%s", verified.line())
             if retry_failed:
@@ -376,7 +377,27 @@ def archive_with(
     return ArchiveOutcome(result, verified)
 
 
-def _check_marker(engine: Engine, store: ContentStore) -> None:
+def archive_store(settings: Settings) -> ArchiveStore:
+    """The archive's store: its folder (SYNCD_ARCHIVE_DIR) or its bucket (SYNCD_ARCHIVE_URL)."""
+    where = settings.require_archive()
+    if isinstance(where, Path):
+        from syncd.archive.files import ContentStore
+
+        return ContentStore(
+            where,
+            min_free_bytes=settings.archive_min_free_bytes,
+            max_file_bytes=settings.archive_max_file_bytes,
+        )
+    from syncd.archive.s3 import ObjectStore
+
+    return ObjectStore(
+        where,
+        max_file_bytes=settings.archive_max_file_bytes,
+        max_connections=settings.archive_max_in_flight + 4,
+    )
+
+
+def _check_marker(engine: Engine, store: ArchiveStore) -> None:
     """A folder without the archive's marker, while images are archived: an
     unmounted disk, or another server's folder. Refused, or every image would
     look missing (and be fetched again, or marked gone)."""
@@ -387,12 +408,12 @@ def _check_marker(engine: Engine, store: ContentStore) -> None:
     if store.marked():
         return
     with engine.connect() as conn:
-        held = rows.archived_count(conn)
+        held = rows.archived_count(conn, store.id)
     if held:
         raise ArchiveStorageError(
-            f"{store.root} is not the archive the database knows ({MARKER} is not in it, yet "
+            f"{store.describe()} is not the archive the database knows ({MARKER} is not in it, yet "
             f"{held:,} images are archived): is its disk mounted, or is this another server's "
-            f"folder? To make this folder the archive, create {store.root / MARKER} and run "
-            "`syncd archive --verify --accept-missing`"
+            f"folder (or another bucket or prefix)? To make it the archive, create {MARKER} in it "
+            "and run `syncd archive --verify --accept-missing`"
         )
     store.mark()

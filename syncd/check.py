@@ -9,7 +9,8 @@ Each item is looked at once and said in one line, ok or the problem:
                (an SQLite file that does not exist yet is fine when its
                folder can hold it: `run-once` creates it; nothing is created
                here)
-    archive    (when configured) the folder: writable, its marker, its free space
+    archive    (when configured) the folder: writable, its marker, its free space;
+               or the bucket: it answers a HEAD with these credentials, its marker
 
 A problem's exit code is the one the command that meets it would end with
 (3 settings, 4 the key, 5 the API, 6 the database, 9 the archive); with
@@ -64,6 +65,8 @@ def check(settings: Settings, *, api: Callable[[Settings], str] | None = None) -
     folder = settings.archive_dir
     if folder is not None:
         report.items.append(_item("archive", lambda: _try_archive(settings, folder)))
+    if settings.archive_url is not None:
+        report.items.append(_item("archive", lambda: _try_bucket(settings)))
     return report
 
 
@@ -141,3 +144,16 @@ def _try_archive(settings: Settings, folder: Path) -> str:
     marker = folder / ".syncd-archive"
     marked = "its marker present" if marker.is_file() and not marker.is_symlink() else "no marker yet"
     return f"{folder}: writable, {marked}, {size(free)} free"
+
+
+def _try_bucket(settings: Settings) -> str:
+    from syncd.archive.s3 import ObjectStore
+
+    assert settings.archive_url is not None
+    store = ObjectStore(settings.archive_url, max_file_bytes=settings.archive_max_file_bytes)
+    try:
+        store.prepare()
+        marked = "its marker present" if store.marked() else "no marker yet"
+    finally:
+        store.close()
+    return f"{store.describe()}: answers, the credentials taken, {marked}"

@@ -245,9 +245,15 @@ class _AroundTheBar:
 
 @cli.command("archive")
 @database_options
-@click.option("--archive-dir", help="The archive folder [env SYNCD_ARCHIVE_DIR; required].")
+@click.option("--archive-dir", help="The archive folder [env SYNCD_ARCHIVE_DIR; this or --archive-url].")
+@click.option("--archive-url", help="The archive's bucket, s3://BUCKET/PREFIX [env SYNCD_ARCHIVE_URL].")
 @click.option(
-    "--verify", is_flag=True, help="Re-hash every archived file first; fetch missing or corrupt ones again."
+    "--verify", is_flag=True, help="Check every archived file first; fetch missing or corrupt ones again."
+)
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="With --verify on a bucket: read and hash every object again (a folder's files always are).",
 )
 @click.option("--retry-failed", is_flag=True, help="Try every failed image again now, its attempts reset.")
 @click.option(
@@ -262,6 +268,7 @@ class _AroundTheBar:
 @handle_errors
 def archive_command(
     verify: bool,
+    deep: bool,
     retry_failed: bool,
     accept_missing: bool,
     no_migrate: bool,
@@ -271,13 +278,15 @@ def archive_command(
     """Download the images of the synced artworks before the API deletes them.
 
     Every result image and every upscaling input image is kept once, by the
-    sha256 of its bytes, under the archive folder; the archived_files table
-    says where. Images whose artwork the API deletes soonest go first.
+    sha256 of its bytes, under the archive folder or in the bucket of
+    SYNCD_ARCHIVE_URL; the archived_files table says where. Images whose
+    artwork the API deletes soonest go first.
 
     \b
     Example:
       SYNCD_ARCHIVE_DIR=/var/lib/syncd/images syncd archive
       syncd archive --archive-dir ./images --verify
+      SYNCD_ARCHIVE_URL=s3://syncd-images/tengr syncd archive --verify --deep
     """
     from syncd.app import archive
 
@@ -290,6 +299,7 @@ def archive_command(
         outcome = archive(
             settings,
             verify=verify,
+            deep=deep,
             accept_missing=accept_missing,
             retry_failed=retry_failed,
             migrate=not no_migrate,
@@ -483,6 +493,9 @@ def db_reset_state(yes: bool, **kwargs: Any) -> None:
 @database_options
 @api_options
 @click.option("--archive-dir", help="The archive folder [env SYNCD_ARCHIVE_DIR; optional].")
+@click.option(
+    "--archive-url", help="The archive's bucket, s3://BUCKET/PREFIX [env SYNCD_ARCHIVE_URL; optional]."
+)
 def check_command(**kwargs: Any) -> None:
     """Try the configuration without syncing: settings, the API and its key,
     the database, the archive. One line each, ok or the problem.
@@ -543,11 +556,15 @@ def status_command(
 
     settings = command_settings(kwargs)
     with open_engine(settings, write=False) as engine:
-        report = status.collect(engine, archive_on=settings.archive_dir is not None)
+        report = status.collect(
+            engine,
+            archive_on=settings.archive_on,
+            archive_store=str(settings.archive_url or settings.archive_dir or "") or None,
+        )
     if max_archive_lag is not None and report.get("archive") is None:
         raise ConfigError(
-            "--max-archive-lag: no image archive to measure (SYNCD_ARCHIVE_DIR is not set, and this "
-            "database was never archived); set it as the service has it, or drop the option"
+            "--max-archive-lag: no image archive to measure (neither SYNCD_ARCHIVE_DIR nor SYNCD_ARCHIVE_URL "
+            "is set, and this database was never archived); set it as the service has it, or drop the option"
         )
     stale = False
     if max_age is not None:

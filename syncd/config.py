@@ -186,6 +186,11 @@ def _parse_optional_dir(raw: object) -> Path | None:
     return Path(text).expanduser()
 
 
+def _parse_archive_url(raw: object) -> locations.BucketUrl | None:
+    text = _parse_str(raw).strip()
+    return locations.bucket_url(text) if text else None
+
+
 def _parse_bytes(low: int) -> Callable[[object], int]:
     def parse(raw: object) -> int:
         value = _byte_count(raw)
@@ -288,6 +293,12 @@ SPECS: tuple[Spec, ...] = (
         "image archive: the folder of the content-addressed store (off when unset)",
     ),
     Spec(
+        "archive_url",
+        _parse_archive_url,
+        None,
+        "image archive: s3://BUCKET/PREFIX, an object store instead of the folder (AWS_* variables)",
+    ),
+    Spec(
         "archive_max_requests_per_second",
         _parse_float(0, inclusive=False),
         10.0,
@@ -375,6 +386,7 @@ class Settings:
     log_level: str = "info"
     metrics_port: int | None = None
     archive_dir: Path | None = None
+    archive_url: locations.BucketUrl | None = None
     archive_max_requests_per_second: float = 10.0
     archive_max_in_flight: int = 8
     archive_max_file_bytes: int = 64 << 20
@@ -420,12 +432,21 @@ class Settings:
             )
         return self.api_url, self.api_key
 
-    def require_archive(self) -> Path:
-        """The archive folder; a ConfigError when the archive is off."""
+    @property
+    def archive_on(self) -> bool:
+        """The image archive is configured (a folder or an object store)."""
+        return self.archive_dir is not None or self.archive_url is not None
+
+    def require_archive(self) -> Path | locations.BucketUrl:
+        """Where the archive is (its folder, or its bucket); a ConfigError when
+        the archive is off."""
+        if self.archive_url is not None:
+            return self.archive_url
         if self.archive_dir is None:
             raise ConfigError(
                 "SYNCD_ARCHIVE_DIR: not set; the image archive needs a folder to keep the images in "
-                "(environment, archive_dir in the config file, or --archive-dir)"
+                "(environment, archive_dir in the config file, or --archive-dir), or an object store "
+                "(SYNCD_ARCHIVE_URL=s3://BUCKET/PREFIX)"
             )
         return self.archive_dir
 
@@ -559,4 +580,9 @@ def load_settings(
                 values["api_key"] = _read_key_file(cred, "$CREDENTIALS_DIRECTORY/api_key")
                 sources["api_key"] = "$CREDENTIALS_DIRECTORY/api_key"
 
+    if values.get("archive_dir") is not None and values.get("archive_url") is not None:
+        raise ConfigError(
+            f"SYNCD_ARCHIVE_URL ({sources['archive_url']}) and SYNCD_ARCHIVE_DIR ({sources['archive_dir']}) "
+            "are both set: the archive is one folder or one object store; set one of them"
+        )
     return Settings(**values, sources=sources, warnings=tuple(warnings))

@@ -18,6 +18,9 @@ URLs from the API, the addresses their names resolve to) and its own API URL
                                NAT64, 6to4, Teredo)
     refusal(host, allow_private)  why an image host is refused, or None
 
+    bucket_url(text)           ``s3://BUCKET/PREFIX`` (the archive in an object
+                               store), split; else ValueError (why)
+
 Refused always: the cloud metadata services (169.254.169.254, 169.254.170.2,
 100.100.100.200, fd00:ec2::254, 192.0.0.192), link-local, unspecified,
 multicast, reserved and broadcast addresses: no image lives there. Loopback
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import SplitResult, urlsplit
 
@@ -212,3 +216,56 @@ def refusal(host: str, *, allow_private: bool) -> str | None:
     if kind in PRIVATE_KINDS and not allow_private:
         return f"the address {address} is {kind}, and SYNCD_ARCHIVE_ALLOW_PRIVATE is false"
     return None
+
+
+# ------------------------------------------------------------------ the archive's object store
+
+# S3's rules for a bucket name (the general purpose ones): 3 to 63 lowercase
+# letters, digits, dots and hyphens, a letter or digit at each end.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX_PART = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+@dataclass(frozen=True)
+class BucketUrl:
+    """Where the archive's objects are: a bucket and a key prefix ("" for none)."""
+
+    bucket: str
+    prefix: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def key(self, relative: str) -> str:
+        """The object key of a path inside the archive (``ab/cd/<sha256>.png``)."""
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+
+def bucket_url(text: str) -> BucketUrl:
+    """``s3://BUCKET`` or ``s3://BUCKET/PREFIX``: the bucket by its name alone
+    (endpoint, region and credentials come the way every S3 tool takes them,
+    never in this URL); the prefix made of plain path segments."""
+    text = text.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() != "s3":
+        raise ValueError("expected s3://BUCKET/PREFIX (the scheme must be s3)")
+    if "@" in rest.split("/", 1)[0]:
+        # Never echoed: what stands before the @ may be a key.
+        raise ValueError(
+            "credentials do not belong in the URL; give them as AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY, a profile or an instance role"
+        )
+    if "?" in rest or "#" in rest:
+        raise ValueError("expected s3://BUCKET/PREFIX, without a query or a fragment")
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ValueError(
+            f"{bucket[:70]!r} is not a bucket name (3 to 63 lowercase letters, digits, dots and hyphens)"
+        )
+    parts = [part for part in prefix.split("/") if part]
+    if any(not _PREFIX_PART.fullmatch(part) or part in (".", "..") for part in parts):
+        raise ValueError(
+            "the prefix may hold only letters, digits, '.', '_' and '-' between its slashes "
+            "(no '.' or '..' segment)"
+        )
+    return BucketUrl(bucket, "/".join(parts))

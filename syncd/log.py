@@ -83,6 +83,10 @@ def setup_logging(level: str = "info", fmt: str = "text", secrets: list[str] | N
     # httpx logs every request at INFO; keep it for debug level only.
     logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # The S3 client (the archive in a bucket) logs signed headers at debug: an
+    # access key id and signatures. Its warnings are enough, at every level.
+    for name in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     # Coalesced or skipped ticks are normal; syncd logs each run's outcome itself.
     logging.getLogger("apscheduler").setLevel(logging.ERROR if level != "debug" else logging.DEBUG)

@@ -239,6 +239,9 @@ class ArchivedFile(Base):
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     content_type: Mapped[str | None] = mapped_column(String(100))
     path: Mapped[str | None] = mapped_column(Text)
+    # Which archive holds the file (revision 0007): s3://BUCKET/PREFIX, or
+    # file://HOST/PATH for a folder; empty for a folder's before 0007.
+    store: Mapped[str | None] = mapped_column(Text)
     fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)

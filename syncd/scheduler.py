@@ -178,7 +178,7 @@ class Daemon:
             next_run_time=now + timedelta(seconds=min(1.0, settings.refresh_interval)),
             args=[engine, "refresh"],
         )
-        if settings.archive_dir is not None:
+        if settings.archive_on:
             # Its own thread: a backlog of downloads never delays a sync.
             scheduler.add_executor(ThreadPoolExecutor(max_workers=1), "archive")
             scheduler.add_job(
@@ -280,7 +280,7 @@ class Daemon:
     def _archive_soon(self) -> None:
         """New or changed artworks: archive their images now, not at the next interval."""
         scheduler = self._scheduler_ref
-        if scheduler is None or self.settings.archive_dir is None:
+        if scheduler is None or not self.settings.archive_on:
             return
         if self._archiving.is_set():
             self._archive_again.set()  # the run under way may end before it looks again

@@ -41,11 +41,14 @@ def _run_dict(row: Any, now: datetime) -> dict[str, Any]:
     }
 
 
-def collect(engine: Engine, now: datetime | None = None, *, archive_on: bool = False) -> dict[str, Any]:
+def collect(
+    engine: Engine, now: datetime | None = None, *, archive_on: bool = False, archive_store: str | None = None
+) -> dict[str, Any]:
     """Everything `syncd status` shows, as JSON-ready data.
 
     ``archive_on``: the image archive is configured (or asked about): images
-    no archive run has seen yet count in its lag.
+    no archive run has seen yet count in its lag. ``archive_store``: where
+    this configuration keeps it (its bucket URL or folder; no credential).
     """
     now = now or datetime.now(UTC)
     version = db.schema_version(engine)
@@ -119,7 +122,9 @@ def collect(engine: Engine, now: datetime | None = None, *, archive_on: bool = F
             select(func.count()).select_from(artworks).where(artworks.c.remote_deleted_at.is_not(None))
         ).scalar_one()
         report["tables"] = store.table_counts(conn)
-        report["archive"] = _archive(conn, now, archive_on) if "archived_files" in report["tables"] else None
+        report["archive"] = (
+            _archive(conn, now, archive_on, archive_store) if "archived_files" in report["tables"] else None
+        )
     if report["running"] is not None:
         # Counts as of its last commit; "running" without a lock holder: the
         # process died, and the next sync will record it as crashed.
@@ -127,7 +132,7 @@ def collect(engine: Engine, now: datetime | None = None, *, archive_on: bool = F
     return report
 
 
-def _archive(conn: Any, now: datetime, archive_on: bool) -> dict[str, Any] | None:
+def _archive(conn: Any, now: datetime, archive_on: bool, configured: str | None) -> dict[str, Any] | None:
     """The archive's part: when it is configured (or asked about), or was ever
     used on this database; None otherwise (a database synced without it)."""
     from syncd.archive import discover, rows
@@ -147,7 +152,17 @@ def _archive(conn: Any, now: datetime, archive_on: bool) -> dict[str, Any] | Non
         "given_up": summary.given_up,
         "on": summary.archive_on,
         "not_yet_recorded_before": _iso(summary.walk_to),
+        # Where the files are: the configured store, and the archived images
+        # each store holds ("" a folder's, archived before revision 0007).
+        "store": configured,
+        "stores": rows.archived_by_store(conn) if "store" in _columns(conn) else {},
     }
+
+
+def _columns(conn: Any) -> set[str]:
+    from sqlalchemy import inspect
+
+    return {column["name"] for column in inspect(conn).get_columns("archived_files")}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -233,6 +248,17 @@ def render(report: dict[str, Any]) -> str:
             + ", ".join(f"{files[name]:,} {name}" for name in ("archived", "pending", "gone", "failed"))
             + f" ({archive['bytes_archived'] / 1e6:,.1f} MB)"
         )
+        held = archive.get("stores") or {}
+        if archive.get("store") or held:
+            told = [
+                f"{count:,} in {name or 'a folder (before revision 0007)'}"
+                for name, count in sorted(held.items())
+            ]
+            lines.append(
+                "archive store     "
+                + (f"{archive['store']} (configured)" if archive.get("store") else "none configured")
+                + (f"; archived: {', '.join(told)}" if told else "")
+            )
         if archive["not_yet_recorded_before"]:
             lines.append(
                 "archive walk      "

@@ -642,3 +642,7 @@ def upscaling(**changes: Any) -> dict[str, Any]:
     }
     record.update(changes)
     return record
+
+
+# The S3 protocol server of the archive's object-store tests (moto, on loopback).
+from tests.s3server import s3, s3_server  # noqa: E402, F401

@@ -115,3 +115,14 @@ def test_the_scale_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
     assert late["lost"] == 0 and late["images_kept"] == late["images_listed"] > 0
     assert late["second_run_requests"] == 0 and late["live_first_then_history"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_archive_benchmark_runs_into_a_bucket_with_tiny_numbers(tmp_path: Path) -> None:
+    """The same wire and memory parts with --store s3 (a loopback moto server)."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (the dev extra has it)")
+    report = run_archive_bench(
+        "--store", "s3", "--part", "wire", "--images", "30", "--latency-ms", "50", "--rate", "200",
+        "--tmp", str(tmp_path),
+    )  # fmt: skip
+    assert report["store"] == "s3" and report["wire"]["archived"] == report["wire"]["images"] > 0
+    assert list(tmp_path.iterdir()) == []

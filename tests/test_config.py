@@ -277,3 +277,48 @@ def test_private_image_hosts_are_allowed_unless_refused() -> None:
     assert settings(archive_allow_private="false").archive_allow_private is False
     with pytest.raises(ConfigError, match="SYNCD_ARCHIVE_ALLOW_PRIVATE: expected true or false"):
         settings(archive_allow_private="sometimes")
+
+
+def test_the_archive_in_an_object_store_is_a_bucket_url() -> None:
+    def settings(**env: str) -> Any:
+        return load_settings(
+            env={f"SYNCD_{k.upper()}": v for k, v in env.items()}, system_config_path=Path("/nonexistent")
+        )
+
+    chosen = settings(archive_url="s3://syncd-images/tengr/images/")
+    assert chosen.archive_on and chosen.archive_dir is None
+    assert str(chosen.archive_url) == "s3://syncd-images/tengr/images"
+    assert chosen.require_archive() == chosen.archive_url
+    assert (
+        chosen.archive_url is not None and chosen.archive_url.key("ab/cd/x.png") == "tengr/images/ab/cd/x.png"
+    )
+    bare = settings(archive_url="s3://syncd-images").archive_url
+    assert bare is not None and bare.prefix == "" and bare.key("ab/cd/x.png") == "ab/cd/x.png"
+    assert not settings().archive_on
+    for value, words in (
+        ("https://bucket/prefix", "the scheme must be s3"),
+        ("s3://AB", "is not a bucket name"),
+        ("s3://bucket/a/../b", "the prefix may hold only"),
+        ("s3://bucket/p?x=1", "without a query"),
+    ):
+        with pytest.raises(ConfigError, match=words) as caught:
+            settings(archive_url=value)
+        assert str(caught.value).startswith("SYNCD_ARCHIVE_URL: ")
+
+
+def test_credentials_in_the_bucket_url_are_refused_and_never_echoed() -> None:
+    with pytest.raises(ConfigError, match="credentials do not belong in the URL") as caught:
+        load_settings(
+            env={"SYNCD_ARCHIVE_URL": "s3://AKIAEXAMPLE:hunter2secret@bucket/p"},
+            system_config_path=Path("/nonexistent"),
+        )
+    assert "hunter2secret" not in str(caught.value) and "AKIAEXAMPLE" not in str(caught.value)
+
+
+def test_the_archive_is_one_folder_or_one_object_store() -> None:
+    with pytest.raises(ConfigError, match="are both set") as caught:
+        load_settings(
+            env={"SYNCD_ARCHIVE_URL": "s3://bucket/p", "SYNCD_ARCHIVE_DIR": "/tmp/images"},
+            system_config_path=Path("/nonexistent"),
+        )
+    assert "SYNCD_ARCHIVE_DIR" in str(caught.value)

@@ -55,6 +55,7 @@ LAYERS: list[set[str]] = [
         "syncd.sync.planner",
         "syncd.sync.refresh",
         "syncd.sync.deletions",
+        "syncd.archive.store",
     },
     {
         "syncd.models",
@@ -63,6 +64,7 @@ LAYERS: list[set[str]] = [
         "syncd.store",
         "syncd.api.client",
         "syncd.archive.files",
+        "syncd.archive.s3",
         "syncd.archive.fetch",
         "syncd.archive.rows",
         "syncd.archive.discover",

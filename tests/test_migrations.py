@@ -237,3 +237,39 @@ def test_0005_switches_on_an_archive_in_use_and_puts_its_pending_images_in_deadl
         assert "archive_state" not in inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+def test_0007_says_which_archive_holds_a_file_and_keeps_the_rows_before_it(db_url: str) -> None:
+    """Rows archived before 0007 keep an empty store (a folder's, as always);
+    the column goes with a downgrade, the rows stay."""
+    from datetime import UTC, datetime, timedelta
+
+    from alembic import command
+
+    engine = db.create_db_engine(db_url)
+    found = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(db.alembic_config(conn), "0006")
+            conn.execute(text("INSERT INTO artworks (id, artwork_type, status, created_at, first_seen_at, "
+                              "last_seen_at, updated_at, content_hash, raw) VALUES ('a', 'txt2img', 'done', "
+                              ":t, :t, :t, :t, 'h', '{}')"), {"t": found})  # fmt: skip
+            conn.execute(
+                text(
+                    "INSERT INTO archived_files (artwork_id, role, position, url, status, expires_at, "
+                    "discovered_at, attempts, path, sha256) VALUES ('a', 'result', 0, 'https://i/0.png', "
+                    "'archived', :e, :t, 1, 'ab/cd/x.png', 'abcd')"
+                ),
+                {"t": found, "e": found + timedelta(days=8)},
+            )
+        db.upgrade(engine)
+        assert "store" in {c["name"] for c in inspect(engine).get_columns("archived_files")}
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT store, path FROM archived_files")).one() == (None, "ab/cd/x.png")
+            conn.execute(text("UPDATE archived_files SET store = 's3://bucket/p'"))
+            command.downgrade(db.alembic_config(conn), "0006")
+        assert "store" not in {c["name"] for c in inspect(engine).get_columns("archived_files")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT path FROM archived_files")).scalar_one() == "ab/cd/x.png"
+    finally:
+        engine.dispose()

@@ -112,12 +112,12 @@ def syncing_held(db_url: str, engine: Engine) -> Iterator[None]:
     """
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": db.LOCK_KEY})
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": locks.LOCK_KEY})
             conn.commit()
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": db.LOCK_KEY})
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": locks.LOCK_KEY})
                 conn.commit()
         return
     database = db.sqlite_path(db_url)

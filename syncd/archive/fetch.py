@@ -13,7 +13,7 @@ connection's peer address is judged); private and loopback hosts only with
 SYNCD_ARCHIVE_ALLOW_PRIVATE (the default). Bodies are asked for and kept as they are
 (``Accept-Encoding: identity``; a compressed one is refused, never
 inflated: a small gzip can unpack to gigabytes). Every byte is streamed to
-the archive folder; a request has a deadline for the whole answer (connect
+the archive's store (syncd.archive.store); a request has a deadline for the whole answer (connect
 + read timeouts, plus the time the largest file allowed takes at
 MIN_TRANSFER_RATE).
 
@@ -45,8 +45,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from syncd import __version__, locations
-from syncd.archive.files import ContentStore, NotAnImage, NotPlaceable, Stored, TooLarge
 from syncd.archive.plan import Verdict, media_type, verdict_for_status
+from syncd.archive.store import ArchiveStore, NotAnImage, NotPlaceable, NotStored, StoreBusy, Stored, TooLarge
 from syncd.errors import one_line
 from syncd.net.core import Exhausted, RequestCore, phrase
 from syncd.net.deadline import PeerCheck
@@ -79,6 +79,11 @@ class FetchOptions:
 class Fetched:
     stored: Stored
     content_type: str
+
+
+# Told the file a download is about to become, before it is placed: (path,
+# sha256, size, content type). See syncd.archive.store.Claim.
+Claim = Callable[[str, str, int, str], None]
 
 
 class FetchFailure(Exception):
@@ -151,7 +156,7 @@ class _HostPacing:
 class ImageFetcher:
     def __init__(
         self,
-        store: ContentStore,
+        store: ArchiveStore,
         options: FetchOptions | None = None,
         *,
         secrets: tuple[str, ...] = (),
@@ -206,25 +211,34 @@ class ImageFetcher:
                 pacer = self._hosts[host] = Pacer(limiter, clock=self._clock, sleep=self._sleep)
             return pacer
 
-    def fetch(self, url: str, wanted: Callable[[], bool] | None = None) -> Fetched:
+    def fetch(
+        self, url: str, wanted: Callable[[], bool] | None = None, claim: Claim | None = None
+    ) -> Fetched:
         """Download ``url`` into the store; FetchFailure when it cannot be kept now.
+        ``claim`` is told what the file will be once its bytes are hashed,
+        before it is placed.
 
-        ArchiveStorageError (no room) and Unwanted (the run stops) pass through.
+        ArchiveStorageError (no room, the store refused) and Unwanted (the run
+        stops) pass through.
         """
         self._check_url(url)
         pacing = _HostPacing(self.host_pacer(url), self.pacer)
         try:
-            return self._core.send(lambda: self._follow(url, pacing, wanted), pacing=pacing, wanted=wanted)
+            return self._core.send(
+                lambda: self._follow(url, pacing, wanted, claim), pacing=pacing, wanted=wanted
+            )
         except Exhausted as exc:
             raise FetchFailure(Verdict.RETRY, f"{exc.failure.reason} ({exc.why})") from None
 
-    def _follow(self, url: str, pacing: _HostPacing, wanted: Callable[[], bool] | None) -> Fetched:
+    def _follow(
+        self, url: str, pacing: _HostPacing, wanted: Callable[[], bool] | None, claim: Claim | None
+    ) -> Fetched:
         """One attempt: ``url``, and the redirects from it (each checked where it is made)."""
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 answer = self._core.exchange(
-                    current, lambda response: self._judge(response, wanted), pacing=pacing
+                    current, lambda response: self._judge(response, wanted, claim), pacing=pacing
                 )
             except ForbiddenAddress as exc:
                 raise FetchFailure(Verdict.REFUSED, str(exc)) from None
@@ -239,13 +253,15 @@ class ImageFetcher:
             current = self._redirect(current, answer.location)
         raise FetchFailure(Verdict.FAILED, f"more than {MAX_REDIRECTS} redirects")
 
-    def _judge(self, response: httpx.Response, wanted: Callable[[], bool] | None) -> Fetched | _Redirect:
+    def _judge(
+        self, response: httpx.Response, wanted: Callable[[], bool] | None, claim: Claim | None
+    ) -> Fetched | _Redirect:
         """What one answer means for the image (the table in the module's docstring)."""
         status = response.status_code
         if status in (301, 302, 303, 307, 308):
             return _Redirect(response.headers.get("Location"))
         if status == 200:
-            return self._keep(response, wanted)
+            return self._keep(response, wanted, claim)
         verdict = verdict_for_status(status)
         reason = f"{status} {phrase(status)}"
         if verdict is Verdict.RETRY:
@@ -255,7 +271,9 @@ class ImageFetcher:
             raise Retriable(reason, kind=str(status), retry_after=retry_after, throttled=status == 429)
         raise FetchFailure(verdict, reason)
 
-    def _keep(self, response: httpx.Response, wanted: Callable[[], bool] | None) -> Fetched:
+    def _keep(
+        self, response: httpx.Response, wanted: Callable[[], bool] | None, claim: Claim | None
+    ) -> Fetched:
         declared = media_type(response.headers.get("Content-Type"))
         if declared is None or not declared.startswith("image/"):
             shown = one_line((response.headers.get("Content-Type") or "none")[:60])
@@ -280,8 +298,9 @@ class ImageFetcher:
                     if wanted is not None and not wanted():
                         raise Unwanted
                     receiver.write(chunk)
-                stored = receiver.finish()
-        except (NotAnImage, TooLarge, NotPlaceable) as exc:
+                told = None if claim is None else lambda p, h, n: claim(p, h, n, declared)
+                stored = receiver.finish(told)
+        except (NotAnImage, TooLarge, NotPlaceable, NotStored, StoreBusy) as exc:
             raise FetchFailure(Verdict.FAILED, str(exc)) from None
         return Fetched(stored, declared)
 

@@ -39,19 +39,35 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import re
+import socket
 import stat
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from syncd.archive.plan import SNIFF_BYTES, content_path, sniff_extension
-from syncd.errors import ArchiveStorageError
+from syncd.archive.store import (
+    CORRUPT as CORRUPT_FILE,
+)
+from syncd.archive.store import (
+    MISSING,
+    OK,
+    PATH,
+    Claim,
+    Digest,
+    NotAnImage,
+    NotPlaceable,
+    StopRequest,
+    Stored,
+    TooLarge,
+)
+from syncd.errors import ArchiveStorageError, Interrupted
 from syncd.locks import lock_file
+from syncd.wording import size as _size
+
+__all__ = ["ContentStore", "NotAnImage", "NotPlaceable", "Planted", "Receiver", "Stored", "TooLarge"]
 
 INCOMING = "incoming"
 CORRUPT = "corrupt"
@@ -61,33 +77,10 @@ LOCK_NAME = ".lock"
 # server's folder, not an empty archive.
 MARKER = ".syncd-archive"
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# What archived_files.path may say (anything else is not touched on disk).
-PATH = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64}\.(?:png|jpg|gif|webp|avif))")
-
-
-class NotAnImage(Exception):
-    """The body does not start like any known image."""
-
-
-class TooLarge(Exception):
-    """The body is larger than SYNCD_ARCHIVE_MAX_FILE_BYTES."""
-
-
-class NotPlaceable(Exception):
-    """A name planted in the folder (a link, not a folder) stands where this
-    image belongs: the image fails with this reason, the run goes on."""
 
 
 class Planted(Exception):
     """A directory of the archive is a link or not a directory."""
-
-
-@dataclass(frozen=True)
-class Stored:
-    sha256: str
-    size: int
-    path: str  # relative to the archive folder, with "/" separators
-    new: bool  # False: a file was at its name already (replaced by these bytes)
 
 
 def open_dir(parent: int, name: str, *, create: bool) -> int:
@@ -104,7 +97,14 @@ def open_dir(parent: int, name: str, *, create: bool) -> int:
         raise
 
 
+HASH_CHUNK = 1 << 20
+
+
 class ContentStore:
+    """The archive in a folder of this server (syncd.archive.store.ArchiveStore)."""
+
+    shared = False  # one server's: the folder's lock file keeps a second job out
+
     def __init__(self, root: Path, *, min_free_bytes: int = 0, max_file_bytes: int = 64 << 20) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
@@ -112,6 +112,14 @@ class ContentStore:
         self._fds_lock = threading.Lock()
         self._root_fd: int | None = None
         self._incoming_fd: int | None = None
+
+    @property
+    def id(self) -> str:
+        """``file://HOST/PATH``: this server's folder (another server's is another store)."""
+        return f"file://{socket.gethostname()}{self.root.absolute()}"
+
+    def describe(self) -> str:
+        return f"the folder {self.root}"
 
     # ------------------------------------------------------------ setup
 
@@ -246,6 +254,83 @@ class ContentStore:
             raise
         return fd
 
+    # ------------------------------------------------------------ reading (verify)
+
+    def holds(self, path: str, sha256: str, size: int | None) -> bool:
+        return self.check(path, sha256, size) == OK
+
+    def check(
+        self, path: str, sha256: str, size: int | None, stop: StopRequest | None = None, *, deep: bool = True
+    ) -> str:
+        """OK, MISSING or CORRUPT (not a plain file of the archive's own, or its
+        bytes no longer hash to its name): always read and hashed (a local
+        read is cheap; ``deep`` changes nothing here). Reads at most ``size`` + 1
+        bytes; Interrupted when ``stop`` is set between two chunks."""
+        found = PATH.fullmatch(path)
+        if found is None:
+            return MISSING  # not a name syncd gives: nothing there is touched
+        try:
+            shard = self.shard((found[1], found[2]), create=False)
+        except FileNotFoundError:
+            return MISSING
+        except (Planted, OSError):
+            return CORRUPT_FILE
+        try:
+            try:
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                fd = os.open(found[3], flags, dir_fd=shard)
+            except FileNotFoundError:
+                return MISSING
+            except OSError:  # a link (ELOOP), or not readable
+                return CORRUPT_FILE
+        finally:
+            os.close(shard)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return CORRUPT_FILE  # a FIFO, a device: never read
+            limit = (self.max_file_bytes if size is None else size) + 1
+            digest, read = hashlib.sha256(), 0
+            while read < limit:
+                if stop is not None and stop.is_set():
+                    raise Interrupted("stopped by a signal while verifying; nothing was changed")
+                chunk = os.read(fd, min(HASH_CHUNK, limit - read))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                read += len(chunk)
+        finally:
+            os.close(fd)
+        if size is not None and read != size:
+            return CORRUPT_FILE
+        return OK if digest.hexdigest() == sha256 else CORRUPT_FILE
+
+    def set_aside(self, path: str) -> bool:
+        """Move a corrupt file out of its content address into corrupt/ (kept for
+        inspection), through the folder's own descriptors. False: nothing moved
+        (a planted link on the way: the name is replaced when fetched again)."""
+        found = PATH.fullmatch(path)
+        if found is None:
+            return False
+        try:
+            shard = self.shard((found[1], found[2]), create=False)
+        except (Planted, OSError):
+            return False
+        try:
+            root = self.root_fd()
+            try:
+                aside = open_dir(root, CORRUPT, create=True)
+            finally:
+                os.close(root)
+            try:
+                os.rename(found[3], f"{found[3]}.{uuid.uuid4().hex[:8]}", src_dir_fd=shard, dst_dir_fd=aside)
+            finally:
+                os.close(aside)
+        except (Planted, OSError):
+            return False
+        finally:
+            os.close(shard)
+        return True
+
     # ------------------------------------------------------------ writing
 
     def check_room(self, expected: int = 0) -> None:
@@ -289,7 +374,7 @@ class ContentStore:
 
 
 class Receiver:
-    """One download's partial file: bytes in, hash and size kept as they come."""
+    """One download's partial file in incoming/: bytes in, hashed as they come."""
 
     def __init__(self, store: ContentStore) -> None:
         self._store = store
@@ -297,17 +382,16 @@ class Receiver:
         self._incoming: int | None = None  # our own descriptor of incoming/
         self._handle: BinaryIO | None = None
         self._placed = False
-        self._hash = hashlib.sha256()
-        self._head = b""
-        self.size = 0
+        self._digest = Digest(store.max_file_bytes)
         self._since_check = 0
+
+    @property
+    def size(self) -> int:
+        return self._digest.size
 
     def write(self, chunk: bytes) -> None:
         store = self._store
-        if self.size + len(chunk) > store.max_file_bytes:
-            raise TooLarge(f"larger than SYNCD_ARCHIVE_MAX_FILE_BYTES ({_size(store.max_file_bytes)})")
-        if len(self._head) < SNIFF_BYTES:
-            self._head += chunk[: SNIFF_BYTES - len(self._head)]
+        self._digest.add(chunk)
         try:
             if self._handle is None:
                 self._incoming = store.incoming()
@@ -316,24 +400,22 @@ class Receiver:
             self._handle.write(chunk)
         except OSError as exc:
             raise store._storage_error(exc, "cannot write to the archive folder") from None
-        self._hash.update(chunk)
-        self.size += len(chunk)
         self._since_check += len(chunk)
         if self._since_check >= 8 << 20:  # a large file may eat the floor as it arrives
             self._since_check = 0
             store.check_room()
 
-    def finish(self) -> Stored:
+    def finish(self, claim: Claim | None = None) -> Stored:
         """fsync, then rename into place, replacing whatever stands at the name."""
         store = self._store
-        extension = sniff_extension(self._head)
-        if extension is None:
-            raise NotAnImage(f"the body is not an image (it starts with {self._head[:8]!r})")
-        sha256 = self._hash.hexdigest()
-        relative = content_path(sha256, extension)
-        folders = (relative.parts[0], relative.parts[1])
+        relative = self._digest.path()
+        sha256 = self._digest.sha256()
+        shard_name, sub_name, name = relative.split("/")
+        folders = (shard_name, sub_name)
         assert self._handle is not None  # an image's first bytes came
         assert self._incoming is not None
+        if claim is not None:
+            claim(relative, sha256, self.size)
         try:
             self._handle.flush()
             os.fsync(self._handle.fileno())
@@ -346,23 +428,23 @@ class Receiver:
             raise store._storage_error(exc, "cannot put a file in the archive folder") from None
         try:
             try:
-                there = os.stat(relative.name, dir_fd=shard, follow_symlinks=False)
+                there = os.stat(name, dir_fd=shard, follow_symlinks=False)
             except FileNotFoundError:
                 there = None
             # Replaced, never trusted: a name already there may be a link, a FIFO
             # or a hard link of other bytes of the same size. rename() replaces
             # the name itself, never what it points at.
-            os.replace(self._name, relative.name, src_dir_fd=self._incoming, dst_dir_fd=shard)
+            os.replace(self._name, name, src_dir_fd=self._incoming, dst_dir_fd=shard)
             self._placed = True
             os.fsync(shard)
         except OSError as exc:
             if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                raise store.not_placeable((*folders, relative.name), "a folder, not a file") from None
+                raise store.not_placeable((*folders, name), "a folder, not a file") from None
             raise store._storage_error(exc, "cannot put a file in the archive folder") from None
         finally:
             os.close(shard)
         new = there is None or not stat.S_ISREG(there.st_mode)
-        return Stored(sha256, self.size, str(relative), new=new)
+        return Stored(sha256, self.size, relative, new=new)
 
     def discard(self) -> None:
         if self._handle is not None:
@@ -374,10 +456,3 @@ class Receiver:
                     os.unlink(self._name, dir_fd=self._incoming)
             os.close(self._incoming)
             self._incoming = None
-
-
-def _size(count: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if count >= scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{count} bytes"

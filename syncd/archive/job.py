@@ -23,6 +23,7 @@ are fetched once there is room.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -31,13 +32,13 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from syncd import db, locks
 from syncd.archive import discover, rows
 from syncd.archive.fetch import Fetched, FetchFailure, ImageFetcher
-from syncd.archive.files import ContentStore
 from syncd.archive.plan import (
     Due,
     FileStatus,
@@ -49,6 +50,7 @@ from syncd.archive.plan import (
     retry_at,
     startable,
 )
+from syncd.archive.store import ArchiveStore
 from syncd.errors import ArchiveStorageError, Interrupted, LockHeldError, one_line
 from syncd.net.inflight import InFlight
 from syncd.net.pace import Unwanted
@@ -122,7 +124,7 @@ class Archiver:
     ) -> None:
         self.engine = engine
         self.fetcher = fetcher
-        self.store: ContentStore = fetcher.store
+        self.store: ArchiveStore = fetcher.store
         self.max_in_flight = max_in_flight
         self.host_cap = host_cap(max_in_flight)
         self.stop = stop or threading.Event()
@@ -192,6 +194,8 @@ class Archiver:
                     self._flush()
                 if self.on_progress is not None and done:
                     self.on_progress(self._progress(counts, len(in_flight), time.monotonic() - started))
+        except ArchiveStorageError as exc:  # the store refused a look or the room: what finished is kept
+            storage_error = exc
         finally:
             self.stop_downloads(pool, in_flight)
         self._flush()  # what finished is kept, whatever ended the run
@@ -247,7 +251,8 @@ class Archiver:
         self.store.check_room()  # no request for a file there is no room for
         for index in chosen:
             item = queue[index]
-            in_flight[pool.submit(self.fetcher.fetch, item.url, self._wanted)] = item
+            claim = functools.partial(self._claim, item.url) if self.store.shared else None
+            in_flight[pool.submit(self.fetcher.fetch, item.url, self._wanted, claim)] = item
         taken = set(chosen)
         queue[:] = [d for i, d in enumerate(queue) if i not in taken]
         return True
@@ -258,10 +263,13 @@ class Archiver:
         recorded at once. False: nothing more is due."""
         held = {_key(d) for d in (*queue, *in_flight.values(), *(o.due for o in self._unflushed))}
         now = self.clock()
+        store_id = self.store.id
         with self.engine.connect() as conn:
             due = rows.due(conn, now, BATCH + len(held), failed_before=self._started_at)
             fresh = [d for d in due if _key(d) not in held][:BATCH]
-            known = rows.archived_by_url(conn, [d.url for d in fresh])
+            known = rows.archived_by_url(conn, [d.url for d in fresh], store_id)
+            if self.store.shared:
+                known.update(self._found_claims(conn, [d.url for d in fresh if d.url not in known]))
         for o in self._unflushed:
             if o.status is FileStatus.ARCHIVED:
                 known[o.due.url] = {
@@ -282,12 +290,31 @@ class Archiver:
                         size_bytes=file["size_bytes"],
                         content_type=file["content_type"],
                         path=file["path"],
+                        store=store_id,
                         tried=False,
                     )
                 )
                 counts.archived += 1
         queue[:] = fetch_order(queue + [d for d in fresh if d.url not in known], now)
         return bool(fresh)
+
+    def _claim(self, url: str, path: str, sha256: str, size: int, content_type: str) -> None:
+        """A download's bytes are hashed: say which object it is about to be
+        before it is put (on the download's thread; a shared store only)."""
+        with db.writer(self.engine).begin() as conn:
+            rows.claim(conn, url, self.store.id, path, sha256, size, content_type)
+
+    def _found_claims(self, conn: Connection, urls: list[str]) -> dict[str, dict[str, Any]]:
+        """The claimed objects of ``urls`` that the store holds: a server that
+        stopped after putting them, before recording them. Not fetched again."""
+        found: dict[str, dict[str, Any]] = {}
+        for url, file in rows.claimed(conn, urls, self.store.id).items():
+            if self.store.holds(file["path"], file["sha256"], file["size_bytes"]):
+                log.info(
+                    "image at %s: found in the archive (put before a stop): not fetched again", file["path"]
+                )
+                found[url] = file
+        return found
 
     def _flush(self) -> None:
         if self._unflushed:
@@ -367,6 +394,7 @@ class Archiver:
             size_bytes=stored.size,
             content_type=fetched.content_type,
             path=stored.path,
+            store=self.store.id,
         )
 
     @staticmethod

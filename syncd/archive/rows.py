@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, true, update
 
 from syncd.archive.discover import artworks, files
 from syncd.archive.discover import load as load_state
@@ -93,20 +93,67 @@ def due_count(conn: Connection, now: datetime, *, failed_before: datetime | None
     return int(pending) + int(failed)
 
 
-def archived_by_url(conn: Connection, urls: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The file of each of ``urls`` that some row has archived already (an
-    upscaling's input is often another artwork's result: one file, no request)."""
+def in_store(store: str | None) -> Any:
+    """The rows whose file is in the archive ``store`` (its id): a bucket's
+    exactly; a folder's, every row not in a bucket (rows before revision 0007
+    have no store; the folder's marker says it is the right folder). None:
+    every row."""
+    if store is None:
+        return true()
+    if store.startswith("s3://"):
+        return files.c.store == store
+    return or_(files.c.store.is_(None), files.c.store.not_like("s3://%"))
+
+
+def archived_by_url(
+    conn: Connection, urls: Sequence[str], store: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """The file of each of ``urls`` that some row has archived already in
+    ``store`` (an upscaling's input is often another artwork's result: one
+    file, no request)."""
     columns = (files.c.sha256, files.c.size_bytes, files.c.content_type, files.c.path, files.c.fetched_at)
     found: dict[str, dict[str, Any]] = {}
     ordered = sorted(set(urls))
     for start in range(0, len(ordered), LOOKUP_CHUNK):
         chunk = ordered[start : start + LOOKUP_CHUNK]
         query = select(files.c.url, *columns).where(
-            files.c.url.in_(chunk), files.c.status == FileStatus.ARCHIVED.value
+            files.c.url.in_(chunk), files.c.status == FileStatus.ARCHIVED.value, in_store(store)
         )
         for row in conn.execute(query):
             found.setdefault(row.url, {column.name: getattr(row, column.name) for column in columns})
     return found
+
+
+def claimed(conn: Connection, urls: Sequence[str], store: str) -> dict[str, dict[str, Any]]:
+    """The object each of ``urls`` was about to become in ``store`` when the
+    server archiving it stopped (a claim: waiting, with a path): looked at
+    before it is fetched again."""
+    columns = (files.c.sha256, files.c.size_bytes, files.c.content_type, files.c.path)
+    found: dict[str, dict[str, Any]] = {}
+    ordered = sorted(set(urls))
+    for start in range(0, len(ordered), LOOKUP_CHUNK):
+        query = select(files.c.url, *columns).where(
+            files.c.url.in_(ordered[start : start + LOOKUP_CHUNK]),
+            files.c.status.in_([s.value for s in WAITING]),
+            files.c.path.is_not(None),
+            files.c.store == store,
+        )
+        for row in conn.execute(query):
+            found.setdefault(row.url, {column.name: getattr(row, column.name) for column in columns})
+    return found
+
+
+def claim(
+    conn: Connection, url: str, store: str, path: str, sha256: str, size: int, content_type: str
+) -> None:
+    """Say, before it is put, which object the image at ``url`` is about to be
+    (its rows still waiting): a server taking over after a crash looks there
+    before fetching it again (``claimed``)."""
+    conn.execute(
+        update(files)
+        .where(files.c.url == url, files.c.status.in_([s.value for s in WAITING]))
+        .values(store=store, path=path, sha256=sha256, size_bytes=size, content_type=content_type)
+    )
 
 
 # ------------------------------------------------------------------ outcomes
@@ -125,6 +172,7 @@ class Outcome:
     size_bytes: int | None = None
     content_type: str | None = None
     path: str | None = None
+    store: str | None = None  # the archive that holds it (its id)
     tried: bool = True  # False: its URL was archived already, nothing was fetched
 
 
@@ -146,6 +194,7 @@ _RECORD = (
         size_bytes=bindparam("v_size"),
         content_type=bindparam("v_type"),
         path=bindparam("v_path"),
+        store=bindparam("v_store"),
         fetched_at=bindparam("v_fetched", type_=_utc),
     )
 )
@@ -161,6 +210,7 @@ _SAME_URL = (
         size_bytes=bindparam("v_size"),
         content_type=bindparam("v_type"),
         path=bindparam("v_path"),
+        store=bindparam("v_store"),
         fetched_at=bindparam("v_fetched", type_=_utc),
     )
 )
@@ -188,6 +238,7 @@ def record(conn: Connection, outcomes: Sequence[Outcome]) -> None:
                 "v_size": o.size_bytes,
                 "v_type": o.content_type,
                 "v_path": o.path,
+                "v_store": o.store if o.path is not None else None,
                 "v_fetched": o.at if o.status is FileStatus.ARCHIVED else None,
             }
             for o in outcomes
@@ -204,6 +255,7 @@ def record(conn: Connection, outcomes: Sequence[Outcome]) -> None:
                     "v_size": o.size_bytes,
                     "v_type": o.content_type,
                     "v_path": o.path,
+                    "v_store": o.store,
                     "v_fetched": o.at,
                 }
                 for o in archived
@@ -211,14 +263,14 @@ def record(conn: Connection, outcomes: Sequence[Outcome]) -> None:
         )
 
 
-def reopen(conn: Connection, paths: Sequence[str], now: datetime, why: str) -> int:
-    """Archived rows whose file is missing or corrupt become pending again
-    (due from their artwork's creation, as every pending image)."""
+def reopen(conn: Connection, paths: Sequence[str], now: datetime, why: str, store: str | None = None) -> int:
+    """Archived rows whose file is missing or corrupt in ``store`` become
+    pending again (due from their artwork's creation, as every pending image)."""
     count = 0
     for path in paths:
         found = conn.execute(
             select(files.c.artwork_id, files.c.role, files.c.position, files.c.expires_at).where(
-                files.c.path == path, files.c.status == FileStatus.ARCHIVED.value
+                files.c.path == path, files.c.status == FileStatus.ARCHIVED.value, in_store(store)
             )
         ).all()
         for artwork_id, role, position, deadline in found:
@@ -228,6 +280,7 @@ def reopen(conn: Connection, paths: Sequence[str], now: datetime, why: str) -> i
                 .values(
                     status=FileStatus.PENDING.value,
                     path=None,  # sha256 stays: what the file was, should it be gone now
+                    store=None,
                     size_bytes=None,
                     content_type=None,
                     fetched_at=None,
@@ -238,20 +291,32 @@ def reopen(conn: Connection, paths: Sequence[str], now: datetime, why: str) -> i
     return count
 
 
-def archived_count(conn: Connection) -> int:
+def archived_count(conn: Connection, store: str | None = None) -> int:
     return int(
-        conn.execute(select(func.count()).where(files.c.status == FileStatus.ARCHIVED.value)).scalar_one()
+        conn.execute(
+            select(func.count()).where(files.c.status == FileStatus.ARCHIVED.value, in_store(store))
+        ).scalar_one()
     )
 
 
+def archived_by_store(conn: Connection) -> dict[str, int]:
+    """Archived images by the archive holding them ("" for a folder's before revision 0007)."""
+    query = (
+        select(files.c.store, func.count())
+        .where(files.c.status == FileStatus.ARCHIVED.value)
+        .group_by(files.c.store)
+    )
+    return {str(store or ""): int(count) for store, count in conn.execute(query)}
+
+
 def archived_paths(
-    conn: Connection, after: str = "", limit: int = 10_000
+    conn: Connection, after: str = "", limit: int = 10_000, store: str | None = None
 ) -> list[tuple[str, str, int | None]]:
-    """(path, sha256, size_bytes) of the archived files after ``after``, once
-    each, in path order (read in pages: an archive may hold millions)."""
+    """(path, sha256, size_bytes) of the archived files in ``store`` after
+    ``after``, once each, in path order (read in pages: an archive may hold millions)."""
     rows = conn.execute(
         select(files.c.path, files.c.sha256, files.c.size_bytes)
-        .where(files.c.status == FileStatus.ARCHIVED.value, files.c.path > after)
+        .where(files.c.status == FileStatus.ARCHIVED.value, files.c.path > after, in_store(store))
         .distinct()
         .order_by(files.c.path)
         .limit(limit)
