@@ -56,9 +56,19 @@ def test_sigterm_to_an_idle_daemon_says_no_run_is_in_flight(
     db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
     server = fake_api(50, malformed_fraction=0)
-    env = syncd_env(server.url, db_url, interval="3600")
+    port = free_port()
+    env = syncd_env(server.url, db_url, interval="3600", metrics_port=str(port))
+
+    def idle() -> bool:
+        # Recorded, and the tick over (the gauge goes to 0 only once the run's
+        # job has returned): a run just recorded may still be finishing.
+        if runs(engine) != [("backfill", "success")]:
+            return False
+        body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return "\nsyncd_run_started_timestamp_seconds 0.0\n" in body
+
     with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
-        wait_for(lambda: runs(engine) == [("backfill", "success")], 30, "the backfill's record")
+        wait_for(idle, 30, "the backfill's tick to be over")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     log = (tmp_path / "daemon.log").read_text()
