@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import email.utils
-import gc
 import logging
 import os
 import signal
@@ -21,7 +20,6 @@ import threading
 import time
 import traceback
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,22 +54,19 @@ def _pg_admin_url() -> str | None:
 
 def _end_calls_left_under_way(before: set[threading.Thread]) -> None:
     """A run in this process may end with requests under way: syncd drops
-    their results and their threads end on their own, leaving their
-    connections to the garbage collector. Wait for those threads (started
-    since ``before``) and collect what they leave, here: not in the middle
-    of a later assertion or test, wherever the collector happens to run
-    (a ResourceWarning there is an error)."""
+    their results, closes their connections, and their threads end on their
+    own. Wait for those threads (started since ``before``), so that none is
+    still running into the next test. Nothing is left to the garbage
+    collector: a connection it found unclosed would be a ResourceWarning,
+    an error wherever it happened to surface."""
     left = [
         thread
         for thread in threading.enumerate()
         if thread not in before and thread.name.startswith(("syncd-request", "syncd-archive"))
     ]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        deadline = time.monotonic() + 60
-        for thread in left:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        gc.collect()
+    deadline = time.monotonic() + 60
+    for thread in left:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 _request_pools = [0]  # request thread pools (syncd.net.inflight.InFlight) made in this process
@@ -95,8 +90,8 @@ def _count_request_pools() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _calls_left_under_way() -> Iterator[None]:
     """After each test, what its in-process runs (``run_once``, ``archive``)
-    left under way (see ``_end_calls_left_under_way``); nothing to do (not even
-    a collection) for a test whose runs used no request threads."""
+    left under way (see ``_end_calls_left_under_way``); nothing to do for a
+    test whose runs used no request threads."""
     before, pools = set(threading.enumerate()), _request_pools[0]
     yield
     if _request_pools[0] != pools:

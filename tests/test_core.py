@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import threading
+import time
 
 import httpx
 import pytest
@@ -191,3 +193,59 @@ def test_no_retry_is_announced_once_a_stop_was_asked_for(caplog: pytest.LogCaptu
     with client, pytest.raises(Interrupted):
         client.fetch_list_page(0, 10)
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+def test_closing_the_core_closes_a_connection_its_request_opened_meanwhile() -> None:
+    """A run ends with requests under way and closes its client. httpx's pool
+    closes the connections it holds; one whose connect completes just after
+    was left open, for the garbage collector to find (a ResourceWarning, an
+    error wherever it surfaced) and its request sent on it regardless."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+    ended = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while chunk := conn.recv(4096):
+                received.append(chunk)
+        ended.set()
+
+    connected, closed = threading.Event(), threading.Event()
+
+    def connect_held_until_closed(peer: str) -> None:
+        connected.set()
+        assert closed.wait(30)
+
+    core = RequestCore(
+        headers={},
+        connect_timeout=30,
+        read_timeout=30,
+        deadline=60,
+        policy=POLICY,
+        base_url=f"http://127.0.0.1:{listener.getsockname()[1]}",
+        check_peer=connect_held_until_closed,
+    )
+    pacer = Pacer(RateLimiter(max_rate=1000.0), clock=time.monotonic, sleep=time.sleep)
+    failures: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            core.exchange("/x", judge, pacing=pacer)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threading.Thread(target=serve, daemon=True).start()
+    requester = threading.Thread(target=request)
+    requester.start()
+    try:
+        assert connected.wait(30)
+        core.close()
+    finally:
+        closed.set()
+        requester.join(30)
+        listener.close()
+    assert ended.wait(30), "the connection was left open"
+    assert received == []  # no request sent on it
+    assert len(failures) == 1 and isinstance(failures[0], Retriable), failures
+    assert "the client was closed" in str(failures[0])

@@ -110,18 +110,25 @@ class RequestCore:
         self._timeout_hint = timeout_hint or f"the whole answer within {deadline:g}s"
         self._wall = wall
         self._rng = rng or random.Random()
+        self._close_streams: Callable[[], None] = lambda: None
+        if transport is None:
+            transport = httpx.HTTPTransport(verify=tls_context())
+            # Each socket operation within the request's deadline (syncd.net.deadline).
+            self._close_streams = install(transport, check_peer=check_peer)
         self.http = httpx.Client(
             base_url=base_url,
             headers={"Accept-Encoding": "identity", **headers},
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            # Each socket operation within the request's deadline (syncd.net.deadline).
-            transport=transport or install(httpx.HTTPTransport(verify=tls_context()), check_peer=check_peer),
+            transport=transport,
             follow_redirects=False,
             cookies=cookies,
         )
 
     def close(self) -> None:
+        """Close every connection, those of requests still under way too (their
+        threads then fail at once, and their results are dropped anyway)."""
         self.http.close()
+        self._close_streams()
 
     def exchange(
         self,

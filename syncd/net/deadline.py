@@ -9,6 +9,12 @@ ConnectTimeout, ...), which the client retries like any timeout.
 
 The network backend of httpx's connection pool is wrapped (``install``);
 ``request_deadline`` sets the deadline for the requests of one thread.
+
+The wrapper also knows every connection it opened, so that closing a client
+closes them all: httpx's pool closes only the connections it still holds,
+and a run ends with requests under way (their results dropped), whose
+connections would otherwise be left open until the garbage collector found
+them.
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
 
 
 class _Stream(httpcore.NetworkStream):
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
+    def __init__(self, stream: httpcore.NetworkStream, streams: _Streams) -> None:
         self._stream = stream
+        self._streams = streams
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
@@ -56,16 +63,50 @@ class _Stream(httpcore.NetworkStream):
         self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
 
     def close(self) -> None:
+        self._streams.forget(self)
         self._stream.close()
 
     def start_tls(
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.NetworkStream:
         bounded = _bounded(timeout, httpcore.ConnectTimeout)
-        return _Stream(self._stream.start_tls(ssl_context, server_hostname, bounded))
+        tls = self._stream.start_tls(ssl_context, server_hostname, bounded)
+        # The TLS stream wraps this one's socket: closing it closes both.
+        self._streams.forget(self)
+        return self._streams.opened(tls)
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)
+
+
+class _Streams:
+    """The connections one client opened and has not closed."""
+
+    def __init__(self) -> None:
+        self._open: set[_Stream] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def opened(self, stream: httpcore.NetworkStream) -> _Stream:
+        wrapped = _Stream(stream, self)
+        with self._lock:
+            if not self._closed:
+                self._open.add(wrapped)
+                return wrapped
+        # A request under way when its client closed has just connected.
+        stream.close()
+        raise httpcore.ConnectError("the client was closed")
+
+    def forget(self, stream: _Stream) -> None:
+        with self._lock:
+            self._open.discard(stream)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            left, self._open = self._open, set()
+        for stream in left:
+            stream._stream.close()
 
 
 PeerCheck = Callable[[str], None]  # raises when a connected peer's address is refused
@@ -75,6 +116,7 @@ class _Backend(httpcore.NetworkBackend):
     def __init__(self, backend: httpcore.NetworkBackend, check_peer: PeerCheck | None = None) -> None:
         self._backend = backend
         self._check_peer = check_peer
+        self.streams = _Streams()
 
     def connect_tcp(
         self,
@@ -94,7 +136,7 @@ class _Backend(httpcore.NetworkBackend):
             except BaseException:
                 stream.close()
                 raise
-        return _Stream(stream)
+        return self.streams.opened(stream)
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
@@ -102,15 +144,17 @@ class _Backend(httpcore.NetworkBackend):
         if self._check_peer is not None:
             self._check_peer(path)  # no network address: whatever it says, refused
         bounded = _bounded(timeout, httpcore.ConnectTimeout)
-        return _Stream(self._backend.connect_unix_socket(path, bounded, socket_options))
+        return self.streams.opened(self._backend.connect_unix_socket(path, bounded, socket_options))
 
     def sleep(self, seconds: float) -> None:
         self._backend.sleep(seconds)
 
 
-def install(transport: httpx.HTTPTransport, *, check_peer: PeerCheck | None = None) -> httpx.HTTPTransport:
+def install(transport: httpx.HTTPTransport, *, check_peer: PeerCheck | None = None) -> Callable[[], None]:
     """Bound ``transport``'s socket operations by the thread's request deadline;
     ``check_peer`` is given each connection's peer address and may refuse it.
+    Returns what closes every connection the transport opened (after
+    ``transport.close()``), the ones of requests still under way too.
 
     httpx does not take a network backend; its pool (httpcore) does, so the
     pool's is wrapped. tests/test_client.py holds this to a real socket.
@@ -118,5 +162,6 @@ def install(transport: httpx.HTTPTransport, *, check_peer: PeerCheck | None = No
     pool = transport._pool
     if not isinstance(pool, httpcore.ConnectionPool):  # pragma: no cover (httpx changed)
         raise TypeError("httpx's transport has no httpcore connection pool to bound")
-    pool._network_backend = _Backend(pool._network_backend, check_peer)
-    return transport
+    backend = _Backend(pool._network_backend, check_peer)
+    pool._network_backend = backend
+    return backend.streams.close
