@@ -65,7 +65,8 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from backfill import LAUNCHER, compile_syncd, settle  # noqa: E402
+import benchkit  # noqa: E402
+from backfill import LAUNCHER, settle  # noqa: E402
 
 KEY = "bench-key"
 SEED = 7
@@ -640,10 +641,7 @@ def check_archive(workdir: Path, urls: list[str], expected: Any) -> dict[str, in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--part", choices=("all", "wire", "memory", "week"), default="all")
+    parser = benchkit.parser(__doc__, ("wire", "memory", "week"))
     parser.add_argument("--week", action="store_true", help="Only the simulated week (--part week).")
     parser.add_argument("--images", type=int, default=10_000, help="wire: images to archive")
     parser.add_argument("--latency-ms", type=float, default=300.0, help="wire, week: image host latency")
@@ -656,22 +654,16 @@ def main() -> None:
     parser.add_argument("--arrivals", type=float, default=5.0, help="week: new artworks a second")
     parser.add_argument("--initial", type=int, default=100, help="week: artworks there at the start")
     parser.add_argument("--image-error-rate", type=float, default=0.02, help="week: share of image 5xx")
-    parser.add_argument("--tmp", default=None, help="where the databases and archives go (deleted)")
     parser.add_argument(
         "--store", choices=("folder", "s3"), default="folder", help="wire, memory: where to archive"
     )
-    parser.add_argument("--json", action="store_true", help="Print the results as JSON too.")
     parser.add_argument("--serve-fake", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake is not None:
         serve_fake(json.loads(args.serve_fake))
         return
     parts = ("week",) if args.week else ("wire", "memory", "week") if args.part == "all" else (args.part,)
-    compile_syncd()
-    results: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} cores, {sys.platform}, Python {sys.version.split()[0]}",
-    }
+    results = benchkit.start()
     results["store"] = args.store
     global BUCKET
     with tempfile.TemporaryDirectory(prefix="syncd-bench-archive-", dir=args.tmp) as tmp:

@@ -30,6 +30,7 @@ syncd as real processes. The fake runs in a process of its own
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -42,7 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,37 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from archive import fake, syncd_env  # noqa: E402
-from backfill import compile_syncd, fresh_postgres  # noqa: E402
+import benchkit  # noqa: E402
+from archive import fake, run_once, syncd_env  # noqa: E402
+from backfill import fresh_postgres  # noqa: E402
 
 RETENTION = timedelta(days=8)
 CHUNK = 20_000
+
+
+# ------------------------------------------------------------------ the databases of look and walk
+
+
+def targets(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The databases to measure on: SQLite, and PostgreSQL with --postgres-url (its admin URL)."""
+    return [("sqlite", None)] + ([("postgresql", args.postgres_url)] if args.postgres_url else [])
+
+
+@contextlib.contextmanager
+def database(tmp: Path, name: str, admin: str | None) -> Iterator[str]:
+    """The URL of an empty database: an SQLite file ``name``.db in ``tmp`` when
+    ``admin`` is None, else a fresh PostgreSQL database on ``admin``'s server.
+    Deleted afterwards (the file and its -wal, -shm; the database dropped)."""
+    drop: Callable[[], None] = lambda: None  # noqa: E731
+    database_url = f"sqlite:///{tmp / f'{name}.db'}"
+    if admin is not None:
+        database_url, drop = fresh_postgres(admin)
+    try:
+        yield database_url
+    finally:
+        drop()
+        for leftover in tmp.glob(f"{name}.db*"):
+            leftover.unlink()
 
 
 # ------------------------------------------------------------------ look
@@ -227,24 +254,13 @@ def look(database_url: str, folder: Path, repeat: int) -> dict[str, Any]:
 def look_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     now = datetime.now(UTC)
     results: dict[str, Any] = {}
-    targets = [("sqlite", None)] + ([("postgresql", args.postgres_url)] if args.postgres_url else [])
     for size in args.sizes:
-        for dialect, admin in targets:
-            drop: Callable[[], None] = lambda: None  # noqa: E731
-            if admin is None:
-                database_url = f"sqlite:///{tmp / f'look-{size}.db'}"
-            else:
-                url, drop = fresh_postgres(admin)
-                database_url = url
-            try:
+        for dialect, admin in targets(args):
+            with database(tmp, f"look-{size}", admin) as database_url:
                 started = time.perf_counter()
                 filled = fill(database_url, size, now)
                 built = time.perf_counter() - started
                 measured = look(database_url, tmp / f"images-{dialect}-{size}", args.repeat)
-            finally:
-                drop()
-                for leftover in tmp.glob(f"look-{size}.db*"):
-                    leftover.unlink()
             results[f"{dialect} {size}"] = {**filled, "build_seconds": built, **measured}
             print(
                 f"look: {dialect}, {size:,} artworks ({filled['images']:,} images): idle tick "
@@ -267,14 +283,9 @@ def walk_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     now = datetime.now(UTC)
     results: dict[str, Any] = {}
-    targets = [("sqlite", None)] + ([("postgresql", args.postgres_url)] if args.postgres_url else [])
     for size in args.sizes:
-        for dialect, admin in targets:
-            drop: Callable[[], None] = lambda: None  # noqa: E731
-            database_url = f"sqlite:///{tmp / f'walk-{size}.db'}"
-            if admin is not None:
-                database_url, drop = fresh_postgres(admin)
-            try:
+        for dialect, admin in targets(args):
+            with database(tmp, f"walk-{size}", admin) as database_url:
                 fill(database_url, size, now, recorded=False)
                 engine = db.create_db_engine(database_url)
                 with db.writer(engine).begin() as conn:
@@ -285,10 +296,6 @@ def walk_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 with engine.connect() as conn:
                     recorded = conn.exec_driver_sql("SELECT COUNT(*) FROM archived_files").scalar()
                 engine.dispose()
-            finally:
-                drop()
-                for leftover in tmp.glob(f"walk-{size}.db*"):
-                    leftover.unlink()
             results[f"{dialect} {size}"] = {"walked": walked, "images": recorded, "seconds": seconds}
             print(
                 f"walk: {dialect}, {walked:,} stored artworks: {recorded:,} images recorded in {seconds:.1f}s",
@@ -310,10 +317,7 @@ def late_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                             archive_max_in_flight=str(args.in_flight), archive_min_free_bytes="0")  # fmt: skip
             without = {k: v for k, v in env.items() if k != "SYNCD_ARCHIVE_DIR"}
             started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "syncd", "run-once"], env=without,
-                                  capture_output=True, text=True, check=False)  # fmt: skip
-            if done.returncode != 0:
-                raise SystemExit(f"run-once failed: {done.stderr[-2000:]}")
+            run_once(without)
             synced = time.perf_counter() - started
             database = workdir / "syncd.db"
             with sqlite3.connect(database) as conn:
@@ -391,10 +395,7 @@ def late_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--part", choices=("all", "look", "walk", "late"), default="all")
+    parser = benchkit.parser(__doc__, ("look", "walk", "late"))
     parser.add_argument("--sizes", default="100000,1000000", help="look: artworks, comma-separated")
     parser.add_argument("--repeat", type=int, default=9, help="look: measurements (median)")
     parser.add_argument("--postgres-url", default=os.environ.get("SYNCD_TEST_POSTGRES_URL", ""))
@@ -403,16 +404,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=2048, help="late: bytes an image")
     parser.add_argument("--rate", type=float, default=100_000.0, help="late: archive requests/s ceiling")
     parser.add_argument("--in-flight", type=int, default=16, help="late: SYNCD_ARCHIVE_MAX_IN_FLIGHT")
-    parser.add_argument("--tmp", default=None)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.sizes = [int(s) for s in str(args.sizes).split(",") if s]
     args.postgres_url = args.postgres_url or None
-    compile_syncd()
-    results: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} cores, {sys.platform}, Python {sys.version.split()[0]}",
-    }
+    results = benchkit.start()
     with tempfile.TemporaryDirectory(prefix="syncd-bench-scale-", dir=args.tmp) as tmp:
         if args.part in ("all", "look"):
             results["look"] = look_part(args, Path(tmp))

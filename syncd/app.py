@@ -112,6 +112,25 @@ def _require_sqlite_file(settings: Settings) -> None:
         )
 
 
+@dataclass(frozen=True)
+class SyncOptions:
+    """What one sync does, as ``run_once`` and ``sync_with`` take it.
+
+    ``list_run`` reads the list (backfill, incremental or ``full``); ``refresh``
+    then re-checks the stored artworks whose status is not terminal and whose
+    back-off has passed. ``since``: a scan of only the artworks created at or
+    after it (see ``Syncer.since``), instead of what the state calls for.
+    ``stop`` ends the run early; ``on_page`` hears of every page.
+    """
+
+    full: bool = False
+    list_run: bool = True
+    refresh: bool = True
+    since: datetime | None = None
+    stop: threading.Event | None = None
+    on_page: Callable[[Progress], None] | None = None
+
+
 @dataclass
 class SyncOutcome:
     """What one sync did: its runs (list run, then refresh)."""
@@ -162,66 +181,36 @@ def make_client(
     )
 
 
-def run_once(
-    settings: Settings,
-    *,
-    full: bool = False,
-    list_run: bool = True,
-    migrate: bool = True,
-    refresh: bool = True,
-    stop: threading.Event | None = None,
-    on_page: Callable[[Progress], None] | None = None,
-    since: datetime | None = None,
-) -> SyncOutcome:
-    """One sync (and refresh of unfinished artworks) under the one-syncer lock.
-
-    ``since``: a scan of only the artworks created at or after it (see
-    ``Syncer.since``), instead of what the state calls for.
-    """
+def run_once(settings: Settings, options: SyncOptions | None = None, *, migrate: bool = True) -> SyncOutcome:
+    """One sync (and refresh of unfinished artworks) under the one-syncer lock."""
     settings.require_api()  # a config error before any connection or request
     freeze_startup_objects()
     with open_engine(settings) as engine, locks.sync_lock(engine):
         db.ensure_schema(engine, migrate=migrate)
-        return sync_with(
-            settings,
-            engine,
-            full=full,
-            list_run=list_run,
-            refresh=refresh,
-            stop=stop,
-            on_page=on_page,
-            retry_unreachable=False,
-            since=since,
-        )
+        return sync_with(settings, engine, options, retry_unreachable=False)
 
 
 def sync_with(
     settings: Settings,
     engine: Engine,
+    options: SyncOptions | None = None,
     *,
-    full: bool = False,
-    list_run: bool = True,
-    refresh: bool = True,
-    stop: threading.Event | None = None,
-    on_page: Callable[[Progress], None] | None = None,
     on_rate_limited: Callable[[datetime], None] | None = None,
     refresh_seconds: float | None = None,
     refresh_failures: dict[str, datetime] | None = None,
     observer: RequestObserver | None = None,
     retry_unreachable: bool = True,
-    since: datetime | None = None,
 ) -> SyncOutcome:
     """The sync itself, for a caller that already holds the lock.
 
-    ``list_run`` reads the list (backfill, incremental or full); ``refresh``
-    then re-checks the stored artworks whose status is not terminal and whose
-    back-off has passed (for at most ``refresh_seconds``, when given).
+    The refresh goes on for at most ``refresh_seconds``, when given.
     ``refresh_failures``: re-checks that failed, kept by a caller that runs
     again (the daemon), so that those artworks wait their back-off.
     """
+    options = options or SyncOptions()
     outcome = SyncOutcome()
     summaries = outcome.summaries
-    stop = stop or threading.Event()
+    stop = options.stop or threading.Event()
     if settings.archive_on:
         _archive_on(engine)
     with make_client(settings, stop, observer, retry_unreachable=retry_unreachable) as client:
@@ -230,16 +219,16 @@ def sync_with(
             client,
             settings.page_size,
             stop=stop,
-            on_page=on_page,
+            on_page=options.on_page,
             on_rate_limited=on_rate_limited,
             refresh_floor=settings.refresh_interval,
             refresh_failures={} if refresh_failures is None else refresh_failures,
-            since=since,
+            since=options.since,
         )
         try:
-            if list_run:
-                summaries.append(syncer.sync(full=full))
-            if refresh:
+            if options.list_run:
+                summaries.append(syncer.sync(full=options.full))
+            if options.refresh:
                 refreshed = syncer.refresh(seconds=refresh_seconds)
                 if refreshed is not None:
                     summaries.append(refreshed)
@@ -271,6 +260,24 @@ def _archive_on(engine: Engine) -> None:
         raise DatabaseError(f"database error turning the image archive on: {database_reason(exc)}") from None
 
 
+@dataclass(frozen=True)
+class ArchiveOptions:
+    """What one archive run does, as ``archive`` and ``archive_with`` take it.
+
+    ``verify`` first checks every archived file (``deep``: a bucket's objects
+    are read and hashed again; ``accept_missing``: go on when most are
+    missing); ``retry_failed`` makes the failed images due again now. ``stop``
+    ends the run early; ``on_progress`` hears how it goes.
+    """
+
+    verify: bool = False
+    deep: bool = False
+    accept_missing: bool = False
+    retry_failed: bool = False
+    stop: threading.Event | None = None
+    on_progress: Callable[[ArchiveProgress], None] | None = None
+
+
 @dataclass
 class ArchiveOutcome:
     result: ArchiveResult
@@ -278,15 +285,7 @@ class ArchiveOutcome:
 
 
 def archive(
-    settings: Settings,
-    *,
-    verify: bool = False,
-    deep: bool = False,
-    accept_missing: bool = False,
-    retry_failed: bool = False,
-    migrate: bool = True,
-    stop: threading.Event | None = None,
-    on_progress: Callable[[ArchiveProgress], None] | None = None,
+    settings: Settings, options: ArchiveOptions | None = None, *, migrate: bool = True
 ) -> ArchiveOutcome:
     """``syncd archive``: archive what is due (after verifying, when asked).
 
@@ -300,29 +299,10 @@ def archive(
         if not db.schema_version(engine).up_to_date:
             with locks.sync_lock(engine):
                 db.ensure_schema(engine, migrate=migrate)
-        return archive_with(
-            settings,
-            engine,
-            verify=verify,
-            deep=deep,
-            accept_missing=accept_missing,
-            retry_failed=retry_failed,
-            stop=stop,
-            on_progress=on_progress,
-        )
+        return archive_with(settings, engine, options)
 
 
-def archive_with(
-    settings: Settings,
-    engine: Engine,
-    *,
-    verify: bool = False,
-    deep: bool = False,
-    accept_missing: bool = False,
-    retry_failed: bool = False,
-    stop: threading.Event | None = None,
-    on_progress: Callable[[ArchiveProgress], None] | None = None,
-) -> ArchiveOutcome:
+def archive_with(settings: Settings, engine: Engine, options: ArchiveOptions | None = None) -> ArchiveOutcome:
     """One archive run under the one-archiver lock (the daemon's job, and the CLI's)."""
     from syncd.archive import rows
     from syncd.archive.fetch import FetchOptions, ImageFetcher
@@ -334,7 +314,8 @@ def archive_with(
         owners.refuse_foreign_state([where], allowed=settings.allow_root)
     store = archive_store(settings)
     store.prepare()
-    stop = stop or threading.Event()
+    options = options or ArchiveOptions()
+    stop = options.stop or threading.Event()
     secrets = (settings.api_key.reveal(),) if settings.api_key else ()
     fetcher = ImageFetcher(
         store,
@@ -351,12 +332,17 @@ def archive_with(
         with locks.sync_lock(engine, job=locks.ARCHIVE_LOCK), store.lock():
             _check_marker(engine, store)
             verified = None
-            if verify:
+            if options.verify:
                 verified = verify_archive(
-                    engine, store, stop, lambda: datetime.now(UTC), accept_missing=accept_missing, deep=deep
+                    engine,
+                    store,
+                    stop,
+                    lambda: datetime.now(UTC),
+                    accept_missing=options.accept_missing,
+                    deep=options.deep,
                 )
                 log.info("%s", verified.line())
-            if retry_failed:
+            if options.retry_failed:
                 with db.writer(engine).begin() as conn:
                     log.info("%d failed images are due again", rows.retry_failed(conn, datetime.now(UTC)))
             archiver = Archiver(
@@ -365,7 +351,7 @@ def archive_with(
                 max_in_flight=settings.archive_max_in_flight,
                 stop=stop,
                 secrets=secrets,
-                on_progress=on_progress,
+                on_progress=options.on_progress,
             )
             result = archiver.run()
     except SQLAlchemyError as exc:

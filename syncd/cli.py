@@ -128,7 +128,7 @@ def run_once_command(
     """
     if full and since is not None:
         raise click.UsageError("--full reads the whole list; --since only part of it: give one of them")
-    from syncd.app import run_once
+    from syncd.app import SyncOptions, run_once
 
     settings = command_settings(kwargs)
     settings.require_api()
@@ -138,12 +138,8 @@ def run_once_command(
     try:
         outcome = run_once(
             settings,
-            full=full,
+            SyncOptions(full=full, refresh=not no_refresh, since=since, stop=stop, on_page=reporter),
             migrate=not no_migrate,
-            refresh=not no_refresh,
-            stop=stop,
-            on_page=reporter,
-            since=since,
         )
     finally:
         reporter.close()
@@ -288,7 +284,7 @@ def archive_command(
       syncd archive --archive-dir ./images --verify
       SYNCD_ARCHIVE_URL=s3://syncd-images/tengr syncd archive --verify --deep
     """
-    from syncd.app import archive
+    from syncd.app import ArchiveOptions, archive
 
     settings = command_settings(kwargs)
     settings.require_archive()
@@ -298,13 +294,15 @@ def archive_command(
     try:
         outcome = archive(
             settings,
-            verify=verify,
-            deep=deep,
-            accept_missing=accept_missing,
-            retry_failed=retry_failed,
+            ArchiveOptions(
+                verify=verify,
+                deep=deep,
+                accept_missing=accept_missing,
+                retry_failed=retry_failed,
+                stop=stop,
+                on_progress=reporter,
+            ),
             migrate=not no_migrate,
-            stop=stop,
-            on_progress=reporter,
         )
     finally:
         reporter.close()

@@ -236,11 +236,13 @@ class Daemon:
                 outcome = app.sync_with(
                     self.settings,
                     engine,
-                    full=kind == "full",
-                    list_run=kind != "refresh",
-                    refresh=kind == "refresh",
-                    stop=self.stop,
-                    on_page=self._progress,
+                    app.SyncOptions(
+                        full=kind == "full",
+                        list_run=kind != "refresh",
+                        refresh=kind == "refresh",
+                        stop=self.stop,
+                        on_page=self._progress,
+                    ),
                     on_rate_limited=self._rate_limited,
                     refresh_seconds=refresh_seconds(self.settings),
                     refresh_failures=self.refresh_failures,
@@ -297,9 +299,8 @@ class Daemon:
         outcome = "success"
         worked = True
         try:
-            result = app.archive_with(
-                self.settings, engine, stop=self.stop, on_progress=self._archive_progress(engine)
-            ).result
+            options = app.ArchiveOptions(stop=self.stop, on_progress=self._archive_progress(engine))
+            result = app.archive_with(self.settings, engine, options).result
             outcome = result.outcome
             worked = bool(result.counts.done or result.counts.walked)
             if self._archive_problem is not None:

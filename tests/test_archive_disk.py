@@ -107,7 +107,7 @@ def test_verify_of_a_final_name_linked_to_a_device_ends_and_calls_it_corrupt(
     victim = archive / stored[0].path
     victim.unlink()
     victim.symlink_to("/dev/zero")  # hashed forever before
-    outcome = finishes(lambda: app.archive(settings, verify=True))
+    outcome = finishes(lambda: app.archive(settings, app.ArchiveOptions(verify=True)))
     assert outcome.verified.corrupt == [stored[0].path]
     assert not (archive / stored[0].path).is_symlink()  # fetched again, a plain file now
     assert (archive / stored[0].path).read_bytes() == image_bytes(image_path(stored[0].url))
@@ -120,7 +120,7 @@ def test_verify_of_a_fifo_at_a_final_name_does_not_block(
     victim = archive / stored[0].path
     victim.unlink()
     os.mkfifo(victim)  # open() blocked forever before: no writer ever comes
-    outcome = finishes(lambda: app.archive(settings, verify=True))
+    outcome = finishes(lambda: app.archive(settings, app.ArchiveOptions(verify=True)))
     assert outcome.verified.corrupt == [stored[0].path]
     assert (archive / stored[0].path).read_bytes() == image_bytes(image_path(stored[0].url))
 
@@ -185,7 +185,7 @@ def test_verify_never_moves_a_file_from_outside_through_a_linked_shard_folder(
     theirs.write_bytes(b"someone else's file, of other bytes")
     before = sorted(p.relative_to(outside) for p in outside.rglob("*"))
 
-    outcome = finishes(lambda: app.archive(settings, verify=True))
+    outcome = finishes(lambda: app.archive(settings, app.ArchiveOptions(verify=True)))
     assert outcome.result.outcome == "success"
     assert theirs.read_bytes() == b"someone else's file, of other bytes"  # not moved, not read as ours
     assert sorted(p.relative_to(outside) for p in outside.rglob("*")) == before

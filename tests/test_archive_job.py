@@ -110,7 +110,9 @@ def test_a_slow_host_holds_at_most_half_the_slots_and_the_others_go_on(
         app.run_once(settings)
         stop = threading.Event()
         outcome: dict[str, Any] = {}
-        runner = threading.Thread(target=lambda: outcome.update(result=app.archive(settings, stop=stop)))
+        runner = threading.Thread(
+            target=lambda: outcome.update(result=app.archive(settings, app.ArchiveOptions(stop=stop)))
+        )
         runner.start()
         try:
             engine = db.create_db_engine(sqlite_url)
@@ -187,7 +189,7 @@ def test_a_run_reports_its_total_and_an_eta_as_it_goes(
     settings = settings_for(w, sqlite_url, tmp_path / "images", archive_max_in_flight="2")
     app.run_once(settings)
     seen: list[ArchiveProgress] = []
-    app.archive(settings, on_progress=seen.append)
+    app.archive(settings, app.ArchiveOptions(on_progress=seen.append))
     images = len(referenced(w))
     assert seen and {p.total for p in seen} == {images}
     assert seen[-1].remaining == 0 and seen[-1].eta == 0.0

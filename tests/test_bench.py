@@ -46,9 +46,10 @@ def test_benchmark_runs_end_to_end_with_a_tiny_count() -> None:
     assert set(report["ratios"]) >= {"syncd / (download + insert), SQLite", "RSS(N) / RSS(N/10)"}
 
 
-def run_archive_bench(*args: str, timeout: float = 180) -> dict[str, Any]:
+def run_bench(script: str, *args: str, timeout: float = 180) -> dict[str, Any]:
+    """Run bench/<script> with ``args`` and ``--json``; its JSON report (it must exit 0)."""
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "archive.py"), *args, "--json"],
+        [sys.executable, str(REPO / "bench" / script), *args, "--json"],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -59,7 +60,8 @@ def run_archive_bench(*args: str, timeout: float = 180) -> dict[str, Any]:
 
 
 def test_archive_benchmark_runs_every_part_with_tiny_numbers(tmp_path: Path) -> None:
-    report = run_archive_bench(
+    report = run_bench(
+        "archive.py",
         "--images", "40", "--latency-ms", "50", "--rate", "200",
         "--big-images", "20", "--image-size", "65536",
         "--week-seconds", "3", "--retention", "6", "--arrivals", "2", "--initial", "5",
@@ -77,7 +79,8 @@ def test_a_simulated_week_loses_no_image(tmp_path: Path) -> None:
     """Accelerated retention (10 s for 8 days), artworks arriving, 5xx from the
     image host: every image of every artwork the API listed is archived, with
     the bytes it served. A correctness property: asserted; the times are not."""
-    week = run_archive_bench(
+    week = run_bench(
+        "archive.py",
         "--week", "--week-seconds", "8", "--retention", "10", "--arrivals", "3", "--initial", "20",
         "--latency-ms", "100", "--image-error-rate", "0.02", "--tmp", str(tmp_path),
     )["week"]  # fmt: skip
@@ -87,23 +90,12 @@ def test_a_simulated_week_loses_no_image(tmp_path: Path) -> None:
     assert week["daemon_exit"] == 0 and week["daemon_error_lines"] == 0
 
 
-def run_scale_bench(*args: str, timeout: float = 180) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "archive_scale.py"), *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return dict(json.loads(result.stdout[result.stdout.index("{") :]))
-
-
 def test_the_scale_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
     """The look at scale (SQLite) and a late start: the times are not asserted;
     that a late archive keeps every image, live ones first, and that a second
     run fetches nothing, are (correctness)."""
-    report = run_scale_bench(
+    report = run_bench(
+        "archive_scale.py",
         "--sizes", "500", "--repeat", "2", "--postgres-url", "", "--artworks", "150", "--tmp", str(tmp_path)
     )  # fmt: skip
     assert report["walk"]["sqlite 500"] == {**report["walk"]["sqlite 500"], "walked": 500, "images": 1000}
@@ -120,7 +112,8 @@ def test_the_scale_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
 def test_archive_benchmark_runs_into_a_bucket_with_tiny_numbers(tmp_path: Path) -> None:
     """The same wire and memory parts with --store s3 (a loopback moto server)."""
     pytest.importorskip("moto.server", reason="moto[server] is not installed (the dev extra has it)")
-    report = run_archive_bench(
+    report = run_bench(
+        "archive.py",
         "--store", "s3", "--part", "wire", "--images", "30", "--latency-ms", "50", "--rate", "200",
         "--tmp", str(tmp_path),
     )  # fmt: skip

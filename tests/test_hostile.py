@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text
 
 from syncd import db, locks, store
-from syncd.app import run_once
+from syncd.app import SyncOptions, run_once
 from syncd.errors import SyncdError
 from syncd.fakeapi.data import POISONS, VALID_POISONS
 from syncd.fakeapi.server import FakeServer, Faults, encoded_forms
@@ -478,5 +478,5 @@ def test_property_mutated_pages_never_crash_and_never_touch_intact_records(
     for artwork in items:
         artwork._json = None
     run_once(settings_)
-    run_once(settings_, full=True)
+    run_once(settings_, SyncOptions(full=True))
     assert set(rows(engine)) == {a.id for a in items}

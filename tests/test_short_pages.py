@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from syncd import store
-from syncd.app import run_once
+from syncd.app import SyncOptions, run_once
 from syncd.fakeapi.server import FakeServer, Faults
 from syncd.state import RunSummary
 from tests.conftest import make_settings, run_cli, syncd_env
@@ -25,7 +25,7 @@ def state(engine: Engine) -> object:
 
 
 def sync(server: FakeServer, db_url: str, *, full: bool = False) -> RunSummary:
-    return run_once(make_settings(server.url, db_url, page_size="50"), full=full).summaries[0]
+    return run_once(make_settings(server.url, db_url, page_size="50"), SyncOptions(full=full)).summaries[0]
 
 
 def test_a_short_page_mid_list_ends_no_backfill_and_marks_nothing(

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from syncd import db, store
-from syncd.app import make_client, run_once
+from syncd.app import SyncOptions, make_client, run_once
 from syncd.errors import DatabaseError, Interrupted
 from syncd.fakeapi.data import Dataset
 from syncd.fakeapi.server import FakeServer, Faults
@@ -33,7 +33,9 @@ def sync(
 ) -> tuple[RunSummary, int]:
     """One in-process run; returns its list-run summary and the list requests it made."""
     server.api.reset_stats()
-    summaries = run_once(make_settings(server.url, db_url, page_size=str(page_size)), full=full).summaries
+    summaries = run_once(
+        make_settings(server.url, db_url, page_size=str(page_size)), SyncOptions(full=full)
+    ).summaries
     return summaries[0], server.api.stats.list_requests
 
 
@@ -501,15 +503,15 @@ def test_the_daemons_refresh_keeps_the_quiet_the_api_asked_for(
 
     server = fake_api(300, pending_fraction=0.5, malformed_fraction=0)
     settings = make_settings(server.url, db_url, page_size=str(L))
-    run_once(settings, refresh=False)
+    run_once(settings, SyncOptions(refresh=False))
     backdate_checks(engine)
     now = datetime.now(UTC)
     with db.writer(engine).begin() as conn:
         store.save_rate_limit(conn, STREAM, now + timedelta(seconds=300), now)
     server.api.reset_stats()
-    outcome = sync_with(settings, engine, list_run=False, refresh=True, refresh_seconds=5.0)
+    outcome = sync_with(settings, engine, SyncOptions(list_run=False, refresh=True), refresh_seconds=5.0)
     assert outcome.summaries == [] and server.api.stats.requests == 0
     with db.writer(engine).begin() as conn:
         store.save_rate_limit(conn, STREAM, None, now)
-    outcome = sync_with(settings, engine, list_run=False, refresh=True, refresh_seconds=5.0)
+    outcome = sync_with(settings, engine, SyncOptions(list_run=False, refresh=True), refresh_seconds=5.0)
     assert [s.mode for s in outcome.summaries] == ["refresh"] and server.api.stats.get_requests > 0
