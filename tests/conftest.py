@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
@@ -295,6 +296,28 @@ def world() -> Iterator[Callable[..., World]]:
     for w in started:
         w.api.stop()
         w.images.stop()
+
+
+def referenced_urls(w: World) -> set[str]:
+    """Every image URL the fake's valid artworks reference (results and upscaling inputs)."""
+    urls: set[str] = set()
+    for artwork in w.dataset.valid():
+        value = artwork.value
+        urls.update(value.get("results") or [])
+        if value.get("artworkType") == "upscaling" and value["parameters"].get("imageUrl"):
+            urls.add(value["parameters"]["imageUrl"])
+    return urls
+
+
+def metric(port: int, name: str) -> float:
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def storage_runs(port: int) -> float:
+    return metric(port, 'syncd_archive_runs_total{outcome="storage"}')
 
 
 def make_settings(api_url: str, database_url: str, **extra: str) -> Settings:

@@ -19,7 +19,16 @@ from sqlalchemy import Engine, select, update
 from syncd import db
 from syncd.archive import rows
 from syncd.fakeapi.images import ImageFaults, _share, expected_sha256, image_path
-from tests.conftest import World, run_cli, start_syncd, syncd_env, wait_for
+from tests.conftest import (
+    World,
+    metric,
+    referenced_urls,
+    run_cli,
+    start_syncd,
+    storage_runs,
+    syncd_env,
+    wait_for,
+)
 
 files = rows.files
 
@@ -55,17 +64,6 @@ def synced_and_archived(w: World, database_url: str, cwd: Path) -> tuple[Path, d
 def table(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(select(files).order_by(files.c.artwork_id, files.c.role, files.c.position)))
-
-
-def referenced_urls(w: World) -> set[str]:
-    """Every image URL the fake's valid artworks reference (results and upscaling inputs)."""
-    urls: set[str] = set()
-    for artwork in w.dataset.valid():
-        value = artwork.value
-        urls.update(value.get("results") or [])
-        if value.get("artworkType") == "upscaling" and value["parameters"].get("imageUrl"):
-            urls.add(value["parameters"]["imageUrl"])
-    return urls
 
 
 def test_every_image_is_archived_once_with_the_hash_of_the_bytes_served(
@@ -339,17 +337,6 @@ def test_a_full_disk_stops_the_daemons_archive_with_one_line_and_the_sync_goes_o
         assert {r.status for r in table(engine)} == {"pending"}
     finally:
         engine.dispose()
-
-
-def metric(port: int, name: str) -> float:
-    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def storage_runs(port: int) -> float:
-    return metric(port, 'syncd_archive_runs_total{outcome="storage"}')
 
 
 def test_under_a_backlog_the_image_deleted_soonest_is_saved_first(

@@ -22,10 +22,8 @@ from sqlalchemy import select
 from syncd import db
 from syncd.archive import rows
 from syncd.fakeapi.images import ImageFaults
-from tests.conftest import World, syncd_env, wait_for
+from tests.conftest import World, daemon, referenced_urls, syncd_env, wait_for
 from tests.s3server import S3
-from tests.test_archive import referenced_urls
-from tests.test_daemon import daemon
 
 files = rows.files
 INTERVAL = 2.0  # seconds between the archive's looks (SYNCD_ARCHIVE_INTERVAL)

@@ -17,7 +17,7 @@ from syncd.archive.s3 import ObjectStore
 from syncd.archive.store import CORRUPT, MISSING, OK, NotAnImage, StoreBusy
 from syncd.errors import ArchiveStorageError
 from syncd.locations import bucket_url
-from tests.conftest import World, run_syncd, syncd_env, wait_for
+from tests.conftest import World, count, daemon, run_cli, storage_runs, syncd_env, wait_for
 from tests.s3server import S3, SECRET, FaultyS3, free_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
@@ -233,8 +233,8 @@ def test_syncd_archives_into_the_bucket_and_verify_mends_it(
 ) -> None:
     w = world(40)
     env = s3_env(w, db_url, s3)
-    assert run_syncd(["run-once"], env, tmp_path).returncode == 0
-    done = run_syncd(["archive"], env, tmp_path)
+    assert run_cli(["run-once"], env, tmp_path).returncode == 0
+    done = run_cli(["archive"], env, tmp_path)
     assert done.returncode == 0, done.stderr
     with engine.connect() as conn:
         archived = conn.execute(
@@ -247,16 +247,16 @@ def test_syncd_archives_into_the_bucket_and_verify_mends_it(
     assert {f"archive/{r.path}" for r in archived} | {"archive/.syncd-archive"} == keys
     assert not list(tmp_path.glob("**/*.part"))
 
-    status = run_syncd(["status"], env, tmp_path)
+    status = run_cli(["status"], env, tmp_path)
     assert f"archive store     {s3.url} (configured)" in status.stdout, status.stdout
     assert SECRET not in status.stdout + status.stderr + done.stdout + done.stderr
 
-    checked = run_syncd(["check"], env, tmp_path)
+    checked = run_cli(["check"], env, tmp_path)
     assert "answers, the credentials taken, its marker present" in checked.stdout, checked.stdout
 
     lost = archived[0]
     s3.server.client().delete_object(Bucket=s3.bucket, Key=f"archive/{lost.path}")
-    mended = run_syncd(["archive", "--verify", "--deep"], env, tmp_path)
+    mended = run_cli(["archive", "--verify", "--deep"], env, tmp_path)
     assert mended.returncode == 0, mended.stderr
     assert "1 missing" in mended.stdout and f"archive/{lost.path}" in s3.keys()
 
@@ -267,8 +267,8 @@ def test_a_missing_bucket_stops_the_archive_with_exit_9_and_marks_nothing(
     w = world(10)
     env = s3_env(w, db_url, s3)
     env["SYNCD_ARCHIVE_URL"] = "s3://syncd-no-such-bucket-here/p"
-    assert run_syncd(["run-once"], env, tmp_path).returncode == 0
-    done = run_syncd(["archive"], env, tmp_path)
+    assert run_cli(["run-once"], env, tmp_path).returncode == 0
+    done = run_cli(["archive"], env, tmp_path)
     assert done.returncode == 9, done.stderr
     assert "the bucket syncd-no-such-bucket-here does not exist" in done.stderr
     with engine.connect() as conn:
@@ -327,8 +327,6 @@ def test_a_store_that_refuses_stops_the_daemons_archive_with_one_line_and_the_sy
     import signal
 
     from syncd import db
-    from tests.test_archive import storage_runs
-    from tests.test_daemon import count, daemon
 
     refused = {"on": True}
     proxy = faulty(s3, monkeypatch, lambda m, p: (403, "InvalidAccessKeyId") if refused["on"] else None)
@@ -370,7 +368,7 @@ def test_check_tries_the_bucket(sqlite_url: str, world: Callable[..., World], tm
     w = world(3)
     env = s3_env(w, sqlite_url, s3)
     env["SYNCD_ARCHIVE_URL"] = "s3://syncd-no-such-bucket-at-all/p"
-    checked = run_syncd(["check"], env, tmp_path)
+    checked = run_cli(["check"], env, tmp_path)
     assert checked.returncode == 9, checked.stdout
     line = next(x for x in checked.stdout.splitlines() if x.startswith("archive"))
     assert "PROBLEM" in line and "the bucket syncd-no-such-bucket-at-all does not exist" in line

@@ -136,3 +136,22 @@ def test_no_module_imports_from_a_layer_above_its_own(module: str) -> None:
     if module in FAKE:
         outside = sorted(dep for dep in imports_of(modules()[module], known) if dep not in FAKE | {"syncd"})
         assert not outside, f"the fake API ({module}) uses {outside}: it stands apart from syncd"
+
+
+def test_test_modules_share_helpers_through_conftest_only() -> None:
+    """A helper one test module imports from another drags that module's tests
+    and fixtures along and hides where shared code lives: it belongs in
+    tests/conftest.py (or a helper module of its own, as tests/s3server.py)."""
+    tests = Path(__file__).resolve().parent
+    crossing = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            crossing += [f"{path.name}: {name}" for name in names if name.startswith("tests.test_")]
+    assert not crossing
