@@ -29,6 +29,9 @@ files = rows.files
 INTERVAL = 2.0  # seconds between the archive's looks (SYNCD_ARCHIVE_INTERVAL)
 
 
+# Two daemons, a SIGKILL and the standby's takeover: half a minute of waiting
+# on ticks and slow image hosts, run with the soak tests (scripts/test.sh, CI).
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_the_standby_takes_over_the_archive_and_fetches_no_image_twice_once_stored(
     postgres_url: str, world: Callable[..., World], tmp_path: Path, s3: S3

@@ -59,7 +59,7 @@ def test_every_example_query_runs_and_means_the_same_on_both_databases(
     # Some images are gone (expired); none waits, so the archive's lag is the same on both.
     # Small images: the queries need rows, not bytes.
     w = world(
-        800,
+        300,
         seed=11,
         image_faults=ImageFaults(gone=0.1, size=2048),
         unknown_fraction=0.03,
