@@ -12,6 +12,7 @@ import atexit
 import email.utils
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,14 +23,14 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Connection, Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -99,14 +100,53 @@ def _calls_left_under_way() -> Iterator[None]:
         _end_calls_left_under_way(before)
 
 
-@pytest.fixture(scope="session")
-def _postgres_databases() -> Iterator[list[str]]:
+_OUTSIDE = "('pg_catalog', 'information_schema', 'pg_toast')"
+# What a schema consists of, as one digest: a database whose digest is the
+# freshly migrated one's holds nothing a test added but rows.
+_SCHEMA_DIGEST = f"""
+SELECT md5(coalesce(string_agg(item, '|' ORDER BY item), '')) FROM (
+  SELECT 'n ' || nspname AS item FROM pg_namespace
+   WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
+  UNION ALL SELECT 'c ' || table_schema || '.' || table_name || '.' || column_name || ' ' || data_type
+         || ' ' || is_nullable || ' ' || coalesce(column_default, '')
+    FROM information_schema.columns WHERE table_schema NOT IN {_OUTSIDE}
+  UNION ALL SELECT 'i ' || indexdef FROM pg_indexes WHERE schemaname NOT IN {_OUTSIDE}
+  UNION ALL SELECT 'k ' || conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(c.oid)
+    FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE nspname NOT IN {_OUTSIDE}
+  UNION ALL SELECT 'r ' || c.relkind::text || ' ' || c.oid::regclass::text
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname NOT IN {_OUTSIDE}
+  UNION ALL SELECT 't ' || tgname FROM pg_trigger WHERE NOT tgisinternal
+  UNION ALL SELECT 'p ' || p.oid::regprocedure::text
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE nspname NOT IN {_OUTSIDE}
+) AS items
+"""
+
+
+@dataclass
+class _Migrated:
+    """A freshly migrated database as it was: its schema's digest and its rows."""
+
+    digest: str
+    rows: dict[str, list[dict[str, Any]]]
+
+
+@dataclass
+class _PostgresDatabases:
     """The PostgreSQL databases of this session (of this xdist worker) that no
-    test holds now, each emptied by ``_empty_database``. Creating a database
-    costs the server ~0.2 s of CPU (it copies template1); emptying one, a
-    hundredth of that. All are dropped when the session ends."""
-    free: list[str] = []
-    yield free
+    test holds now: empty ones, and ones at the newest migration holding only
+    what the migrations wrote. Creating a database costs the server ~0.2 s of
+    CPU (it copies template1) and migrating one ~0.1 s; putting a used one
+    back as it was, a fraction of that. All are dropped when the session ends."""
+
+    empty: list[str] = field(default_factory=list)
+    migrated: list[str] = field(default_factory=list)
+    fresh: _Migrated | None = None
+
+
+@pytest.fixture(scope="session")
+def _postgres_databases() -> Iterator[_PostgresDatabases]:
+    databases = _PostgresDatabases()
+    yield databases
     admin_url = _pg_admin_url()
     if admin_url is None:
         return
@@ -127,9 +167,10 @@ def _pg_prefix() -> str:
     return f"syncd_test_{os.getpid()}_"
 
 
-def _empty_database(url: str) -> None:
-    """Make a used test database as a new one is: no connection left on it, no
-    schema but an empty ``public``, no setting of its own."""
+@contextmanager
+def _alone_on(url: str) -> Iterator[Connection]:
+    """A connection to the database at ``url``, every other one ended, and its
+    own settings reset."""
     engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with engine.connect() as conn:
@@ -139,46 +180,105 @@ def _empty_database(url: str) -> None:
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
             )
-            schemas = conn.execute(
-                text(
-                    "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-                    "AND nspname <> 'information_schema'"
-                )
-            ).scalars()
-            for schema in list(schemas):
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            conn.execute(text("CREATE SCHEMA public"))
-            conn.execute(text("SELECT pg_advisory_unlock_all()"))
             name = conn.execute(text("SELECT current_database()")).scalar_one()
             conn.execute(text(f'ALTER DATABASE "{name}" RESET ALL'))
+            yield conn
     finally:
         engine.dispose()
 
 
+def _empty_database(url: str) -> None:
+    """Make a used test database as a new one is: no schema but an empty ``public``."""
+    with _alone_on(url) as conn:
+        schemas = conn.execute(
+            text(
+                "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'"
+            )
+        ).scalars()
+        for schema in list(schemas):
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        conn.execute(text("CREATE SCHEMA public"))
+
+
+def _tables(conn: Connection) -> list[str]:
+    return list(conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
+
+
+def _remember_fresh(url: str) -> _Migrated:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = {
+                table: [dict(row._mapping) for row in conn.execute(text(f'SELECT * FROM "{table}"'))]
+                for table in _tables(conn)
+            }
+            return _Migrated(conn.execute(text(_SCHEMA_DIGEST)).scalar_one(), rows)
+    finally:
+        engine.dispose()
+
+
+def _back_to_fresh(url: str, fresh: _Migrated) -> bool:
+    """Put a migrated database back as it was freshly migrated, when the test
+    changed only rows (False, changing nothing, when it changed more)."""
+    with _alone_on(url) as conn:
+        if conn.execute(text(_SCHEMA_DIGEST)).scalar_one() != fresh.digest:
+            return False
+        tables = ", ".join(f'"{table}"' for table in _tables(conn))
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        for table, rows in fresh.rows.items():
+            if rows:
+                names = ", ".join(f'"{column}"' for column in rows[0])
+                values = ", ".join(f":{column}" for column in rows[0])
+                conn.execute(text(f'INSERT INTO "{table}" ({names}) VALUES ({values})'), rows)
+        return True
+
+
 @pytest.fixture
-def postgres_url(_postgres_databases: list[str]) -> Iterator[str]:
-    """An empty PostgreSQL database for this test alone: one this worker's
-    earlier tests used, emptied, or else a new one."""
+def postgres_url(request: pytest.FixtureRequest, _postgres_databases: _PostgresDatabases) -> Iterator[str]:
+    """A PostgreSQL database for this test alone: an empty one, or for a test
+    that asks for ``engine`` one at the newest migration with only what the
+    migrations wrote. Each is one this worker's earlier tests used, put back,
+    or else a new one."""
     admin_url = _pg_admin_url()
     if admin_url is None:
         if os.environ.get("SYNCD_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"{PG_ENV} is not set but SYNCD_REQUIRE_POSTGRES=1")
         pytest.skip(f"{PG_ENV} is not set")
-    if _postgres_databases:
-        name = _postgres_databases.pop()
+    pool = _postgres_databases
+    migrated = "engine" in request.fixturenames
+    url_of = lambda name: make_url(admin_url).set(database=name).render_as_string(hide_password=False)  # noqa: E731
+    if migrated and pool.migrated:
+        name = pool.migrated.pop()
     else:
-        name = f"{_pg_prefix()}{uuid.uuid4().hex[:8]}"
-        # No pool: a test may restart the server, and teardown must still connect.
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-        finally:
-            admin.dispose()
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        if pool.empty:
+            name = pool.empty.pop()
+        elif pool.migrated:
+            name = pool.migrated.pop()
+            _empty_database(url_of(name))
+        else:
+            name = f"{_pg_prefix()}{uuid.uuid4().hex[:8]}"
+            # No pool: a test may restart the server, and teardown must still connect.
+            admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+            try:
+                with admin.connect() as conn:
+                    conn.execute(text(f'CREATE DATABASE "{name}"'))
+            finally:
+                admin.dispose()
+        if migrated:
+            migrating = db.create_db_engine(url_of(name))
+            try:
+                db.upgrade(migrating)
+            finally:
+                migrating.dispose()
+            if pool.fresh is None:
+                pool.fresh = _remember_fresh(url_of(name))
+    url = url_of(name)
     yield url
-    _empty_database(url)
-    _postgres_databases.append(name)
+    if pool.fresh is not None and _back_to_fresh(url, pool.fresh):
+        pool.migrated.append(name)
+    else:
+        _empty_database(url)
+        pool.empty.append(name)
 
 
 @pytest.fixture
@@ -193,11 +293,30 @@ def db_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(name))
 
 
+@pytest.fixture(scope="session")
+def _migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file at the newest migration, made once per session: ``engine``
+    copies it (Alembic takes ~30 ms of CPU to migrate an empty file)."""
+    path = tmp_path_factory.mktemp("migrated") / "syncd.db"
+    template = db.create_db_engine(f"sqlite:///{path}")
+    try:
+        db.upgrade(template)
+        with template.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        template.dispose()
+    return path
+
+
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
+def engine(db_url: str, _migrated_sqlite: Path) -> Iterator[Engine]:
     """An engine on a migrated, empty database (both dialects)."""
+    path = db.sqlite_path(db_url)
+    if path is not None and not path.exists():
+        shutil.copyfile(_migrated_sqlite, path)
     eng = db.create_db_engine(db_url)
-    db.upgrade(eng)
+    if not db.schema_version(eng).up_to_date:
+        db.upgrade(eng)
     yield eng
     eng.dispose()
 
