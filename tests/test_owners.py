@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from syncd import db
 from syncd.app import run_once
 from syncd.fakeapi.server import FakeServer
 from syncd.owners import foreign_state, sqlite_state
@@ -135,12 +136,17 @@ def open_tmp() -> Iterator[Path]:
 
 @as_root
 def test_the_documented_way_runs_as_the_owner_and_leaves_only_its_files(
-    tmp_path: Path, open_tmp: Path, fake_api: Callable[..., FakeServer]
+    tmp_path: Path, open_tmp: Path, fake_api: Callable[..., FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = service_folder(open_tmp / "state")
     server = fake_api(50, malformed_fraction=0)
-    # Everything a run imports, imported before the child gives up root.
+    # Everything a run imports, imported before the child gives up root; the
+    # migrations, which a run reads, where the service's user can read them
+    # (an installed wheel's are; a checkout may lie in a folder of root's alone).
     run_once(make_settings(server.url, f"sqlite:///{tmp_path / 'warm.db'}"))
+    readable = open_tmp / "migrations"
+    shutil.copytree(db.migrations_dir(), readable, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(db, "migrations_dir", lambda: readable)
     settings = make_settings(server.url, f"sqlite:///{state / 'syncd.db'}")
     assert run_as(SERVICE_UID, SERVICE_GID, lambda: run_once(settings)) == 0
     created = list(state.iterdir())
