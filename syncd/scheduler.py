@@ -89,6 +89,9 @@ class Daemon:
         self._archiving = threading.Event()  # an archive run is under way
         self._syncing = threading.Event()  # a sync run (list or refresh) is under way
         self._archive_again = threading.Event()  # a sync stored something during it
+        # Runs under way when the stop came that have ended since (added before
+        # their flag above is cleared): the stop's log line names them too.
+        self._met_by_stop: set[str] = set()
         self._archive_problem: str | None = None  # the last archive failure, logged once
         self._archive_totals: tuple[dict[str, int], int] | None = None  # by status, and bytes
         self._totals_due = 0.0
@@ -123,7 +126,7 @@ class Daemon:
             running = [
                 what
                 for what, busy in (("sync", self._syncing), ("archive", self._archiving))
-                if busy.is_set()
+                if busy.is_set() or what in self._met_by_stop
             ]
             log.info(
                 "stopping: %s",
@@ -268,6 +271,8 @@ class Daemon:
             self._count_failure(kind, "crashed")
             return
         finally:
+            if self.stop.is_set():
+                self._met_by_stop.add("sync")
             self._syncing.clear()
         self.last_status = f"last {kind} ok at {_clock()}"
         notify(f"STATUS={self.last_status}")
@@ -320,6 +325,8 @@ class Daemon:
             outcome = "crashed"
             log.exception("archive run crashed; the scheduler goes on")
         finally:
+            if self.stop.is_set():
+                self._met_by_stop.add("archive")
             self._archiving.clear()
             self._archive_gauges(engine, outcome, worked)
             if self._archive_again.is_set() and not self.stop.is_set():
