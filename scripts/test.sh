@@ -15,16 +15,21 @@ sources=""
 for dir in syncd tests bench migrations; do [ -d "$dir" ] && sources="$sources $dir"; done
 .venv/bin/ruff check $sources
 .venv/bin/ruff format --check $sources
+# pytest rewrites the asserts of the test modules (and of hypothesis, a plugin)
+# and keeps the result as bytecode: with PYTHONDONTWRITEBYTECODE each worker
+# would rewrite them all again (~4 s of CPU each, every run). One collection
+# beside mypy (which keeps one core busy) rewrites them once for the workers;
+# an error in it is the test run's to report.
+unset PYTHONDONTWRITEBYTECODE
+.venv/bin/python -m pytest --collect-only -q -p no:cacheprovider >/dev/null 2>&1 &
+collecting=$!
 echo "== mypy --strict"
 .venv/bin/mypy
+wait "$collecting" || true
 if command -v systemd-analyze >/dev/null 2>&1 && [ -f deploy/verify-unit.sh ]; then
   echo "== systemd-analyze verify"
   bash deploy/verify-unit.sh
 fi
-# pytest rewrites the asserts of the test modules (and of hypothesis, a plugin)
-# and keeps the result as bytecode: with PYTHONDONTWRITEBYTECODE each worker
-# would rewrite them all again (~4 s of CPU each, every run).
-unset PYTHONDONTWRITEBYTECODE
 # Most tests wait on processes, sockets and timers rather than the CPU: four
 # workers on two cores; each takes the next test when it is free (worksteal),
 # so a long test late in a module does not leave the others idle at the end.

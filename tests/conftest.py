@@ -167,6 +167,18 @@ def _pg_prefix() -> str:
     return f"syncd_test_{os.getpid()}_"
 
 
+def end_other_connections(conn: Connection) -> None:
+    """Terminate every other connection to ``conn``'s PostgreSQL database (what
+    a server restart or a failover does to its clients; other databases are
+    left alone)."""
+    conn.execute(
+        text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    )
+
+
 @contextmanager
 def _alone_on(url: str) -> Iterator[Connection]:
     """A connection to the database at ``url``, every other one ended, and its
@@ -174,12 +186,7 @@ def _alone_on(url: str) -> Iterator[Connection]:
     engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            )
+            end_other_connections(conn)
             name = conn.execute(text("SELECT current_database()")).scalar_one()
             conn.execute(text(f'ALTER DATABASE "{name}" RESET ALL'))
             yield conn

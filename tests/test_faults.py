@@ -19,7 +19,17 @@ from sqlalchemy.exc import ProgrammingError
 from syncd import db, store
 from syncd.fakeapi.server import FakeServer, Faults
 from syncd.records import classify_page
-from tests.conftest import NOW, Wire, run_cli, start_syncd, syncd_env, txt2img, upscaling, wait_for
+from tests.conftest import (
+    NOW,
+    Wire,
+    end_other_connections,
+    run_cli,
+    start_syncd,
+    syncd_env,
+    txt2img,
+    upscaling,
+    wait_for,
+)
 
 
 def ids_in(engine: Engine) -> list[str]:
@@ -157,12 +167,7 @@ def _cut_connections(database_url: str) -> None:
     engine = db.create_db_engine(database_url)
     try:
         with engine.connect() as conn:
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            )
+            end_other_connections(conn)
     finally:
         engine.dispose()
 
