@@ -283,9 +283,17 @@ def test_refresh_visits_every_unfinished_artwork_in_turn_and_the_syncs_keep_thei
     server.api.reset_stats()
     api = server.api
     with daemon(env, tmp_path, tmp_path / "daemon.log") as process:
-        # Ten syncs, however long a busy machine takes for them (not a window of
-        # seconds that a stalled daemon fills with fewer).
-        wait_for(lambda: len(api.list_times) >= 10, 120, "ten syncs")
+        # Ten syncs and fifty re-checks of the backlog, however long a busy
+        # machine takes for them (not a window that a stalled daemon fills
+        # with fewer: ten syncs once came with 47 re-checks).
+        wait_for(
+            lambda: (
+                len(api.list_times) >= 10
+                and sum(1 for _, artwork_id in list(api.get_log) if artwork_id in stuck) >= 50
+            ),
+            120,
+            "ten syncs and fifty re-checks of the backlog",
+        )
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     # Counted, not timed: between two syncs, at most two refreshes' worth of
