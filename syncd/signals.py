@@ -58,8 +58,10 @@ def install_stop_signals(stop: threading.Event, message: str) -> None:
                     continue
                 name = signal.Signals(signum).name
                 if not stop.is_set():
-                    stop.set()
+                    # Logged before the stop is set: the main thread may exit
+                    # as soon as it sees the stop, and this daemon thread with it.
                     log.warning(message, name)
+                    stop.set()
                 else:
                     log.warning("%s received: already stopping (the run in flight is being recorded)", name)
         wake_reader.close()

@@ -23,8 +23,12 @@ from tests.conftest import start_syncd, syncd_env, wait_for
 # process with the signal's status.
 CHILD = textwrap.dedent(
     """
-    import threading
+    import logging, sys, threading, time
     from syncd.signals import install_stop_signals
+    if "--slow-log" in sys.argv:
+        # A log handler slower than the main thread's exit: the stop's line
+        # must be written before the stop lets the main thread go.
+        logging.getLogger("syncd.signals").addFilter(lambda record: time.sleep(0.3) or True)
     stop = threading.Event()
     install_stop_signals(stop, "%s received")
     print("ready", flush=True)
@@ -35,10 +39,10 @@ CHILD = textwrap.dedent(
 )
 
 
-def start_children(count: int) -> list[subprocess.Popen[str]]:
+def start_children(count: int, *flags: str) -> list[subprocess.Popen[str]]:
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", CHILD, *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         for _ in range(count)
     ]
@@ -70,6 +74,14 @@ def test_a_stop_signal_during_stop_wait_stops_and_is_logged() -> None:
     assert all(code == 0 and "stopped" in text and "SIGTERM received" in text for code, text in results), [
         r for r in results if r[0] != 0
     ]
+
+
+def test_the_stop_is_logged_before_the_main_thread_may_exit() -> None:
+    children = start_children(2, "--slow-log")
+    for child in children:
+        child.send_signal(signal.SIGTERM)
+    results = outcomes(children)
+    assert all(code == 0 and "SIGTERM received" in text for code, text in results), results
 
 
 @pytest.mark.parametrize("signals", [2, 5])
