@@ -10,6 +10,9 @@ python3 -m venv .venv
 # some machines set): the tests start syncd many times, and each start would
 # otherwise compile SQLAlchemy, pydantic and httpx again (~1 s).
 .venv/bin/python -m compileall -q -j 0 .venv/lib syncd >/dev/null
+# The README's figure for the suite runs from ruff to the end of the default
+# tier (the install is a one-off, the slow tier runs on its own): say it here.
+checks_started=$SECONDS
 echo "== ruff"
 sources=""
 for dir in syncd tests bench migrations; do [ -d "$dir" ] && sources="$sources $dir"; done
@@ -35,6 +38,7 @@ fi
 # so a long test late in a module does not leave the others idle at the end.
 echo "== pytest: the default suite"
 .venv/bin/python -m pytest -n 4 --dist worksteal "$@"
+echo "== lint, types and the default suite took $((SECONDS - checks_started)) s"
 echo "== pytest: soak tests (marked slow)"
 # Exit status 5: the arguments selected no slow test, which is fine here.
 .venv/bin/python -m pytest -n 2 -m slow "$@" || [ $? -eq 5 ]
