@@ -98,7 +98,9 @@ class Redactor:
 
     def redact(self, text: str) -> str:
         """``text`` with every form of every secret replaced by [REDACTED]."""
-        if self._pattern is None:
+        # The pattern is a long alternation tried at every position (~40 ms a
+        # megabyte); ``contains`` rules out nearly every text far quicker.
+        if self._pattern is None or not self.contains(text):
             return text
         return self._pattern.sub(REDACTED, text)
 

@@ -85,3 +85,30 @@ def test_base64_cores_do_not_depend_on_what_surrounds_the_key() -> None:
         for after in (b"", b"!", b"!!"):
             encoded = base64.b64encode(before + KEY.encode() + after).decode()
             assert any(core in encoded for core in cores)
+
+
+def encoded_char(char: str, form: int) -> str:
+    """``char`` as one of the forms ``redact`` masks, chosen by ``form`` (0 to 7)."""
+    if form == 0:
+        return char
+    if form == 1:
+        return f"\\u{ord(char):04x}"
+    extra_layers, lower = divmod(form - 2, 2)  # %73, %2573, %252573; either case of hex
+    digits = f"{ord(char):02x}" if lower else f"{ord(char):02X}"
+    return "%" + "25" * extra_layers + digits
+
+
+@given(
+    forms=st.lists(st.integers(min_value=0, max_value=7), min_size=len(KEY), max_size=len(KEY)),
+    before=st.text(max_size=20),
+    after=st.text(max_size=20),
+)
+def test_property_the_key_with_each_character_in_any_form_is_found_and_masked(
+    forms: list[int], before: str, after: str
+) -> None:
+    # ``redact`` looks only where ``contains`` finds the key: every mix of forms
+    # it masks must be one that ``contains`` finds.
+    text = before + "".join(encoded_char(char, form) for char, form in zip(KEY, forms, strict=True)) + after
+    assert contains(text, [KEY]), text
+    masked = redact(text, [KEY])
+    assert REDACTED in masked and not contains(masked, [KEY]), masked
