@@ -19,7 +19,7 @@ from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from syncd import SCHEMA_REVISION
-from syncd.errors import DatabaseError, DatabaseUnreachable, SchemaError
+from syncd.errors import DatabaseError, DatabaseUnreachable, InstallError, SchemaError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 16_384
@@ -160,9 +160,31 @@ def sqlite_problem(database: Path, *, write: bool) -> str | None:
 
 
 def migrations_dir() -> Path:
-    """Installed wheels carry the migrations inside the package; checkouts beside it."""
+    """Installed wheels carry the migrations inside the package; checkouts beside it.
+
+    A checkout in a folder only its owner can read (/root) cannot serve
+    another user: said so, not as a traceback from deep inside Alembic.
+    """
     installed = PACKAGE_DIR / "_migrations"
-    return installed if installed.is_dir() else PACKAGE_DIR.parent / "migrations"
+    try:
+        found = installed if installed.is_dir() else PACKAGE_DIR.parent / "migrations"
+        problem = _migrations_problem(found)
+    except PermissionError:
+        found, problem = installed, "cannot be read"
+    if problem is not None:
+        raise InstallError(
+            f"syncd's database migrations at {found} {problem} (uid {os.geteuid()}): "
+            "install syncd where the user that runs it can read it (docs/deploy.md)"
+        )
+    return found
+
+
+def _migrations_problem(folder: Path) -> str | None:
+    if not folder.is_dir():
+        return "are missing"
+    if not all(os.access(path, os.R_OK | os.X_OK) for path in (folder, folder / "versions")):
+        return "cannot be read"
+    return None
 
 
 def alembic_config(connection: Connection | None = None) -> Any:

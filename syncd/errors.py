@@ -65,6 +65,13 @@ class WrongUserError(SyncdError):
     exit_code = ExitCode.CONFIG
 
 
+class InstallError(SyncdError):
+    """syncd's own files (its migrations) cannot be read by the user running it:
+    installed where only another user can read."""
+
+    exit_code = ExitCode.CONFIG
+
+
 class ApiError(SyncdError):
     """The artworks API could not be used."""
 

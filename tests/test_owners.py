@@ -14,6 +14,7 @@ import pytest
 
 from syncd import db
 from syncd.app import run_once
+from syncd.errors import InstallError
 from syncd.fakeapi.server import FakeServer
 from syncd.owners import foreign_state, sqlite_state
 from tests.conftest import invoke_cli, make_settings
@@ -157,3 +158,27 @@ def test_the_documented_way_runs_as_the_owner_and_leaves_only_its_files(
     # And the service's user goes on where it left off: its files are its own.
     server.api.dataset.add(5)
     assert run_as(SERVICE_UID, SERVICE_GID, lambda: run_once(settings)) == 0
+
+
+@as_root
+def test_migrations_another_user_cannot_read_are_a_clear_error(
+    open_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkout in root's own folder, run by the service's user: one line
+    # that says what and where, exit code 3, not a traceback from Alembic.
+    package = open_tmp / "checkout" / "syncd"
+    shutil.copytree(
+        db.migrations_dir(), package.parent / "migrations", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    package.mkdir()
+    (package.parent / "migrations").chmod(0o700)
+    monkeypatch.setattr(db, "PACKAGE_DIR", package)
+
+    def read_migrations() -> None:
+        with pytest.raises(InstallError) as refused:
+            db.migrations_dir()
+        assert refused.value.exit_code == 3
+        assert f"{package.parent / 'migrations'} cannot be read (uid {SERVICE_UID})" in str(refused.value)
+
+    assert run_as(SERVICE_UID, SERVICE_GID, read_migrations) == 0
+    assert db.migrations_dir() == package.parent / "migrations"  # root reads them
