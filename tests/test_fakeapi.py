@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import httpx
+
 from syncd.fakeapi.data import HORIZON, Dataset
+from syncd.fakeapi.server import FakeServer
 
 
 def created_at(dataset: Dataset) -> list[datetime]:
@@ -26,3 +30,20 @@ def test_small_accounts_keep_their_gaps_and_are_reproducible() -> None:
     assert [a.value for a in one.items] == [a.value for a in again.items]
     gaps = [(b - a).total_seconds() for a, b in zip(created_at(one), created_at(one)[1:], strict=False)]
     assert max(gaps) > 300  # 1-600 s apart, as before large accounts shrank them
+
+
+def test_stats_count_the_distinct_artworks_list_answers_carried_since_the_reset(
+    fake_api: Callable[..., FakeServer],
+) -> None:
+    """The wire benchmark's refresh needs them: an artwork a list page carried
+    is checked, and no GET for it is owed."""
+    server = fake_api(250)
+    with httpx.Client(base_url=server.url, headers={"Authorization": "Bearer test-key"}) as client:
+        for skip in (0, 0, 99):  # the first page twice, then one overlapping it by an artwork
+            assert client.get("/v1/artworks", params={"skip": skip, "limit": 100}).status_code == 200
+        artwork_id = client.get("/v1/artworks", params={"skip": 240, "limit": 1}).json()[0]["id"]
+        assert client.get(f"/v1/artworks/{artwork_id}").status_code == 200  # by id: not listed
+        stats = client.get("/_fake/stats").json()
+        assert stats["list_requests"] == 4 and stats["artworks_listed"] == 200
+        client.post("/_fake/reset-stats")
+        assert client.get("/_fake/stats").json()["artworks_listed"] == 0

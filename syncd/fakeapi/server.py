@@ -7,7 +7,8 @@ forbidden key), ``skip``/``limit`` validation with 400, JSON error bodies,
 random generator, so a run is repeatable. Control endpoints under ``/_fake/``
 (no auth) let tests change the data and read counters:
 
-    GET  /_fake/stats                  counters (requests, by status, early requests)
+    GET  /_fake/stats                  counters (requests, by status, early requests, distinct
+                                       artworks listed)
     POST /_fake/reset-stats            counters and request logs start again
     POST /_fake/add?count=N[&pending=1]  create N artworks now
     POST /_fake/delete-oldest?count=N  delete the N oldest
@@ -174,6 +175,10 @@ class FakeApi:
         self.list_times: list[float] = []  # time.time() of each list request answered
         self.get_log: list[tuple[float, str]] = []  # (time.time(), id) of each single-artwork request
         self.served: set[str] = set()  # every id any list answer carried: "ever listed"
+        # The ids list answers carried since the counters were reset: what a
+        # client was told by its list reads (the benchmark: which unfinished
+        # artworks a refresh need not ask for by id).
+        self.listed: set[str] = set()
         self.first_request_at: float | None = None  # wall clock (time.time()) of the first API request
         # In-process tests: called (under the lock) with the list request's number
         # before it is answered, to change the data between two pages.
@@ -216,7 +221,12 @@ class FakeApi:
         self.list_log = []
         self.list_times = []
         self.get_log = []
+        self.listed = set()
         self.first_request_at = None
+
+    def stats_report(self) -> dict[str, Any]:
+        """Under the lock: the counters, and how many distinct artworks list answers carried."""
+        return {**self.stats.as_dict(), "artworks_listed": len(self.listed)}
 
     def scripted(self) -> int | None:
         """Under the lock: the status ``Faults.first_answers`` gives this request, if any."""
@@ -402,7 +412,7 @@ class _Handler(QuietHandler):
         parts = urlsplit(self.path)
         if parts.path == "/_fake/stats":
             with self.server.api.lock:
-                self._send(200, orjson.dumps(self.server.api.stats.as_dict()))
+                self._send(200, orjson.dumps(self.server.api.stats_report()))
             return
         if parts.path == "/v1/artworks" or parts.path.startswith("/v1/artworks/"):
             self._api(parts.path, parse_qs(parts.query, keep_blank_values=True))
@@ -663,7 +673,9 @@ class _Handler(QuietHandler):
             listed = listed[: max(0, limit - faults.short_by)]
         if faults.finish_after:
             api.dataset.finish_due(listed, faults.finish_after, time.time())
-        api.served.update(a.id for a in listed if a.id is not None)
+        ids = [a.id for a in listed if a.id is not None]
+        api.served.update(ids)
+        api.listed.update(ids)
         return 200, b"[" + b",".join(a.json() for a in listed) + b"]"
 
     def _get(self, artwork_id: str) -> tuple[int, bytes]:
