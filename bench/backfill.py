@@ -340,6 +340,19 @@ def run_seconds(database: Path, after_id: int = 0) -> tuple[float, int]:
     return seconds, max((row[0] for row in rows), default=after_id)
 
 
+def left_unchecked(database: Path, after_id: int) -> int:
+    """Artworks the runs after ``after_id`` neither listed nor re-checked: their
+    ``last_seen_at`` is still from before the first of those runs. In the
+    refresh case every artwork is unfinished, and this must be 0: an
+    unfinished artwork never re-checked keeps stale data in the only copy."""
+    with sqlite3.connect(database) as conn:
+        (started,) = conn.execute(
+            "SELECT MIN(started_at) FROM sync_runs WHERE id > ?", (after_id,)
+        ).fetchone()
+        (count,) = conn.execute("SELECT COUNT(*) FROM artworks WHERE last_seen_at < ?", (started,)).fetchone()
+    return int(count)
+
+
 def pages_to_read(count: int, page_size: int) -> int:
     """List requests a scan of ``count`` artworks takes: page k starts at
     k x (page_size - 1), overlapping the one before by an artwork, and the
@@ -374,8 +387,11 @@ def wire(args: argparse.Namespace) -> None:
         "cases": {},
     }
     rows: list[tuple[str, float, float, int, int, float, int, int]] = []
+    unchecked: dict[str, int] = {}
 
-    def record(label: str, key: str, wall: float, seconds: float, fake: dict[str, Any], needed: int) -> None:
+    def record(
+        label: str, key: str, wall: float, seconds: float, fake: dict[str, Any], needed: int, **extra: Any
+    ) -> None:
         """``needed``: the requests the work takes (pages, or GETs), for the floor."""
         refused, early, sent = (
             int(fake["by_status"].get("429", 0)),
@@ -392,6 +408,7 @@ def wire(args: argparse.Namespace) -> None:
             "x_floor": seconds / floor,
             "answered_429": refused,
             "early_requests": early,
+            **extra,
         }
         rows.append((label, wall, seconds, needed, sent, seconds / floor, refused, early))
         print(f"{label}: done", file=sys.stderr)
@@ -419,14 +436,25 @@ def wire(args: argparse.Namespace) -> None:
                 runs = -(-args.refresh_count // 1000)
                 wall = sum(run_syncd(["run-once"], env)[0] for _ in range(runs))
                 seconds, _ = run_seconds(database, last)
-                needed = min(args.refresh_count, 1000) * runs + runs  # the GETs and each run's list request
+                fake = stats(url)
+                # Each run's list request (an incremental run over an unchanged
+                # list reads one page), and one GET per unfinished artwork no
+                # list page of these runs carried: a list page is a check
+                # (syncd/sync/refresh.py), and the artworks it carried are not
+                # due. The 1,000 a run may re-check never bind with this many runs.
+                needed = runs + args.refresh_count - int(fake["artworks_listed"])
+                missed = left_unchecked(database, last)
+                if missed:
+                    unchecked[label] = missed
                 record(
                     f"refresh of {args.refresh_count:,}: {label}",
                     f"refresh-{key}",
                     wall,
                     seconds,
-                    stats(url),
+                    fake,
                     needed,
+                    listed_artworks=int(fake["artworks_listed"]),
+                    left_unchecked=missed,
                 )
 
     print(
@@ -441,13 +469,19 @@ def wire(args: argparse.Namespace) -> None:
         cells = (f"{wall:.2f}", f"{seconds:.2f}", str(needed), str(sent), f"{ratio:.2f}", share, str(early))
         print(f"| {label:<58} | " + " | ".join(f"{cell:>7}" for cell in cells) + " |")
     print(
-        "\nneeded: the requests the work takes (the pages of a scan; or one GET per unfinished artwork"
-        "\nand each run's list request); sent: what the fake API received; floor = needed / allowed rate;"
+        "\nneeded: the requests the work takes (the pages of a scan; for a refresh, each run's list request"
+        "\nand one GET per unfinished artwork no list page of those runs carried: a list page is a check,"
+        "\nso those are not due); sent: what the fake API received; floor = needed / allowed rate;"
         "\nx floor = run s / floor, run s by syncd's own clock (sync_runs, without the process's start-up,"
         "\nwhich wall s has); 429s: the share of what was sent; early: sent before a Retry-After elapsed"
     )
     if args.json:
         print(json.dumps(results, indent=2))
+    if unchecked:
+        raise SystemExit(
+            "the refresh left unfinished artworks neither listed nor re-checked: "
+            + "; ".join(f"{label}: {count:,}" for label, count in unchecked.items())
+        )
 
 
 def main() -> None:

@@ -119,3 +119,24 @@ def test_archive_benchmark_runs_into_a_bucket_with_tiny_numbers(tmp_path: Path) 
     )  # fmt: skip
     assert report["store"] == "s3" and report["wire"]["archived"] == report["wire"]["images"] > 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_wire_benchmark_floors_the_refresh_on_what_it_must_send() -> None:
+    """The refresh rows' "needed": each run's list request, and one GET per
+    unfinished artwork that no list page carried (a list page is a check, so
+    those are not due). Counting a GET for every unfinished artwork made the
+    refresh of 300 look 0.69 x its floor: its list page carried 100 of them.
+    And none is left neither listed nor re-checked (the bench would exit 1)."""
+    report = run_bench(
+        "backfill.py",
+        "--wire", "--count", "100", "--page-size", "100", "--repeat", "1",
+        "--latency-ms", "20", "--allowed-rate", "100", "--refresh-count", "300",
+    )  # fmt: skip
+    refresh = {key: case for key, case in report["cases"].items() if key.startswith("refresh-")}
+    assert set(refresh) == {"refresh-ceiling", "refresh-sequential", "refresh-limited"}
+    for case in refresh.values():
+        assert case["needed_requests"] == 1 + 300 - 100
+        assert case["listed_artworks"] == 100  # the incremental run's one page
+        assert case["left_unchecked"] == 0
+    for key in ("refresh-ceiling", "refresh-sequential"):  # no server limit: nothing sent twice
+        assert refresh[key]["sent_requests"] == refresh[key]["needed_requests"]
