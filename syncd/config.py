@@ -481,7 +481,11 @@ class Settings:
                 continue  # the key's file: told in the api line
             places[place] = places.get(place, 0) + 1
         told = ", ".join(f"{count} from {place}" for place, count in places.items())
-        return f"{told}; the rest defaults" if told else "all defaults"
+        described = f"{told}; the rest defaults" if told else "all defaults"
+        if self.warnings:
+            count = len(self.warnings)
+            described += f" ({count} warning{'s' if count > 1 else ''} on stderr)"
+        return described
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -514,6 +518,35 @@ def _read_key_file(path: Path, origin: str) -> Secret:
         return _parse_api_key(text)
     except ValueError as exc:
         raise ConfigError(f"{origin}: the key in {path} {exc}") from None
+
+
+def _differs(name: str, from_env: object, from_file: object) -> bool:
+    """Whether two sources give ``name`` different values (one that cannot be
+    parsed differs: the file's value is judged, and the environment's ignored)."""
+    spec = SPECS_BY_NAME[name]
+    try:
+        return bool(spec.parse(from_env) != spec.parse(from_file))
+    except ValueError:
+        return True
+
+
+def _unused_key_sources(
+    values: Mapping[str, Any], sources: Mapping[str, str], env: Mapping[str, str]
+) -> list[str]:
+    """The API key's sources that another one shadows: SYNCD_API_KEY (or
+    api_key) wins over SYNCD_API_KEY_FILE, which wins over systemd's
+    credential. A leftover of the first would make a key rotation done in the
+    second change nothing, silently."""
+    credential = env.get("CREDENTIALS_DIRECTORY")
+    candidates = [sources[name] for name in ("api_key", "api_key_file") if name in values]
+    if credential and (Path(credential) / "api_key").exists():
+        candidates.append("$CREDENTIALS_DIRECTORY/api_key")
+    if len(candidates) < 2:
+        return []
+    return [
+        f"the API key comes from {candidates[0]}; {', '.join(candidates[1:])} "
+        f"{'is' if len(candidates) == 2 else 'are'} set too and not read: remove what is not meant"
+    ]
 
 
 def load_settings(
@@ -554,6 +587,12 @@ def load_settings(
             if key not in SPECS_BY_NAME:
                 warnings.append(_unknown_setting(key, f"config file {path}", repr))
                 continue
+            from_env = raw.get(key)
+            if from_env is not None and _differs(key, from_env[0], value):
+                warnings.append(
+                    f"{from_env[1]} is set in the environment, but {key} in {path} overrides it "
+                    "(a config file wins over the environment): remove one of them"
+                )
             raw[key] = (value, f"{key} in {path}")
 
     for name, value in (overrides or {}).items():
@@ -569,6 +608,7 @@ def load_settings(
             raise ConfigError(f"{origin}: {exc}") from None
         sources[name] = origin
 
+    warnings.extend(_unused_key_sources(values, sources, env))
     if "api_key" not in values:
         key_file: Path | None = values.get("api_key_file")
         if key_file is not None:

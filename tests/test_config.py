@@ -37,6 +37,48 @@ def test_env_then_toml_then_flags(tmp_path: Path) -> None:
     assert settings.interval == 60 and settings.source_of("interval") == "SYNCD_INTERVAL"
 
 
+def test_a_setting_the_file_overrides_from_the_environment_is_a_warning(tmp_path: Path) -> None:
+    config = tmp_path / "syncd.toml"
+    config.write_text('database_url = "sqlite:////srv/t.db"\npage_size = 100\ninterval = 300\n')
+    env = {
+        "SYNCD_DATABASE_URL": "sqlite:////srv/scratch.db",  # differs: the run would write elsewhere
+        "SYNCD_PAGE_SIZE": "100",  # the same value: nothing to say
+        "SYNCD_INTERVAL": "5m",  # a bad value the file hides: said too
+    }
+    settings = load(env, config)
+    assert settings.database_url == "sqlite:////srv/t.db"
+    assert settings.warnings == tuple(
+        f"{variable} is set in the environment, but {key} in {config} overrides it "
+        "(a config file wins over the environment): remove one of them"
+        for variable, key in (("SYNCD_DATABASE_URL", "database_url"), ("SYNCD_INTERVAL", "interval"))
+    )
+    assert settings.describe_sources() == f"3 from {config}; the rest defaults (2 warnings on stderr)"
+    assert load({**env, "SYNCD_INTERVAL": "60"}).warnings == ()  # without the file, nothing is overridden
+
+
+def test_an_api_key_source_another_shadows_is_a_warning(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-the-file-123456\n")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "api_key").write_text("sk-from-systemd-123456\n")
+    env = {"SYNCD_API_KEY": "sk-left-over-123456", "SYNCD_API_KEY_FILE": str(key_file)}
+    settings = load({**env, "CREDENTIALS_DIRECTORY": str(credentials)})
+    assert settings.api_key is not None and settings.api_key.reveal() == "sk-left-over-123456"
+    assert settings.warnings == (
+        "the API key comes from SYNCD_API_KEY; SYNCD_API_KEY_FILE, $CREDENTIALS_DIRECTORY/api_key "
+        "are set too and not read: remove what is not meant",
+    )
+    shadowed = load({"SYNCD_API_KEY_FILE": str(key_file), "CREDENTIALS_DIRECTORY": str(credentials)})
+    assert shadowed.api_key is not None and shadowed.api_key.reveal() == "sk-from-the-file-123456"
+    assert shadowed.warnings == (
+        "the API key comes from SYNCD_API_KEY_FILE; $CREDENTIALS_DIRECTORY/api_key is set too and not read: "
+        "remove what is not meant",
+    )
+    assert load({"CREDENTIALS_DIRECTORY": str(credentials)}).warnings == ()
+    assert all("sk-" not in warning for warning in settings.warnings + shadowed.warnings)
+
+
 def test_system_file_is_read_when_present_and_no_config_given(tmp_path: Path) -> None:
     system = tmp_path / "system.toml"
     system.write_text("page_size = 7\n")
