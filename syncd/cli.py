@@ -494,6 +494,7 @@ def db_reset_state(yes: bool, **kwargs: Any) -> None:
 @click.option(
     "--archive-url", help="The archive's bucket, s3://BUCKET/PREFIX [env SYNCD_ARCHIVE_URL; optional]."
 )
+@handle_errors
 def check_command(**kwargs: Any) -> None:
     """Try the configuration without syncing: settings, the API and its key,
     the database, the archive. One line each, ok or the problem.

@@ -8,7 +8,9 @@ group and the operator's commands), ``syncd.demo``, ``syncd.fakeapi.cli``.
 from __future__ import annotations
 
 import functools
+import io
 import logging
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,7 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from syncd.config import Settings, load_settings
-from syncd.errors import SyncdError, one_line
+from syncd.errors import ExitCode, SyncdError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("syncd")
@@ -102,6 +104,16 @@ def past_moment(value: str | None, option: str) -> datetime | None:
     return moment
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's last flush would fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # no file descriptor behind stdout (a test's runner): nothing to flush there
+
+
 def handle_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -110,6 +122,11 @@ def handle_errors(func: F) -> F:
         except SyncdError as exc:
             click.echo(f"syncd: error: {one_line(str(exc))}", err=True)
             sys.exit(int(exc.exit_code))
+        except BrokenPipeError:
+            # The reader of the output went away (`syncd demo | head`): end as a
+            # shell tool that SIGPIPE ends, not as a bug (click would say 1).
+            _silence_stdout()
+            sys.exit(int(ExitCode.OUTPUT_CLOSED))
 
     return wrapper  # type: ignore[return-value]
 

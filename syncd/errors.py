@@ -44,6 +44,7 @@ class ExitCode(IntEnum):
     STALE = 8
     ARCHIVE_STORAGE = 9
     INTERRUPTED = 130
+    OUTPUT_CLOSED = 141  # as a shell reports a process that SIGPIPE ended
 
 
 class SyncdError(Exception):

@@ -5,7 +5,10 @@ holding the lock, one killed mid-run."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -264,3 +267,28 @@ def test_status_shows_a_run_in_progress_and_one_its_process_abandoned(
     abandoned = status()["running"]
     assert isinstance(abandoned, dict) and abandoned["id"] == 1
     assert "abandoned     run 1 backfill" in run_cli(["status"], env, cwd=tmp_path).stdout
+
+
+def test_a_reader_gone_before_the_output_ends_the_command_with_141_not_a_bug(
+    fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    # A real process (click's runner has no pipe): its stdout is a pipe whose
+    # reading end is closed before it starts, so its first line meets EPIPE.
+    server = fake_api(30, malformed_fraction=0)
+    env = syncd_env(server.url, f"sqlite:///{tmp_path / 'db.sqlite'}")
+    assert run_cli(["run-once"], env, cwd=tmp_path).returncode == 0
+    reader, writer = os.pipe()
+    os.close(reader)
+    with os.fdopen(writer, "w") as closed_pipe:
+        result = subprocess.run(
+            [sys.executable, "-m", "syncd", "status"],
+            env=env,
+            cwd=tmp_path,
+            stdout=closed_pipe,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 141, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
