@@ -307,6 +307,7 @@ def archive_with(settings: Settings, engine: Engine, options: ArchiveOptions | N
     from syncd.archive import rows
     from syncd.archive.fetch import FetchOptions, ImageFetcher
     from syncd.archive.job import Archiver
+    from syncd.archive.judge import judge
     from syncd.archive.verify import verify_archive
 
     where = settings.require_archive()
@@ -330,7 +331,8 @@ def archive_with(settings: Settings, engine: Engine, options: ArchiveOptions | N
     )
     try:
         with locks.sync_lock(engine, job=locks.ARCHIVE_LOCK), store.lock():
-            _check_marker(engine, store)
+            if not judge(store, engine):  # the rule syncd check follows too
+                store.mark()
             verified = None
             if options.verify:
                 verified = verify_archive(
@@ -381,25 +383,3 @@ def archive_store(settings: Settings) -> ArchiveStore:
         max_file_bytes=settings.archive_max_file_bytes,
         max_connections=settings.archive_max_in_flight + 4,
     )
-
-
-def _check_marker(engine: Engine, store: ArchiveStore) -> None:
-    """A folder without the archive's marker, while images are archived: an
-    unmounted disk, or another server's folder. Refused, or every image would
-    look missing (and be fetched again, or marked gone)."""
-    from syncd.archive import rows
-    from syncd.archive.files import MARKER
-    from syncd.errors import ArchiveStorageError
-
-    if store.marked():
-        return
-    with engine.connect() as conn:
-        held = rows.archived_count(conn, store.id)
-    if held:
-        raise ArchiveStorageError(
-            f"{store.describe()} is not the archive the database knows ({MARKER} is not in it, yet "
-            f"{held:,} images are archived): is its disk mounted, or is this another server's "
-            f"folder (or another bucket or prefix)? To make it the archive, create {MARKER} in it "
-            "and run `syncd archive --verify --accept-missing`"
-        )
-    store.mark()

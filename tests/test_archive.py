@@ -439,6 +439,50 @@ def test_a_folder_that_is_not_the_archive_is_refused_and_nothing_changes(
     assert table(engine) == before and w.images.stats.requests == len(before)
 
 
+def refusal_of(text: str) -> str:
+    """The words saying why the archive folder is refused, from a run's output or check's line."""
+    start = text.index("the folder ")
+    return text[start : text.index("--accept-missing`", start)]
+
+
+def unmounted(archive: Path, swap: str) -> None:
+    """The disk of ``archive`` not mounted: its mount point empty, or gone."""
+    archive.rename(archive.parent / "elsewhere")
+    if swap == "empty folder":
+        archive.mkdir()
+
+
+@pytest.mark.parametrize("swap", ["empty folder", "no folder"])
+def test_check_refuses_a_folder_the_run_refuses_in_the_same_words_with_exit_9(
+    swap: str, db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    w = world(20)
+    archive, env = synced_and_archived(w, db_url, tmp_path)
+    archived = sum(r.status == "archived" for r in table(engine))
+    unmounted(archive, swap)
+    refused = run_cli(["archive"], env, tmp_path)
+    checked = run_cli(["check"], env, tmp_path)
+    assert refused.returncode == 9, refused.stderr
+    line = next(x for x in checked.stdout.splitlines() if x.startswith("archive"))
+    assert checked.returncode == 9 and " PROBLEM " in line, checked.stdout + checked.stderr
+    assert refusal_of(line) == refusal_of(refused.stderr)
+    assert f"yet {archived:,} images are archived" in line
+
+
+def test_check_says_a_new_folder_and_a_marked_one_are_fine(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    w = world(20)
+    env = archive_env(w, db_url, tmp_path / "images")
+    assert run_cli(["run-once"], env, tmp_path).returncode == 0
+    (tmp_path / "images").mkdir()
+    new = run_cli(["check"], env, tmp_path)
+    assert new.returncode == 0 and "writable, no marker yet" in new.stdout, new.stdout + new.stderr
+    assert run_cli(["archive"], env, tmp_path).returncode == 0
+    marked = run_cli(["check"], env, tmp_path)
+    assert marked.returncode == 0 and "writable, its marker present" in marked.stdout, marked.stdout
+
+
 def test_verify_changes_nothing_when_most_files_are_missing_unless_told_they_are_lost(
     db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
 ) -> None:
