@@ -7,7 +7,7 @@ import gc
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -314,7 +314,6 @@ def archive_with(settings: Settings, engine: Engine, options: ArchiveOptions | N
     if isinstance(where, Path):  # a folder of this server: root is refused in one another user owns
         owners.refuse_foreign_state([where], allowed=settings.allow_root)
     store = archive_store(settings)
-    store.prepare()
     options = options or ArchiveOptions()
     stop = options.stop or threading.Event()
     secrets = (settings.api_key.reveal(),) if settings.api_key else ()
@@ -330,8 +329,13 @@ def archive_with(settings: Settings, engine: Engine, options: ArchiveOptions | N
         sleep=interruptible_sleep(stop),
     )
     try:
-        with locks.sync_lock(engine, job=locks.ARCHIVE_LOCK), store.lock():
-            if not judge(store, engine):  # the rule syncd check follows too
+        with locks.sync_lock(engine, job=locks.ARCHIVE_LOCK), ExitStack() as stack:
+            # Judged before anything is created there (the folder, incoming/,
+            # its lock file): a refused folder is left as it was found.
+            marked = judge(store, engine)
+            store.prepare()
+            stack.enter_context(store.lock())
+            if not marked and not judge(store, engine):  # still new, now that this job holds it
                 store.mark()
             verified = None
             if options.verify:

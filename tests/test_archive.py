@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select, update
 
 from syncd import db
 from syncd.archive import rows
+from syncd.errors import ArchiveStorageError
 from syncd.fakeapi.images import ImageFaults, _share, expected_sha256, image_path
 from tests.conftest import (
     World,
@@ -481,6 +482,51 @@ def test_check_says_a_new_folder_and_a_marked_one_are_fine(
     assert run_cli(["archive"], env, tmp_path).returncode == 0
     marked = run_cli(["check"], env, tmp_path)
     assert marked.returncode == 0 and "writable, its marker present" in marked.stdout, marked.stdout
+
+
+@pytest.mark.parametrize("swap", ["empty folder", "no folder"])
+def test_a_refused_folder_is_left_as_it_was_by_the_run_verify_and_the_daemon(
+    swap: str, db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    """Every archive job judges the folder (marker vs database) before it
+    creates anything there: no lock file, no incoming/, no folder."""
+    from syncd import app
+    from syncd.config import load_settings
+    from syncd.scheduler import Daemon
+
+    w = world(20)
+    archive, env = synced_and_archived(w, db_url, tmp_path)
+    before = table(engine)
+    unmounted(archive, swap)
+    runs = [run_cli(args, env, tmp_path) for args in (["archive"], ["archive", "--verify"])]
+    settings = load_settings(env=env, system_config_path=tmp_path / "none.toml")
+    with pytest.raises(ArchiveStorageError, match="is not the archive the database knows"):
+        app.archive_with(settings, engine)  # the daemon's job
+    Daemon(settings)._archive_tick(engine)
+    assert [r.returncode for r in runs] == [9, 9], [r.stderr for r in runs]
+    if swap == "empty folder":
+        assert sorted(p.name for p in archive.iterdir()) == []
+    else:
+        assert not archive.exists()
+    assert table(engine) == before and w.images.stats.requests == len(before)
+
+
+def test_an_accepted_folder_is_still_one_archivers_at_a_time(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    """Judged before it is locked, the folder is still worked in under its
+    lock: a job of another database holding it keeps this one out."""
+    from syncd.archive.files import ContentStore
+
+    w = world(20)
+    archive, env = synced_and_archived(w, db_url, tmp_path)
+    with engine.begin() as conn:  # due again: a run would fetch them
+        conn.execute(update(files).values(status="pending", next_attempt_at=None))
+    before = table(engine)
+    with ContentStore(archive).lock():
+        held = run_cli(["archive"], env, tmp_path)
+    assert held.returncode == 7 and "another syncd is archiving into" in held.stderr, held.stderr
+    assert table(engine) == before
 
 
 def test_verify_changes_nothing_when_most_files_are_missing_unless_told_they_are_lost(
