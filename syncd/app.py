@@ -7,7 +7,7 @@ import gc
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -307,13 +307,13 @@ def archive_with(settings: Settings, engine: Engine, options: ArchiveOptions | N
     from syncd.archive import rows
     from syncd.archive.fetch import FetchOptions, ImageFetcher
     from syncd.archive.job import Archiver
+    from syncd.archive.judge import judge
     from syncd.archive.verify import verify_archive
 
     where = settings.require_archive()
     if isinstance(where, Path):  # a folder of this server: root is refused in one another user owns
         owners.refuse_foreign_state([where], allowed=settings.allow_root)
     store = archive_store(settings)
-    store.prepare()
     options = options or ArchiveOptions()
     stop = options.stop or threading.Event()
     secrets = (settings.api_key.reveal(),) if settings.api_key else ()
@@ -329,8 +329,14 @@ def archive_with(settings: Settings, engine: Engine, options: ArchiveOptions | N
         sleep=interruptible_sleep(stop),
     )
     try:
-        with locks.sync_lock(engine, job=locks.ARCHIVE_LOCK), store.lock():
-            _check_marker(engine, store)
+        with locks.sync_lock(engine, job=locks.ARCHIVE_LOCK), ExitStack() as stack:
+            # Judged before anything is created there (the folder, incoming/,
+            # its lock file): a refused folder is left as it was found.
+            marked = judge(store, engine)
+            store.prepare()
+            stack.enter_context(store.lock())
+            if not marked and not judge(store, engine):  # still new, now that this job holds it
+                store.mark()
             verified = None
             if options.verify:
                 verified = verify_archive(
@@ -381,25 +387,3 @@ def archive_store(settings: Settings) -> ArchiveStore:
         max_file_bytes=settings.archive_max_file_bytes,
         max_connections=settings.archive_max_in_flight + 4,
     )
-
-
-def _check_marker(engine: Engine, store: ArchiveStore) -> None:
-    """A folder without the archive's marker, while images are archived: an
-    unmounted disk, or another server's folder. Refused, or every image would
-    look missing (and be fetched again, or marked gone)."""
-    from syncd.archive import rows
-    from syncd.archive.files import MARKER
-    from syncd.errors import ArchiveStorageError
-
-    if store.marked():
-        return
-    with engine.connect() as conn:
-        held = rows.archived_count(conn, store.id)
-    if held:
-        raise ArchiveStorageError(
-            f"{store.describe()} is not the archive the database knows ({MARKER} is not in it, yet "
-            f"{held:,} images are archived): is its disk mounted, or is this another server's "
-            f"folder (or another bucket or prefix)? To make it the archive, create {MARKER} in it "
-            "and run `syncd archive --verify --accept-missing`"
-        )
-    store.mark()

@@ -9,8 +9,11 @@ Each item is looked at once and said in one line, ok or the problem:
                (an SQLite file that does not exist yet is fine when its
                folder can hold it: `run-once` creates it; nothing is created
                here)
-    archive    (when configured) the folder: writable, its marker, its free space;
-               or the bucket: it answers a HEAD with these credentials, its marker
+    archive    (when configured) the folder: its marker judged as an archive run
+               judges it (syncd.archive.judge: no marker while the database
+               says images are archived in it is the run's exit 9), writable,
+               its free space; or the bucket: it answers a HEAD with these
+               credentials, its marker judged the same way
 
 A problem's exit code is the one the command that meets it would end with
 (3 settings, 4 the key, 5 the API, 6 the database, 9 the archive); with
@@ -24,11 +27,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import SCHEMA_REVISION, db
 from syncd.config import Settings
-from syncd.errors import ArchiveStorageError, DatabaseUnreachable, ExitCode, SchemaError, SyncdError
+from syncd.errors import (
+    ArchiveStorageError,
+    DatabaseError,
+    DatabaseUnreachable,
+    ExitCode,
+    SchemaError,
+    SyncdError,
+)
 from syncd.wording import plural, size
+
+if TYPE_CHECKING:
+    from syncd.archive.store import ArchiveStore
 
 
 @dataclass
@@ -123,6 +139,9 @@ def _try_database(settings: Settings) -> str:
 
 
 def _try_archive(settings: Settings, folder: Path) -> str:
+    from syncd.app import archive_store
+
+    marked = _judged(settings, archive_store(settings))  # as the archive run judges it, first
     if not folder.exists():
         parent = next((p for p in folder.parents if p.exists()), None)
         if parent is None or not os.access(parent, os.W_OK | os.X_OK):
@@ -141,19 +160,45 @@ def _try_archive(settings: Settings, folder: Path) -> str:
             f"the archive folder {folder} has {size(free)} free, below SYNCD_ARCHIVE_MIN_FREE_BYTES "
             f"({size(settings.archive_min_free_bytes)})"
         )
-    marker = folder / ".syncd-archive"
-    marked = "its marker present" if marker.is_file() and not marker.is_symlink() else "no marker yet"
     return f"{folder}: writable, {marked}, {size(free)} free"
 
 
 def _try_bucket(settings: Settings) -> str:
-    from syncd.archive.s3 import ObjectStore
+    from syncd.app import archive_store
 
-    assert settings.archive_url is not None
-    store = ObjectStore(settings.archive_url, max_file_bytes=settings.archive_max_file_bytes)
+    store = archive_store(settings)
     try:
         store.prepare()
-        marked = "its marker present" if store.marked() else "no marker yet"
+        marked = _judged(settings, store)
     finally:
         store.close()
     return f"{store.describe()}: answers, the credentials taken, {marked}"
+
+
+def _judged(settings: Settings, store: ArchiveStore) -> str:
+    """The archive's marker, judged against the database by the rule every
+    archive job follows (syncd.archive.judge): ArchiveStorageError where a
+    run would refuse the store. Creates nothing: a database that does not
+    exist yet has nothing archived; one that cannot be read is the database
+    line's problem, and the marker is then only looked at."""
+    from syncd.archive.judge import judge
+
+    path = db.sqlite_path(settings.database_url)
+    if path is not None and not path.exists():
+        return _marker(judge(store, None))
+    try:
+        engine = db.create_db_engine(settings.database_url)
+    except (SyncdError, SQLAlchemyError):
+        return _marker(store.marked(), judged=False)
+    try:
+        return _marker(judge(store, engine))
+    except (DatabaseError, SQLAlchemyError):
+        return _marker(store.marked(), judged=False)
+    finally:
+        engine.dispose()
+
+
+def _marker(marked: bool, *, judged: bool = True) -> str:
+    if marked:
+        return "its marker present"
+    return "no marker yet" if judged else "no marker (not judged: the database cannot be read)"

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select, update
 
 from syncd import db
 from syncd.archive import rows
+from syncd.errors import ArchiveStorageError
 from syncd.fakeapi.images import ImageFaults, _share, expected_sha256, image_path
 from tests.conftest import (
     World,
@@ -437,6 +438,95 @@ def test_a_folder_that_is_not_the_archive_is_refused_and_nothing_changes(
         assert refused.returncode == 9, refused.stderr
         assert "is not the archive the database knows" in refused.stderr and "mounted" in refused.stderr
     assert table(engine) == before and w.images.stats.requests == len(before)
+
+
+def refusal_of(text: str) -> str:
+    """The words saying why the archive folder is refused, from a run's output or check's line."""
+    start = text.index("the folder ")
+    return text[start : text.index("--accept-missing`", start)]
+
+
+def unmounted(archive: Path, swap: str) -> None:
+    """The disk of ``archive`` not mounted: its mount point empty, or gone."""
+    archive.rename(archive.parent / "elsewhere")
+    if swap == "empty folder":
+        archive.mkdir()
+
+
+@pytest.mark.parametrize("swap", ["empty folder", "no folder"])
+def test_check_refuses_a_folder_the_run_refuses_in_the_same_words_with_exit_9(
+    swap: str, db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    w = world(20)
+    archive, env = synced_and_archived(w, db_url, tmp_path)
+    archived = sum(r.status == "archived" for r in table(engine))
+    unmounted(archive, swap)
+    refused = run_cli(["archive"], env, tmp_path)
+    checked = run_cli(["check"], env, tmp_path)
+    assert refused.returncode == 9, refused.stderr
+    line = next(x for x in checked.stdout.splitlines() if x.startswith("archive"))
+    assert checked.returncode == 9 and " PROBLEM " in line, checked.stdout + checked.stderr
+    assert refusal_of(line) == refusal_of(refused.stderr)
+    assert f"yet {archived:,} images are archived" in line
+
+
+def test_check_says_a_new_folder_and_a_marked_one_are_fine(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    w = world(20)
+    env = archive_env(w, db_url, tmp_path / "images")
+    assert run_cli(["run-once"], env, tmp_path).returncode == 0
+    (tmp_path / "images").mkdir()
+    new = run_cli(["check"], env, tmp_path)
+    assert new.returncode == 0 and "writable, no marker yet" in new.stdout, new.stdout + new.stderr
+    assert run_cli(["archive"], env, tmp_path).returncode == 0
+    marked = run_cli(["check"], env, tmp_path)
+    assert marked.returncode == 0 and "writable, its marker present" in marked.stdout, marked.stdout
+
+
+@pytest.mark.parametrize("swap", ["empty folder", "no folder"])
+def test_a_refused_folder_is_left_as_it_was_by_the_run_verify_and_the_daemon(
+    swap: str, db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    """Every archive job judges the folder (marker vs database) before it
+    creates anything there: no lock file, no incoming/, no folder."""
+    from syncd import app
+    from syncd.config import load_settings
+    from syncd.scheduler import Daemon
+
+    w = world(20)
+    archive, env = synced_and_archived(w, db_url, tmp_path)
+    before = table(engine)
+    unmounted(archive, swap)
+    runs = [run_cli(args, env, tmp_path) for args in (["archive"], ["archive", "--verify"])]
+    settings = load_settings(env=env, system_config_path=tmp_path / "none.toml")
+    with pytest.raises(ArchiveStorageError, match="is not the archive the database knows"):
+        app.archive_with(settings, engine)  # the daemon's job
+    Daemon(settings)._archive_tick(engine)
+    assert [r.returncode for r in runs] == [9, 9], [r.stderr for r in runs]
+    if swap == "empty folder":
+        assert sorted(p.name for p in archive.iterdir()) == []
+    else:
+        assert not archive.exists()
+    assert table(engine) == before and w.images.stats.requests == len(before)
+
+
+def test_an_accepted_folder_is_still_one_archivers_at_a_time(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path
+) -> None:
+    """Judged before it is locked, the folder is still worked in under its
+    lock: a job of another database holding it keeps this one out."""
+    from syncd.archive.files import ContentStore
+
+    w = world(20)
+    archive, env = synced_and_archived(w, db_url, tmp_path)
+    with engine.begin() as conn:  # due again: a run would fetch them
+        conn.execute(update(files).values(status="pending", next_attempt_at=None))
+    before = table(engine)
+    with ContentStore(archive).lock():
+        held = run_cli(["archive"], env, tmp_path)
+    assert held.returncode == 7 and "another syncd is archiving into" in held.stderr, held.stderr
+    assert table(engine) == before
 
 
 def test_verify_changes_nothing_when_most_files_are_missing_unless_told_they_are_lost(

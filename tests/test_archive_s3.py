@@ -261,6 +261,30 @@ def test_syncd_archives_into_the_bucket_and_verify_mends_it(
     assert "1 missing" in mended.stdout and f"archive/{lost.path}" in s3.keys()
 
 
+def test_a_prefix_without_the_marker_is_refused_by_the_run_and_by_check_in_the_same_words(
+    db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path, s3: S3
+) -> None:
+    """The bucket's marker gone while the database says images are archived
+    there (another bucket or prefix under the same name): as a folder's,
+    refused by the run and by check, exit 9, and nothing is put there."""
+    w = world(10)
+    env = s3_env(w, db_url, s3)
+    assert run_cli(["run-once"], env, tmp_path).returncode == 0
+    assert run_cli(["archive"], env, tmp_path).returncode == 0
+    s3.server.client().delete_object(Bucket=s3.bucket, Key="archive/.syncd-archive")
+    kept = s3.keys()
+    refused = run_cli(["archive", "--verify"], env, tmp_path)
+    checked = run_cli(["check"], env, tmp_path)
+    assert refused.returncode == 9 and "is not the archive the database knows" in refused.stderr, (
+        refused.stderr
+    )
+    line = next(x for x in checked.stdout.splitlines() if x.startswith("archive"))
+    assert checked.returncode == 9 and " PROBLEM " in line, checked.stdout + checked.stderr
+    said = line[line.index("the bucket ") :]
+    assert said in refused.stderr, (said, refused.stderr)
+    assert s3.keys() == kept
+
+
 def test_a_missing_bucket_stops_the_archive_with_exit_9_and_marks_nothing(
     db_url: str, engine: Engine, world: Callable[..., World], tmp_path: Path, s3: S3
 ) -> None:

@@ -108,3 +108,40 @@ def test_several_problems_are_all_said_and_the_first_decides_the_code(
     result = check(env)
     assert result.returncode == 4  # the key before the database
     assert " PROBLEM " in lines(result)["api"] and " PROBLEM " in lines(result)["database"]
+
+
+@pytest.mark.parametrize(("revision", "code"), [("0003", 0), ("0006", 9)])
+def test_the_archive_is_judged_in_a_database_a_run_has_not_upgraded_yet(
+    revision: str, code: int, api: FakeServer, tmp_path: Path
+) -> None:
+    """Before the archive's table (0004) nothing is archived; before its store
+    column (0007) every archived image was in a folder: an empty folder is then
+    refused, as `syncd archive` refuses it once it has upgraded the schema."""
+    from sqlalchemy import create_engine
+
+    database = tmp_path / "syncd.db"
+    engine = db.create_db_engine(f"sqlite:///{database}")
+    db.upgrade(engine, revision)
+    engine.dispose()
+    if revision == "0006":
+        raw = create_engine(f"sqlite:///{database}")  # no foreign keys: the rows alone
+        with raw.begin() as conn:
+            for position in range(2):
+                conn.execute(
+                    text(
+                        "INSERT INTO archived_files (artwork_id, role, position, url, status, expires_at, "
+                        "discovered_at, attempts) VALUES ('a', 'result', :p, 'https://i/x.png', 'archived', "
+                        "'2026-11-01T00:00:00.000000Z', '2026-11-01T00:00:00.000000Z', 1)"
+                    ),
+                    {"p": position},
+                )
+        raw.dispose()
+    (tmp_path / "images").mkdir()
+    result = check(settings_env(api, f"sqlite:///{database}", archive_dir=str(tmp_path / "images")))
+    line = lines(result)["archive"]
+    assert result.returncode == code, result.stdout + result.stderr
+    if code:
+        assert " PROBLEM " in line and "yet 2 images are archived" in line, line
+    else:
+        assert "writable, no marker yet" in line, line
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == []

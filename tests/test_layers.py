@@ -69,6 +69,7 @@ LAYERS: list[set[str]] = [
         "syncd.archive.rows",
         "syncd.archive.discover",
         "syncd.archive.verify",
+        "syncd.archive.judge",
     },
     {
         "syncd.sync.runs",

@@ -194,7 +194,16 @@ class ContentStore:
             return os.dup(self._root_locked())
 
     def marked(self) -> bool:
-        root = self.root_fd()
+        """Whether the folder carries the marker; False when there is no folder
+        (an unmounted disk's mount point may be gone too). Creates nothing."""
+        try:
+            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        except NotADirectoryError:
+            raise ArchiveStorageError(f"the archive folder {self.root} is not a folder") from None
+        except OSError as exc:
+            raise self._storage_error(exc, "cannot open the archive folder") from None
         try:
             info = os.stat(MARKER, dir_fd=root, follow_symlinks=False)
         except FileNotFoundError:

@@ -281,7 +281,13 @@ class ObjectStore:
             upload.discard()
 
     def marked(self) -> bool:
-        return self._head(MARKER) is not None
+        """Whether the prefix carries the marker. A HEAD on a missing bucket is a
+        404 as for a missing object: when there is no marker, the bucket is
+        looked at too (its own error, not "unmarked")."""
+        if self._head(MARKER) is not None:
+            return True
+        self.prepare()
+        return False
 
     def mark(self) -> None:
         self._put(MARKER, b"syncd's image archive: see archived_files.store and .path\n", None, "text/plain")

@@ -120,7 +120,8 @@ class ArchiveStore(Protocol):
     def receive(self) -> AbstractContextManager[Receiver]: ...
 
     def marked(self) -> bool:
-        """The store carries syncd's marker (it is an archive, not an empty place)."""
+        """The store carries syncd's marker (it is an archive, not an empty place).
+        Creates nothing: asked before the store is prepared (syncd.archive.judge)."""
         ...
 
     def mark(self) -> None: ...
