@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,19 +15,18 @@ from syncd.app import run_once
 from syncd.errors import InstallError
 from syncd.fakeapi.server import FakeServer
 from syncd.owners import foreign_state, sqlite_state
-from tests.conftest import invoke_cli, make_settings
-
-SERVICE_UID = SERVICE_GID = 65534  # nobody: a user other than root, on every Linux
-
-as_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root: the case is root meeting another user's files"
+from tests.conftest import (
+    SERVICE_GID,
+    SERVICE_UID,
+    as_root,
+    clean_env,
+    cli_as,
+    invoke_cli,
+    make_settings,
+    run_as,
+    run_syncd,
+    service_folder,
 )
-
-
-def service_folder(path: Path) -> Path:
-    path.mkdir(mode=0o750)
-    os.chown(path, SERVICE_UID, SERVICE_GID)
-    return path
 
 
 def test_only_root_in_another_users_state_is_a_problem(tmp_path: Path) -> None:
@@ -105,36 +102,6 @@ def test_root_is_refused_in_the_services_archive_folder(
     assert list(images.iterdir()) == []
 
 
-def run_as(uid: int, gid: int, work: Callable[[], object]) -> int:
-    """``work`` in a child process that became ``uid`` (what `sudo -u` does),
-    its exit status. In-process after a fork: the interpreter of this checkout
-    may live where another user cannot read it (/root/.pyenv)."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            os.setgroups([])
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-            work()
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
-@pytest.fixture
-def open_tmp() -> Iterator[Path]:
-    """A temporary folder other users can reach (pytest's is root's alone)."""
-    folder = Path(tempfile.mkdtemp(prefix="syncd-owners-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder)
-
-
 @as_root
 def test_the_documented_way_runs_as_the_owner_and_leaves_only_its_files(
     tmp_path: Path, open_tmp: Path, fake_api: Callable[..., FakeServer], monkeypatch: pytest.MonkeyPatch
@@ -182,3 +149,103 @@ def test_migrations_another_user_cannot_read_are_a_clear_error(
 
     assert run_as(SERVICE_UID, SERVICE_GID, read_migrations) == 0
     assert db.migrations_dir() == package.parent / "migrations"  # root reads them
+
+
+def services_database(state: Path, server: FakeServer) -> dict[str, str]:
+    """A synced database of the service's user in ``state`` (root syncs it, as
+    a container allowed to would, and gives the files away), and the settings
+    that name it."""
+    env = {
+        "SYNCD_API_URL": server.url,
+        "SYNCD_API_KEY": "test-key",
+        "SYNCD_DATABASE_URL": f"sqlite:///{state / 'syncd.db'}",
+    }
+    made = invoke_cli("run-once", env={**env, "SYNCD_ALLOW_ROOT": "true"})
+    assert made.returncode == 0, made.stdout + made.stderr
+    for path in state.iterdir():
+        if path.name.endswith(".lock"):
+            path.unlink()  # as if the service's user had made the database
+        else:
+            os.chown(path, SERVICE_UID, SERVICE_GID)
+    return env
+
+
+def owned(folder: Path) -> dict[str, tuple[int, int]]:
+    """What is in ``folder``: each name, its owner and its size."""
+    return {path.name: (path.lstat().st_uid, path.lstat().st_size) for path in folder.iterdir()}
+
+
+@as_root
+def test_root_is_refused_by_every_command_that_writes_and_the_service_goes_on(
+    open_tmp: Path, fake_api: Callable[..., FakeServer]
+) -> None:
+    # The operator's case: `db reset-state --yes` as root left root's lock
+    # file in the service's folder, and the service could not start again.
+    state = service_folder(open_tmp / "state", 0o755)
+    server = fake_api(20, malformed_fraction=0)
+    env = services_database(state, server)
+    before = owned(state)
+    archived = {**env, "SYNCD_ARCHIVE_DIR": str(state / "images")}
+    for command in (
+        ["db", "reset-state", "--yes"],
+        ["db", "reset-state"],
+        ["db", "upgrade"],
+        ["run-once"],
+        ["run-once", "--full"],
+        ["archive"],
+        ["archive", "--verify"],
+    ):
+        result = invoke_cli(*command, env=archived if command[0] == "archive" else env)
+        line = (result.stdout + result.stderr).strip()
+        assert result.returncode == 3, (command, line)
+        assert "\n" not in line and "uid 65534" in line and "One user for every command" in line, line
+        assert owned(state) == before, command  # nothing created, nothing written
+    # The daemon in a process of its own: should it start, it ends at the timeout.
+    daemon = run_syncd(["daemon"], clean_env(archived), timeout=20)
+    assert daemon.returncode == 3 and "uid 65534" in daemon.stderr, daemon.stdout + daemon.stderr
+    assert owned(state) == before
+    # The service's user, as the documented way runs it, goes on.
+    reset = cli_as(SERVICE_UID, SERVICE_GID, "db", "reset-state", "--yes", env=env)
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    assert "forgot the" in reset.stdout
+    assert all(uid == SERVICE_UID for uid, _ in owned(state).values()), owned(state)
+
+
+@as_root
+def test_root_is_refused_in_the_services_archive_folder_by_the_daemon_at_start(
+    tmp_path: Path, fake_api: Callable[..., FakeServer]
+) -> None:
+    # Its own database is root's business; the archive folder is the service's.
+    images = service_folder(tmp_path / "images")
+    server = fake_api(20, malformed_fraction=0)
+    env = {
+        "SYNCD_API_URL": server.url,
+        "SYNCD_API_KEY": "test-key",
+        "SYNCD_DATABASE_URL": f"sqlite:///{tmp_path / 'root.db'}",
+        "SYNCD_ARCHIVE_DIR": str(images),
+    }
+    result = run_syncd(["daemon"], clean_env(env), timeout=20)  # should it start, it ends here
+    assert result.returncode == 3 and "uid 65534" in result.stderr, result.stdout + result.stderr
+    assert list(images.iterdir()) == []
+    assert not (tmp_path / "root.db").exists()  # refused before the database is touched
+    assert server.api.list_log == []
+
+
+@as_root
+def test_a_lock_file_another_user_owns_is_named_with_its_owner_and_the_fix(open_tmp: Path) -> None:
+    # What was left of the operator's case: root's lock file in the service's
+    # folder. The service's user is told whose it is and what to do.
+    state = service_folder(open_tmp / "state", 0o755)
+    env = {"SYNCD_DATABASE_URL": f"sqlite:///{state / 'syncd.db'}"}
+    made = invoke_cli("db", "upgrade", env={**env, "SYNCD_ALLOW_ROOT": "true"})
+    assert made.returncode == 0, made.stdout + made.stderr
+    os.chown(state / "syncd.db", SERVICE_UID, SERVICE_GID)
+    lock = state / "syncd.db.lock"
+    assert lock.stat().st_uid == 0  # root's, as reset-state left it
+    result = cli_as(SERVICE_UID, SERVICE_GID, "db", "reset-state", "--yes", env=env)
+    line = (result.stdout + result.stderr).strip()
+    assert result.returncode == 6, line
+    assert "\n" not in line, line
+    assert f"{lock} belongs to root (uid 0)" in line, line
+    assert f"chown {SERVICE_UID}" in line or "chown nobody" in line, line
+    assert "remove it" in line, line
