@@ -89,11 +89,15 @@ def open_engine(settings: Settings, *, write: bool = True, create: bool = True) 
     """
     if not write or not create:
         _require_sqlite_file(settings)
-    if write:
-        refuse_root_in_foreign_state(settings)
+    if not write:
+        with db.reading(settings.database_url) as engine:
+            db.check_connection(engine, write=False)
+            yield engine
+        return
+    refuse_root_in_foreign_state(settings)
     engine = db.create_db_engine(settings.database_url)
     try:
-        db.check_connection(engine, write=write)
+        db.check_connection(engine)
         yield engine
     finally:
         engine.dispose()

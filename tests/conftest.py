@@ -591,7 +591,8 @@ def open_tmp() -> Iterator[Path]:
     shutil.rmtree(folder)
 
 
-def _become(uid: int, gid: int) -> None:
+def become(uid: int, gid: int) -> None:
+    """This process gives up root for ``uid`` (what `sudo -u` does)."""
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
@@ -606,7 +607,7 @@ def run_as(uid: int, gid: int, work: Callable[[], object]) -> int:
     if pid == 0:  # pragma: no cover - the child
         code = 1
         try:
-            _become(uid, gid)
+            become(uid, gid)
             work()
             code = 0
         except BaseException:
@@ -619,12 +620,27 @@ def run_as(uid: int, gid: int, work: Callable[[], object]) -> int:
 
 # What a command run as another user imports, imported before it gives up
 # root (see run_as): the CLI's commands import their modules when they run.
-_CLI_MODULES = ("syncd.app", "syncd.check", "syncd.status", "syncd.store", "syncd.scheduler", "syncd.state")
+_CLI_MODULES = (
+    "sqlite3",
+    "syncd.app",
+    "syncd.check",
+    "syncd.status",
+    "syncd.store",
+    "syncd.scheduler",
+    "syncd.state",
+)
 
 
 def cli_as(uid: int, gid: int, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``invoke_cli`` as ``uid`` (what `sudo -u` does): the CLI in a forked
-    child that gave up root, its exit status, stdout and stderr."""
+    """``invoke_cli`` as ``uid`` (what `sudo -u` does)."""
+    return cli_in_child(*args, env=env, setup=lambda: become(uid, gid))
+
+
+def cli_in_child(
+    *args: str, env: dict[str, str], setup: Callable[[], object]
+) -> subprocess.CompletedProcess[str]:
+    """``invoke_cli`` in a forked child after ``setup`` (giving up root, a
+    mount namespace of its own): its exit status, stdout and stderr."""
     import importlib
     import json
 
@@ -635,7 +651,7 @@ def cli_as(uid: int, gid: int, *args: str, env: dict[str, str]) -> subprocess.Co
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(read)
-            _become(uid, gid)
+            setup()
             result = invoke_cli(*args, env=env)
             answer = [result.returncode, result.stdout, result.stderr]
         except BaseException:

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
-from collections.abc import Callable
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,8 +23,10 @@ from tests.conftest import (
     SERVICE_GID,
     SERVICE_UID,
     as_root,
+    become,
     clean_env,
     cli_as,
+    cli_in_child,
     invoke_cli,
     make_settings,
     run_as,
@@ -249,3 +255,156 @@ def test_a_lock_file_another_user_owns_is_named_with_its_owner_and_the_fix(open_
     assert f"{lock} belongs to root (uid 0)" in line, line
     assert f"chown {SERVICE_UID}" in line or "chown nobody" in line, line
     assert "remove it" in line, line
+
+
+# ---------------------------------------------------------------- readers
+
+PROBE = (
+    "INSERT INTO sync_runs (stream, mode, outcome, started_at, finished_at, pages, requests, inserted, "
+    "updated, unchanged, rejected, unknown_type, marked_deleted, error, syncd_version) VALUES ('artworks', "
+    "'incremental', 'failed', '2026-12-01 00:00:00.000000', '2026-12-01 00:00:01.000000', 0, 0, 0, 0, 0, "
+    "0, 0, 0, 'written by the probe {}', '0')"
+)
+
+
+@contextmanager
+def writer_holding(database: Path, uid: int, number: int, *, crash: bool = False) -> Iterator[None]:
+    """A process of ``uid`` that wrote probe ``number`` into ``database``
+    and holds it open (a running service: the write is in its -wal); with
+    ``crash``, one that died so (its -wal and -shm left behind)."""
+    ready, done = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            become(uid, uid)
+            conn = sqlite3.connect(database, isolation_level=None)
+            conn.execute(PROBE.format(number))
+            os.write(ready[1], b"1")
+            if not crash:
+                os.read(done[0], 1)
+                conn.close()
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready[0], 1) == b"1", "the writer did not write"
+        yield
+    finally:
+        os.write(done[1], b"1")
+        os.waitpid(pid, 0)
+        for fd in (*ready, *done):
+            os.close(fd)
+
+
+def read_everything(env: dict[str, str], run: Callable[..., subprocess.CompletedProcess[str]]) -> str:
+    """What `status`, `status --json` and `db current` say, each of them having succeeded."""
+    said = []
+    for command in (["status"], ["status", "--json"], ["db", "current"]):
+        result = run(*command, env=env)
+        assert result.returncode == 0, (command, result.stdout + result.stderr)
+        said.append(result.stdout)
+    return "\n".join(said)
+
+
+@as_root
+def test_a_reader_needs_no_writable_folder_and_creates_nothing(open_tmp: Path) -> None:
+    # The operator's case: root's database (644) in root's folder (755), read
+    # by another user; the documentation says anyone who can read it may.
+    state = open_tmp / "state"
+    state.mkdir(mode=0o755)
+    database = state / "syncd.db"
+    env = {"SYNCD_DATABASE_URL": f"sqlite:///{database}"}
+    assert invoke_cli("db", "upgrade", env=env).returncode == 0
+    (state / "syncd.db.lock").unlink()
+
+    def as_service(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return cli_as(SERVICE_UID, SERVICE_GID, *args, env=env)
+
+    # Stopped: the database is wholly in its file, and there is no -wal.
+    before = owned(state)
+    assert f"{db.HEAD_REVISION} (latest)" in read_everything(env, as_service)
+    assert owned(state) == before
+    # Running: the last write is in the writer's -wal, which the reader reads.
+    with writer_holding(database, 0, 1):
+        during = owned(state)
+        assert "-wal" in "".join(during)
+        assert "written by the probe 1" in read_everything(env, as_service)
+        assert owned(state) == during
+    # Died: its -wal and -shm are left; the reader reads them without writing.
+    with writer_holding(database, 0, 2, crash=True):
+        pass
+    left = owned(state)
+    assert "written by the probe 2" in read_everything(env, as_service)
+    assert owned(state) == left
+    # check says what this user could not do as the service (write), and creates nothing either.
+    checked = as_service("check", env=env)
+    assert "database  PROBLEM" in checked.stdout and "not writable by this user" in checked.stdout, (
+        checked.stdout + checked.stderr
+    )
+    assert owned(state) == left
+
+
+@as_root
+def test_root_reads_the_services_database_and_leaves_nothing_of_its_own(
+    open_tmp: Path, fake_api: Callable[..., FakeServer]
+) -> None:
+    state = service_folder(open_tmp / "state", 0o755)
+    server = fake_api(20, malformed_fraction=0)
+    env = services_database(state, server)
+    database = state / "syncd.db"
+
+    def as_root_(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return invoke_cli(*args, env=env)
+
+    before = owned(state)
+    read_everything(env, as_root_)
+    assert invoke_cli("check", env=env).returncode == 0
+    assert owned(state) == before  # no -wal, no -shm of root's, not even for a while
+    with writer_holding(database, SERVICE_UID, 3):
+        during = owned(state)
+        assert "written by the probe 3" in read_everything(env, as_root_)
+        assert owned(state) == during
+        assert all(uid == SERVICE_UID for uid, _ in owned(state).values())
+    # And the service goes on with its files.
+    assert cli_as(SERVICE_UID, SERVICE_GID, "db", "reset-state", "--yes", env=env).returncode == 0
+
+
+def read_only_view(source: Path, view: Path) -> Callable[[], None]:
+    """In a child: a mount namespace of its own, where ``view`` is ``source``
+    mounted read-only (as ProtectSystem=strict shows a path not in ReadWritePaths=)."""
+
+    def setup() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+            raise OSError(ctypes.get_errno(), "unshare")
+        for command in (
+            ["mount", "--make-rprivate", "/"],
+            ["mount", "--bind", str(source), str(view)],
+            ["mount", "-o", "remount,ro,bind", str(view)],
+        ):
+            subprocess.run(command, check=True, capture_output=True)
+
+    return setup
+
+
+@as_root
+def test_root_reads_a_database_on_a_read_only_file_system(open_tmp: Path) -> None:
+    source, view = open_tmp / "state", open_tmp / "view"
+    source.mkdir()
+    view.mkdir()
+    env = {"SYNCD_DATABASE_URL": f"sqlite:///{source / 'syncd.db'}"}
+    assert invoke_cli("db", "upgrade", env=env).returncode == 0
+    (source / "syncd.db.lock").unlink()
+    probe = cli_in_child("db", "current", env=env, setup=read_only_view(source, view))
+    if "unshare" in probe.stderr or "mount" in probe.stderr:
+        pytest.skip(f"cannot mount here: {probe.stderr.strip().splitlines()[-1]}")
+    before = owned(source)
+    on_view = {"SYNCD_DATABASE_URL": f"sqlite:///{view / 'syncd.db'}"}
+
+    def in_the_view(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return cli_in_child(*args, env=env, setup=read_only_view(source, view))
+
+    assert f"{db.HEAD_REVISION} (latest)" in read_everything(on_view, in_the_view)
+    # A writer there is told why it cannot.
+    upgrade = in_the_view("db", "upgrade", env=on_view)
+    assert upgrade.returncode == 6 and "read-only file system" in upgrade.stderr, upgrade.stderr
+    assert owned(source) == before
