@@ -337,9 +337,10 @@ def test_a_reader_needs_no_writable_folder_and_creates_nothing(open_tmp: Path) -
     assert owned(state) == left
     # check says what this user could not do as the service (write), and creates nothing either.
     checked = as_service("check", env=env)
-    assert "database  PROBLEM" in checked.stdout and "not writable by this user" in checked.stdout, (
-        checked.stdout + checked.stderr
-    )
+    database_line = next(line for line in checked.stdout.splitlines() if line.startswith("database"))
+    assert database_line.startswith("database  PROBLEM"), checked.stdout + checked.stderr
+    assert f"connected, schema revision {db.HEAD_REVISION} (current); but the directory" in database_line
+    assert "not writable by this user (uid 65534)" in database_line
     assert owned(state) == left
 
 
