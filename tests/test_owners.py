@@ -342,6 +342,15 @@ def test_a_reader_needs_no_writable_folder_and_creates_nothing(open_tmp: Path) -
     assert f"connected, schema revision {db.HEAD_REVISION} (current); but the directory" in database_line
     assert "not writable by this user (uid 65534)" in database_line
     assert owned(state) == left
+    # A -wal without its -shm (deleted by hand): reading it would need a -shm
+    # of this user's beside root's database. Said so; nothing is created.
+    (state / "syncd.db-shm").unlink()
+    missing = as_service("status", env=env)
+    assert missing.returncode == 6, missing.stdout + missing.stderr
+    assert f"the database's {state / 'syncd.db-wal'} has no -shm file beside it" in missing.stderr
+    assert "run the command as uid 0" in missing.stderr
+    assert "syncd.db-shm" not in owned(state)
+    assert "written by the probe 2" in read_everything(env, invoke_cli)  # its owner reads it
 
 
 @as_root
