@@ -120,6 +120,10 @@ def reading(url: str) -> Iterator[Engine]:
             engine.dispose()
         return
     path = path.absolute()
+    if not path.is_file():  # a reader never creates it (nor its folder)
+        raise DatabaseUnreachable(
+            sqlite_problem(path, write=False) or f"the database file {path} does not exist"
+        )
     with _shared_lock(path):
         wal, shm = (path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))
         immutable = not wal.exists()

@@ -115,3 +115,10 @@ def test_a_reader_creates_nothing_beside_a_database_it_may_write(tmp_path: Path)
     result = invoke_cli("status", env={"SYNCD_DATABASE_URL": f"sqlite:///{path}"})
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_reader_of_a_file_that_is_not_there_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseError, match="does not exist"):
+        with db.reading(f"sqlite:///{tmp_path / 'typo.db'}"):
+            pass
+    assert list(tmp_path.iterdir()) == []
