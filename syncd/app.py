@@ -76,30 +76,43 @@ def serve_metrics(metrics: Metrics, settings: Settings) -> None:
 
 
 @contextmanager
-def open_engine(settings: Settings, *, write: bool = True) -> Iterator[Engine]:
+def open_engine(settings: Settings, *, write: bool = True, create: bool = True) -> Iterator[Engine]:
     """An engine that has been connected once (one clear error when it cannot).
 
     ``write=False`` is for commands that only read (``status``, ``db current``):
-    an SQLite file that does not exist is then an error, where connecting
-    would create an empty database (and its -wal, -shm) under a mistyped name.
+    an SQLite file is opened read-only and nothing is created beside it (see
+    ``db.reading``); one that does not exist is then an error, where
+    connecting would create an empty database (and its -wal, -shm) under a
+    mistyped name. ``create=False``: a writer that needs the database to
+    exist already (``archive``, ``db reset-state``) refuses it the same way.
+    A writer is refused first as root in another user's state (syncd.owners).
     """
-    if not write:
+    if not write or not create:
         _require_sqlite_file(settings)
-    else:
-        refuse_root_in_foreign_database(settings)
+    if not write:
+        with db.reading(settings.database_url) as engine:
+            db.check_connection(engine, write=False)
+            yield engine
+        return
+    refuse_root_in_foreign_state(settings)
     engine = db.create_db_engine(settings.database_url)
     try:
-        db.check_connection(engine, write=write)
+        db.check_connection(engine)
         yield engine
     finally:
         engine.dispose()
 
 
-def refuse_root_in_foreign_database(settings: Settings) -> None:
-    """Before a writer touches an SQLite database: not as root in another user's (syncd.owners)."""
-    path = db.sqlite_path(settings.database_url)
-    if path is not None:
-        owners.refuse_foreign_state(owners.sqlite_state(path), allowed=settings.allow_root)
+def refuse_root_in_foreign_state(settings: Settings, *, archive: bool = False) -> None:
+    """Before a command creates or writes anything: not as root in another
+    user's SQLite database, nor (``archive``) in its archive folder (syncd.owners)."""
+    paths: list[Path] = []
+    database = db.sqlite_path(settings.database_url)
+    if database is not None:
+        paths += owners.sqlite_state(database)
+    if archive and settings.archive_dir is not None:
+        paths.append(settings.archive_dir)
+    owners.refuse_foreign_state(paths, allowed=settings.allow_root)
 
 
 def _require_sqlite_file(settings: Settings) -> None:
@@ -293,9 +306,9 @@ def archive(
     nothing is created, neither the database, nor its lock files, nor the
     folder; there is nothing to archive before a sync."""
     settings.require_archive()  # a config error before the database is touched
-    _require_sqlite_file(settings)
+    refuse_root_in_foreign_state(settings, archive=True)
     freeze_startup_objects()
-    with open_engine(settings) as engine:
+    with open_engine(settings, create=False) as engine:
         if not db.schema_version(engine).up_to_date:
             with locks.sync_lock(engine):
                 db.ensure_schema(engine, migrate=migrate)

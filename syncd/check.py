@@ -7,8 +7,8 @@ Each item is looked at once and said in one line, ok or the problem:
                that does not resolve or a refused port is said at once
     database   it connects, its schema revision, and that it can be written
                (an SQLite file that does not exist yet is fine when its
-               folder can hold it: `run-once` creates it; nothing is created
-               here)
+               folder can hold it: `run-once` creates it; the file is read
+               as `status` reads it, and nothing is created here)
     archive    (when configured) the folder: its marker judged as an archive run
                judges it (syncd.archive.judge: no marker while the database
                says images are archived in it is the run's exit 9), writable,
@@ -35,7 +35,6 @@ from syncd import SCHEMA_REVISION, db
 from syncd.config import Settings
 from syncd.errors import (
     ArchiveStorageError,
-    DatabaseError,
     DatabaseUnreachable,
     ExitCode,
     SchemaError,
@@ -118,23 +117,23 @@ def _try_database(settings: Settings) -> str:
         if problem is not None:
             raise DatabaseUnreachable(problem)
         return f"{shown}: does not exist yet; its folder can hold it (run-once creates it)"
-    engine = db.create_db_engine(settings.database_url)
-    try:
-        db.check_connection(engine, write=True)
+    with db.reading(settings.database_url) as engine:  # creates nothing, not even for a while
+        db.check_connection(engine, write=False)
         version = db.schema_version(engine)
-        if not version.known:
-            raise SchemaError(
-                f"{shown}: schema revision {version.current} is newer than this syncd's "
-                f"({SCHEMA_REVISION}): upgrade syncd"
-            )
-        if version.current is None:
-            schema = "no schema yet (run-once creates it)"
-        elif version.up_to_date:
-            schema = f"schema revision {version.current} (current)"
-        else:
-            schema = f"schema revision {version.current}, behind {version.head} (run-once upgrades it)"
-    finally:
-        engine.dispose()
+    if not version.known:
+        raise SchemaError(
+            f"{shown}: schema revision {version.current} is newer than this syncd's "
+            f"({SCHEMA_REVISION}): upgrade syncd"
+        )
+    if version.current is None:
+        schema = "no schema yet (run-once creates it)"
+    elif version.up_to_date:
+        schema = f"schema revision {version.current} (current)"
+    else:
+        schema = f"schema revision {version.current}, behind {version.head} (run-once upgrades it)"
+    unwritable = db.sqlite_problem(path, write=True) if path is not None else None
+    if unwritable is not None:
+        raise DatabaseUnreachable(f"{shown}: connected, {schema}; but {unwritable}")
     return f"{shown}: connected, writable, {schema}"
 
 
@@ -187,15 +186,12 @@ def _judged(settings: Settings, store: ArchiveStore) -> str:
     if path is not None and not path.exists():
         return _marker(judge(store, None))
     try:
-        engine = db.create_db_engine(settings.database_url)
+        with db.reading(settings.database_url) as engine:  # as the database line reads it
+            return _marker(judge(store, engine))
+    except ArchiveStorageError:
+        raise
     except (SyncdError, SQLAlchemyError):
         return _marker(store.marked(), judged=False)
-    try:
-        return _marker(judge(store, engine))
-    except (DatabaseError, SQLAlchemyError):
-        return _marker(store.marked(), judged=False)
-    finally:
-        engine.dispose()
 
 
 def _marker(marked: bool, *, judged: bool = True) -> str:

@@ -469,7 +469,9 @@ def db_reset_state(yes: bool, **kwargs: Any) -> None:
     from syncd.state import STREAM
 
     settings = command_settings(kwargs)
-    with open_engine(settings, write=False) as engine:
+    # A writer, even to say what it would do: as root in the service's state,
+    # refused before anything (its lock file) is made there.
+    with open_engine(settings, create=False) as engine:
         with engine.connect() as conn:
             state = store.load_state(conn, STREAM)
         told = (

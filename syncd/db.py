@@ -7,10 +7,18 @@ waited for rather than a crash. PostgreSQL needs nothing special.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import sqlite3
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -78,6 +86,127 @@ def create_db_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
 
 
+# ------------------------------------------------------------------ readers
+
+# SQLite's unix locks: a SHARED lock is a read lock on these bytes of the
+# database file; the last connection to close takes them exclusively to
+# checkpoint the WAL into the file and delete the -wal and -shm.
+_SQLITE_SHARED_FIRST = 0x40000000 + 2
+_SQLITE_SHARED_SIZE = 510
+
+
+@contextmanager
+def reading(url: str) -> Iterator[Engine]:
+    """An engine for a command that only reads (``status``, ``db current``,
+    ``check``), which may run as another user than the database's.
+
+    PostgreSQL: the usual engine. SQLite: the file is opened read-only and
+    nothing is created beside it, so the reader needs no writable folder, and
+    no -wal or -shm file of its own is left where the service could not write
+    it. A WAL database whose -wal and -shm exist (the service has it open, or
+    stopped without a checkpoint) is read through them (SQLite's ``mode=ro``).
+    One without a -wal is wholly in its file, read as it is (``immutable``):
+    for as long as the engine lives, a SHARED lock (SQLite's, taken here) keeps
+    a writer that closes from checkpointing into the file or deleting the
+    -wal and -shm it made meanwhile; should the file change all the same (a
+    checkpoint of a writer that stays open), the read is refused, not trusted.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        engine = create_db_engine(url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+        return
+    path = path.absolute()
+    if not path.is_file():  # a reader never creates it (nor its folder)
+        raise DatabaseUnreachable(
+            sqlite_problem(path, write=False) or f"the database file {path} does not exist"
+        )
+    with _shared_lock(path):
+        wal, shm = (path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))
+        immutable = not wal.exists()
+        if not immutable and not shm.exists() and path.stat().st_uid != os.geteuid():
+            owner = path.stat().st_uid
+            raise DatabaseUnreachable(
+                f"the database's {wal} has no -shm file beside it, which SQLite would create to read it, "
+                f"as this user (uid {os.geteuid()}), where its owner (uid {owner}) could not write it: "
+                f"run the command as uid {owner}, or any command that writes (as it), which recovers the WAL"
+            )
+        before = _file_signature(path)
+        engine = _sqlite_reader(url, path, immutable=immutable)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+            if immutable and _file_signature(path) != before:
+                raise DatabaseError(
+                    f"the database file {path} changed while syncd read it (a writer checkpointed its WAL): "
+                    "what was read may not be consistent; run the command again"
+                )
+
+
+def _sqlite_reader(url: str, path: Path, *, immutable: bool) -> Engine:
+    uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+
+    engine = create_engine(normalise_url(url), creator=connect)
+    event.listen(engine, "connect", _sqlite_reader_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_reader_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # BEGIN is ours, as for a writer: one snapshot per transaction
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+    cursor.execute("PRAGMA query_only = ON")
+    cursor.close()
+
+
+def _file_signature(path: Path) -> tuple[int, ...]:
+    info = path.stat()
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+@contextmanager
+def _shared_lock(path: Path) -> Iterator[None]:
+    """SQLite's SHARED lock on the database file, held by this open file (an
+    OFD lock: closing SQLite's own descriptors does not release it). Waits as
+    SQLite would for a writer that holds it exclusively. Where the lock
+    cannot be taken (not Linux, a file system without locks), nothing is
+    held: the change of the file is still noticed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        yield  # connecting says what is wrong (sqlite_problem)
+        return
+    try:
+        request = struct.pack(
+            "hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, _SQLITE_SHARED_FIRST, _SQLITE_SHARED_SIZE, 0
+        )
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        while hasattr(fcntl, "F_OFD_SETLK"):
+            try:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    break  # no such locks here (EINVAL, ENOLCK): read without
+                if time.monotonic() > deadline:
+                    raise DatabaseUnreachable(
+                        f"the database {path} stayed locked by a writer for {SQLITE_BUSY_TIMEOUT_MS // 1000} s"
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def writer(engine: Engine) -> Engine:
     """The same engine, whose transactions take SQLite's write lock at BEGIN.
 
@@ -113,7 +242,8 @@ def check_connection(engine: Engine, *, write: bool = True) -> None:
         )
     try:
         with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+            # SQLite opens the file at the first statement that reads it
+            conn.execute(text("SELECT count(*) FROM sqlite_master" if path is not None else "SELECT 1"))
     except (OperationalError, SAInterfaceError, SADatabaseError) as exc:  # "file is not a database", too
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         problem = sqlite_problem(path, write=write) if path is not None else None
@@ -127,8 +257,9 @@ def sqlite_problem(database: Path, *, write: bool) -> str | None:
 
     SQLite says only "unable to open database file" or "attempt to write a
     readonly database", whether the directory is missing, read-only or the
-    file is. In WAL mode even a reader needs to write in the directory (the
-    -shm file); syncd's lock file is there too.
+    file is. A writer needs to write in the directory (SQLite's -wal and
+    -shm files, syncd's lock file); a reader (``reading``) only to read the
+    file, and its -wal and -shm when they are there.
     """
     path = database.absolute()
     directory = path.parent
@@ -137,9 +268,11 @@ def sqlite_problem(database: Path, *, write: bool) -> str | None:
         return f"the directory {directory} for the database does not exist: create it, or correct the URL"
     if not directory.is_dir():
         return f"{directory}, where the database should be, is not a directory"
+    if not os.access(directory, os.X_OK, effective_ids=True):
+        return f"the directory {directory} of the database cannot be entered by {user}"
     if path.is_dir():
         return f"the database path {path} is a directory, not a file"
-    if not os.access(directory, os.W_OK | os.X_OK, effective_ids=True):
+    if write and not os.access(directory, os.W_OK | os.X_OK, effective_ids=True):
         if os.statvfs(directory).f_flag & os.ST_RDONLY:
             return (
                 f"the directory {directory} for the database is on a read-only file system "
@@ -153,6 +286,13 @@ def sqlite_problem(database: Path, *, write: bool) -> str | None:
         return f"the database file {path} is not readable by {user}"
     if write and path.exists() and not os.access(path, os.W_OK, effective_ids=True):
         return f"the database file {path} is read-only for {user}"
+    if not write:
+        for beside in (path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")):
+            if beside.exists() and not os.access(beside, os.R_OK, effective_ids=True):
+                return (
+                    f"the database's {beside} is not readable by {user}, and the database cannot be read "
+                    "without it (it holds what the writer wrote last)"
+                )
     return None
 
 

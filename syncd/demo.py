@@ -43,14 +43,11 @@ def _last_image_port(database_url: str) -> int | None:
     path = db.sqlite_path(database_url)
     if path is None or not path.exists():
         return None
-    engine = db.create_db_engine(database_url)
     try:
-        with engine.connect() as conn:
+        with db.reading(database_url) as engine, engine.connect() as conn:
             url = conn.execute(text("SELECT url FROM artwork_results LIMIT 1")).scalar()
     except Exception:  # not a demo's database (or not syncd's): a port of its own
         return None
-    finally:
-        engine.dispose()
     try:
         return urlsplit(url).port if isinstance(url, str) else None
     except ValueError:

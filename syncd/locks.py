@@ -9,6 +9,7 @@ archive folder's lock is a lock file of the same kind (``lock_file``).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -22,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.db import sqlite_path
 from syncd.errors import DatabaseError, LockHeldError, SyncdError
+from syncd.owners import foreign_file
 
 ARCHIVE_LOCK = "archive"
 
@@ -120,6 +122,10 @@ def lock_file(lock_path: Path, held: str, error: type[SyncdError] = DatabaseErro
                 f"the lock file {lock_path} is a symbolic link; syncd does not follow it: "
                 "remove it (syncd creates its own)"
             ) from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            theirs = foreign_file(lock_path, os.geteuid())
+            if theirs is not None:
+                raise error(f"the lock file {theirs}") from None
         raise error(f"cannot create the lock file {lock_path}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)

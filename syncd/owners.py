@@ -31,7 +31,7 @@ def _nearest_existing(path: Path) -> Path:
     return path.resolve()
 
 
-def _name(uid: int) -> str:
+def user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:  # a systemd DynamicUser's uid while the service is stopped
@@ -47,7 +47,7 @@ def foreign_state(paths: Iterable[Path], euid: int) -> str | None:
         existing = _nearest_existing(path)
         owner = existing.stat().st_uid
         if owner != 0:
-            name = _name(owner)
+            name = user_name(owner)
             return (
                 f"{existing} belongs to {name} (uid {owner}) and syncd runs as root: the files it would "
                 f"create there (lock, SQLite -wal/-shm, image folders) would be root's, and {name} could "
@@ -55,6 +55,25 @@ def foreign_state(paths: Iterable[Path], euid: int) -> str | None:
                 f"service's DynamicUser systemd-run as in {HOW})"
             )
     return None
+
+
+def foreign_file(path: Path, euid: int) -> str | None:
+    """Why ``euid`` cannot open syncd's own file ``path`` (a lock file) that
+    another user owns: whose it is and how to put it right; None when it is
+    this user's, or is not there."""
+    try:
+        owner = path.lstat().st_uid
+    except OSError:
+        return None
+    if owner == euid:
+        return None
+    theirs, mine = user_name(owner), user_name(euid)
+    return (
+        f"{path} belongs to {theirs} (uid {owner}), and this user ({mine}, uid {euid}) cannot open it: "
+        f"a syncd run as {theirs} made it. Every command runs as one user ({HOW}): run this one as "
+        f"{theirs}, or, if {mine} runs the service, give the file to it (chown {mine} {path}) or "
+        "remove it while no syncd runs"
+    )
 
 
 def sqlite_state(database: Path) -> list[Path]:

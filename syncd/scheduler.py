@@ -106,7 +106,7 @@ class Daemon:
         if self.metrics is not None and settings.metrics_port:
             app.serve_metrics(self.metrics, settings)
             log.info("metrics on :%d/metrics", settings.metrics_port)
-        app.refuse_root_in_foreign_database(settings)
+        app.refuse_root_in_foreign_state(settings, archive=True)
         engine = db.create_db_engine(settings.database_url)
         try:
             db.check_connection(engine)

@@ -564,6 +564,108 @@ def run_cli(
     return subprocess.CompletedProcess(["syncd", *args], result.exit_code, result.stdout, stderr)
 
 
+# ------------------------------------------------------------ another user
+
+SERVICE_UID = SERVICE_GID = 65534  # nobody: "the service's user", a user other than root on every Linux
+
+as_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root: the case is root meeting another user's files"
+)
+
+
+def service_folder(path: Path, mode: int = 0o750) -> Path:
+    """A folder of the service's user (as StateDirectory= makes one)."""
+    path.mkdir(mode=mode)
+    os.chown(path, SERVICE_UID, SERVICE_GID)
+    return path
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temporary folder other users can reach (pytest's is root's alone)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="syncd-owners-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def become(uid: int, gid: int) -> None:
+    """This process gives up root for ``uid`` (what `sudo -u` does)."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
+def run_as(uid: int, gid: int, work: Callable[[], object]) -> int:
+    """``work`` in a child process that became ``uid`` (what `sudo -u` does),
+    its exit status. In-process after a fork: the interpreter of this checkout
+    may live where another user cannot read it (/root/.pyenv), so what the
+    child runs must have been imported before."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            become(uid, gid)
+            work()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+# What a command run as another user imports, imported before it gives up
+# root (see run_as): the CLI's commands import their modules when they run.
+_CLI_MODULES = (
+    "sqlite3",
+    "syncd.app",
+    "syncd.check",
+    "syncd.status",
+    "syncd.store",
+    "syncd.scheduler",
+    "syncd.state",
+)
+
+
+def cli_as(uid: int, gid: int, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``invoke_cli`` as ``uid`` (what `sudo -u` does)."""
+    return cli_in_child(*args, env=env, setup=lambda: become(uid, gid))
+
+
+def cli_in_child(
+    *args: str, env: dict[str, str], setup: Callable[[], object]
+) -> subprocess.CompletedProcess[str]:
+    """``invoke_cli`` in a forked child after ``setup`` (giving up root, a
+    mount namespace of its own): its exit status, stdout and stderr."""
+    import importlib
+    import json
+
+    for module in _CLI_MODULES:
+        importlib.import_module(module)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read)
+            setup()
+            result = invoke_cli(*args, env=env)
+            answer = [result.returncode, result.stdout, result.stderr]
+        except BaseException:
+            answer = [1, "", traceback.format_exc()]
+        with os.fdopen(write, "w") as pipe:
+            pipe.write(json.dumps(answer))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        returncode, stdout, stderr = json.loads(pipe.read() or '[1, "", "the child said nothing"]')
+    os.waitpid(pid, 0)
+    return subprocess.CompletedProcess(["syncd", *args], returncode, stdout, stderr)
+
+
 # Runs syncd's CLI and, at exit, writes the process's peak resident memory
 # (VmHWM: the high-water mark of its own address space) to the file named by
 # the first argument. Not ru_maxrss: that keeps the forked test process's size

@@ -187,11 +187,15 @@ def test_a_read_only_directory_is_told_apart_from_a_missing_one(
     )
     new = syncd_env(server.url, f"sqlite:///{directory / 'new.db'}")
     existing = syncd_env(server.url, f"sqlite:///{database}")
-    for command, env in ((["run-once"], new), (["run-once"], existing), (["status"], existing)):
+    for command, env in ((["run-once"], new), (["run-once"], existing)):
         result = run_unprivileged(command, env, cwd=tmp_path)
         assert result.returncode == 6, result.stderr
         assert error_line(result.stderr) == expected
     assert server.api.stats.requests == 0
+    # A reader needs no writable folder: it opens the file read-only and creates nothing.
+    for command in (["status"], ["db", "current"]):
+        read = run_unprivileged(command, existing, cwd=tmp_path)
+        assert read.returncode == 0, read.stderr
     assert sorted(p.name for p in directory.iterdir()) == ["syncd.db"]
 
 
