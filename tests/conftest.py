@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -591,8 +592,30 @@ def open_tmp() -> Iterator[Path]:
     shutil.rmtree(folder)
 
 
+_readable_copy: list[Path] = []
+
+
+def readable_migrations() -> Path:
+    """The migrations, copied once where every user can read them: a checkout
+    may lie in a folder only root can enter (mktemp -d, /root), where an
+    installed wheel's would be readable."""
+    if not _readable_copy:
+        folder = Path(tempfile.mkdtemp(prefix="syncd-migrations-"))
+        folder.chmod(0o755)
+        atexit.register(shutil.rmtree, folder, True)
+        copy = folder / "migrations"
+        shutil.copytree(db.migrations_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+        _readable_copy.append(copy)
+    return _readable_copy[0]
+
+
 def become(uid: int, gid: int) -> None:
-    """This process gives up root for ``uid`` (what `sudo -u` does)."""
+    """This process gives up root for ``uid`` (what `sudo -u` does), in ``/``
+    and with migrations it can read (see readable_migrations): the checkout,
+    the working directory of the tests, may be root's alone."""
+    migrations = readable_migrations()
+    db.migrations_dir = lambda: migrations  # type: ignore[assignment]  # a forked child's own copy
+    os.chdir("/")
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
@@ -603,6 +626,7 @@ def run_as(uid: int, gid: int, work: Callable[[], object]) -> int:
     its exit status. In-process after a fork: the interpreter of this checkout
     may live where another user cannot read it (/root/.pyenv), so what the
     child runs must have been imported before."""
+    readable_migrations()  # copied here, once: not in each child
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 1
@@ -626,6 +650,13 @@ _CLI_MODULES = (
     "syncd.check",
     "syncd.status",
     "syncd.store",
+    "syncd.archive.rows",
+    "syncd.archive.judge",
+    "syncd.archive.files",
+    "syncd.archive.job",
+    "syncd.archive.verify",
+    "syncd.archive.fetch",
+    "syncd.sync.runs",
     "syncd.scheduler",
     "syncd.state",
 )
@@ -646,6 +677,7 @@ def cli_in_child(
 
     for module in _CLI_MODULES:
         importlib.import_module(module)
+    readable_migrations()  # copied here, once: not in each child
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child

@@ -147,9 +147,11 @@ def test_migrations_another_user_cannot_read_are_a_clear_error(
     (package.parent / "migrations").chmod(0o700)
     monkeypatch.setattr(db, "PACKAGE_DIR", package)
 
+    find_migrations = db.migrations_dir  # run_as gives its child a readable copy of them instead
+
     def read_migrations() -> None:
         with pytest.raises(InstallError) as refused:
-            db.migrations_dir()
+            find_migrations()
         assert refused.value.exit_code == 3
         assert f"{package.parent / 'migrations'} cannot be read (uid {SERVICE_UID})" in str(refused.value)
 
