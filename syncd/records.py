@@ -416,6 +416,18 @@ def _capped(value: object, depth: int = 0) -> object:
     return value
 
 
+def _payload_json(value: object) -> str:
+    """``value`` as JSON for the quarantine, whatever a parsed answer holds. An
+    integer beyond 64 bits or a lone surrogate (which orjson refuses) goes
+    through the standard library, escaped to ASCII so that both databases
+    store it: a record that cannot be written must still be quarantined,
+    or the run fails on it, and every run after it."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
 def storable_text(text: str) -> str:
     """Text both databases store exactly: U+0000 (which PostgreSQL refuses) written as \\u0000."""
     return text.replace("\x00", "\\u0000")
@@ -425,7 +437,7 @@ def reject(value: object, reason: str, payload: str | None = None, secrets: Sequ
     """A rejection of ``value``; its payload is ``payload`` (raw text) or ``value``
     as JSON, stored as text both databases hold and without ``secrets``."""
     if payload is None:
-        payload = orjson.dumps(_capped(value) if _too_deep(value) else value).decode()
+        payload = _payload_json(_capped(value) if _too_deep(value) else value)
     text = storable_text(redact(payload, secrets))
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     if len(text) > MAX_QUARANTINE_PAYLOAD:

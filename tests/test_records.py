@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -256,3 +257,16 @@ def test_parameter_rows_follow_the_tables_column_order() -> None:
 
     for table in (models.Txt2ImgParameters.__table__, models.UpscalingParameters.__table__):
         assert PARAMETER_COLUMNS[table.name] == tuple(column.name for column in table.columns)
+
+
+@pytest.mark.parametrize(
+    "odd", [10**24, -(10**30), "\ud800 alone"], ids=["huge", "huge-negative", "surrogate"]
+)
+def test_a_bad_record_holding_what_orjson_cannot_write_is_quarantined_whole(odd: object) -> None:
+    # Refused for its status; the value orjson refuses must not turn the
+    # quarantine into a crash (every run after it would fail on the same page).
+    record = {**txt2img(), "status": 5, "junk": odd}
+    rejection = refuse(record)
+    assert "status" in rejection.reason
+    assert json.loads(rejection.payload)["id"] == ID  # (orjson refuses a lone surrogate even escaped)
+    assert (str(odd) if isinstance(odd, int) else "\\ud800") in rejection.payload
