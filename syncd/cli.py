@@ -28,6 +28,7 @@ from syncd.clitools import (
     database_options,
     handle_errors,
     past_moment,
+    shown,
     summary_screen,
 )
 from syncd.errors import ConfigError, ExitCode, SyncdError, one_line
@@ -518,10 +519,10 @@ def check_command(**kwargs: Any) -> None:
     except ConfigError as exc:
         click.echo(Item("settings", problem=exc).line())
         sys.exit(int(exc.exit_code))
-    click.echo(Item("settings", detail=settings.describe_sources()).line())
+    click.echo(shown(Item("settings", detail=settings.describe_sources()).line()))
     report = check(settings)
     for item in report.items:
-        click.echo(item.line())
+        click.echo(shown(item.line()))
     sys.exit(int(report.exit_code))
 
 
@@ -598,7 +599,7 @@ def main() -> None:
     try:
         cli.main(prog_name="syncd")
     except SyncdError as exc:  # raised outside a command (should not happen)
-        click.echo(f"syncd: error: {one_line(str(exc))}", err=True)
+        click.echo(f"syncd: error: {shown(one_line(str(exc)))}", err=True)
         sys.exit(int(exc.exit_code))
 
 

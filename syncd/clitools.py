@@ -21,6 +21,7 @@ import click
 
 from syncd.config import Settings, load_settings
 from syncd.errors import ExitCode, SyncdError, one_line
+from syncd.redaction import redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("syncd")
@@ -69,6 +70,17 @@ def api_options(func: F) -> F:
     )
 
 
+# The API key of the command's settings: the lines the CLI prints itself (an
+# error, check's lines) are masked as the log's are (its filter), since an
+# error may quote what a hostile answer sent back (a header echoing the key).
+_secrets: list[str] = []
+
+
+def shown(text: str) -> str:
+    """``text`` as the CLI may print it: the API key masked in every form."""
+    return redact(text, _secrets)
+
+
 def command_settings(kwargs: dict[str, Any]) -> Settings:
     """Pop the settings flags from ``kwargs`` and load settings; configure logging."""
     from syncd.config import SPECS_BY_NAME
@@ -78,6 +90,7 @@ def command_settings(kwargs: dict[str, Any]) -> Settings:
     overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in SPECS_BY_NAME}
     settings = load_settings(config_path=config_path, overrides=overrides)
     secrets = [settings.api_key.reveal()] if settings.api_key else []
+    _secrets[:] = secrets
     setup_logging(settings.log_level, settings.log_format, secrets)
     for warning in settings.warnings:
         log.warning("%s", warning)
@@ -120,7 +133,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except SyncdError as exc:
-            click.echo(f"syncd: error: {one_line(str(exc))}", err=True)
+            click.echo(f"syncd: error: {shown(one_line(str(exc)))}", err=True)
             sys.exit(int(exc.exit_code))
         except BrokenPipeError:
             # The reader of the output went away (`syncd demo | head`): end as a

@@ -292,3 +292,18 @@ def test_a_reader_gone_before_the_output_ends_the_command_with_141_not_a_bug(
         )
     assert result.returncode == 141, result.stderr
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_an_answer_echoing_the_key_in_a_header_never_shows_it_on_the_command_line(
+    fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    # The error quotes the Content-Encoding it refuses; the key in it is masked
+    # on the error line and on check's api line, as in the log.
+    server = fake_api(10, faults=Faults(content_encoding="br, test-key"))
+    env = syncd_env(server.url, f"sqlite:///{tmp_path / 'db.sqlite'}", max_attempts="1")
+    for command in (["run-once"], ["check"]):
+        result = run_cli(command, env, cwd=tmp_path)
+        assert result.returncode == 5, result.stdout + result.stderr
+        output = result.stdout + result.stderr
+        assert "Content-Encoding 'br, [REDACTED]'" in output, output
+        assert "test-key" not in output, output
