@@ -17,7 +17,9 @@ diagram). Its rules:
   ``newest_first``, ``oldest_first``, ``unordered`` (both seen) or ``unknown``
   (no evidence). A complete scan establishes it for later runs.
 * **Incremental runs.** newest-first: read from offset 0 until the page
-  holds the previous head (or an item strictly older than it).
+  holds the previous head by its id (or, should it be gone, an item created
+  more than HEAD_SKEW before it: a head dated ahead of the artworks created
+  after it must not end the run above them).
   oldest-first: start at the previous tail and read to the end; when the tail
   is not where it was (the oldest were deleted), bisect on ``skip`` for it.
   Unknown or unordered: a full scan every run.
