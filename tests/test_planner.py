@@ -643,3 +643,60 @@ def test_a_scan_with_a_floor_resumes_with_it_and_is_no_full_sync() -> None:
     sim.requests.clear()
     _, _, planner = run(sim, state, 100, since=later)
     assert sim.requests[0].skip == 0 and planner.since == later
+
+
+def future_headed(page_size: int) -> tuple[SimList, StreamState, Item]:
+    """A newest-first list of 300 whose newest (position 0) is dated 5 h ahead
+    of syncd's clock (inside the day syncd accepts), backfilled."""
+    sim = SimList("newest_first")
+    sim.add(299)
+    ahead = Item("future", NOW + timedelta(hours=5))
+    sim.items.append(ahead)
+    state, stored, planner = run(sim, StreamState("artworks"), page_size)
+    assert planner.scan_complete and stored == {i.id for i in sim.items}
+    sim.requests.clear()
+    return sim, state, ahead
+
+
+def test_a_head_dated_in_the_future_does_not_end_the_incremental_run_early() -> None:
+    """60 artworks created now land above a head dated 5 h ahead: every one
+    of them is older than it. The run reads down to the head by its id (it
+    was stopping at the first page, short of positions 50-59)."""
+    sim, state, ahead = future_headed(50)
+    added = sim.add(60, live=True)
+    after, got, planner = run(sim, state, 50, now=NOW + timedelta(minutes=10))
+    assert {i.id for i in added} <= got
+    # Past the new artworks the list shows one dated after them: not sorted
+    # by createdAt after all, and the run reads it all, as for any such list.
+    assert planner.mode == Mode.FULL and after.list_order == ListOrder.UNORDERED
+    assert state.head_id == ahead.id and state.head_created_at == NOW  # kept as read, not as dated
+
+
+@pytest.mark.parametrize("stored_ahead", [timedelta(hours=5), timedelta(days=3650)])
+def test_a_future_head_deleted_by_the_api_still_misses_nothing_and_reads_no_further_than_a_day(
+    stored_ahead: timedelta,
+) -> None:
+    """The head dated ahead is gone (deleted) when the new artworks come: the
+    run stops at the first artwork created more than a day before the head
+    (or before its own start, if the head was stored dated further ahead, as
+    syncd did before it kept heads as read)."""
+    sim, state, ahead = future_headed(50)
+    state = replace(state, head_created_at=NOW + stored_ahead)
+    sim.items.remove(ahead)
+    added = sim.add(60, live=True)
+    _, got, planner = run(sim, state, 50, now=NOW + timedelta(minutes=10))
+    assert {i.id for i in added} <= got
+    assert planner.mode == Mode.INCREMENTAL and len(sim.requests) <= math.ceil(60 / 50) + 1
+
+
+def test_a_head_met_by_its_id_costs_what_it_did() -> None:
+    """Artworks created within a day before the head, listed below it: the
+    head's id ends the run, on the page that holds it."""
+    sim = SimList("newest_first")
+    sim.add(500, live=True)
+    state, _, _ = run(sim, StreamState("artworks"), 100, now=NOW + timedelta(hours=1))
+    sim.requests.clear()
+    added = sim.add(150, live=True)
+    _, got, planner = run(sim, state, 100, now=NOW + timedelta(hours=2))
+    assert {i.id for i in added} <= got
+    assert planner.mode == Mode.INCREMENTAL and len(sim.requests) == 2

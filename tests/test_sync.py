@@ -515,3 +515,23 @@ def test_the_daemons_refresh_keeps_the_quiet_the_api_asked_for(
         store.save_rate_limit(conn, STREAM, None, now)
     outcome = sync_with(settings, engine, SyncOptions(list_run=False, refresh=True), refresh_seconds=5.0)
     assert [s.mode for s in outcome.summaries] == ["refresh"] and server.api.stats.get_requests > 0
+
+
+def test_new_artworks_above_a_head_dated_in_the_future_are_all_stored(
+    db_url: str, engine: Engine, clean: Callable[..., FakeServer]
+) -> None:
+    """The hostile-API trial: the newest of 300 is dated 5 h ahead (inside the
+    day syncd accepts); 60 artworks created now land above it, every one of
+    them older than it. The incremental run used to stop at its first page
+    (inserted 50) and exit 0, and no later incremental run found positions
+    50-59."""
+    server = clean(300)
+    dataset = server.api.dataset
+    dataset.date_ahead(dataset.items[-1], timedelta(hours=5))  # list position 0
+    summary, _ = sync(server, db_url, page_size=50)
+    assert summary.mode == "backfill" and valid_ids(server) <= stored_ids(engine)
+    added = dataset.add(60, live=True)
+    summary, _ = sync(server, db_url, page_size=50)
+    assert summary.outcome == "success"
+    assert {a.id for a in added} <= stored_ids(engine)
+    assert valid_ids(server) <= stored_ids(engine)

@@ -303,6 +303,14 @@ class Dataset:
         self._indexed = (id(self.items), len(self.items))
         return added
 
+    def date_ahead(self, artwork: FakeArtwork, ahead: timedelta) -> None:
+        """Date one artwork ``ahead`` of the wall clock (a server whose clock ran
+        ahead when it was made) without moving the clock of those made after
+        it: artworks added later are dated before it, and are listed above it."""
+        assert isinstance(artwork.value, dict)
+        artwork.value = dict(artwork.value, createdAt=iso(datetime.now(UTC) + ahead))
+        artwork._json = None
+
     def delete_oldest(self, count: int) -> list[FakeArtwork]:
         self._index()
         removed, self.items = self.items[:count], self.items[count:]

@@ -17,7 +17,9 @@ diagram). Its rules:
   ``newest_first``, ``oldest_first``, ``unordered`` (both seen) or ``unknown``
   (no evidence). A complete scan establishes it for later runs.
 * **Incremental runs.** newest-first: read from offset 0 until the page
-  holds the previous head (or an item strictly older than it).
+  holds the previous head by its id (or, should it be gone, an item created
+  more than HEAD_SKEW before it: a head dated ahead of the artworks created
+  after it must not end the run above them).
   oldest-first: start at the previous tail and read to the end; when the tail
   is not where it was (the oldest were deleted), bisect on ``skip`` for it.
   Unknown or unordered: a full scan every run.
@@ -100,6 +102,13 @@ GROWTH_CLAIMS = 8
 # from syncd's is allowed for.
 GROWTH_TOLERANCE = timedelta(minutes=1)
 MAX_LIMIT = 500  # the API's largest page
+# How far an incremental newest-first run reads past the previous head's
+# createdAt when the head itself is not met: what a head dated ahead of the
+# artworks created after it (an artwork dated in the future, clocks that
+# differ) may be ahead by. syncd accepts createdAt up to a day ahead of its
+# clock (syncd.records.FUTURE_TOLERANCE), so a day. Met, the head ends the run
+# by its id, and this costs nothing.
+HEAD_SKEW = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,18 +585,35 @@ class Planner:
     def _record_head(self, items: Sequence[Item]) -> None:
         first = next((i for i in items if i.id is not None and i.created_at is not None), None)
         if first is not None:
-            self._new_head = first
+            # An artwork dated ahead of syncd's clock is kept as read at this
+            # run's start: what the next run compares with (_reached_head).
+            assert first.created_at is not None
+            self._new_head = Item(first.id, min(first.created_at, self.now))
             if self.state.phase != Phase.IDLE:
-                self.state.head_id, self.state.head_created_at = first.id, first.created_at
+                self.state.head_id, self.state.head_created_at = self._new_head.id, self._new_head.created_at
 
     def _reached_head(self, items: Sequence[Item]) -> bool:
+        """Has the incremental run read down to what the last run stored?
+
+        When the page holds the previous head, by its id. Without it (the
+        head was deleted, or lies further down), when the page holds an
+        artwork created more than HEAD_SKEW before the head: every artwork
+        created since the head was read is dated after that, even when the
+        head's own createdAt is ahead of the rest (an artwork dated in the
+        future, a server clock that jumped), by up to HEAD_SKEW. The head's
+        createdAt alone does not do: the new artworks above a head dated
+        ahead of them are all older than it.
+        """
         st = self.state
         if st.head_id is None:
             return False
         if any(item.id == st.head_id for item in items):
             return True
         head_at = st.head_created_at
-        return head_at is not None and any(i.created_at is not None and i.created_at < head_at for i in items)
+        if head_at is None:
+            return False
+        older = min(head_at, self.now) - HEAD_SKEW
+        return any(i.created_at is not None and i.created_at < older for i in items)
 
     def _finish_head_scan(self) -> None:
         head = self._new_head
