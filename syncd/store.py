@@ -35,6 +35,7 @@ from syncd.records import (
     ArtworkRows,
     PageResult,
     Rejection,
+    checked_id,
     refusal,
     utc_text,
 )
@@ -243,6 +244,26 @@ def stored_hashes(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
         chunk = tuple(ids[start : start + LOOKUP_CHUNK])
         query = f"SELECT id, content_hash FROM artworks WHERE id IN ({', '.join('?' * len(chunk))})"  # noqa: S608
         found.update(conn.exec_driver_sql(query, chunk).fetchall())
+    return found
+
+
+def spellings(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+    """How the API spelled each of these artworks' ids (stored ``id`` -> the ``id``
+    of its stored ``raw`` record), for those spelled otherwise than the stored id.
+
+    The stored id is canonical (lower case); the API may list an id in upper
+    case and answer ``GET /v1/artworks/{id}`` only for that spelling, so an
+    artwork is asked for by id as the API last sent it. A raw id that is not
+    the same id (not a UUID, or another one) is not used: the stored id is.
+    """
+    raw_id = artworks.c.raw["id"].as_string()
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        chunk = list(ids[start : start + LOOKUP_CHUNK])
+        query = select(artworks.c.id, raw_id).where(artworks.c.id.in_(chunk), raw_id != artworks.c.id)
+        for artwork_id, spelled in conn.execute(query):
+            if isinstance(spelled, str) and checked_id(spelled) == artwork_id:
+                found[artwork_id] = spelled
     return found
 
 

@@ -515,3 +515,42 @@ def test_the_daemons_refresh_keeps_the_quiet_the_api_asked_for(
         store.save_rate_limit(conn, STREAM, None, now)
     outcome = sync_with(settings, engine, SyncOptions(list_run=False, refresh=True), refresh_seconds=5.0)
     assert [s.mode for s in outcome.summaries] == ["refresh"] and server.api.stats.get_requests > 0
+
+
+def upper_case_ids(server: FakeServer) -> None:
+    """The API lists every id in upper case, and GET /v1/artworks/{id} answers
+    only that spelling: the lower-case copy syncd stores is 404 there."""
+    server.api.faults.exact_id_case = True
+    for artwork in server.api.dataset.items:
+        artwork.value = dict(artwork.value, id=artwork.value["id"].upper())
+        artwork._json = None
+
+
+def test_unfinished_artworks_are_asked_for_as_the_api_spelled_their_ids(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    """Stored in lower case, asked for in upper case as listed: refreshed, not
+    marked deleted for the 404 a lower-case GET would get. A real 404 still marks."""
+    server = fake_api(300, pending_fraction=0.2, malformed_fraction=0, unknown_fraction=0)
+    upper_case_ids(server)
+    env = syncd_env(server.url, db_url, page_size=str(L))
+    result = run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    pending = [a for a in server.api.dataset.items if a.pending]
+    assert len(pending) > 2
+    assert stored_ids(engine) == {a.value["id"].lower() for a in server.api.dataset.items}
+
+    gone = pending[0]
+    server.api.dataset.items.remove(gone)  # deleted before it finished
+    server.api.dataset.finish_pending()
+    backdate_checks(engine)  # a day later: every unfinished artwork is due a re-check
+    server.api.reset_stats()
+    server.api.get_log.clear()
+    result = run_cli(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert marked_deleted(engine) == {gone.value["id"].lower()}
+    asked = [artwork_id for _, artwork_id in server.api.get_log]
+    assert asked and all(artwork_id == artwork_id.upper() for artwork_id in asked), asked
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(select(store.artworks.c.id, store.artworks.c.status)).all())
+    assert {statuses[a.value["id"].lower()] for a in pending[1:]} == {"done"}

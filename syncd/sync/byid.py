@@ -101,11 +101,19 @@ class ByIdFetcher:
             if failures is not None:
                 failures[artwork_id] = context.now()
 
+        # Asked for as the API spelled them (an upper-case id it answers only
+        # so); answers are still judged, stored and marked by the stored id.
+        with context.engine.connect() as conn:
+            spelled = store.spellings(conn, ids)
+
         with context.requests() as requests:
 
             def submit(batch: list[str]) -> list[tuple[str, Future[Any]]]:
                 return [
-                    (artwork_id, requests.submit(self.client.get_artwork, artwork_id, wanted))
+                    (
+                        artwork_id,
+                        requests.submit(self.client.get_artwork, spelled.get(artwork_id, artwork_id), wanted),
+                    )
                     for artwork_id in batch
                 ]
 
