@@ -283,6 +283,19 @@ def touch_seen(conn: Connection, ids: Sequence[str], now: datetime) -> int:
     return len(ids)
 
 
+def seen_since(conn: Connection, ids: Sequence[str], since: datetime) -> dict[str, datetime]:
+    """The artworks among ``ids`` that an answer carried at or after ``since``,
+    with when it last did."""
+    found: dict[str, datetime] = {}
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        chunk = list(ids[start : start + LOOKUP_CHUNK])
+        query = select(artworks.c.id, artworks.c.last_seen_at).where(
+            artworks.c.id.in_(chunk), artworks.c.last_seen_at >= since
+        )
+        found.update((artwork_id, seen_at) for artwork_id, seen_at in conn.execute(query))
+    return found
+
+
 def mark_remote_deleted(conn: Connection, ids: Iterable[str], now: datetime) -> int:
     ids = list(ids)
     if not ids:

@@ -554,3 +554,52 @@ def test_unfinished_artworks_are_asked_for_as_the_api_spelled_their_ids(
     with engine.connect() as conn:
         statuses = dict(conn.execute(select(store.artworks.c.id, store.artworks.c.status)).all())
     assert {statuses[a.value["id"].lower()] for a in pending[1:]} == {"done"}
+
+
+def test_a_404_for_an_artwork_an_answer_carried_minutes_ago_is_believed_only_after_the_grace(
+    db_url: str, engine: Engine, clean: Callable[..., FakeServer]
+) -> None:
+    """The list carried it 30 s ago, GET by id says 404: the API contradicts
+    itself, nothing is marked. Once no answer has carried it for
+    DELETION_GRACE, the 404 is believed (docs/sync-algorithm.md, "Deletion")."""
+    server = clean(50)
+    server.api.dataset.add(3, pending=True, live=True)  # young: re-checked every 10 s
+    settings = make_settings(server.url, db_url, page_size=str(L))
+    run_once(settings, SyncOptions(refresh=False))
+    gone = next(a for a in server.api.dataset.items if a.pending)
+    server.api.dataset.items.remove(gone)
+    backdate_checks(engine, hours=30 / 3600)  # last listed 30 s ago: due, well within the grace
+    server.api.reset_stats()
+    (refresh,) = run_once(settings, SyncOptions(list_run=False)).summaries
+    assert server.api.stats.get_requests == 3
+    assert refresh.counts.marked_deleted == 0 and marked_deleted(engine) == set()
+    backdate_checks(engine, hours=1)  # nothing has carried it for an hour
+    (refresh,) = run_once(settings, SyncOptions(list_run=False)).summaries
+    assert refresh.counts.marked_deleted == 1 and marked_deleted(engine) == {gone.id}
+
+
+def test_an_artwork_whose_404_was_not_believed_is_asked_again_after_the_grace(
+    db_url: str, engine: Engine, clean: Callable[..., FakeServer]
+) -> None:
+    """Not every 10 s meanwhile: once, just after the grace, when its 404 is believed."""
+    from syncd.sync.byid import DELETION_GRACE
+
+    server = clean(50)
+    server.api.dataset.add(3, pending=True, live=True)  # young: re-checked every 10 s
+    clock = [datetime.now(UTC)]
+    settings = make_settings(server.url, db_url, page_size=str(L))
+    with make_client(settings) as client:
+        syncer = Syncer(engine, client, settings.page_size, now=lambda: clock[0])
+        syncer.sync()
+        gone = next(a for a in server.api.dataset.items if a.pending)
+        server.api.dataset.items.remove(gone)
+        asked: list[set[str]] = []
+        marked: list[int] = []
+        for step in (30, 30, 30, DELETION_GRACE.total_seconds()):
+            clock[0] += timedelta(seconds=step)
+            server.api.get_log.clear()
+            summary = syncer.refresh()
+            asked.append({artwork_id for _, artwork_id in server.api.get_log})
+            marked.append(summary.counts.marked_deleted if summary else 0)
+    assert [gone.id in ids for ids in asked] == [True, False, False, True]
+    assert marked == [0, 0, 0, 1] and marked_deleted(engine) == {gone.id}
