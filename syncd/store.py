@@ -35,6 +35,7 @@ from syncd.records import (
     ArtworkRows,
     PageResult,
     Rejection,
+    checked_id,
     refusal,
     utc_text,
 )
@@ -246,6 +247,26 @@ def stored_hashes(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
     return found
 
 
+def spellings(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+    """How the API spelled each of these artworks' ids (stored ``id`` -> the ``id``
+    of its stored ``raw`` record), for those spelled otherwise than the stored id.
+
+    The stored id is canonical (lower case); the API may list an id in upper
+    case and answer ``GET /v1/artworks/{id}`` only for that spelling, so an
+    artwork is asked for by id as the API last sent it. A raw id that is not
+    the same id (not a UUID, or another one) is not used: the stored id is.
+    """
+    raw_id = artworks.c.raw["id"].as_string()
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        chunk = list(ids[start : start + LOOKUP_CHUNK])
+        query = select(artworks.c.id, raw_id).where(artworks.c.id.in_(chunk), raw_id != artworks.c.id)
+        for artwork_id, spelled in conn.execute(query):
+            if isinstance(spelled, str) and checked_id(spelled) == artwork_id:
+                found[artwork_id] = spelled
+    return found
+
+
 def touch_seen(conn: Connection, ids: Sequence[str], now: datetime) -> int:
     """Artworks seen again unchanged: only last_seen_at moves (one statement per 500)."""
     seen = utc_text(now)
@@ -260,6 +281,19 @@ def touch_seen(conn: Connection, ids: Sequence[str], now: datetime) -> int:
             tuple(params),
         )
     return len(ids)
+
+
+def seen_since(conn: Connection, ids: Sequence[str], since: datetime) -> dict[str, datetime]:
+    """The artworks among ``ids`` that an answer carried at or after ``since``,
+    with when it last did."""
+    found: dict[str, datetime] = {}
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        chunk = list(ids[start : start + LOOKUP_CHUNK])
+        query = select(artworks.c.id, artworks.c.last_seen_at).where(
+            artworks.c.id.in_(chunk), artworks.c.last_seen_at >= since
+        )
+        found.update((artwork_id, seen_at) for artwork_id, seen_at in conn.execute(query))
+    return found
 
 
 def mark_remote_deleted(conn: Connection, ids: Iterable[str], now: datetime) -> int:

@@ -110,6 +110,29 @@ def test_a_scan_that_misses_listed_artworks_marks_none_of_them(
     assert len(warnings) == 2 and "exist: the scan did not see the whole list" in warnings[0]
 
 
+def test_the_missed_are_checked_by_id_as_the_api_spelled_them(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer]
+) -> None:
+    """An API that lists ids in upper case and answers GET only for that
+    spelling: the artworks a full scan missed are asked for in upper case,
+    found alive, and nothing is marked (a lower-case GET's 404 marked them)."""
+    server = fake_api(600, malformed_fraction=0, unknown_fraction=0)
+    server.api.faults.exact_id_case = True
+    for artwork in server.api.dataset.items:
+        artwork.value = dict(artwork.value, id=artwork.value["id"].upper())
+        artwork._json = None
+    settings_ = make_settings(server.url, db_url, page_size="50")
+    with sync_engine_for(settings_, engine) as syncer:
+        syncer.sync()
+        server.api.faults.hidden = 10  # a few the list leaves out: a sane shrink, were they gone
+        server.api.get_log.clear()
+        summary = syncer.sync(full=True)
+    assert summary.deletions_withheld == Withheld.INCOMPLETE
+    assert marked(engine) == set() and summary.counts.marked_deleted == 0
+    asked = {artwork_id for _, artwork_id in server.api.get_log}
+    assert asked == {a.value["id"] for a in server.api.dataset.items[:10]}
+
+
 def test_a_list_that_shrank_too_fast_is_believed_only_when_the_days_explain_it(
     db_url: str, engine: Engine, fake_api: Callable[..., FakeServer]
 ) -> None:

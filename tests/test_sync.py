@@ -535,3 +535,91 @@ def test_new_artworks_above_a_head_dated_in_the_future_are_all_stored(
     assert summary.outcome == "success"
     assert {a.id for a in added} <= stored_ids(engine)
     assert valid_ids(server) <= stored_ids(engine)
+
+
+def upper_case_ids(server: FakeServer) -> None:
+    """The API lists every id in upper case, and GET /v1/artworks/{id} answers
+    only that spelling: the lower-case copy syncd stores is 404 there."""
+    server.api.faults.exact_id_case = True
+    for artwork in server.api.dataset.items:
+        artwork.value = dict(artwork.value, id=artwork.value["id"].upper())
+        artwork._json = None
+
+
+def test_unfinished_artworks_are_asked_for_as_the_api_spelled_their_ids(
+    db_url: str, engine: Engine, fake_api: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    """Stored in lower case, asked for in upper case as listed: refreshed, not
+    marked deleted for the 404 a lower-case GET would get. A real 404 still marks."""
+    server = fake_api(300, pending_fraction=0.2, malformed_fraction=0, unknown_fraction=0)
+    upper_case_ids(server)
+    env = syncd_env(server.url, db_url, page_size=str(L))
+    result = run_cli(["run-once", "--no-refresh"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    pending = [a for a in server.api.dataset.items if a.pending]
+    assert len(pending) > 2
+    assert stored_ids(engine) == {a.value["id"].lower() for a in server.api.dataset.items}
+
+    gone = pending[0]
+    server.api.dataset.items.remove(gone)  # deleted before it finished
+    server.api.dataset.finish_pending()
+    backdate_checks(engine)  # a day later: every unfinished artwork is due a re-check
+    server.api.reset_stats()
+    server.api.get_log.clear()
+    result = run_cli(["run-once"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert marked_deleted(engine) == {gone.value["id"].lower()}
+    asked = [artwork_id for _, artwork_id in server.api.get_log]
+    assert asked and all(artwork_id == artwork_id.upper() for artwork_id in asked), asked
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(select(store.artworks.c.id, store.artworks.c.status)).all())
+    assert {statuses[a.value["id"].lower()] for a in pending[1:]} == {"done"}
+
+
+def test_a_404_for_an_artwork_an_answer_carried_minutes_ago_is_believed_only_after_the_grace(
+    db_url: str, engine: Engine, clean: Callable[..., FakeServer]
+) -> None:
+    """The list carried it 30 s ago, GET by id says 404: the API contradicts
+    itself, nothing is marked. Once no answer has carried it for
+    DELETION_GRACE, the 404 is believed (docs/sync-algorithm.md, "Deletion")."""
+    server = clean(50)
+    server.api.dataset.add(3, pending=True, live=True)  # young: re-checked every 10 s
+    settings = make_settings(server.url, db_url, page_size=str(L))
+    run_once(settings, SyncOptions(refresh=False))
+    gone = next(a for a in server.api.dataset.items if a.pending)
+    server.api.dataset.items.remove(gone)
+    backdate_checks(engine, hours=30 / 3600)  # last listed 30 s ago: due, well within the grace
+    server.api.reset_stats()
+    (refresh,) = run_once(settings, SyncOptions(list_run=False)).summaries
+    assert server.api.stats.get_requests == 3
+    assert refresh.counts.marked_deleted == 0 and marked_deleted(engine) == set()
+    backdate_checks(engine, hours=1)  # nothing has carried it for an hour
+    (refresh,) = run_once(settings, SyncOptions(list_run=False)).summaries
+    assert refresh.counts.marked_deleted == 1 and marked_deleted(engine) == {gone.id}
+
+
+def test_an_artwork_whose_404_was_not_believed_is_asked_again_after_the_grace(
+    db_url: str, engine: Engine, clean: Callable[..., FakeServer]
+) -> None:
+    """Not every 10 s meanwhile: once, just after the grace, when its 404 is believed."""
+    from syncd.sync.byid import DELETION_GRACE
+
+    server = clean(50)
+    server.api.dataset.add(3, pending=True, live=True)  # young: re-checked every 10 s
+    clock = [datetime.now(UTC)]
+    settings = make_settings(server.url, db_url, page_size=str(L))
+    with make_client(settings) as client:
+        syncer = Syncer(engine, client, settings.page_size, now=lambda: clock[0])
+        syncer.sync()
+        gone = next(a for a in server.api.dataset.items if a.pending)
+        server.api.dataset.items.remove(gone)
+        asked: list[set[str]] = []
+        marked: list[int] = []
+        for step in (30, 30, 30, DELETION_GRACE.total_seconds()):
+            clock[0] += timedelta(seconds=step)
+            server.api.get_log.clear()
+            summary = syncer.refresh()
+            asked.append({artwork_id for _, artwork_id in server.api.get_log})
+            marked.append(summary.counts.marked_deleted if summary else 0)
+    assert [gone.id in ids for ids in asked] == [True, False, False, True]
+    assert marked == [0, 0, 0, 1] and marked_deleted(engine) == {gone.id}

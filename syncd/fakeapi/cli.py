@@ -91,6 +91,11 @@ from syncd.fakeapi.data import POISONS
     "--wrong-artwork", is_flag=True, help="GET /v1/artworks/{id} answers with another artwork's record."
 )
 @click.option(
+    "--exact-id-case",
+    is_flag=True,
+    help="GET /v1/artworks/{id} finds an artwork only by its id spelled exactly as listed.",
+)
+@click.option(
     "--spent-quota-header",
     is_flag=True,
     help="'RateLimit-Remaining: 0' and 'RateLimit-Reset: 60' on every 200 (a header the answers contradict).",
@@ -332,6 +337,7 @@ def mock_api_command(
         compressed=faults["compressed"],
         hidden=faults["hidden"],
         wrong_artwork=faults["wrong_artwork"],
+        exact_id_case=faults["exact_id_case"],
         spent_quota_header=faults["spent_quota_header"],
     )
     if faults["compressed"]:

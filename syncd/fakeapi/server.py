@@ -107,6 +107,9 @@ class Faults:
     short_by: int = 0
     hidden: int = 0  # the N oldest artworks are left out of every list answer (GET by id still has them)
     wrong_artwork: bool = False  # GET /v1/artworks/{id} answers with another, never listed, artwork's record
+    # GET /v1/artworks/{id} finds an artwork only by its id exactly as listed: another
+    # spelling of it (the lower-case copy of an upper-case id) is 404.
+    exact_id_case: bool = False
     # 200 bodies really encoded, with that Content-Encoding: "gzip", "deflate",
     # "gzip, gzip" (stacked), "br" (not encoded: the header is the test); with
     # "bomb:" before it, the body is 1 GiB of spaces instead, gzip'ed once or twice.
@@ -683,6 +686,8 @@ class _Handler(QuietHandler):
         api.get_log.append((time.time(), artwork_id))
         api.expire_due()
         artwork = api.dataset.find(artwork_id)
+        if artwork is not None and api.faults.exact_id_case and artwork.id != artwork_id:
+            artwork = None
         if artwork is not None and api.faults.finish_after:
             api.dataset.finish_due([artwork], api.faults.finish_after, time.time())
         if artwork is None:

@@ -31,6 +31,11 @@ from syncd.sync.runs import RunRecord
 log = logging.getLogger(__name__)
 
 BATCH = 50  # artworks fetched by id per transaction
+# A refresh's 404 is believed only for an artwork no answer (a list page, a GET)
+# has carried for this long: sooner, the API contradicts itself (a replica
+# behind, a cache, an id it answers only as it spelled it), and the artwork is
+# asked again once this has passed.
+DELETION_GRACE = timedelta(minutes=10)
 FAILURES_IN_A_ROW = 3  # artworks by id failing one after another: the API is failing, stop
 
 
@@ -101,11 +106,19 @@ class ByIdFetcher:
             if failures is not None:
                 failures[artwork_id] = context.now()
 
+        # Asked for as the API spelled them (an upper-case id it answers only
+        # so); answers are still judged, stored and marked by the stored id.
+        with context.engine.connect() as conn:
+            spelled = store.spellings(conn, ids)
+
         with context.requests() as requests:
 
             def submit(batch: list[str]) -> list[tuple[str, Future[Any]]]:
                 return [
-                    (artwork_id, requests.submit(self.client.get_artwork, artwork_id, wanted))
+                    (
+                        artwork_id,
+                        requests.submit(self.client.get_artwork, spelled.get(artwork_id, artwork_id), wanted),
+                    )
                     for artwork_id in batch
                 ]
 
@@ -144,17 +157,28 @@ class ByIdFetcher:
                             dropped.set()
                     failed_in_a_row = 0
                     fetched.append((artwork_id, value))
-                self._store(fetched, run, checked)  # what came before the API gave up, too
+                # What came before the API gave up, too.
+                self._store(fetched, run, checked, failures)
                 context.report(run, started)
                 if given_up is not None:
                     dropped.set()
                     raise given_up
 
-    def _store(self, fetched: list[tuple[str, Any]], run: RunRecord, checked: Checked | None) -> None:
+    def _store(
+        self,
+        fetched: list[tuple[str, Any]],
+        run: RunRecord,
+        checked: Checked | None,
+        failures: dict[str, datetime] | None = None,
+    ) -> None:
         """Artworks fetched by id, in one transaction: written like a list page
         (later duplicates win, what is invalid or refused is quarantined), the
         404s marked deleted (or, with ``checked``, noted there), every id
-        answered counted as seen."""
+        answered counted as seen.
+
+        A 404 for an artwork an answer carried less than DELETION_GRACE ago
+        is not believed yet: nothing is marked, and (in ``failures``) the
+        artwork is due again just after the grace, when a 404 is believed."""
         context = self.context
         now = context.now()
         gone = [artwork_id for artwork_id, value in fetched if value is None]
@@ -166,6 +190,18 @@ class ByIdFetcher:
             checked.alive += answered
             gone = []
         with context.writer.begin() as conn:
+            recent = store.seen_since(conn, gone, now - DELETION_GRACE) if gone else {}
+            for artwork_id, seen_at in sorted(recent.items()):
+                log.info(
+                    "artwork %s answered 404 by id, but an answer carried it %.0f s ago: "
+                    "not marked deleted (asked again after %s)",
+                    artwork_id,
+                    (now - seen_at).total_seconds(),
+                    DELETION_GRACE,
+                )
+                if failures is not None:  # its next check: just after the grace (see plan_refresh)
+                    failures[artwork_id] = seen_at + DELETION_GRACE
+            gone = [artwork_id for artwork_id in gone if artwork_id not in recent]
             counts.marked_deleted += store.mark_remote_deleted(conn, gone, now)
             stored = store.stored_hashes(conn, page.known_ids())
             result = classify_page(page.values, now, stored, self.client.secrets, ids=page.ids)

@@ -14,7 +14,9 @@ always took the oldest N never reached the N+1st).
 list page or a GET) is a check. A check that failed is remembered by the
 caller (``failed``) and counts as a check for the back-off, so that an
 artwork the API keeps failing on goes to the back of the queue instead of
-holding its head.
+holding its head. A refresh's 404 that is not believed yet (syncd.sync.byid,
+DELETION_GRACE) is noted there with a time to come: the artwork is due again
+just after the grace.
 """
 
 from __future__ import annotations
