@@ -56,12 +56,18 @@ def test_a_setting_the_file_overrides_from_the_environment_is_a_warning(tmp_path
     assert load({**env, "SYNCD_INTERVAL": "60"}).warnings == ()  # without the file, nothing is overridden
 
 
-def test_an_api_key_source_another_shadows_is_a_warning(tmp_path: Path) -> None:
+def key_sources(tmp_path: Path, in_file: str, in_credentials: str) -> tuple[Path, Path]:
+    """A key file, and a systemd credentials directory holding ``api_key``."""
     key_file = tmp_path / "key"
-    key_file.write_text("sk-from-the-file-123456\n")
+    key_file.write_text(in_file)
     credentials = tmp_path / "credentials"
     credentials.mkdir()
-    (credentials / "api_key").write_text("sk-from-systemd-123456\n")
+    (credentials / "api_key").write_text(in_credentials)
+    return key_file, credentials
+
+
+def test_an_api_key_source_another_shadows_is_a_warning(tmp_path: Path) -> None:
+    key_file, credentials = key_sources(tmp_path, "sk-from-the-file-123456\n", "sk-from-systemd-123456\n")
     env = {"SYNCD_API_KEY": "sk-left-over-123456", "SYNCD_API_KEY_FILE": str(key_file)}
     settings = load({**env, "CREDENTIALS_DIRECTORY": str(credentials)})
     assert settings.api_key is not None and settings.api_key.reveal() == "sk-left-over-123456"
@@ -148,11 +154,7 @@ def test_unreadable_and_empty_key_files(tmp_path: Path) -> None:
 
 
 def test_key_sources_in_order(tmp_path: Path) -> None:
-    key_file = tmp_path / "key"
-    key_file.write_text("from-file\n")
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / "api_key").write_text("from-credentials")
+    key_file, creds = key_sources(tmp_path, "from-file\n", "from-credentials")
     settings = load({"CREDENTIALS_DIRECTORY": str(creds)})
     assert (
         settings.api_key == Secret("from-credentials")

@@ -88,18 +88,24 @@ def test_root_is_refused_in_the_services_database_folder_and_creates_nothing(
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
 
 
+def root_database_and(tmp_path: Path, server: FakeServer, *, archive: Path) -> dict[str, str]:
+    """Settings with a database of root's own (allowed) and the archive at ``archive``."""
+    return {
+        "SYNCD_API_URL": server.url,
+        "SYNCD_API_KEY": "test-key",
+        "SYNCD_DATABASE_URL": f"sqlite:///{tmp_path / 'root.db'}",
+        "SYNCD_ARCHIVE_DIR": str(archive),
+    }
+
+
 @as_root
 def test_root_is_refused_in_the_services_archive_folder(
     tmp_path: Path, fake_api: Callable[..., FakeServer]
 ) -> None:
     images = service_folder(tmp_path / "images")
     server = fake_api(20, malformed_fraction=0)
-    env = {
-        "SYNCD_API_URL": server.url,
-        "SYNCD_API_KEY": "test-key",
-        "SYNCD_DATABASE_URL": f"sqlite:///{tmp_path / 'root.db'}",  # root's own: allowed
-        "SYNCD_ARCHIVE_DIR": str(images / "archive"),  # would be created inside the service's folder
-    }
+    # The archive would be created inside the service's folder.
+    env = root_database_and(tmp_path, server, archive=images / "archive")
     assert invoke_cli("run-once", env=env).returncode == 0
     result = invoke_cli("archive", env=env)
     assert result.returncode == 3 and "uid 65534" in (result.stdout + result.stderr), (
@@ -226,12 +232,7 @@ def test_root_is_refused_in_the_services_archive_folder_by_the_daemon_at_start(
     # Its own database is root's business; the archive folder is the service's.
     images = service_folder(tmp_path / "images")
     server = fake_api(20, malformed_fraction=0)
-    env = {
-        "SYNCD_API_URL": server.url,
-        "SYNCD_API_KEY": "test-key",
-        "SYNCD_DATABASE_URL": f"sqlite:///{tmp_path / 'root.db'}",
-        "SYNCD_ARCHIVE_DIR": str(images),
-    }
+    env = root_database_and(tmp_path, server, archive=images)
     result = run_syncd(["daemon"], clean_env(env), timeout=20)  # should it start, it ends here
     assert result.returncode == 3 and "uid 65534" in result.stderr, result.stdout + result.stderr
     assert list(images.iterdir()) == []
